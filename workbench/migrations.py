@@ -1,0 +1,39 @@
+"""Ordered schema migrations of the store; each runs once and is recorded in schema_migrations.
+
+Never edit a released migration: append a new one. Primary keys are left off the big tables on
+purpose: DuckDB builds an ART index for each, which slows bulk inserts of millions of rows; the
+store allocates keys itself inside its write transaction.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "datasets, versions, rows, drop reasons", [
+        """CREATE TABLE datasets (dataset_id INTEGER PRIMARY KEY, name VARCHAR UNIQUE NOT NULL,
+            description VARCHAR DEFAULT '', active_version INTEGER,
+            created_at TIMESTAMP DEFAULT current_timestamp)""",
+        """CREATE TABLE versions (version_id INTEGER PRIMARY KEY, dataset_id INTEGER NOT NULL,
+            parent_id INTEGER, operation VARCHAR NOT NULL, params VARCHAR, counts VARCHAR,
+            n_rows BIGINT, message VARCHAR DEFAULT '',
+            created_at TIMESTAMP DEFAULT current_timestamp)""",
+        """CREATE TABLE rows (row_key BIGINT NOT NULL, origin_key BIGINT NOT NULL,
+            id VARCHAR NOT NULL, messages VARCHAR NOT NULL, metadata VARCHAR NOT NULL,
+            tags VARCHAR[], note VARCHAR, n_turns INTEGER, n_chars BIGINT,
+            response_chars BIGINT, source_line BIGINT)""",
+        "CREATE TABLE version_rows (version_id INTEGER NOT NULL, pos BIGINT NOT NULL, "
+        "row_key BIGINT NOT NULL)",
+        """CREATE TABLE dropped (version_id INTEGER NOT NULL, row_key BIGINT NOT NULL,
+            reason VARCHAR NOT NULL, duplicate_of BIGINT, detail VARCHAR)""",
+        """CREATE TABLE changed (version_id INTEGER NOT NULL, new_row_key BIGINT NOT NULL,
+            old_row_key BIGINT NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR)""",
+        """CREATE TABLE import_rejects (version_id INTEGER NOT NULL, file VARCHAR, line BIGINT,
+            field VARCHAR, reason VARCHAR, fix VARCHAR, raw VARCHAR)""",
+    ]),
+    (2, "caches of scores and embeddings by content id", [
+        """CREATE TABLE scores (id VARCHAR NOT NULL, scorer VARCHAR NOT NULL,
+            params_hash VARCHAR NOT NULL, value DOUBLE, detail VARCHAR,
+            created_at TIMESTAMP DEFAULT current_timestamp)""",
+        """CREATE TABLE embeddings (id VARCHAR NOT NULL, model VARCHAR NOT NULL,
+            field VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
+    ]),
+]
