@@ -1,0 +1,315 @@
+"""Background jobs: a detached subprocess, a run folder, progress events, cancel.
+
+A job is a task function ``task(params: dict, ctx: JobContext) -> dict`` named by a dotted
+path. ``start`` writes ``config.json`` into a new run folder and launches
+``python -m workbench.jobs <run_dir>`` in its own session, so closing the browser or
+reloading the page does not stop it. The worker appends progress events to
+``events.jsonl``, its log to ``log.txt``, and its final state to ``status.json``; anyone can
+read them back (``status``), so progress survives a page reload. Cancel is a flag file the
+task polls; a process that dies without writing a final state (SIGKILL, out of memory) is
+reported as failed by ``status``. Jobs never hold the store open: they write results into the
+run folder and the caller ingests them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import orjson
+
+from .exceptions import NotFoundError, WorkbenchError
+
+State = Literal["queued", "running", "done", "failed", "cancelled"]
+FINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+
+class Cancelled(Exception):
+    """Raised inside a task when the user asked it to stop."""
+
+
+def runs_dir(home: str | Path | None = None) -> Path:
+    """Return the folder that holds run folders: <home>/runs."""
+    from .store import default_home
+
+    return Path(home) if home is not None else default_home() / "runs"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return default
+
+
+@dataclass
+class JobContext:
+    """What a running task uses to report progress, log, and notice a cancel."""
+
+    run_dir: Path
+    _started: float = field(default_factory=time.time)
+
+    def progress(self, step: int, total: int | None = None, **metrics: Any) -> None:
+        """Append a progress event (step of total, plus any metrics such as loss)."""
+        event = {"t": time.time(), "step": step, "total": total, **metrics}
+        with open(self.run_dir / "events.jsonl", "ab") as f:
+            f.write(orjson.dumps(event, default=float) + b"\n")
+        self.check_cancel()
+
+    def log(self, message: str) -> None:
+        """Append a line to the run's log."""
+        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+    def cancelled(self) -> bool:
+        """Return whether the user asked this job to stop."""
+        return (self.run_dir / "cancel").exists()
+
+    def check_cancel(self) -> None:
+        """Raise Cancelled if the user asked this job to stop."""
+        if self.cancelled():
+            raise Cancelled()
+
+
+@dataclass
+class JobStatus:
+    """A job's state as read from its run folder."""
+
+    run_id: str
+    run_dir: Path
+    kind: str
+    state: State
+    config: dict
+    step: int = 0
+    total: int | None = None
+    eta_s: float | None = None
+    rate: float | None = None
+    last: dict = field(default_factory=dict)
+    error: str = ""
+    result: dict = field(default_factory=dict)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.state not in FINAL
+
+
+def start(task: str, params: dict, *, kind: str | None = None,
+          home: str | Path | None = None, run_id: str | None = None) -> JobStatus:
+    """Launch a task in a detached process with a new run folder; return its status."""
+    _resolve(task)  # fail now, in the caller, if the task does not exist
+    run_dir = _new_run_dir(runs_dir(home), run_id)
+    config = {"task": task, "kind": kind or task.rsplit(".", 1)[-1], "params": params,
+              "created": time.time()}
+    _write_json(run_dir / "config.json", config)
+    _write_json(run_dir / "status.json", {"state": "queued"})
+    with open(run_dir / "log.txt", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "workbench.jobs", str(run_dir)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ,
+                                                             "PYTHONUNBUFFERED": "1"})
+    _write_json(run_dir / "status.json", {"state": "queued", "pid": proc.pid})
+    return status(run_dir)
+
+
+def _new_run_dir(root: Path, run_id: str | None) -> Path:
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_dir = root / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def _resolve(task: str) -> Callable[[dict, JobContext], dict]:
+    module, _, name = task.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise WorkbenchError(f"unknown job task '{task}'") from None
+
+
+def run_inline(task: str, params: dict, *, home: str | Path | None = None,
+               run_id: str | None = None) -> JobStatus:
+    """Run a task in this process with a run folder, as the worker would; return its status."""
+    run_dir = _new_run_dir(runs_dir(home), run_id)
+    _write_json(run_dir / "config.json", {"task": task, "kind": task.rsplit(".", 1)[-1],
+                                          "params": params, "created": time.time()})
+    execute(run_dir)
+    return status(run_dir)
+
+
+def execute(run_dir: Path) -> None:
+    """Run the task described by a run folder and record its final state."""
+    config = _read_json(run_dir / "config.json")
+    ctx = JobContext(run_dir)
+    base = {"pid": os.getpid(), "started": time.time()}
+    _write_json(run_dir / "status.json", {**base, "state": "running"})
+    try:
+        result = _resolve(config["task"])(config["params"], ctx) or {}
+    except Cancelled:
+        ctx.log("cancelled by the user")
+        _write_json(run_dir / "status.json", {**base, "state": "cancelled",
+                                              "finished": time.time()})
+        return
+    except BaseException as e:  # the run must end in a readable state whatever happened
+        ctx.log(traceback.format_exc())
+        _write_json(run_dir / "status.json", {**base, "state": "failed", "error": _reason(e),
+                                              "finished": time.time()})
+        if not isinstance(e, Exception):
+            raise
+        return
+    _write_json(run_dir / "result.json", result)
+    _write_json(run_dir / "status.json", {**base, "state": "done", "finished": time.time()})
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, MemoryError):
+        return "out of memory: use a smaller batch size or max sequence length"
+    if "out of memory" in str(error).lower():
+        return f"out of memory ({error}): use a smaller batch size or max sequence length"
+    if isinstance(error, WorkbenchError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def status(run: str | Path, *, home: str | Path | None = None) -> JobStatus:
+    """Return a job's state, progress, ETA and result, read from its run folder."""
+    run_dir = Path(run) if Path(run).is_dir() else runs_dir(home) / str(run)
+    config = _read_json(run_dir / "config.json")
+    if config is None:
+        raise NotFoundError(f"no run '{run}' (no config.json in {run_dir})")
+    st = _read_json(run_dir / "status.json", {"state": "queued"})
+    state, error = st.get("state", "queued"), st.get("error", "")
+    if state not in FINAL and st.get("pid") and not _alive(st["pid"]):
+        state, error = "failed", "the job process died without finishing (killed, or out of memory)"
+    job = JobStatus(run_dir.name, run_dir, config.get("kind", ""), state, config, error=error,
+                    started=st.get("started"), finished=st.get("finished"),
+                    result=_read_json(run_dir / "result.json", {}) if state == "done" else {})
+    _add_progress(job, events(run_dir))
+    return job
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child, if it is one
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def events(run_dir: Path) -> list[dict]:
+    """Return the progress events a job has written so far."""
+    try:
+        lines = (run_dir / "events.jsonl").read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            break  # a line being written right now
+    return out
+
+
+def _add_progress(job: JobStatus, evs: list[dict]) -> None:
+    if not evs:
+        return
+    last = evs[-1]
+    job.last, job.step, job.total = last, int(last.get("step", 0)), last.get("total")
+    first = evs[0]
+    elapsed, done = last["t"] - first["t"], job.step - int(first.get("step", 0))
+    if elapsed > 0 and done > 0:
+        job.rate = done / elapsed
+        if job.total and job.active:
+            job.eta_s = max(0.0, (job.total - job.step) / job.rate)
+
+
+def log_tail(run: str | Path, lines: int = 20, *, home: str | Path | None = None) -> str:
+    """Return the last lines of a job's log."""
+    run_dir = Path(run) if Path(run).is_dir() else runs_dir(home) / str(run)
+    try:
+        text = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def cancel(run: str | Path, *, home: str | Path | None = None, grace_s: float = 10.0) -> None:
+    """Ask a job to stop; terminate its process if it has not stopped after a grace period."""
+    job = status(run, home=home)
+    if not job.active:
+        return
+    (job.run_dir / "cancel").touch()
+    pid = (_read_json(job.run_dir / "status.json", {}) or {}).get("pid")
+    deadline = time.monotonic() + grace_s
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid and _alive(pid):
+        os.killpg(os.getpgid(pid), signal.SIGTERM)
+        _write_json(job.run_dir / "status.json", {"state": "cancelled", "pid": pid,
+                                                  "finished": time.time()})
+
+
+def list_runs(kind: str | None = None, *, home: str | Path | None = None) -> list[JobStatus]:
+    """Return the jobs in the runs folder, newest first, optionally of one kind."""
+    root = runs_dir(home)
+    if not root.exists():
+        return []
+    jobs = [status(d) for d in sorted(root.iterdir(), reverse=True)
+            if (d / "config.json").exists()]
+    return [j for j in jobs if kind is None or j.kind == kind]
+
+
+def wait(run: str | Path, *, home: str | Path | None = None, timeout: float = 600.0,
+         on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
+    """Block until a job ends (or the timeout passes); return its last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = status(run, home=home)
+        if on_progress:
+            on_progress(job)
+        if not job.active or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    # Import by package name so tasks and this worker share one Cancelled class.
+    from workbench.jobs import execute as _execute
+
+    _execute(Path(sys.argv[1]))
