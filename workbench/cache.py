@@ -1,0 +1,94 @@
+"""Caches in the store keyed by content id: embeddings and scores survive re-imports.
+
+A row's ``id`` hashes its conversation, so an embedding or a score computed once is found
+again for the same text in any dataset or version. Writes are short transactions, so a
+background job can fill the cache while the app reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from .store import Store
+
+
+def params_hash(params: dict) -> str:
+    """Return a short stable hash of scorer parameters (key order does not matter)."""
+    return hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS, default=str),
+                           digest_size=8).hexdigest()
+
+
+def get_embeddings(store: Store, ids: Sequence[str], model: str, field: str
+                   ) -> dict[str, np.ndarray]:
+    """Return the cached vectors for those ids that have one."""
+    if not len(ids):
+        return {}
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
+        table = con.sql("""SELECT e.id, e.vector FROM embeddings e SEMI JOIN _ids USING (id)
+                           WHERE e.model = $model AND e.field = $field""",
+                        params={"model": model, "field": field}).to_arrow_table()
+        con.unregister("_ids")
+    if table.num_rows == 0:
+        return {}
+    flat = table.column("vector").combine_chunks()
+    vectors = np.asarray(flat.flatten(), dtype=np.float32).reshape(table.num_rows, -1)
+    return dict(zip(table.column("id").to_pylist(), vectors))
+
+
+def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model: str,
+                   field: str) -> int:
+    """Store vectors for ids not cached yet; return how many were added."""
+    if not len(ids):
+        return 0
+    vectors = np.asarray(vectors, dtype=np.float32)
+    table = pa.table({"id": pa.array(list(ids), pa.string()),
+                      "vector": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1),
+                                                                  vectors.shape[1])})
+    with store.transaction() as con:
+        con.register("_new", table)
+        before = con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
+        con.execute("""INSERT INTO embeddings SELECT DISTINCT ON (n.id) n.id, ?, ?,
+            n.vector::FLOAT[] FROM _new n WHERE n.id NOT IN (SELECT id FROM embeddings
+            WHERE model = ? AND field = ?)""", [model, field, model, field])
+        after = con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
+        con.unregister("_new")
+    return after - before
+
+
+def get_scores(store: Store, ids: Sequence[str], scorer: str, params: dict
+               ) -> dict[str, float]:
+    """Return cached score values for those ids that have one."""
+    if not len(ids):
+        return {}
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
+        rows = con.execute("""SELECT s.id, s.value FROM scores s SEMI JOIN _ids USING (id)
+                              WHERE s.scorer = ? AND s.params_hash = ?""",
+                           [scorer, params_hash(params)]).fetchall()
+        con.unregister("_ids")
+    return dict(rows)
+
+
+def put_scores(store: Store, ids: Sequence[str], values: Sequence[float], scorer: str,
+               params: dict) -> int:
+    """Store score values for ids not cached yet; return how many were added."""
+    if not len(ids):
+        return 0
+    table = pa.table({"id": pa.array(list(ids), pa.string()),
+                      "value": pa.array(list(values), pa.float64())})
+    key = params_hash(params)
+    with store.transaction() as con:
+        con.register("_new", table)
+        before = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
+        con.execute("""INSERT INTO scores (id, scorer, params_hash, value) SELECT DISTINCT ON
+            (n.id) n.id, ?, ?, n.value FROM _new n WHERE n.id NOT IN (SELECT id FROM scores
+            WHERE scorer = ? AND params_hash = ?)""", [scorer, key, scorer, key])
+        after = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
+        con.unregister("_new")
+    return after - before
