@@ -1,8 +1,26 @@
-"""Streamlit entry: navigation over pages/ and a sidebar with the active dataset."""
+"""Streamlit entry: navigation over pages/ and a sidebar with the active dataset.
+
+`python app.py [streamlit options]` starts the server (that is what `workbench app` runs).
+"""
+
+import sys
 
 import streamlit as st
+from streamlit import runtime
 
-from pages.common import dataset_sidebar
+if __name__ == "__main__" and not runtime.exists():
+    # Streamlit treats a folder named pages/ as old-style auto-discovered pages until
+    # st.navigation first runs, so a deep link right after start would skip this script.
+    # Our pages/ belongs to st.navigation: switch the old discovery off before serving.
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.web import cli as streamlit_cli
+
+    PagesManager.uses_pages_directory = False
+    sys.argv = ["streamlit", "run", __file__, *sys.argv[1:]]
+    sys.exit(streamlit_cli.main())
+
+from pages.common import dataset_sidebar, show_error
+from workbench.exceptions import WorkbenchError
 
 st.set_page_config(page_title="workbench", page_icon="🧰", layout="wide")
 
@@ -11,5 +29,9 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES)
-dataset_sidebar()
+try:
+    dataset_sidebar()
+except WorkbenchError as e:  # e.g. the store file cannot be opened: say so, run nothing else
+    show_error(e)
+    st.stop()
 navigation.run()

@@ -1,59 +1,71 @@
-"""Datasets: import, browse and edit rows, version history and diffs, export."""
+"""Datasets: import, browse and edit rows, version history and diffs, export.
+
+Dataset text is shown with st.text, st.json, st.text_area and tables, never as markdown, so a
+row holding a markdown image or HTML cannot make the browser fetch anything.
+"""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import streamlit as st
 
-from pages.common import current_dataset, show_error, store
+from pages.common import current_dataset, flash, show_error, show_flash, store
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
-from workbench.store import RowFilter, default_home
-from workbench.views import (cleanup_upload, diff_tables, export_bytes, lineage_table,
-                             page_table, save_upload)
+from workbench.store import RowFilter
+from workbench.views import (dataset_name_for, diff_tables, export_bytes, import_source,
+                             lineage_table, md_escape, page_count, page_table, plural,
+                             selected_row_keys)
 
-st.title("Datasets")
-browse_tab, import_tab, history_tab, export_tab = st.tabs(
-    ["Browse", "Import", "History", "Export"])
+EXPORT_LABELS = {"openai": "OpenAI chat JSONL", "alpaca_json": "Alpaca JSON",
+                 "alpaca_jsonl": "Alpaca JSONL", "sharegpt": "ShareGPT JSON",
+                 "sharegpt_jsonl": "ShareGPT JSONL", "parquet": "Parquet",
+                 "hf": "Hugging Face dataset (zip)"}
 
 
+# --- import ---------------------------------------------------------------------------------
 def import_section() -> None:
     st.subheader("Import a dataset")
     upload = st.file_uploader("File", type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet",
                                             "txt"], key="import_upload")
     local = st.text_input("…or a path on this machine (a file or a HF `save_to_disk` folder)",
                           key="import_path")
-    default_name = Path(upload.name).stem if upload else (Path(local).stem if local else "")
-    name = st.text_input("Dataset name (new, or existing to add a version)", value=default_name,
-                         key="import_name")
+    suggest_name(upload.name if upload else local)
+    name = st.text_input("Dataset name (new, or existing to add a version)", key="import_name")
     shape = st.selectbox("Shape", ["auto", *SHAPES], key="import_shape",
                          help="auto detects Alpaca, OpenAI chat, ShareGPT, prompt/completion "
                               "or text per row")
-    if st.button("Import", type="primary", disabled=not (upload or local) or not name):
-        run_import(upload, local, name, shape)
+    ready = bool((upload or local.strip()) and name.strip())
+    if st.button("Import", type="primary", disabled=not ready, key="import_button"):
+        run_import(upload, local, name.strip(), shape)
     if "import_report" in st.session_state:
         show_report(st.session_state["import_report"])
 
 
+def suggest_name(source: str) -> None:
+    # A keyed text input ignores a changed default value, so a new file sets the name itself,
+    # unless the user has typed a name of their own.
+    previous = st.session_state.get("import_source", "")
+    if source == previous:
+        return
+    st.session_state["import_source"] = source
+    if st.session_state.get("import_name", "") in ("", dataset_name_for(previous)):
+        st.session_state["import_name"] = dataset_name_for(source)
+
+
 def run_import(upload, local: str, name: str, shape: str) -> None:
-    path = save_upload(upload.name, upload.getvalue(), default_home() / "uploads") \
-        if upload else Path(local)
     try:
         with st.spinner("Importing…"):
-            version, report = store().import_file(path, name, shape=shape,
-                                                  display_name=upload.name if upload else None)
-    except WorkbenchError as e:
-        show_error(e)
+            version, report = import_source(
+                store(), name, shape=shape, path=local,
+                upload=(upload.name, upload.getvalue()) if upload else None)
+    except (WorkbenchError, OSError) as e:
+        st.session_state.pop("import_report", None)  # an old report would look like this one's
+        show_error(str(e))
         return
-    finally:
-        if upload:
-            cleanup_upload(path)
     st.session_state["import_report"] = report
     st.session_state["pending_dataset"] = name
-    st.toast(f"Imported into '{name}' as version v{version.version_id}.")
+    flash(f"Imported {report.imported:,} rows into '{name}' as version v{version.version_id}.")
     st.rerun()
 
 
@@ -62,26 +74,50 @@ def show_report(report) -> None:
     read.metric("Rows read", f"{report.rows_read:,}")
     imported.metric("Imported", f"{report.imported:,}")
     rejected.metric("Rejected", f"{len(report.rejected):,}")
-    st.caption(report.summary())
+    st.caption(md_escape(report.summary()))
     if report.rejected:
         st.dataframe([{report.unit: r.line, "field": r.field, "reason": r.reason, "fix": r.fix,
                        "raw": r.raw} for r in report.rejected], hide_index=True,
-                     key="import_rejects")
+                     key="import_rejects", width="stretch",
+                     column_config=REJECT_COLUMN_CONFIG)
+
+
+REJECT_COLUMN_CONFIG = {"field": st.column_config.TextColumn(width=140),
+                        "reason": st.column_config.TextColumn(width=300),
+                        "fix": st.column_config.TextColumn(width=260),
+                        "raw": st.column_config.TextColumn(width=300)}
+
+
+# --- browse and edit ------------------------------------------------------------------------
+def first_page() -> None:
+    # A new filter or page size starts again from page 1.
+    st.session_state["browse_page"] = 1
+
+
+def new_field() -> None:
+    # The old value belongs to another field: start from the new field's commonest value.
+    st.session_state.pop("browse_value", None)
+    first_page()
 
 
 def filters_form(version_id: int) -> RowFilter:
     fields = store().metadata_fields(version_id)
     search_col, field_col, value_col = st.columns([2, 1, 1])
-    search = search_col.text_input("Search text", key="browse_search")
-    field = field_col.selectbox("Metadata field", ["(any)", *fields], key="browse_field")
+    search = search_col.text_input("Search text", key="browse_search", on_change=first_page)
+    field = field_col.selectbox("Metadata field", ["(any)", *fields], key="browse_field",
+                                on_change=new_field)
     value = value_col.selectbox("Value", fields.get(field, []), key="browse_value",
-                                disabled=field == "(any)")
-    lo_col, hi_col, turns_col, tag_col = st.columns(4)
-    min_chars = lo_col.number_input("Min characters", min_value=0, value=0, key="browse_min")
-    max_chars = hi_col.number_input("Max characters (0 = no limit)", min_value=0, value=0,
-                                    key="browse_max")
-    min_turns = turns_col.number_input("Min turns", min_value=0, value=0, key="browse_turns")
-    tag = tag_col.text_input("Tag", key="browse_tag")
+                                disabled=field == "(any)", on_change=first_page)
+    # The rarer filters fold away so the table starts near the top of the screen.
+    with st.expander("More filters"):
+        lo_col, hi_col, turns_col, tag_col = st.columns(4)
+        min_chars = lo_col.number_input("Min characters", min_value=0, key="browse_min",
+                                        on_change=first_page)
+        max_chars = hi_col.number_input("Max characters (0 = no limit)", min_value=0,
+                                        key="browse_max", on_change=first_page)
+        min_turns = turns_col.number_input("Min turns", min_value=0, key="browse_turns",
+                                           on_change=first_page)
+        tag = tag_col.text_input("Tag", key="browse_tag", on_change=first_page)
     metadata = ((field, value),) if field != "(any)" and value is not None else ()
     return RowFilter(search=search, metadata=metadata, min_chars=min_chars or None,
                      max_chars=max_chars or None, min_turns=min_turns or None,
@@ -89,39 +125,75 @@ def filters_form(version_id: int) -> RowFilter:
 
 
 def browse_section(dataset: str) -> None:
+    if st.session_state.get("browse_dataset") != dataset:  # another dataset: start afresh
+        st.session_state["browse_dataset"] = dataset
+        new_field()
     version_id = store().active_version(dataset)
     filters = filters_form(version_id)
-    size_col, page_col, info_col = st.columns([1, 1, 2])
-    size = size_col.selectbox("Rows per page", [25, 50, 100, 200], index=1, key="browse_size")
-    number = page_col.number_input("Page", min_value=1, value=1, key="browse_page")
+    size_col, page_col, info_col = st.columns([1, 1, 2], vertical_alignment="bottom")
+    size = size_col.selectbox("Rows per page", [25, 50, 100, 200], index=1, key="browse_size",
+                              on_change=first_page)
+    number = page_col.number_input("Page", min_value=1, step=1, key="browse_page")
     page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
-    info_col.caption(f"{page.total:,} matching rows · page {number} of "
-                     f"{max(1, math.ceil(page.total / size))} · version v{version_id}")
+    if page.rows.empty and page.total:  # past the last page: show the last one instead
+        number = page_count(page.total, size)
+        page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
+    info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
+                     f"{page_count(page.total, size)} · version v{version_id}")
+    # The key names the view, so a selection made on one page never picks rows of another.
     event = st.dataframe(page_table(page), hide_index=True, on_select="rerun",
-                         selection_mode="multi-row", key="browse_table", width="stretch")
-    chosen = [int(page.rows.iloc[i]["row_key"]) for i in event.selection.rows]
+                         selection_mode="multi-row", width="stretch",
+                         key=f"browse_table_{number}_{size}_{abs(hash(filters))}",
+                         column_config=BROWSE_COLUMN_CONFIG)
+    chosen = selected_row_keys(page, event.selection.rows)
     if len(chosen) == 1:
         row_detail(version_id, chosen[0])
     elif chosen:
         tag_rows_form(version_id, chosen)
+    else:
+        st.caption("Select a row to read and edit it; select several to tag them.")
+
+
+# Pixel widths that fit a laptop screen: the two text columns get the room, the rest stays
+# visible without scrolling sideways.
+BROWSE_COLUMN_CONFIG = {
+    "row_key": st.column_config.NumberColumn("row", width=60),
+    "user": st.column_config.TextColumn("last user turn", width=250),
+    "response": st.column_config.TextColumn("response", width=250),
+    "system": st.column_config.TextColumn("system", width=55,
+                                          help="the row has a system prompt"),
+    "n_turns": st.column_config.NumberColumn("turns", width=50),
+    "n_chars": st.column_config.NumberColumn("chars", width=60),
+    "tags": st.column_config.TextColumn("tags", width=80),
+    "note": st.column_config.TextColumn("note", width=80),
+}
 
 
 def row_detail(version_id: int, row_key: int) -> None:
     row = store().row(row_key)
     st.subheader(f"Row {row_key}")
-    st.caption(f"id {row.example.id} · tags: {', '.join(row.tags) or 'none'}")
-    for message in row.example.messages:
-        with st.chat_message(message["role"]):
-            st.text(message["content"])  # dataset text is shown as text, never markdown/HTML
-    with st.expander("Metadata"):
-        st.json(row.example.metadata)
+    st.caption(f"id {row.example.id} · tags: {md_escape(', '.join(row.tags) or 'none')}")
+    read_col, edit_col = st.columns(2, gap="large")
+    with read_col:
+        for message in row.example.messages:
+            avatar = ":material/settings:" if message["role"] == "system" else None
+            with st.chat_message(message["role"], avatar=avatar):
+                st.text(message["content"])  # text, never markdown/HTML
+        with st.expander("Metadata"):
+            st.json(row.example.metadata)
+    with edit_col:
+        edit_form(version_id, row_key, row)
+
+
+def edit_form(version_id: int, row_key: int, row) -> None:
     with st.form(f"edit_{row_key}"):
-        st.caption("Edit: saving makes a new version")
-        contents = [st.text_area(f"{m['role']} turn {i + 1}", m["content"], key=f"e_{row_key}_{i}")
+        st.caption("Edit: saving makes a new version; the current one stays unchanged.")
+        contents = [st.text_area(f"{m['role']} turn {i + 1}", m["content"], height="content",
+                                 key=f"e_{row_key}_{i}")
                     for i, m in enumerate(row.example.messages)]
-        tags = st.text_input("Tags (comma-separated)", ", ".join(row.tags))
-        note = st.text_area("Note", row.note)
-        if st.form_submit_button("Save as new version"):
+        tags = st.text_input("Tags (comma-separated)", ", ".join(row.tags), key=f"t_{row_key}")
+        note = st.text_area("Note", row.note, key=f"n_{row_key}", height=68)
+        if st.form_submit_button("Save as new version", type="primary"):
             messages = [{"role": m["role"], "content": c}
                         for m, c in zip(row.example.messages, contents)]
             save_edit(version_id, row_key, messages, tags, note)
@@ -135,36 +207,41 @@ def save_edit(version_id: int, row_key: int, messages: list[dict], tags: str, no
     except WorkbenchError as e:
         show_error(e)
         return
-    st.success(f"Saved as version v{version.version_id}.")
+    flash(f"Saved row {row_key} as version v{version.version_id}.")
     st.rerun()
 
 
 def tag_rows_form(version_id: int, row_keys: list[int]) -> None:
     st.subheader(f"{len(row_keys)} rows selected")
-    tag = st.text_input("Tag", key="bulk_tag")
+    tag = st.text_input("Tag", key="bulk_tag").strip()
     add_col, remove_col = st.columns(2)
-    add = add_col.button("Add tag", disabled=not tag.strip())
-    remove = remove_col.button("Remove tag", disabled=not tag.strip())
-    if add or remove:
-        kwargs = {"add": [tag.strip()]} if add else {"remove": [tag.strip()]}
-        try:
-            version = store().tag_rows(version_id, row_keys, **kwargs)
-        except WorkbenchError as e:
-            show_error(e)
-            return
-        st.success(f"Tagged as version v{version.version_id}.")
+    add = add_col.button("Add tag", disabled=not tag, key="bulk_add")
+    remove = remove_col.button("Remove tag", disabled=not tag, key="bulk_remove")
+    if not (add or remove):
+        return
+    try:
+        version = store().tag_rows(version_id, row_keys, **({"add": [tag]} if add
+                                                            else {"remove": [tag]}))
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    flash(f"Tagged {len(row_keys)} rows as version v{version.version_id}.")
+    st.rerun()
 
 
+# --- history --------------------------------------------------------------------------------
 def history_section(dataset: str) -> None:
     active = store().active_version(dataset)
     versions = store().versions(dataset)
-    st.dataframe(lineage_table(versions, active), hide_index=True, key="lineage")
+    st.dataframe(lineage_table(versions, active), hide_index=True, key="lineage",
+                 width="stretch")
     ids = [v.version_id for v in versions]
-    pick_col, button_col = st.columns([3, 1])
+    pick_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
     pick = pick_col.selectbox("Version", ids, index=ids.index(active), key="history_pick",
                               format_func=lambda v: f"v{v}")
-    if button_col.button("Make active", disabled=pick == active):
+    if button_col.button("Make active", disabled=pick == active, key="make_active"):
         store().set_active(pick)
+        flash(f"Version v{pick} is now active for '{dataset}'.")
         st.rerun()
     diff_section(ids, active)
     removed_section(active)
@@ -182,13 +259,13 @@ def diff_section(ids: list[int], active: int) -> None:
         st.caption("Pick two different versions to compare.")
         return
     diff = store().diff(a, b)
-    cols = st.columns(3)
-    for col, (kind, n) in zip(cols, diff.counts().items()):
+    for col, (kind, n) in zip(st.columns(3), diff.counts().items()):
         col.metric(f"Rows {kind}", f"{n:,}")
     for kind, table in diff_tables(diff).items():
         if len(table):
             with st.expander(f"{kind} ({len(table):,})"):
-                st.dataframe(table.head(1000), hide_index=True, key=f"diff_{kind}")
+                st.dataframe(table.head(1000), hide_index=True, key=f"diff_{kind}",
+                             width="stretch")
 
 
 def removed_section(active: int) -> None:
@@ -198,33 +275,42 @@ def removed_section(active: int) -> None:
         st.caption("No rows were dropped on the way to this version.")
         return
     st.dataframe(removed[["row_key", "reason", "duplicate_of", "detail", "dropped_in", "prompt",
-                          "response"]].head(1000), hide_index=True, key="removed_table")
+                          "response"]].head(1000), hide_index=True, key="removed_table",
+                 width="stretch")
     keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
-    if st.button("Restore into a new version", disabled=not keys):
+    if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
-        st.success(f"Restored {len(keys)} rows as version v{version.version_id}.")
+        flash(f"Restored {len(keys)} rows as version v{version.version_id}.")
         st.rerun()
 
 
+# --- export ---------------------------------------------------------------------------------
 def export_section(dataset: str) -> None:
     version_id = store().active_version(dataset)
     fmt = st.selectbox("Format", EXPORT_FORMATS, key="export_format",
-                       format_func=lambda f: {"openai": "OpenAI chat JSONL",
-                                              "alpaca_json": "Alpaca JSON",
-                                              "alpaca_jsonl": "Alpaca JSONL",
-                                              "sharegpt": "ShareGPT JSON",
-                                              "sharegpt_jsonl": "ShareGPT JSONL",
-                                              "parquet": "Parquet",
-                                              "hf": "Hugging Face dataset (zip)"}[f])
+                       format_func=EXPORT_LABELS.__getitem__)
     if st.button("Prepare download", key="export_prepare"):
         try:
-            st.session_state["export_file"] = export_bytes(store(), version_id, fmt)
+            name, data = export_bytes(store(), version_id, fmt)
         except WorkbenchError as e:
             show_error(e)
-    if "export_file" in st.session_state:
-        name, data = st.session_state["export_file"]
+            return
+        st.session_state["export_file"] = (version_id, fmt, name, data)
+    prepared = st.session_state.get("export_file")
+    # A file prepared for another version or format would be the wrong download.
+    if prepared and prepared[:2] == (version_id, fmt):
+        _, _, name, data = prepared
         st.download_button(f"Download {name}", data, file_name=name, key="export_download")
 
+
+# --- the page -------------------------------------------------------------------------------
+st.title("Datasets")
+# Always there, even when empty: a message appearing above the tabs must not shift them, or the
+# browser would take them for new tabs and jump back to the first one.
+with st.container():
+    show_flash()
+browse_tab, import_tab, history_tab, export_tab = st.tabs(
+    ["Browse", "Import", "History", "Export"], key="datasets_tabs")
 
 with import_tab:
     import_section()
@@ -234,6 +320,9 @@ for tab, section in ((browse_tab, browse_section), (history_tab, history_section
                      (export_tab, export_section)):
     with tab:
         if dataset is None:
-            st.info("Import a dataset first.")
-        else:
+            st.info("Import a dataset first (Import tab).")
+            continue
+        try:
             section(dataset)
+        except WorkbenchError as e:  # e.g. the store stayed locked by another process
+            show_error(e)

@@ -1,6 +1,7 @@
 """The `workbench` command line: a thin skin over the library.
 
-Every command has --help; a WorkbenchError becomes a one-line message on stderr and exit code 1.
+Every command has --help; a library error, a file error or a bad option becomes a one-line
+"error: ..." message on stderr and exit code 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, NoReturn
 
 import click
 import orjson
+import pandas as pd
 
 from .exceptions import WorkbenchError
 from .io import EXPORT_FORMATS
@@ -22,14 +25,33 @@ from .store import RowFilter, Store, default_store_path
 
 
 class _Group(click.Group):
-    """Turns library errors into a one-line message and exit code 1."""
+    """Turns library errors, file errors and usage errors into one line on stderr and exit 1.
+
+    Bad input is the user's to fix, so they get the message, never a traceback.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `workbench` prints its help
+        except click.UsageError as e:  # a bad option of the group itself
+            _fail(e.format_message())
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except WorkbenchError as e:
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(1)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:  # a bad option or argument of a command
+            _fail(e.format_message())
+        except (WorkbenchError, OSError) as e:
+            _fail(str(e))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo("error: " + " ".join(message.split()), err=True)
+    raise click.exceptions.Exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,25 +73,23 @@ def _echo_json(value: Any) -> None:
 
 
 @main.command("import")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=click.Path())
 @click.option("--dataset", "-d", required=True, help="Dataset name (created if new; else a new "
               "version is added).")
 @click.option("--shape", type=click.Choice(["auto", *SHAPES]), default="auto", show_default=True,
               help="Record shape; auto detects it per row.")
 @click.option("--max-chars", type=int, default=None, help="Reject messages longer than this.")
 @click.option("--show-rejects/--no-show-rejects", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar on stderr.")
 @click.pass_context
 def import_cmd(ctx: click.Context, path: str, dataset: str, shape: str, max_chars: int | None,
-               show_rejects: bool) -> None:
+               show_rejects: bool, progress: bool) -> None:
     """Import a JSONL, JSON, CSV, Parquet or text file, or a HF dataset folder."""
-    from tqdm import tqdm
-
-    with tqdm(desc="reading", unit=" rows", disable=None) as bar:
-        def progress(n: int) -> None:
-            bar.update(n - bar.n)
+    with _progress_bar("reading", enabled=progress) as update:
         version, report = _store(ctx).import_file(path, dataset, shape=shape,
-                                                  max_chars=max_chars, progress=progress)
-        progress(report.rows_read)
+                                                  max_chars=max_chars, progress=update)
+        update(report.rows_read)
     click.echo(report.summary())
     click.echo(f"version {version.version_id} of '{dataset}': {version.n_rows} rows")
     if show_rejects:
@@ -80,6 +100,35 @@ def import_cmd(ctx: click.Context, path: str, dataset: str, shape: str, max_char
                        f"{version.version_id}")
 
 
+@contextmanager
+def _progress_bar(desc: str, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield a callback taking a running row count; the bar goes to stderr.
+
+    The bar is drawn on the first update, so an input refused before any row was read prints
+    only its error line; a failed run clears its bar.
+    """
+    from tqdm import tqdm
+
+    bars: list[tqdm] = []
+
+    def update(n: int) -> None:
+        if not enabled:
+            return
+        if not bars:
+            bars.append(tqdm(desc=desc, unit=" rows", file=sys.stderr, dynamic_ncols=True))
+        bars[0].update(n - bars[0].n)
+
+    try:
+        yield update
+    except BaseException:
+        for bar in bars:
+            bar.leave = False
+            bar.close()
+        raise
+    for bar in bars:
+        bar.close()
+
+
 @main.command("list")
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
@@ -88,13 +137,15 @@ def list_cmd(ctx: click.Context) -> None:
     if df.empty:
         click.echo("no datasets yet: workbench import FILE --dataset NAME")
         return
-    click.echo(df.to_string(index=False))
+    table = df[["name", "active_version", "n_rows", "versions"]].rename(
+        columns={"active_version": "active", "n_rows": "rows"})
+    click.echo(table.to_string(index=False))
 
 
 @main.command("show")
 @click.argument("ref")
-@click.option("--offset", type=int, default=0, show_default=True)
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--search", default="", help="Only rows containing this text.")
 @click.option("--json", "as_json", is_flag=True, help="Print full rows as JSON lines.")
 @click.pass_context
@@ -110,6 +161,9 @@ def show_cmd(ctx: click.Context, ref: str, offset: int, limit: int, search: str,
                                      "messages": orjson.loads(r.messages),
                                      "metadata": orjson.loads(r.metadata),
                                      "tags": list(r.tags), "note": r.note}).decode())
+        return
+    if page.rows.empty:
+        click.echo(f"no rows at offset {offset} ({page.total} match)")
         return
     click.echo(f"rows {offset + 1}-{offset + len(page.rows)} of {page.total}")
     for _, r in page.rows.iterrows():
@@ -160,7 +214,8 @@ def activate_cmd(ctx: click.Context, ref: str) -> None:
 @main.command("diff")
 @click.argument("a")
 @click.argument("b")
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows listed per kind.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Rows listed per kind.")
 @click.pass_context
 def diff_cmd(ctx: click.Context, a: str, b: str, limit: int) -> None:
     """Show rows added, removed (with reasons) and changed from version A to B."""
@@ -168,8 +223,7 @@ def diff_cmd(ctx: click.Context, a: str, b: str, limit: int) -> None:
     diff = store.diff(store.resolve(a), store.resolve(b))
     click.echo(" ".join(f"{k}={v}" for k, v in diff.counts().items()))
     for _, r in diff.removed.head(limit).iterrows():
-        dup = f" duplicate_of={int(r.duplicate_of)}" if r.duplicate_of == r.duplicate_of \
-            and r.duplicate_of is not None else ""
+        dup = f" duplicate_of={int(r.duplicate_of)}" if pd.notna(r.duplicate_of) else ""
         click.echo(f"- [{r.row_key}] {r.reason or 'not in B'}{dup}: {_one_line(r.prompt, 70)}")
     for _, r in diff.added.head(limit).iterrows():
         click.echo(f"+ [{r.row_key}] {_one_line(r.prompt, 70)}")
@@ -253,7 +307,7 @@ def app_cmd(ctx: click.Context, host: str, port: int, sample: bool) -> None:
             click.echo(f"imported sample datasets: {', '.join(added)}")
     app = Path(__file__).resolve().parent.parent / "app.py"
     env = {**os.environ, "WORKBENCH_STORE": str(Path(store.path).resolve())}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
+    cmd = [sys.executable, str(app), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false"]
     raise SystemExit(subprocess.call(cmd, env=env))

@@ -15,13 +15,13 @@ SAMPLES: dict[str, str] = {
 }
 
 
-def ensure_sample_data(store: Store, sample_dir: Path = SAMPLE_DIR) -> list[str]:
+def ensure_sample_data(store: Store, sample_dir: Path | None = None) -> list[str]:
     """Import the sample datasets into a store that has no datasets; return the names added."""
     if len(store.datasets()):
         return []
     added = []
     for name, filename in SAMPLES.items():
-        path = sample_dir / filename
+        path = (sample_dir or SAMPLE_DIR) / filename
         if path.exists():
             store.import_file(path, name)
             added.append(name)

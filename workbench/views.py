@@ -3,36 +3,60 @@
 from __future__ import annotations
 
 import io
-import shutil
+import math
+import re
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 import pandas as pd
 
-from .io import export_suffix
+from .io import ImportReport, export_suffix
 from .store import Diff, Page, Store, VersionInfo
 
-BROWSE_COLUMNS = ["row_key", "prompt", "response", "n_turns", "n_chars", "tags", "note"]
+BROWSE_COLUMNS = ["row_key", "user", "response", "system", "n_turns", "n_chars", "tags", "note"]
 
 
 def page_table(page: Page) -> pd.DataFrame:
-    """Return the columns of a page shown in the browse table, one line of text per cell."""
+    """Return the columns of a page shown in the browse table, one line of text per cell.
+
+    The last user turn stands for the prompt: a long shared system prompt would otherwise fill
+    every cell of the column with the same words.
+    """
+    messages = [orjson.loads(m) if isinstance(m, str) else list(m)
+                for m in page.rows.get("messages", pd.Series(dtype=object))]
     df = page.rows.reindex(columns=BROWSE_COLUMNS).copy()
-    for col in ("prompt", "response"):
-        df[col] = [" ".join(str(t).split())[:160] for t in df[col].fillna("")]
+    df["user"] = [_one_line(_last(m, "user")) for m in messages]
+    df["system"] = ["✓" if _last(m, "system") else "" for m in messages]
+    df["response"] = [_one_line(t) for t in df["response"].fillna("")]
     df["tags"] = [", ".join(t) if t is not None else "" for t in df["tags"]]
+    df["note"] = [_one_line(t) for t in df["note"].fillna("")]
     return df.reset_index(drop=True)
 
 
+def _last(messages: list[dict], role: str) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == role), "")
+
+
+def _one_line(text: str, width: int = 300) -> str:
+    return " ".join(str(text).split())[:width]
+
+
 def lineage_table(versions: list[VersionInfo], active: int | None = None) -> pd.DataFrame:
-    """Return one row per version: id, parent, operation, params, counts, rows, active mark."""
-    return pd.DataFrame([{
-        "version": v.version_id, "parent": v.parent_id, "operation": v.operation,
-        "rows": v.n_rows, "counts": _compact(v.counts), "params": _compact(v.params),
-        "created": v.created_at, "active": "●" if v.version_id == active else "",
-    } for v in versions])
+    """Return one row per version: active mark, id, parent, operation, rows, counts, params."""
+    return pd.DataFrame({
+        "active": ["●" if v.version_id == active else "" for v in versions],
+        "version": [v.version_id for v in versions],
+        "parent": pd.array([v.parent_id for v in versions], dtype="Int64"),
+        "operation": [v.operation for v in versions],
+        "rows": [v.n_rows for v in versions],
+        "counts": [_compact(v.counts) for v in versions],
+        "params": [_compact(v.params) for v in versions],
+        "created": [v.created_at for v in versions],
+    })
 
 
 def _compact(value: dict) -> str:
@@ -77,18 +101,58 @@ def _zip_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def save_upload(name: str, data: bytes, folder: Path) -> Path:
-    """Write uploaded bytes under a folder with a safe file name; return the path."""
-    safe = Path(name).name.replace("/", "_") or "upload.jsonl"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / safe
-    target.write_bytes(data)
-    return target
+@contextmanager
+def uploaded_file(name: str, data: bytes) -> Iterator[Path]:
+    """Yield a temporary path holding uploaded bytes under a safe name; removed afterwards.
+
+    The store keeps the rows, so the upload itself need not outlive the import.
+    """
+    safe = Path(name.replace("\\", "/")).name
+    safe = safe if safe not in ("", ".", "..") else "upload.jsonl"
+    with tempfile.TemporaryDirectory(prefix="workbench-upload-") as tmp:
+        target = Path(tmp) / safe
+        target.write_bytes(data)
+        yield target
 
 
-def cleanup_upload(path: Path) -> None:
-    """Remove a saved upload once imported (the store keeps the rows)."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def import_source(store: Store, dataset: str, *, upload: tuple[str, bytes] | None = None,
+                  path: str = "", shape: str = "auto") -> tuple[VersionInfo, ImportReport]:
+    """Import an upload (name, bytes) if given, else a local path; return version and report."""
+    if upload is not None:
+        name, data = upload
+        with uploaded_file(name, data) as saved:
+            return store.import_file(saved, dataset, shape=shape, display_name=name)
+    return store.import_file(path.strip(), dataset, shape=shape)
+
+
+def dataset_name_for(source: str) -> str:
+    """Return a dataset name suggested by an uploaded file name or a local path."""
+    return Path(source.strip().rstrip("/\\")).stem if source.strip() else ""
+
+
+def plural(n: int, word: str) -> str:
+    """Return "1 row", "2 rows", "1,000 rows"."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def page_count(total: int, size: int) -> int:
+    """Return how many pages of `size` rows `total` rows fill (at least 1)."""
+    return max(1, math.ceil(total / size))
+
+
+def selected_row_keys(page: Page, positions: list[int]) -> list[int]:
+    """Return the row keys at the selected table positions, ignoring stale positions.
+
+    A selection survives reruns, so it may point past a page that filters have shortened.
+    """
+    return [int(page.rows.iloc[i]["row_key"]) for i in positions if 0 <= i < len(page.rows)]
+
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all
+# also defuses Streamlit's own :color[...] / :material/...: and $math$ syntax.
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md_escape(text: object) -> str:
+    """Return text that a markdown renderer shows literally (no links, images, HTML)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split("\n")))

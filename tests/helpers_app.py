@@ -1,0 +1,108 @@
+"""Shared helpers for the CLI, AppTest and browser tests: tiny datasets and app drivers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+
+
+def chat_record(i: int, **metadata: Any) -> dict:
+    """Return one OpenAI-chat record whose texts name its number."""
+    return {"messages": [{"role": "user", "content": f"question {i}: how do I reset item {i}?"},
+                         {"role": "assistant", "content": f"answer {i}: press reset {i} times."}],
+            **metadata}
+
+
+def write_jsonl(path: Path, records: Iterable[dict | str]) -> Path:
+    """Write records (dicts as JSON, strings verbatim) one per line; return the path."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def chat_file(path: Path, n: int, *, bad_lines: Iterable[str] = ()) -> Path:
+    """Write n chat records (topic alternating billing/login) followed by bad lines."""
+    records: list[dict | str] = [chat_record(i, topic="billing" if i % 2 else "login")
+                                 for i in range(n)]
+    return write_jsonl(path, [*records, *bad_lines])
+
+
+# --- AppTest ----------------------------------------------------------------------------------
+def emulate_running_server(monkeypatch) -> None:
+    """Make AppTest rerun app.py like a live server does, despite the `pages/` folder.
+
+    Streamlit keeps a "multipage v1" mode for apps with a `pages/` folder; st.navigation turns
+    it off for the process, but AppTest resets it before every run, so from the second run on
+    AppTest executes the page script alone (no sidebar, no app.py). A live server has it off
+    after its first run; pin it off here.
+    """
+    from streamlit.runtime import pages_manager
+
+    original = pages_manager.PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pages_manager.PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
+
+
+# --- a live server for the browser -------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store_path: Path, port: int, log: Path) -> subprocess.Popen:
+    """Start `streamlit run app.py` on 127.0.0.1:port with its own store; return the process."""
+    env = {**os.environ, "WORKBENCH_STORE": str(store_path),
+           "WORKBENCH_HOME": str(store_path.parent)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port),
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Wait until the server answers its health check; raise if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Terminate the server we started (its own process group), then make sure it is gone."""
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]

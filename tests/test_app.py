@@ -1,0 +1,357 @@
+"""AppTest: the app shell and the Datasets page over a temporary store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from helpers_app import APP, chat_file, chat_record, emulate_running_server, write_jsonl
+from workbench.schema import StepResult
+from workbench.store import Store
+
+
+def plain(text: str) -> str:
+    """Undo markdown escaping, to compare what the user reads."""
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def texts(elements) -> list[str]:
+    return [plain(e.value) for e in elements]
+
+
+def no_exception(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+@pytest.fixture
+def store_path(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "store.duckdb"
+    monkeypatch.setenv("WORKBENCH_STORE", str(path))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()  # get_store is cached per path; start from a fresh handle
+    yield path
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def store(store_path: Path) -> Store:
+    """A store holding dataset 'support': 120 chat rows with topic billing/login."""
+    s = Store(store_path)
+    s.import_file(chat_file(store_path.parent / "support.jsonl", 120), "support")
+    return s
+
+
+def start(store_path: Path) -> AppTest:
+    return no_exception(AppTest.from_file(str(APP), default_timeout=30).run())
+
+
+def browse_table(at: AppTest):
+    (table,) = [d for d in at.dataframe if (d.key or "").startswith("browse_table")]
+    return table
+
+
+def select_rows(at: AppTest, *positions: int) -> AppTest:
+    """Select rows of the browse table the way a click does: through its selection state."""
+    at.session_state[browse_table(at).key] = {
+        "selection": {"rows": list(positions), "columns": [], "cells": []}}
+    return no_exception(at.run())
+
+
+def tab(at: AppTest, label: str):
+    return next(t for t in at.tabs if t.label == label)
+
+
+def browse_caption(at: AppTest) -> str:
+    return next(c for c in texts(at.caption) if " matching row" in c)
+
+
+# --- shell --------------------------------------------------------------------------------------
+def test_empty_store_asks_for_an_import(store_path):
+    at = start(store_path)
+    assert "Import a dataset first (Import tab)." in texts(at.info)
+    assert any("No datasets yet" in t for t in texts(at.sidebar.info))
+    assert any(str(store_path) in t for t in texts(at.sidebar.caption))
+
+
+def test_unopenable_store_shows_an_error_not_a_traceback(store_path, monkeypatch):
+    store_path.mkdir()  # a folder where the store file should be
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    assert not at.exception
+    assert any("cannot open the store" in t for t in texts(at.error))
+
+
+def test_sidebar_shows_the_active_version(store):
+    at = start(Path(store.path))
+    assert at.sidebar.selectbox(key="dataset").value == "support"
+    assert "active version v1 · 120 rows · import" in texts(at.sidebar.caption)
+
+
+# --- browse ---------------------------------------------------------------------------------------
+def test_browse_shows_the_first_page_and_the_total(store):
+    at = start(Path(store.path))
+    table = browse_table(at).value
+    assert len(table) == 50
+    assert table["user"].iloc[0].startswith("question 0:")
+    assert table["user"].iloc[49].startswith("question 49:")
+    assert browse_caption(at) == "120 matching rows · page 1 of 3 · version v1"
+
+
+def test_search_filters_rows(store):
+    at = start(Path(store.path))
+    at.text_input(key="browse_search").input("item 7?").run()
+    no_exception(at)
+    assert list(browse_table(at).value["user"]) == ["question 7: how do I reset item 7?"]
+    assert browse_caption(at).startswith("1 matching row ")
+
+
+def test_metadata_filter_applies_the_fields_commonest_value(store):
+    at = start(Path(store.path))
+    at.selectbox(key="browse_field").select("topic").run()
+    value = no_exception(at).selectbox(key="browse_value")
+    assert sorted(value.options) == ["billing", "login"] and value.value in value.options
+    at.selectbox(key="browse_value").select("billing").run()
+    table = browse_table(no_exception(at)).value
+    assert browse_caption(at).startswith("60 matching rows")
+    assert table["user"].iloc[0].startswith("question 1:")  # odd rows are billing
+
+
+def test_paging_shows_the_next_rows_and_a_filter_goes_back_to_page_1(store):
+    at = start(Path(store.path))
+    at.number_input(key="browse_page").set_value(2).run()
+    table = browse_table(no_exception(at)).value
+    assert table["user"].iloc[0].startswith("question 50:")
+    assert browse_caption(at) == "120 matching rows · page 2 of 3 · version v1"
+    at.number_input(key="browse_page").set_value(3).run()
+    assert len(browse_table(no_exception(at)).value) == 20
+    at.text_input(key="browse_search").input("reset").run()
+    assert at.number_input(key="browse_page").value == 1
+    assert browse_caption(no_exception(at)).startswith("120 matching rows · page 1 of 3")
+
+
+def test_a_page_past_the_end_shows_the_last_page(store):
+    at = start(Path(store.path))
+    at.number_input(key="browse_page").set_value(9).run()
+    assert browse_caption(no_exception(at)) == "120 matching rows · page 3 of 3 · version v1"
+    assert browse_table(at).value["user"].iloc[0].startswith("question 100:")
+
+
+def test_selecting_a_row_shows_its_chat_view(store):
+    at = select_rows(start(Path(store.path)), 3)
+    row_key = int(browse_table(at).value["row_key"].iloc[3])
+    assert f"Row {row_key}" in texts(at.subheader)
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
+    assert texts(at.text) == ["question 3: how do I reset item 3?",
+                              "answer 3: press reset 3 times."]
+
+
+def test_a_selection_from_another_page_does_not_follow_to_the_next(store):
+    at = select_rows(start(Path(store.path)), 40)
+    at.text_input(key="browse_search").input("item 7?").run()  # one row left: index 40 is gone
+    no_exception(at)
+    assert not at.chat_message
+    at.number_input(key="browse_page").set_value(2).run()
+    assert not no_exception(at).chat_message
+
+
+def test_editing_a_row_saves_a_new_version_and_keeps_the_old(store):
+    at = select_rows(start(Path(store.path)), 0)
+    old_key = int(browse_table(at).value["row_key"].iloc[0])
+    at.text_area(key=f"e_{old_key}_1").input("a better answer")
+    at.text_input(key=f"t_{old_key}").input("reviewed")
+    at.button(key=f"FormSubmitter:edit_{old_key}-Save as new version").click().run()
+    no_exception(at)
+    assert store.active_version("support") == 2
+    assert any("as version v2" in t for t in texts(at.success))
+    assert "active version v2 · 120 rows · edit" in texts(at.sidebar.caption)
+    new_first = store.page(2, limit=1).rows.iloc[0]
+    assert new_first.response == "a better answer" and list(new_first.tags) == ["reviewed"]
+    old_first = store.page(1, limit=1).rows.iloc[0]
+    assert old_first.row_key == old_key and old_first.response.startswith("answer 0:")
+
+
+def test_selecting_several_rows_tags_them(store):
+    at = select_rows(start(Path(store.path)), 0, 2)
+    assert "2 rows selected" in texts(at.subheader)
+    at.text_input(key="bulk_tag").input("check").run()
+    at.button(key="bulk_add").click().run()
+    no_exception(at)
+    tagged = store.page(store.active_version("support"), filters=None).rows
+    assert [list(t) for t in tagged["tags"].iloc[:3]] == [["check"], [], ["check"]]
+
+
+# --- history ----------------------------------------------------------------------------------
+def drop_first_row(store: Store):
+    frame = store.frame(1)
+    dropped = pd.DataFrame({"row_key": [int(frame.row_key.iloc[0])], "reason": ["too_short"],
+                            "duplicate_of": pd.array([None], dtype="Int64"),
+                            "detail": ["planted for the test"]})
+    return store.apply_step(1, StepResult(kept=frame.iloc[1:], dropped=dropped),
+                            operation="filter", params={"min_chars": 5})
+
+
+def test_history_shows_lineage_and_diff_and_switches_versions(store):
+    drop_first_row(store)
+    at = start(Path(store.path))
+    lineage = tab(at, "History").dataframe[0].value  # tables without selection have no key
+    assert list(lineage["version"]) == [1, 2] and list(lineage["operation"]) == ["import", "filter"]
+    assert lineage["parent"].iloc[1] == 1 and lineage["active"].iloc[1] == "●"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Rows added": "0", "Rows removed": "1", "Rows changed": "0"}
+    at.selectbox(key="history_pick").select(1).run()
+    at.button(key="make_active").click().run()
+    no_exception(at)
+    assert store.active_version("support") == 1
+    assert "active version v1 · 120 rows · import" in texts(at.sidebar.caption)
+
+
+def test_dropped_rows_show_their_reason_and_can_be_restored(store):
+    drop_first_row(store)
+    at = start(Path(store.path))
+    assert "Dropped rows (1)" in texts(at.subheader)
+    removed = tab(at, "History").dataframe[-1].value
+    assert list(removed["reason"]) == ["too_short"]
+    at.multiselect(key="restore_keys").select(int(removed["row_key"].iloc[0])).run()
+    at.button(key="restore").click().run()
+    no_exception(at)
+    assert store.active_version("support") == 3
+    assert store.version(3).n_rows == 120 and store.version(3).operation == "restore"
+    assert "Dropped rows (0)" in texts(at.subheader)
+
+
+# --- export -------------------------------------------------------------------------------------
+def test_export_prepares_a_download_of_the_active_version(store):
+    at = start(Path(store.path))
+    at.button(key="export_prepare").click().run()
+    no_exception(at)
+    assert at.download_button(key="export_download").label == "Download support-v1.jsonl"
+    _, _, name, data = at.session_state["export_file"]
+    rows = [json.loads(line) for line in data.decode().splitlines()]
+    assert len(rows) == 120 and rows[0]["messages"][0]["content"].startswith("question 0:")
+    at.selectbox(key="export_format").select("parquet").run()
+    assert not at.download_button  # the prepared JSONL is not offered as Parquet
+
+
+def test_export_a_multi_turn_row_as_alpaca_shows_the_error(store_path):
+    record = {"messages": [{"role": "assistant", "content": "hi"}]}
+    Store(store_path).import_file(write_jsonl(store_path.parent / "a.jsonl", [record]), "odd")
+    at = start(store_path)
+    at.selectbox(key="export_format").select("alpaca_json").run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and any("Alpaca needs" in t for t in texts(at.error))
+
+
+# --- import -------------------------------------------------------------------------------------
+def test_import_from_a_path_reports_rejected_lines(store_path):
+    source = chat_file(store_path.parent / "mixed.jsonl", 5, bad_lines=["{oops", '{"foo": 1}'])
+    at = start(store_path)
+    at.text_input(key="import_path").input(str(source)).run()
+    assert at.text_input(key="import_name").value == "mixed"  # suggested from the file name
+    at.button(key="import_button").click().run()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Rows read": "7", "Imported": "5", "Rejected": "2"}
+    rejects = tab(at, "Import").dataframe[0].value
+    assert list(rejects["line"]) == [6, 7]
+    assert list(rejects["field"]) == ["(line)", "(row)"]
+    assert rejects["reason"].iloc[0].startswith("bad JSON")
+    assert at.sidebar.selectbox(key="dataset").value == "mixed"
+    assert any("Imported 5 rows into 'mixed' as version v1." in t for t in texts(at.success))
+    assert len(browse_table(at).value) == 5
+
+
+def test_import_an_uploaded_file(store_path):
+    at = start(store_path)
+    data = "\n".join(json.dumps(chat_record(i)) for i in range(3)).encode()
+    at.file_uploader(key="import_upload").upload("upload me.jsonl", data, "application/json")
+    at.run()
+    assert at.text_input(key="import_name").value == "upload me"
+    at.button(key="import_button").click().run()
+    no_exception(at)
+    assert {m.label: m.value for m in at.metric}["Imported"] == "3"
+    assert any(t.startswith("upload me.jsonl: read 3 rows") for t in texts(at.caption))
+    assert Store(store_path).active_version("upload me") == 1
+
+
+def test_a_typed_name_is_kept_when_the_file_changes(store_path):
+    at = start(store_path)
+    at.text_input(key="import_name").input("mine").run()
+    at.text_input(key="import_path").input("/somewhere/else.jsonl").run()
+    assert at.text_input(key="import_name").value == "mine"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x01\x02binary\x00", "looks like a binary file"),
+    (b"", "the file is empty"),
+    (b'{"foo": 1}\n', "no row could be imported"),
+])
+def test_a_file_that_is_no_dataset_shows_an_error_and_the_app_goes_on(store_path, content,
+                                                                      message):
+    bad = store_path.parent / "bad.jsonl"
+    bad.write_bytes(content)
+    at = start(store_path)
+    at.text_input(key="import_path").input(str(bad)).run()
+    at.button(key="import_button").click().run()
+    assert not at.exception
+    assert any(message in t for t in texts(at.error))
+    assert "Import a dataset first (Import tab)." in texts(at.info)
+    at.text_input(key="import_path").input(str(chat_file(store_path.parent / "ok.jsonl", 2)))
+    at.run()
+    at.button(key="import_button").click().run()
+    assert {m.label: m.value for m in no_exception(at).metric}["Imported"] == "2"
+
+
+# --- dataset text is text -------------------------------------------------------------------------
+HOSTILE = "look ![x](http://example.com/a.png) and <b>bold</b> :red[alert] $x^2$"
+
+
+def test_dataset_text_renders_literally(store_path):
+    record = {"messages": [{"role": "user", "content": HOSTILE},
+                           {"role": "assistant", "content": "<img src=http://example.com/b.png>"}],
+              "source": "![m](http://example.com/m.png)"}
+    Store(store_path).import_file(write_jsonl(store_path.parent / "evil[1].jsonl", [record]),
+                                  "![d](http://example.com/d.png)")
+    at = select_rows(start(store_path), 0)
+    assert texts(at.text) == [HOSTILE, "<img src=http://example.com/b.png>"]
+    # Whatever else shows dataset-derived strings through markdown escapes them.
+    for element in [*at.markdown, *at.caption, *at.subheader, *at.success, *at.info]:
+        assert "](http" not in element.value and "<b>" not in element.value
+
+
+def test_switching_datasets_resets_the_history_pickers(store):
+    drop_first_row(store)
+    store.import_file(chat_file(Path(store.path).parent / "other.jsonl", 3), "other")
+    at = start(Path(store.path))
+    at.sidebar.selectbox(key="dataset").select("support").run()
+    at.selectbox(key="diff_a").select(2).run()
+    at.selectbox(key="history_pick").select(1).run()
+    at.sidebar.selectbox(key="dataset").select("other").run()
+    no_exception(at)
+    assert at.selectbox(key="diff_a").options == ["v3"]
+    assert at.selectbox(key="history_pick").value == 3
+    assert browse_caption(at).startswith("3 matching rows")
+
+
+def test_switching_datasets_starts_browsing_at_page_1(store):
+    store.import_file(chat_file(Path(store.path).parent / "other.jsonl", 80), "other")
+    at = start(Path(store.path))
+    at.number_input(key="browse_page").set_value(3).run()
+    at.sidebar.selectbox(key="dataset").select("other").run()
+    assert browse_caption(no_exception(at)) == "80 matching rows · page 1 of 2 · version v2"
+
+
+@pytest.mark.parametrize("text", [HOSTILE, "a_b*c", "[x](y)", "<script>", "1. item", "# head"])
+def test_md_escape_escapes_every_markdown_character(text):
+    from workbench.views import md_escape
+
+    escaped = md_escape(text)
+    assert plain(escaped) == text
+    assert not re.findall(r"(?<!\\)[!\[\]()<>*_#`$:]", escaped)
