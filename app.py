@@ -25,7 +25,8 @@ from workbench.exceptions import WorkbenchError
 st.set_page_config(page_title="workbench", page_icon="🧰", layout="wide")
 
 PAGES = [
-    st.Page("pages/datasets.py", title="Datasets", icon="🗂️", default=True),
+    st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:", default=True),
+    st.Page("pages/dedup.py", title="Deduplicate", icon=":material/content_copy:"),
 ]
 
 navigation = st.navigation(PAGES)

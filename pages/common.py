@@ -67,3 +67,50 @@ def show_flash() -> None:
     message = st.session_state.pop("flash", None)
     if message:
         st.success(md_escape(message), icon=":material/check_circle:")
+
+
+@st.cache_data(max_entries=4, show_spinner="Loading rows…")
+def version_frame(store_path: str, version_id: int):
+    """Return a version's step DataFrame; versions are immutable, so caching by id is safe."""
+    return Store(store_path).frame(version_id)
+
+
+def active_frame(dataset: str):
+    """Return (active version id, its step DataFrame) for a dataset."""
+    version_id = store().active_version(dataset)
+    return version_id, version_frame(str(store().path), version_id)
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def job_panel(run_id: str, *, key: str) -> None:
+    """Show a background job's progress, ETA, log tail and a cancel button; refresh live."""
+    from workbench import jobs
+
+    @st.fragment(run_every=2.0 if jobs.status(run_id).active else None)
+    def panel() -> None:
+        job = jobs.status(run_id)
+        label = f"{job.kind} · {job.state} · step {job.step}/{job.total or '?'}"
+        if job.active:
+            st.progress(job.fraction, text=f"{label} · ETA {_eta(job.eta_s)}")
+            if st.button("Cancel", key=f"{key}_cancel", icon=":material/cancel:"):
+                jobs.cancel(run_id, grace_s=0.5)
+                st.rerun()
+        elif job.state == "done":
+            st.progress(1.0, text=label)
+        else:
+            st.progress(job.fraction, text=label)
+            show_error(f"{job.kind} {job.state}: {job.error or 'stopped'}")
+        with st.expander("Log"):
+            st.code(jobs.log_tail(run_id, 15) or "(empty)", language=None)
+        if not job.active and st.session_state.get(f"{key}_was_active"):
+            st.session_state[f"{key}_was_active"] = False
+            st.rerun(scope="app")  # let the page pick up the finished results
+        st.session_state[f"{key}_was_active"] = job.active
+
+    panel()

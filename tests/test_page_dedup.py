@@ -1,0 +1,99 @@
+"""AppTest: the Deduplicate page finds the planted duplicates, reviews and applies them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from helpers_app import APP, emulate_running_server
+from workbench.sample import SAMPLE_DIR
+from workbench.store import Store
+
+TRAIN = SAMPLE_DIR / "support_train.jsonl"
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> Store:
+    path = tmp_path / "store.duckdb"
+    monkeypatch.setenv("WORKBENCH_STORE", str(path))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    s = Store(path)
+    s.import_file(TRAIN, "train")
+    yield s
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def open_page(store: Store) -> AppTest:
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    return ok(at.switch_page("pages/dedup.py").run())
+
+
+def planted_duplicates() -> int:
+    manifest = json.loads((SAMPLE_DIR / "defects.json").read_text())
+    counts = manifest["support_train.jsonl"]["counts"]
+    return counts["exact_duplicate"] + counts["near_duplicate"]
+
+
+def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    at = ok(at.switch_page("pages/dedup.py").run())
+    assert any("Import a dataset first" in i.value for i in at.info)
+
+
+def test_finds_planted_duplicates_and_applies_a_new_version(store):
+    at = open_page(store)
+    at = ok(at.button(key="dd_find").click().run())
+    clusters, to_drop = (int(m.value) for m in at.metric)
+    assert to_drop == planted_duplicates() and clusters > 0
+    at = ok(at.button(key="dd_apply").click().run())
+    versions = store.versions("train")
+    assert len(versions) == 2 and versions[-1].operation == "dedup"
+    assert versions[-1].n_rows == 400 - to_drop
+    removed = store.removed(versions[-1].version_id)
+    assert set(removed["reason"]) == {"exact_duplicate", "near_duplicate"}
+    assert removed["duplicate_of"].notna().all()
+
+
+def test_review_a_cluster_and_keep_all_of_it(store):
+    at = open_page(store)
+    at = ok(at.button(key="dd_find").click().run())
+    _, to_drop = (int(m.value) for m in at.metric)
+    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at = ok(at.run())
+    assert any(s.value.startswith("Cluster ") for s in at.subheader)
+    keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
+    at = ok(keep.set_value("all").run())
+    at = ok(at.button(key="dd_apply").click().run())
+    latest = store.versions("train")[-1]
+    assert latest.n_rows > 400 - to_drop  # the overridden cluster kept all its members
+    assert latest.params["overrides"]
+
+
+def test_threshold_explorer_plots_a_curve(store):
+    at = open_page(store)
+    at = ok(at.radio(key="dd_curve_method").set_value("near").run())
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_semantic_needs_embeddings_first(store):
+    at = open_page(store)
+    at = ok(at.checkbox(key="dd_sem").check().run())
+    assert any("need embeddings" in i.value for i in at.info)
+    assert at.button(key="dd_find").disabled

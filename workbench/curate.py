@@ -1,0 +1,139 @@
+"""Curation steps run against the store: load a version, run a step, save the child version.
+
+The steps themselves (clean.py, dedup.py, select.py) are pure functions over DataFrames;
+this module is the one place that wires them to the store, so the pages and the CLI stay
+thin and do the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import dedup, jobs
+from .cache import get_embeddings
+from .exceptions import ConfigError
+from .store import Store, VersionInfo
+
+Field = Literal["conversation", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """What counts as a duplicate, on which text, and which member of a cluster stays."""
+
+    field: Field = "conversation"
+    near: bool = True
+    near_threshold: float = 0.8
+    ngram: int = 5
+    num_perm: int = 128
+    semantic: bool = False
+    semantic_threshold: float = dedup.DEFAULT_COSINE_THRESHOLD
+    keep: dedup.KeepPolicy = "first"
+    score_column: str | None = None
+    model: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.field not in ("conversation", "user", "assistant"):
+            raise ConfigError(f"field={self.field!r}: use conversation, user or assistant")
+        if not 0.0 < self.semantic_threshold <= 1.0:
+            raise ConfigError(f"semantic_threshold={self.semantic_threshold}: must be in (0, 1]")
+
+    def minhash(self) -> dedup.MinHashConfig:
+        """Return the MinHash settings these options describe."""
+        return dedup.MinHashConfig(threshold=self.near_threshold, ngram=self.ngram,
+                                   num_perm=self.num_perm)
+
+    def params(self) -> dict:
+        """Return the options as the JSON recorded with the new version."""
+        return asdict(self)
+
+
+def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
+                       model: str = "default") -> tuple[np.ndarray | None, int]:
+    """Return (vectors aligned with frame rows, or None if some are missing; missing count)."""
+    ids = frame["id"].tolist()
+    cached = get_embeddings(store, ids, model, field)
+    missing = len(set(ids) - cached.keys())
+    if missing or not ids:
+        return None, missing
+    return np.stack([cached[i] for i in ids]), 0
+
+
+def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
+                    model: str = "default") -> jobs.JobStatus:
+    """Start a background job that fills the embedding cache for a version."""
+    return jobs.start("workbench.embed.embed_task",
+                      {"store": str(store.path), "version_id": version_id, "field": field,
+                       "model": model}, kind="embed")
+
+
+def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:
+    """Return the embedding jobs started for a version and field, newest first."""
+    return [j for j in jobs.list_runs("embed")
+            if j.config["params"].get("version_id") == version_id
+            and j.config["params"].get("field") == field]
+
+
+def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) -> pd.DataFrame:
+    """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked)."""
+    vectors = None
+    if options.semantic:
+        vectors, missing = version_embeddings(store, frame, field=options.field,
+                                              model=options.model)
+        if vectors is None:
+            raise ConfigError(f"{missing} rows have no embedding yet: run the embedding job "
+                              "first (semantic duplicates need every row embedded)")
+    return dedup.find_duplicates(
+        frame, field=options.field, near=options.minhash() if options.near else None,
+        semantic_threshold=options.semantic_threshold if options.semantic else None,
+        embeddings=vectors, keep=options.keep, score_column=options.score_column)
+
+
+def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
+                    method: Literal["near", "semantic"],
+                    thresholds: Sequence[float]) -> pd.DataFrame:
+    """Return rows removed and clusters at each threshold, for the threshold explorer."""
+    vectors = None
+    if method == "semantic":
+        vectors, missing = version_embeddings(store, frame, field=options.field,
+                                              model=options.model)
+        if vectors is None:
+            raise ConfigError(f"{missing} rows have no embedding yet: run the embedding job")
+    return dedup.threshold_curve(frame, method, thresholds, field=options.field,
+                                 config=options.minhash(), embeddings=vectors)
+
+
+def cluster_summary(frame: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per cluster: id, size, method, lowest similarity, the kept row's text."""
+    if clusters.empty:
+        return pd.DataFrame(columns=["cluster_id", "size", "method", "min_similarity",
+                                     "kept_row", "kept_text"])
+    kept = clusters[clusters["kept"]].set_index("cluster_id")
+    text = frame.set_index("row_key")["response"]
+    out = clusters.groupby("cluster_id").agg(size=("row_key", "size"), method=("method", "first"),
+                                             min_similarity=("similarity", "min")).reset_index()
+    out["kept_row"] = [int(kept.at[c, "row_key"]) for c in out["cluster_id"]]
+    out["kept_text"] = [" ".join(str(text.get(k, "")).split())[:160] for k in out["kept_row"]]
+    return out.sort_values(["size", "cluster_id"], ascending=[False, True], ignore_index=True)
+
+
+def cluster_members(frame: pd.DataFrame, clusters: pd.DataFrame, cluster_id: int
+                    ) -> pd.DataFrame:
+    """Return one cluster's members with their prompt, response, similarity and keep flag."""
+    members = clusters[clusters["cluster_id"] == cluster_id]
+    rows = frame.set_index("row_key").loc[members["row_key"], ["prompt", "response"]]
+    return members.reset_index(drop=True).join(rows.reset_index(drop=True))
+
+
+def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame, clusters: pd.DataFrame,
+                options: DedupOptions, overrides: Mapping[int, int | str] | None = None
+                ) -> VersionInfo:
+    """Drop all but the kept member of each cluster into a new version; return it."""
+    result = dedup.apply_clusters(frame, clusters, overrides=overrides)
+    params = {**options.params(), "clusters": int(clusters["cluster_id"].nunique()),
+              "overrides": {str(k): v for k, v in (overrides or {}).items()}}
+    return store.apply_step(version_id, result, operation="dedup", params=params)
