@@ -26,6 +26,7 @@ st.set_page_config(page_title="workbench", page_icon="🧰", layout="wide")
 
 PAGES = [
     st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:", default=True),
+    st.Page("pages/clean.py", title="Clean", icon=":material/cleaning_services:"),
     st.Page("pages/dedup.py", title="Deduplicate", icon=":material/content_copy:"),
 ]
 

@@ -618,3 +618,11 @@ def test_properties_of_apply(convs, cut):
                                   result.kept, check_dtype=False)
     pd.testing.assert_frame_equal(pd.concat([p.dropped for p in parts], ignore_index=True),
                                   result.dropped, check_dtype=False)
+
+
+def test_refusal_without_an_apology_at_the_start():
+    from workbench.clean import refusal_match
+
+    assert refusal_match("I'm not able to help with that. Is there anything else?")
+    assert refusal_match("I am unable to assist with this request.")
+    assert refusal_match("I'm not able to log in to my account since Monday.") is None

@@ -137,3 +137,44 @@ def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame, clusters: pd
     params = {**options.params(), "clusters": int(clusters["cluster_id"].nunique()),
               "overrides": {str(k): v for k, v in (overrides or {}).items()}}
     return store.apply_step(version_id, result, operation="dedup", params=params)
+
+
+# --- cleaning --------------------------------------------------------------------------------
+def eval_texts(store: Store, version_id: int) -> tuple[list[str], list[str]]:
+    """Return (texts, ids) of an evaluation version's user and assistant turns."""
+    frame = store.frame(version_id)
+    texts, ids = [], []
+    for row_id, messages in zip(frame["id"], frame["messages"]):
+        for m in messages:
+            if m["role"] in ("user", "assistant"):
+                texts.append(m["content"])
+                ids.append(row_id)
+    return texts, ids
+
+
+def default_token_counter():
+    """Return the default language model's tokenizer, for token-based length rules."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_lm
+
+    return AutoTokenizer.from_pretrained(str(resolve_lm("default")))
+
+
+def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5):
+    """Return what each rule would drop or change, without changing anything."""
+    from . import clean
+
+    return clean.preview(frame, list(rules), samples=samples)
+
+
+def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,
+                extra_params: dict | None = None) -> VersionInfo:
+    """Apply cleaning rules in order into a new version; return it."""
+    from . import clean
+
+    if not rules:
+        raise ConfigError("no cleaning rule is switched on")
+    result = clean.apply(frame, list(rules))
+    params = {"rules": [r.params() for r in rules], **(extra_params or {})}
+    return store.apply_step(version_id, result, operation="clean", params=params)
