@@ -88,7 +88,7 @@ def rules_form() -> list:
         rule("cl_ref", "Refusals and canned AI disclaimers", True,
              lambda k: clean.Refusal(roles=roles(k, ("assistant",)))),
         rule("cl_ctx", "Refers to content the row lacks (image, link, attachment)", True,
-             lambda k: clean.MissingContext(roles=roles(k, ("user",)))),
+             lambda k: clean.MissingContext(roles=roles(k, ("user", "assistant")))),
         rule("cl_rep", "Repetition (Gopher line and n-gram fractions)", True,
              lambda k: clean.Repetition(min_words=st.number_input(
                  "Only check turns with at least this many words", 10, 500, 50, key=f"{k}_w"),

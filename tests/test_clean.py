@@ -367,8 +367,8 @@ def test_missing_context_multi_turn_and_roles():
                 "Summarize the text above.", "Cats are good.")
     assert len(C.apply(frame(conv), [C.MissingContext()]).dropped) == 0
     said = qa("As you can see in the image above, the cat is asleep.", "Describe my cat.")
-    assert len(C.apply(frame(said), [C.MissingContext()]).dropped) == 0
-    dropped = C.apply(frame(said), [C.MissingContext(roles=("assistant",))]).dropped
+    assert len(C.apply(frame(said), [C.MissingContext(roles=("user",))]).dropped) == 0
+    dropped = C.apply(frame(said), [C.MissingContext()]).dropped  # assistants are checked too
     assert dropped["detail"].iloc[0].startswith("turn 2 (assistant): refers to 'in the image'")
 
 
@@ -626,3 +626,32 @@ def test_refusal_without_an_apology_at_the_start():
     assert refusal_match("I'm not able to help with that. Is there anything else?")
     assert refusal_match("I am unable to assist with this request.")
     assert refusal_match("I'm not able to log in to my account since Monday.") is None
+
+
+@pytest.mark.parametrize("text", [
+    "I can't open it. (screen recording attached)",
+    "I attached a screenshot of the error.",
+    "Details are in the PDF I attached.",
+    "The full log is pasted below.",
+    "Please follow the steps in the article linked below; it covers every platform.",
+])
+def test_missing_context_attachment_claims(text):
+    assert len(C.apply(frame(qa("Sure, let me check.", text)), [C.MissingContext()]).dropped) == 1
+
+
+def test_missing_context_claim_backed_by_a_block_or_url():
+    block = "The full log is pasted below:\nERROR 42 at sync.c:10"
+    assert len(C.apply(frame(qa("Thanks.", block)), [C.MissingContext()]).dropped) == 0
+    url = "I attached a screenshot: https://example.org/shot.png"
+    assert len(C.apply(frame(qa("Thanks.", url)), [C.MissingContext()]).dropped) == 0
+
+
+@pytest.mark.parametrize("text,cut", [
+    ("Do this.\n\n1. Open Settings.\n2. Click Sign out next to", True),
+    ("Do this.\n\n1. Open Settings.\n2. Add a working card", True),
+    ("No way to reset it. The one way back is the recovery", True),
+    ("Steps:\n1. Open Settings\n2. Click Save", False),
+    ("Here is the answer. It works fine now.", False),
+])
+def test_truncated_list_items_and_short_last_sentences(text, cut):
+    assert (C.truncation_reason(text) is not None) == cut

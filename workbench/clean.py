@@ -1004,7 +1004,23 @@ def _instruction_end(text: str) -> int:
 
 def _refers(text: str) -> bool:
     end = _instruction_end(text)
-    return bool(_MEDIA_REF.search(text, 0, end) or _TEXT_REF.search(text, 0, end))
+    return bool(_MEDIA_REF.search(text, 0, end) or _TEXT_REF.search(text, 0, end)
+                or _ATTACH_CLAIM.search(text))
+
+
+# Claims that something was attached, uploaded or placed below: only a real attachment, a URL,
+# or a block that follows can back them, whatever turns came before.
+_ATTACH_CLAIM = re.compile(
+    r"\b(?:I|we)(?:'ve|’ve| have)? (?:just |also )?(?:attached|uploaded|enclosed)\b"
+    r"|\bI (?:attached|uploaded|enclosed)\b"
+    r"|\((?:[\w-]+ ){0,3}(?:attached|enclosed|uploaded)\)"
+    r"|\b(?:screenshots?|screen recordings?|recordings?|videos?|pdfs?|logs?|articles?|tables?"
+    r"|links?)(?: is| are)? (?:attached|enclosed|uploaded|linked|pasted|shown)(?: below| above"
+    r"| here| to this (?:message|reply|email))?\b"
+    r"|\b(?:linked|pasted) (?:below|above)\b"
+    r"|\bthe (?:table|link|article|screenshot|attachment|log) (?:below|above)\b", re.IGNORECASE)
+# A block right after the claim ("pasted below:\n<log>") backs it; a later paragraph does not.
+_BLOCK_AFTER = re.compile(r"[.:]?[ \t]*\n\s*\S|[ \t]*:\s*\S")
 
 
 def missing_context_match(text: str, *, has_source: bool, has_earlier_turn: bool) -> str | None:
@@ -1014,6 +1030,9 @@ def missing_context_match(text: str, *, has_source: bool, has_earlier_turn: bool
         m = _MEDIA_REF.search(text, 0, end)
         if m:
             return f"refers to {m.group().strip()!r} but the row has no URL or attachment"
+        m = _ATTACH_CLAIM.search(text)
+        if m and not _BLOCK_AFTER.match(text, m.end()):
+            return f"refers to {m.group().strip()!r} but the row has no attachment, URL or block"
     if has_source or has_earlier_turn:
         return None
     for m in _TEXT_REF.finditer(text, 0, end):
@@ -1041,7 +1060,8 @@ class MissingContext(Rule):
     """Drop instructions about an image, link, attachment or text that the row lacks."""
 
     name: ClassVar[str] = "missing_context"
-    roles: tuple[Role, ...] = ("user",)
+    # Assistants point at missing content too ("see the table below" with no table).
+    roles: tuple[Role, ...] = ("user", "assistant")
 
     def scan(self, convs: list[list[dict]], metas: list[dict]) -> list[Hit | None]:
         return [self._first(conv, meta) for conv, meta in zip(convs, metas, strict=True)]
@@ -1221,6 +1241,12 @@ def truncation_reason(text: str, *, min_words: int = 8) -> str | None:
     opened = _unclosed_bracket(_CODE.sub(" ", last_line))
     if opened and len(last_line.split()) >= 3:  # a one-token "X9[h1" is a password, not prose
         return f"unclosed {opened!r}"
+    if _LIST_OR_HEADING.match(last_line) and last_line[-1:].isalpha():
+        words = last_line.split()
+        if len(words) >= 3 and words[-1] in _DANGLING_WORDS:
+            return f"last list item ends with {words[-1]!r}"
+        if len(words) >= 4 and _items_end_in_punctuation(body):
+            return f"last list item stops mid-sentence at {' '.join(words[-3:])!r}"
     if (body.endswith(("```", "~~~")) or _LIST_OR_HEADING.match(last_line)
             or last_line.count("|") >= 2):
         return None  # a closed code block, list item, heading or table row may end bare
@@ -1228,6 +1254,13 @@ def truncation_reason(text: str, *, min_words: int = 8) -> str | None:
     if len(_NOT_PROSE.findall(last_line)) > 0.2 * len(last_line) or _CODE_HINT.search(body):
         return None
     return _dangling_end(last_line, min_words)
+
+
+def _items_end_in_punctuation(body: str) -> bool:
+    # Earlier items of the same list all end a sentence: then a bare last item was cut off.
+    items = [ln.strip() for ln in body.split("\n")[:-1] if _LIST_OR_HEADING.match(ln)
+             and not ln.lstrip().startswith(("#", "|"))]
+    return len(items) >= 1 and all(i[-1:] in ".!?)" for i in items)
 
 
 def _unclosed_bracket(line: str) -> str | None:
@@ -1262,7 +1295,8 @@ def _dangling_end(line: str, min_words: int) -> str | None:
     # sentence end is a title, a verse or a list unless it is very long.
     tail = _TERMINAL_SPLIT.split(line)
     run = tail[-1].split()
-    long_enough = len(run) >= (min_words if len(tail) > 1 else 3 * min_words)
+    # After finished sentences a short unfinished one is already telling.
+    long_enough = len(run) >= (max(4, min_words // 2) if len(tail) > 1 else 3 * min_words)
     if line[-1].isalpha() and long_enough and not _title_case(run):
         return f"no closing punctuation after {' '.join(run[-3:])!r}"
     return None
