@@ -65,10 +65,12 @@ def free_port() -> int:
 
 
 def start_server(store_path: Path, port: int, log: Path) -> subprocess.Popen:
-    """Start `streamlit run app.py` on 127.0.0.1:port with its own store; return the process."""
+    """Start the app (as `workbench app` does) on 127.0.0.1:port with its own store; return the process."""
     env = {**os.environ, "WORKBENCH_STORE": str(store_path),
            "WORKBENCH_HOME": str(store_path.parent)}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+    # `python app.py` is how `workbench app` serves (pages/ auto-discovery off), so deep links
+    # such as /clean work from the first request.
+    cmd = [sys.executable, str(APP), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port),
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"),

@@ -135,3 +135,30 @@ def test_dataset_text_is_shown_as_text_and_fetches_nothing(app, page, tmp_path):
     assert page.locator("img[src*='example.com']").count() == 0
     assert page.locator("[data-testid=stMain] b", has_text="bold").count() == 0
     assert not [u for u in requests if "example.com" in u], requests
+
+
+def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
+    """Deep-link to Clean, preview and apply the default rules, then deduplicate."""
+    from workbench.sample import SAMPLE_DIR
+
+    url, store_path = app
+    Store(store_path).import_file(SAMPLE_DIR / "support_train.jsonl", "train")
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url + "/clean")
+        expect(page.get_by_role("heading", name="Clean")).to_be_visible()
+        page.get_by_role("button", name="Preview").click()
+        expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows dropped")
+        page.get_by_role("button", name="Apply as a new version").click()
+        expect(page.get_by_text("Cleaned into version v2")).to_be_visible()
+
+        page.goto(url + "/dedup")
+        expect(page.get_by_text("Version v2 of train")).to_be_visible()
+        page.get_by_role("button", name="Find duplicates").click()
+        expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
+        page.get_by_role("button", name="Apply: drop").click()
+        expect(page.get_by_text("Deduplicated into version v3")).to_be_visible()
+    store = Store(store_path)
+    ops = [v.operation for v in store.versions("train")]
+    assert ops == ["import", "clean", "dedup"]
+    assert set(store.removed(store.active_version("train"))["reason"]) >= {
+        "placeholder", "refusal", "exact_duplicate"}
