@@ -58,10 +58,9 @@ def contamination(key: str):
     name = st.selectbox("Evaluation dataset (its active version)", names, index=default,
                         key=f"{key}_eval")
     n = st.number_input("n-gram size", 4, 30, 13, key=f"{key}_n")
-    texts, ids = curate.eval_texts(store(), store().active_version(name))
+    texts, ids = curate.eval_texts(store(), store().active_version(name))  # eval prompts
     st.session_state["cl_eval_version"] = store().active_version(name)
-    return clean.Contamination(eval_texts=texts, eval_ids=ids, n=n,
-                               roles=roles(key, ("user", "assistant")))
+    return clean.Contamination(eval_texts=texts, eval_ids=ids, n=n, roles=roles(key, ("user",)))
 
 
 def rules_form() -> list:

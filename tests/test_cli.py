@@ -265,3 +265,23 @@ def test_console_script_end_to_end(tmp_path, data):
     bad = subprocess.run([exe, "show", "nope"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 1 and bad.stderr == "error: no dataset named 'nope'\n"
+
+
+def test_clean_and_dedup_commands_make_versions(store_path):
+    from workbench.sample import SAMPLE_DIR
+
+    run("import", SAMPLE_DIR / "support_train.jsonl", "-d", "train")
+    run("import", SAMPLE_DIR / "support_eval.jsonl", "-d", "eval")
+    preview = run("clean", "train", "--preview", "--eval", "eval")
+    assert "contamination" in preview.output and "would be dropped" in preview.output
+    store = Store(store_path)
+    assert len(store.versions("train")) == 1  # preview changes nothing
+    run("clean", "train", "--rules", "placeholder,refusal")
+    cleaned = store.versions("train")[-1]
+    assert cleaned.operation == "clean" and cleaned.counts["placeholder"] == 10
+    out = run("dedup", "train", "--dry-run").output
+    assert "rows to drop" in out and len(store.versions("train")) == 2
+    run("dedup", "train", "--keep", "longest")
+    assert store.versions("train")[-1].operation == "dedup"
+    bad = run("clean", "train", "--rules", "nope", ok=False)
+    assert bad.exit_code == 1 and "unknown rule nope" in bad.stderr

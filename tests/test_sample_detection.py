@@ -51,3 +51,18 @@ def test_dedup_finds_exactly_the_planted_duplicates(train):
     dropped = clusters[~clusters["kept"]]
     hit = {line_of[k] for k in dropped["row_key"]}
     assert hit == planted("exact_duplicate") | planted("near_duplicate")
+
+
+def test_contamination_with_the_eval_prompts_finds_the_planted_copies(train):
+    from workbench import curate
+
+    frame, line_of = train
+    store = Store(":memory:")
+    version, _ = store.import_file(SAMPLE_DIR / "support_eval.jsonl", "eval")
+    texts, ids = curate.eval_texts(store, version.version_id)
+    rule = clean.Contamination(eval_texts=texts, eval_ids=ids, roles=("user",))
+    hit = {line_of[k] for k in clean.apply(frame, [rule]).dropped["row_key"]}
+    assert planted("contamination") <= hit
+    # The generator reuses filler phrases ("I couldn't find this in the help center"), so a
+    # few unplanted prompts share a 13-gram with an eval prompt; answers are not compared.
+    assert len(hit) <= 2 * len(planted("contamination"))

@@ -257,6 +257,99 @@ def export_cmd(ctx: click.Context, ref: str, out: str, fmt: str) -> None:
     click.echo(f"wrote {store.version(vid).n_rows} rows to {path} ({fmt})")
 
 
+def _clean_rules(names: list[str], pii: str, eval_texts: tuple | None) -> list:
+    from . import clean
+
+    factories = {"normalize": clean.Normalize, "pii": lambda: clean.PII(mode=pii),
+                 "placeholder": clean.Placeholder, "too_short": clean.TooShort,
+                 "too_long": clean.TooLong, "language": clean.Language,
+                 "refusal": clean.Refusal, "missing_context": clean.MissingContext,
+                 "repetition": clean.Repetition, "truncated": clean.Truncated}
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise WorkbenchError(f"unknown rule {', '.join(unknown)}; use "
+                             f"{', '.join(factories)}")
+    rules = [factories[n]() for n in names]
+    if eval_texts is not None:
+        rules.append(clean.Contamination(eval_texts=eval_texts[0], eval_ids=eval_texts[1],
+                                         roles=("user",)))
+    return rules
+
+
+@main.command("clean")
+@click.argument("ref")
+@click.option("--rules", default="normalize,pii,placeholder,too_short,refusal,missing_context,"
+              "repetition,truncated", show_default=True, help="Comma-separated rules, in order.")
+@click.option("--pii", type=click.Choice(["redact", "drop"]), default="redact",
+              show_default=True)
+@click.option("--eval", "eval_ref", default=None,
+              help="Also drop rows overlapping this eval dataset/version (n-gram check).")
+@click.option("--preview", is_flag=True, help="Only report what would change.")
+@click.pass_context
+def clean_cmd(ctx: click.Context, ref: str, rules: str, pii: str, eval_ref: str | None,
+              preview: bool) -> None:
+    """Apply cleaning rules to a version (REF) as a new version, or preview them."""
+    from . import curate
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    texts = curate.eval_texts(store, store.resolve(eval_ref)) if eval_ref else None
+    chosen = _clean_rules([r.strip() for r in rules.split(",") if r.strip()], pii, texts)
+    frame = store.frame(vid)
+    report = curate.clean_preview(frame, chosen, samples=1)
+    click.echo(report.to_frame().to_string(index=False))
+    click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped")
+    if not preview:
+        extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
+        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra)
+        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+
+
+@main.command("dedup")
+@click.argument("ref")
+@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+              default="conversation", show_default=True)
+@click.option("--near/--no-near", default=True, show_default=True)
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="MinHash Jaccard threshold.")
+@click.option("--ngram", type=int, default=5, show_default=True)
+@click.option("--num-perm", type=int, default=128, show_default=True)
+@click.option("--semantic", is_flag=True, help="Also embedding-based duplicates.")
+@click.option("--cosine", type=float, default=None, help="Cosine threshold for --semantic.")
+@click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
+              show_default=True)
+@click.option("--dry-run", is_flag=True, help="Only report the clusters.")
+@click.pass_context
+def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: float,
+              ngram: int, num_perm: int, semantic: bool, cosine: float | None, keep: str,
+              dry_run: bool) -> None:
+    """Drop exact, near and (optionally) semantic duplicates of a version into a new one."""
+    from tqdm import tqdm
+
+    from . import curate
+    from .embed import embed_frame
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    options = curate.DedupOptions(field=field, near=near, near_threshold=threshold, ngram=ngram,
+                                  num_perm=num_perm, semantic=semantic, keep=keep,
+                                  **({"semantic_threshold": cosine} if cosine else {}))
+    frame = store.frame(vid)
+    if semantic:
+        with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+            embed_frame(store, frame, field=field, progress=progress)
+    clusters = curate.find_duplicates(store, frame, options)
+    summary = curate.cluster_summary(frame, clusters)
+    click.echo(f"{len(summary)} clusters, {int((~clusters['kept']).sum())} rows to drop")
+    click.echo(summary.head(20).to_string(index=False) if len(summary) else "")
+    if not dry_run and len(summary):
+        version = curate.apply_dedup(store, vid, frame, clusters, options)
+        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+
+
 @main.command("sample")
 @click.pass_context
 def sample_cmd(ctx: click.Context) -> None:

@@ -140,13 +140,18 @@ def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame, clusters: pd
 
 
 # --- cleaning --------------------------------------------------------------------------------
-def eval_texts(store: Store, version_id: int) -> tuple[list[str], list[str]]:
-    """Return (texts, ids) of an evaluation version's user and assistant turns."""
+def eval_texts(store: Store, version_id: int, roles: Sequence[str] = ("user",)
+               ) -> tuple[list[str], list[str]]:
+    """Return (texts, ids) of an evaluation version's turns of the given roles.
+
+    Prompts (user turns) by default: answers in one house style share boilerplate sentences
+    with every training answer, which n-gram overlap would call contamination.
+    """
     frame = store.frame(version_id)
     texts, ids = [], []
     for row_id, messages in zip(frame["id"], frame["messages"]):
         for m in messages:
-            if m["role"] in ("user", "assistant"):
+            if m["role"] in roles:
                 texts.append(m["content"])
                 ids.append(row_id)
     return texts, ids
