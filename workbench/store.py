@@ -4,35 +4,50 @@ Rows are immutable records (``row_key``); a version is a list of row keys. A fil
 selection or edit makes a child version that records its operation, parameters, parent and
 per-reason counts; unchanged rows are shared, an edited row becomes a new record with the same
 ``origin_key`` so diffs can pair it with its earlier self. Dropped rows keep their reason and
-``duplicate_of`` and can be restored.
+``duplicate_of`` and can be restored. Positions in a version always follow ``origin_key``, so a
+restored row slots back where it was.
 
 DuckDB lets one process hold the file read-write at a time, so no connection outlives a call:
 every method opens the file, does its work and closes it, retrying while another process holds
-the lock. The UI, the CLI and background jobs can therefore share one store.
+the lock. The UI, the CLI and background jobs can therefore share one store. Inside a process,
+calls on the same file take turns (a lock per path), and a call made while the same thread
+already has the file open reuses that connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
 
 from .exceptions import NotFoundError, StoreBusyError, WorkbenchError
-from .io import ImportReport, read_dataset, write_dataset
+from .io import ImportReport, RowBatch, batch_examples, read_batches, write_dataset
 from .migrations import MIGRATIONS
-from .schema import Example, StepResult, content_id, prompt_text, response_text
+from .schema import (Example, RowError, StepResult, check_messages, id_of_encoded, prompt_text,
+                     response_text)
 
 DEFAULT_HOME = Path("storage")
+# Small row groups let DuckDB compress and write each one during a bulk insert, on its own
+# threads, instead of compressing everything in one checkpoint when the file is closed.
+ROW_GROUP_ROWS = 16_384
+# Set True (before the first store call) to compress stored text. DuckDB 2.0's string
+# compression (DICT_FSST) halves the file but doubles the CPU time of an import (measured on
+# Alpaca: 13 MB and ~0.32 s of CPU against 27 MB and ~0.14 s); imports must stay near the
+# speed of a plain pandas read, so by default text is stored as it is.
+COMPRESS_TEXT = False
 
 
 def default_home() -> Path:
@@ -91,22 +106,65 @@ class Diff:
     changed: pd.DataFrame
 
     def counts(self) -> dict[str, int]:
+        """Return how many rows were added, removed and changed."""
         return {"added": len(self.added), "removed": len(self.removed),
                 "changed": len(self.changed)}
 
 
 @dataclass(frozen=True)
 class RowFilter:
-    """Filters for browsing: search text, metadata equality, length and turn ranges, tags."""
+    """Filters for browsing: search text, metadata equality, length and turn ranges, tags.
+
+    ``search`` matches, case-insensitively and literally (``%``, ``_`` and quotes are plain
+    characters), the text of any turn, the note, or any user metadata value.
+    """
 
     search: str = ""
-    metadata: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, Any], ...] = ()
     min_chars: int | None = None
     max_chars: int | None = None
     min_turns: int | None = None
     max_turns: int | None = None
     tag: str | None = None
     has_note: bool = False
+
+
+# --- process-wide coordination ------------------------------------------------------------
+# One in-memory DuckDB per process hosts the calls: each call ATTACHes the store file and
+# DETACHes it afterwards (which checkpoints and releases the file lock). Creating a DuckDB
+# instance per call would cost ~12 ms; attaching costs ~1 ms.
+_HOST: list = []  # [pid, connection]
+_HOST_GUARD = threading.Lock()
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_OPEN = threading.local()  # store key -> [connection, in_transaction] for the current thread
+
+
+def _host_cursor() -> duckdb.DuckDBPyConnection:
+    """Return a new connection to this process's host DuckDB (one per call and thread)."""
+    with _HOST_GUARD:
+        if not _HOST or _HOST[0] != os.getpid():  # a forked child needs its own instance
+            con = duckdb.connect(":memory:")
+            # Write each full row group as soon as it is inserted (not five at a time), so
+            # bulk inserts do that work on the insert's thread, not in the commit.
+            con.execute("SET write_buffer_row_group_count = 1")
+            if not COMPRESS_TEXT:
+                con.execute("SET disabled_compression_methods = 'dict_fsst'")
+            _HOST[:] = [os.getpid(), con]
+        return _HOST[1].cursor()
+
+
+def _path_lock(path: str) -> threading.RLock:
+    with _HOST_GUARD:
+        return _PATH_LOCKS.setdefault(path, threading.RLock())
+
+
+def _is_lock_conflict(error: Exception) -> bool:
+    # DuckDB 2.0, another process: 'IO Error: Could not set lock on file "...": Conflicting
+    # lock is held in <program> (PID n)'. This process, outside the store: 'Unique file handle
+    # conflict: Cannot attach ... already attached by database ...'.
+    text = str(error)
+    return any(s in text for s in ("Could not set lock", "Conflicting lock",
+                                   "Unique file handle conflict"))
 
 
 class Store:
@@ -116,51 +174,98 @@ class Store:
         self.path = str(path) if path is not None else str(default_store_path())
         self.lock_timeout = lock_timeout
         self._memory = self.path == ":memory:"
-        self._con = duckdb.connect(":memory:") if self._memory else None
-        self._lock = threading.RLock()
-        if not self._memory:
+        if self._memory:
+            self._con = duckdb.connect(":memory:")
+            self._lock = threading.RLock()
+            self._key = f":memory:{id(self)}"
+        else:
+            self.path = str(Path(self.path).expanduser().resolve())
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _path_lock(self.path)
+            self._key = self.path
+            self._alias = "store_" + hashlib.md5(self.path.encode()).hexdigest()[:16]
         self._migrate()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
 
     # --- connections ---------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Yield a connection that is closed (and the file lock released) afterwards."""
-        if self._memory:
-            with self._lock:
-                yield self._con
+        held = self._held()
+        if held is not None:  # a nested call in this thread: share its connection
+            yield held[0]
             return
-        con = self._open()
+        if not self._lock.acquire(timeout=self.lock_timeout):
+            raise StoreBusyError(f"{self.path}: busy in this process for {self.lock_timeout:.0f} "
+                                 "s; retry when the running operation ends")
         try:
-            yield con
-        finally:
-            con.close()
-
-    def _open(self) -> duckdb.DuckDBPyConnection:
-        deadline, wait = time.monotonic() + self.lock_timeout, 0.01
-        while True:
+            con = self._con if self._memory else self._attach()
+            self._open_map()[self._key] = [con, False]
             try:
-                return duckdb.connect(self.path)
-            except duckdb.IOException as e:
-                if "lock" not in str(e).lower():
+                yield con
+            finally:
+                del self._open_map()[self._key]
+                if not self._memory:
+                    self._detach(con)
+        finally:
+            self._lock.release()
+
+    def _open_map(self) -> dict:
+        if not hasattr(_OPEN, "cons"):
+            _OPEN.cons = {}
+        return _OPEN.cons
+
+    def _held(self) -> list | None:
+        return self._open_map().get(self._key)
+
+    def _attach(self) -> duckdb.DuckDBPyConnection:
+        deadline, wait = time.monotonic() + self.lock_timeout, 0.005
+        while True:
+            con = _host_cursor()
+            try:
+                con.execute(f"ATTACH '{_sql_str(self.path)}' AS {self._alias} "
+                            f"(ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+                con.execute(f"USE {self._alias}")
+                return con
+            except duckdb.Error as e:
+                con.close()
+                if not _is_lock_conflict(e):
                     raise WorkbenchError(f"{self.path}: cannot open the store ({e})") from None
-                if time.monotonic() > deadline:
-                    raise StoreBusyError(
-                        f"{self.path}: another process kept the store locked for "
-                        f"{self.lock_timeout:.0f} s; close it or retry") from None
-                time.sleep(wait)
-                wait = min(wait * 2, 0.25)
+            if time.monotonic() > deadline:
+                raise StoreBusyError(f"{self.path}: another process kept the store locked for "
+                                     f"{self.lock_timeout:.0f} s; close it or retry")
+            time.sleep(wait)
+            wait = min(wait * 2, 0.1)
+
+    def _detach(self, con: duckdb.DuckDBPyConnection) -> None:
+        # Closing the cursor ends its transaction and drops its temp tables and views;
+        # DETACH then checkpoints and lets go of the file.
+        con.close()
+        host = _host_cursor()
+        try:
+            host.execute(f"DETACH {self._alias}")
+        finally:
+            host.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Yield a connection inside a transaction that commits, or rolls back on error."""
         with self.connect() as con:
+            state = self._held()
+            if state[1]:  # already inside this thread's transaction: join it
+                yield con
+                return
             con.execute("BEGIN TRANSACTION")
+            state[1] = True
             try:
                 yield con
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            finally:
+                state[1] = False
             con.execute("COMMIT")
 
     def _migrate(self) -> None:
@@ -191,7 +296,7 @@ class Store:
                        (SELECT count(*) FROM versions x WHERE x.dataset_id = d.dataset_id)
                            AS versions, d.created_at
                 FROM datasets d LEFT JOIN versions v ON v.version_id = d.active_version
-                ORDER BY d.created_at""").df()
+                ORDER BY d.dataset_id""").df()
 
     def _dataset_id(self, con: Any, name: str, *, create: bool = False) -> int:
         found = _one(con, "SELECT dataset_id FROM datasets WHERE name = ?", [name])
@@ -200,7 +305,7 @@ class Store:
         if not create:
             known = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
             raise NotFoundError(f"no dataset named '{name}'; known: {', '.join(known) or 'none'}")
-        if not name.strip():
+        if not isinstance(name, str) or not name.strip():
             raise WorkbenchError("a dataset needs a non-empty name")
         new_id = _one(con, "SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets")[0]
         con.execute("INSERT INTO datasets (dataset_id, name) VALUES (?, ?)", [new_id, name])
@@ -209,8 +314,7 @@ class Store:
     def active_version(self, dataset: str) -> int:
         """Return the id of a dataset's active version."""
         with self.connect() as con:
-            found = _one(con, "SELECT active_version FROM datasets WHERE name = ?",
-                                [dataset])
+            found = _one(con, "SELECT active_version FROM datasets WHERE name = ?", [dataset])
         if not found:
             raise NotFoundError(f"no dataset named '{dataset}'")
         return found[0]
@@ -223,16 +327,16 @@ class Store:
                         [version_id, info.dataset])
 
     def resolve(self, ref: str | int) -> int:
-        """Return a version id from an id, "name" (active version) or "name@N"."""
+        """Return a version id from an id, "name" (active version) or "name@N" (N-th version)."""
         if isinstance(ref, int) or str(ref).isdigit():
             return self.version(int(ref)).version_id
-        name, _, number = str(ref).partition("@")
-        if not number:
-            return self.active_version(name)
+        name, at, number = str(ref).rpartition("@")
+        if not at or not number.isdigit():
+            return self.active_version(str(ref))
         with self.connect() as con:
             found = _one(con, """SELECT v.version_id FROM versions v JOIN datasets d USING
                 (dataset_id) WHERE d.name = ? ORDER BY v.version_id LIMIT 1 OFFSET ?""",
-                                [name, int(number) - 1]) if number.isdigit() else None
+                         [name, int(number) - 1]) if int(number) > 0 else None
         if not found:
             raise NotFoundError(f"no version '{ref}'; use a version id, a dataset name or name@N")
         return found[0]
@@ -241,9 +345,7 @@ class Store:
     def version(self, version_id: int) -> VersionInfo:
         """Return one version's record."""
         with self.connect() as con:
-            row = _one(con, """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params,
-                v.counts, v.n_rows, v.created_at, v.message FROM versions v JOIN datasets d
-                USING (dataset_id) WHERE v.version_id = ?""", [version_id])
+            row = _one(con, f"{_VERSION_SQL} WHERE v.version_id = ?", [int(version_id)])
         if row is None:
             raise NotFoundError(f"no version {version_id}")
         return _version_info(row)
@@ -252,19 +354,18 @@ class Store:
         """Return a dataset's versions, oldest first (its lineage is parent_id)."""
         with self.connect() as con:
             self._dataset_id(con, dataset)
-            rows = con.execute("""SELECT v.version_id, d.name, v.parent_id, v.operation,
-                v.params, v.counts, v.n_rows, v.created_at, v.message FROM versions v
-                JOIN datasets d USING (dataset_id) WHERE d.name = ? ORDER BY v.version_id""",
+            rows = con.execute(f"{_VERSION_SQL} WHERE d.name = ? ORDER BY v.version_id",
                                [dataset]).fetchall()
         return [_version_info(r) for r in rows]
 
     def lineage(self, version_id: int) -> list[VersionInfo]:
         """Return the chain of versions from the root to this one."""
-        chain, current = [], version_id
-        while current is not None:
-            info = self.version(current)
-            chain.append(info)
-            current = info.parent_id
+        with self.connect():
+            chain, current = [], version_id
+            while current is not None:
+                info = self.version(current)
+                chain.append(info)
+                current = info.parent_id
         return chain[::-1]
 
     def _new_version(self, con: Any, dataset_id: int, parent: int | None, operation: str,
@@ -276,8 +377,7 @@ class Store:
         return vid
 
     def _finish_version(self, con: Any, vid: int) -> None:
-        n = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?", [vid]
-                        )[0]
+        n = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?", [vid])[0]
         con.execute("UPDATE versions SET n_rows = ? WHERE version_id = ?", [n, vid])
         con.execute("UPDATE datasets SET active_version = ? WHERE dataset_id = (SELECT "
                     "dataset_id FROM versions WHERE version_id = ?)", [vid, vid])
@@ -287,53 +387,78 @@ class Store:
                     display_name: str | None = None, max_chars: int | None = None,
                     progress: Callable[[int], None] | None = None
                     ) -> tuple[VersionInfo, ImportReport]:
-        """Import a file as a new version of a dataset; return it and the import report."""
-        kwargs = {"max_chars": max_chars} if max_chars else {}
-        parsed = read_dataset(path, shape=shape, display_name=display_name, progress=progress,
-                              **kwargs)
-        report = parsed.report
-        params = {"file": report.file, "kind": report.kind, "shape": shape,
-                  "shapes": dict(report.shapes)}
-        counts = {"rows_read": report.rows_read, "imported": report.imported,
-                  "rejected": len(report.rejected)}
-        vid = self.add_examples(dataset, parsed.examples, operation="import", params=params,
-                                counts=counts, lines=parsed.lines, report=report)
-        return self.version(vid), report
+        """Import a file as a new version of a dataset; return it and the import report.
 
-    def add_examples(self, dataset: str, examples: Sequence[Example], *,
+        A file that is no dataset raises ImportFormatError and leaves the store unchanged.
+        """
+        kwargs = {"max_chars": max_chars} if max_chars else {}
+        report, batches = read_batches(path, shape=shape, display_name=display_name,
+                                       progress=progress, **kwargs)
+        params = {"file": report.file, "kind": report.kind, "shape": shape}
+
+        def finish() -> tuple[dict, dict]:
+            counts = {"rows_read": report.rows_read, "imported": report.imported,
+                      "rejected": len(report.rejected)}
+            return {**params, "kind": report.kind, "shapes": dict(report.shapes)}, counts
+
+        info = self._add_batches(dataset, batches, operation="import", params=params,
+                                 finish=finish, report=report)
+        return info, report
+
+    def add_examples(self, dataset: str, examples: Iterable[Example], *,
                      operation: str = "import", params: dict | None = None,
                      counts: dict | None = None, parent: int | None = None,
-                     lines: Sequence[int] | None = None, report: ImportReport | None = None,
+                     lines: Iterable[int] | None = None, report: ImportReport | None = None,
                      message: str = "") -> int:
-        """Store examples as a new version (appended to ``parent``'s rows if given); return it."""
-        table = _rows_table(examples, lines)
+        """Store examples as a new version (appended to ``parent``'s rows if given); return it.
+
+        Rows are written in batches as they come, so a generator of any length is fine.
+        """
+        batches = _encoded(examples, lines)
+        added: list[int] = []
+
+        def finish() -> tuple[dict, dict]:
+            return params or {}, counts or {"added": added[0]}
+
+        return self._add_batches(dataset, batches, operation=operation, params=params or {},
+                                 parent=parent, report=report, message=message,
+                                 finish=finish, added=added).version_id
+
+    def _add_batches(self, dataset: str, batches: Iterator[RowBatch], *, operation: str,
+                     params: dict, finish: Callable[[], tuple[dict, dict]],
+                     parent: int | None = None, report: ImportReport | None = None,
+                     message: str = "", added: list[int] | None = None) -> VersionInfo:
         with self.transaction() as con:
             dataset_id = self._dataset_id(con, dataset, create=True)
-            vid = self._new_version(con, dataset_id, parent, operation, params or {},
-                                    counts or {"added": len(examples)}, message)
-            first = self._insert_rows(con, table)
+            if parent is not None:
+                self._check_parent(con, parent, dataset_id)
+            vid = self._new_version(con, dataset_id, parent, operation, params, {}, message)
+            first = _next_row_key(con)
+            n = _insert_batches(con, batches, first)
+            if added is not None:
+                added.append(n)
+            start = 0
             if parent is not None:
                 con.execute("""INSERT INTO version_rows SELECT ?, pos, row_key FROM version_rows
                                WHERE version_id = ? ORDER BY pos""", [vid, parent])
-            con.execute("""INSERT INTO version_rows SELECT ?, (SELECT count(*) FROM version_rows
-                WHERE version_id = ?) + row_key - ?, row_key FROM rows WHERE row_key >= ?
-                ORDER BY row_key""", [vid, vid, first, first])
+                start = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?",
+                             [vid])[0]
+            con.execute("INSERT INTO version_rows SELECT ?, ? + i, ? + i FROM range(?) t(i)",
+                        [vid, start, first, n])
             if report is not None:
                 _insert_rejects(con, vid, report)
+            final_params, counts = finish()
+            con.execute("UPDATE versions SET params = ?, counts = ? WHERE version_id = ?",
+                        [_json(final_params), _json(counts), vid])
             self._finish_version(con, vid)
-        return vid
+            return self.version(vid)
 
-    def _insert_rows(self, con: Any, table: pa.Table) -> int:
-        first = _one(con, "SELECT coalesce(max(row_key), 0) + 1 FROM rows")[0]
-        keys = pa.array(range(first, first + table.num_rows), pa.int64())
-        origin = table.column("origin_key")
-        if origin.null_count == table.num_rows:
-            origin = keys
-        table = table.set_column(0, "row_key", keys).set_column(1, "origin_key", origin)
-        con.register("_new_rows", table)
-        con.execute("INSERT INTO rows BY NAME SELECT * FROM _new_rows")
-        con.unregister("_new_rows")
-        return first
+    def _check_parent(self, con: Any, parent: int, dataset_id: int) -> None:
+        found = _one(con, "SELECT dataset_id FROM versions WHERE version_id = ?", [parent])
+        if found is None:
+            raise NotFoundError(f"no version {parent}")
+        if found[0] != dataset_id:
+            raise WorkbenchError(f"version {parent} belongs to another dataset")
 
     def import_rejects(self, version_id: int) -> pd.DataFrame:
         """Return the rows an import rejected, with file, line, field, reason and fix."""
@@ -345,40 +470,52 @@ class Store:
     def page(self, version_id: int, *, offset: int = 0, limit: int = 50,
              filters: RowFilter | None = None) -> Page:
         """Return one page of a version's rows (server-side filtering) and the match count."""
-        filters = filters or RowFilter()
-        where, args = _filter_sql(filters)
+        offset, limit = max(int(offset), 0), max(int(limit), 0)
+        where, args = _filter_sql(filters or RowFilter())
         with self.connect() as con:
+            self._check_version(con, version_id)
             if not where:
-                return self._plain_page(con, version_id, offset, limit)
-            sql = f"""FROM version_rows vr JOIN rows r USING (row_key)
-                      WHERE vr.version_id = ? AND {where}"""
-            total = _one(con, f"SELECT count(*) {sql}", [version_id, *args])[0]
-            df = con.execute(f"SELECT vr.pos, {_ROW_COLS} {sql} ORDER BY vr.pos LIMIT ? OFFSET ?",
-                             [version_id, *args, limit, offset]).df()
-        return Page(_with_previews(df), total, offset, limit)
+                keys, total = self._plain_keys(con, version_id, offset, limit)
+            else:
+                keys, total = self._filtered_keys(con, version_id, where, args, offset, limit)
+            rows = self._rows_for(con, keys)
+        return Page(_with_previews(rows), total, offset, limit)
 
-    def _plain_page(self, con: Any, version_id: int, offset: int, limit: int) -> Page:
-        total = _one(con, "SELECT n_rows FROM versions WHERE version_id = ?", [version_id]
-                            )
-        if total is None:
-            raise NotFoundError(f"no version {version_id}")
+    def _plain_keys(self, con: Any, version_id: int, offset: int, limit: int
+                    ) -> tuple[pd.DataFrame, int]:
+        total = _one(con, "SELECT n_rows FROM versions WHERE version_id = ?", [version_id])[0]
         keys = con.execute("""SELECT pos, row_key FROM version_rows WHERE version_id = ?
             AND pos >= ? AND pos < ? ORDER BY pos""", [version_id, offset, offset + limit]).df()
+        return keys, total or 0
+
+    def _filtered_keys(self, con: Any, version_id: int, where: str, args: list, offset: int,
+                       limit: int) -> tuple[pd.DataFrame, int]:
+        # One scan of the text: the window count rides along with the page of matches.
+        matches = f"""SELECT vr.pos, vr.row_key FROM version_rows vr JOIN rows r
+                      USING (row_key) WHERE vr.version_id = ? AND {where}"""
+        df = con.execute(f"""SELECT pos, row_key, count(*) OVER () AS total FROM ({matches})
+            ORDER BY pos LIMIT ? OFFSET ?""", [version_id, *args, limit, offset]).df()
+        if len(df):
+            return df[["pos", "row_key"]], int(df["total"].iloc[0])
+        total = _one(con, f"SELECT count(*) FROM ({matches})", [version_id, *args])[0]
+        return df[["pos", "row_key"]], total
+
+    def _rows_for(self, con: Any, keys: pd.DataFrame) -> pd.DataFrame:
         if keys.empty:
-            return Page(_with_previews(pd.DataFrame(columns=["pos", *_ROW_NAMES])), total[0],
-                        offset, limit)
+            return pd.DataFrame(columns=["pos", *_ROW_NAMES])
         lo, hi = int(keys.row_key.min()), int(keys.row_key.max())
+        # The BETWEEN lets DuckDB skip row groups by their min/max before probing the list.
         df = con.execute(f"""SELECT {_ROW_COLS} FROM rows r WHERE r.row_key BETWEEN ? AND ?
             AND r.row_key IN (SELECT unnest(?::BIGINT[]))""",
-                         [lo, hi, keys.row_key.tolist()]).df()
+                         [lo, hi, [int(k) for k in keys.row_key]]).df()
         df = keys.merge(df, on="row_key").sort_values("pos")
-        return Page(_with_previews(df.reset_index(drop=True)), total[0], offset, limit)
+        return df.reset_index(drop=True)
 
     def row(self, row_key: int) -> Row:
         """Return one stored row by key."""
         with self.connect() as con:
             found = _one(con, """SELECT row_key, origin_key, messages, metadata, tags, note
-                                   FROM rows WHERE row_key = ?""", [row_key])
+                                 FROM rows WHERE row_key = ?""", [int(row_key)])
         if found is None:
             raise NotFoundError(f"no row {row_key}")
         key, origin, messages, metadata, tags, note = found
@@ -397,6 +534,7 @@ class Store:
         df["prompt"] = [prompt_text(m) for m in df["messages"]]
         df["response"] = [response_text(m) for m in df["messages"]]
         df["tags"] = [list(t) if t is not None else [] for t in df["tags"]]
+        df["note"] = df["note"].fillna("")
         return df
 
     def examples(self, version_id: int) -> list[Example]:
@@ -409,7 +547,11 @@ class Store:
         return [Example(tuple(orjson.loads(m)), orjson.loads(md)) for m, md in rows]
 
     def metadata_fields(self, version_id: int, sample: int = 2000) -> dict[str, list[str]]:
-        """Return metadata keys seen in a sample of rows, with up to 50 common values each."""
+        """Return user metadata keys seen in a sample of rows, with up to 50 common values each.
+
+        Values are given as a metadata filter matches them: strings as they are, numbers and
+        booleans as JSON (``true``, ``3``, ``1.5``).
+        """
         with self.connect() as con:
             rows = con.execute("""SELECT r.metadata FROM version_rows vr JOIN rows r
                 USING (row_key) WHERE vr.version_id = ? AND vr.pos < ?""",
@@ -418,13 +560,17 @@ class Store:
         for (md,) in rows:
             for k, v in orjson.loads(md).items():
                 if not k.startswith("_") and isinstance(v, (str, int, float, bool)):
-                    values.setdefault(k, Counter())[str(v)] += 1
+                    values.setdefault(k, Counter())[_filter_value(v)] += 1
         return {k: [v for v, _ in c.most_common(50)] for k, c in sorted(values.items())}
 
     def _check_version(self, con: Any, version_id: int) -> None:
-        if _one(con, "SELECT 1 FROM versions WHERE version_id = ?", [version_id]) \
-                is None:
+        if _one(con, "SELECT 1 FROM versions WHERE version_id = ?", [int(version_id)]) is None:
             raise NotFoundError(f"no version {version_id}")
+
+    def _members(self, con: Any, version_id: int) -> list[int]:
+        self._check_version(con, version_id)
+        return [r[0] for r in con.execute("SELECT row_key FROM version_rows WHERE version_id = ?"
+                                          " ORDER BY pos", [version_id]).fetchall()]
 
     # --- making versions from steps and edits ---------------------------------------------
     def apply_step(self, version_id: int, result: StepResult, *, operation: str,
@@ -433,9 +579,11 @@ class Store:
         kept, dropped = result.kept, result.dropped
         changed = result.changed if result.changed is not None else pd.DataFrame(
             columns=["row_key", "reason", "detail"])
+        if "detail" not in changed.columns:
+            changed = changed.assign(detail=None)
+        dropped = _dropped_frame(dropped)
         with self.connect() as con:
-            parent_keys = set(con.execute("SELECT row_key FROM version_rows WHERE version_id = ?",
-                                          [version_id]).df().row_key.tolist())
+            parent_keys = set(self._members(con, version_id))
         _check_step(parent_keys, kept, dropped, changed)
         counts = dict(Counter(dropped["reason"])) if len(dropped) else {}
         counts.update({f"changed:{k}": v for k, v in Counter(changed["reason"]).items()})
@@ -445,15 +593,14 @@ class Store:
             replaced = self._store_changed(con, vid, kept, changed)
             _insert_frame(con, "dropped", dropped.assign(version_id=vid),
                           ["version_id", "row_key", "reason", "duplicate_of", "detail"])
-            keys = [replaced.get(k, k) for k in kept["row_key"].tolist()]
+            keys = [replaced.get(int(k), int(k)) for k in kept["row_key"].tolist()]
             self._set_members(con, vid, keys)
             self._finish_version(con, vid)
         return self.version(vid)
 
     def _child(self, con: Any, parent: int, operation: str, params: dict, counts: dict,
                message: str) -> int:
-        dataset_id = _one(con, "SELECT dataset_id FROM versions WHERE version_id = ?",
-                                 [parent])
+        dataset_id = _one(con, "SELECT dataset_id FROM versions WHERE version_id = ?", [parent])
         if dataset_id is None:
             raise NotFoundError(f"no version {parent}")
         return self._new_version(con, dataset_id[0], parent, operation, params, counts, message)
@@ -466,13 +613,14 @@ class Store:
         by_key = kept.set_index("row_key")
         old_keys = [int(k) for k in changed["row_key"]]
         old = con.execute("""SELECT row_key, origin_key, tags, note FROM rows WHERE row_key IN
-                             (SELECT unnest(?::BIGINT[])) """, [old_keys]).df().set_index("row_key")
+                             (SELECT unnest(?::BIGINT[]))""", [old_keys]).df().set_index("row_key")
         examples = [Example(tuple(by_key.at[k, "messages"]), dict(by_key.at[k, "metadata"]))
                     for k in old_keys]
-        table = _rows_table(examples, None, origin=[int(old.at[k, "origin_key"]) for k in old_keys],
-                            tags=[_tags(by_key, old, k) for k in old_keys],
-                            notes=[_note(by_key, old, k) for k in old_keys])
-        first = self._insert_rows(con, table)
+        first = _next_row_key(con)
+        _insert_batches(con, _encoded(examples, keys=old_keys), first,
+                        origin=[int(old.at[k, "origin_key"]) for k in old_keys],
+                        tags=[_tags(by_key, old, k) for k in old_keys],
+                        notes=[_note(by_key, old, k) for k in old_keys])
         mapping = {k: first + i for i, k in enumerate(old_keys)}
         rows = changed.assign(version_id=vid, new_row_key=[mapping[k] for k in old_keys])
         _insert_frame(con, "changed", rows.rename(columns={"row_key": "old_row_key"}),
@@ -492,40 +640,68 @@ class Store:
                  note: str | None = None) -> VersionInfo:
         """Make a child version in which one row is replaced by its edited copy; return it."""
         current = self.row(row_key)
-        new_messages = messages if messages is not None else list(current.example.messages)
-        _validate_messages(new_messages)
-        frame = pd.DataFrame({"row_key": [row_key], "messages": [new_messages],
+        new_messages = list(messages) if messages is not None else list(current.example.messages)
+        _validate_edit(new_messages, metadata, tags, note)
+        if messages is not None:
+            new_messages = [{"role": m["role"], "content": m["content"]} for m in new_messages]
+        frame = pd.DataFrame({"row_key": [int(row_key)], "messages": [new_messages],
                               "metadata": [metadata if metadata is not None
                                            else current.example.metadata],
-                              "tags": [tags if tags is not None else current.tags],
+                              "tags": [list(tags) if tags is not None else current.tags],
                               "note": [note if note is not None else current.note]})
         what = [n for n, v in (("messages", messages), ("metadata", metadata), ("tags", tags),
                                ("note", note)) if v is not None]
-        return self._replace_rows(version_id, frame, "edit", {"row_key": row_key, "fields": what})
+        if not what:
+            raise WorkbenchError("edit rejected: nothing to change (give messages, metadata, "
+                                 "tags or note)")
+        return self._replace_rows(version_id, frame, "edit",
+                                  {"row_key": int(row_key), "fields": what})
 
     def tag_rows(self, version_id: int, row_keys: Sequence[int], *,
                  add: Sequence[str] = (), remove: Sequence[str] = ()) -> VersionInfo:
         """Make a child version in which the given rows gain and lose tags; return it."""
-        frame = self.frame(version_id)
-        frame = frame[frame["row_key"].isin([int(k) for k in row_keys])].copy()
-        if frame.empty:
-            raise NotFoundError(f"none of rows {list(row_keys)[:5]} is in version {version_id}")
-        frame["tags"] = [sorted((set(t) | set(add)) - set(remove)) for t in frame["tags"]]
+        _validate_tags(list(add) + list(remove))
+        keys = sorted({int(k) for k in row_keys})
+        with self.connect() as con:
+            frame = con.execute("""SELECT row_key, messages, metadata, tags, note FROM rows
+                WHERE row_key IN (SELECT row_key FROM version_rows WHERE version_id = ?)
+                AND row_key IN (SELECT unnest(?::BIGINT[])) ORDER BY row_key""",
+                                [version_id, keys]).df()
+        missing = sorted(set(keys) - set(frame["row_key"].tolist()))
+        if missing or not keys:
+            raise NotFoundError(f"rows {missing[:5] or keys} are not in version {version_id}")
+        frame["messages"] = [orjson.loads(m) for m in frame["messages"]]
+        frame["metadata"] = [orjson.loads(m) for m in frame["metadata"]]
+        frame["tags"] = [sorted((set(t if t is not None else []) | set(add)) - set(remove))
+                         for t in frame["tags"]]
         return self._replace_rows(version_id, frame, "tag",
                                   {"rows": len(frame), "add": list(add), "remove": list(remove)})
 
     def _replace_rows(self, version_id: int, frame: pd.DataFrame, operation: str, params: dict
                       ) -> VersionInfo:
-        with self.connect() as con:
-            members = con.execute("SELECT row_key FROM version_rows WHERE version_id = ? ORDER "
-                                  "BY pos", [version_id]).df()
-        if not set(frame["row_key"]) <= set(members["row_key"]):
-            raise NotFoundError(f"row {frame['row_key'].iloc[0]} is not in version {version_id}")
+        # An edit keeps every other row and every position: copy the parent's membership with
+        # the edited keys swapped, instead of rebuilding it (cheap at a million rows).
         changed = pd.DataFrame({"row_key": frame["row_key"], "reason": operation,
                                 "detail": ", ".join(params.get("fields", [])) or operation})
-        kept = members.merge(frame, on="row_key", how="left")
-        result = StepResult(kept=kept, dropped=_empty_dropped(), changed=changed)
-        return self.apply_step(version_id, result, operation=operation, params=params)
+        with self.transaction() as con:
+            members = con.execute("""SELECT count(*) FROM version_rows WHERE version_id = ? AND
+                row_key IN (SELECT unnest(?::BIGINT[]))""",
+                                  [version_id, [int(k) for k in frame["row_key"]]]).fetchall()
+            if members[0][0] != len(frame):
+                raise NotFoundError(f"row {frame['row_key'].iloc[0]} is not in version "
+                                    f"{version_id}")
+            counts = {f"changed:{operation}": len(frame)}
+            vid = self._child(con, version_id, operation, params, counts, "")
+            mapping = self._store_changed(con, vid, frame, changed)
+            con.register("_map", pa.table({"row_key": pa.array(list(mapping), pa.int64()),
+                                           "new_key": pa.array(list(mapping.values()),
+                                                               pa.int64())}))
+            con.execute("""INSERT INTO version_rows SELECT ?, vr.pos, coalesce(m.new_key,
+                vr.row_key) FROM version_rows vr LEFT JOIN _map m USING (row_key)
+                WHERE vr.version_id = ? ORDER BY vr.pos""", [vid, version_id])
+            con.unregister("_map")
+            self._finish_version(con, vid)
+        return self.version(vid)
 
     def removed(self, version_id: int) -> pd.DataFrame:
         """Return rows dropped along this version's lineage and not in it, with reasons."""
@@ -535,20 +711,20 @@ class Store:
                 d.duplicate_of, d.detail, {_ROW_COLS} FROM dropped d JOIN rows r USING (row_key)
                 WHERE d.version_id IN (SELECT unnest(?::INTEGER[])) AND d.row_key NOT IN
                 (SELECT row_key FROM version_rows WHERE version_id = ?)
-                ORDER BY r.origin_key""", [chain, version_id]).df()
+                QUALIFY row_number() OVER (PARTITION BY d.row_key ORDER BY d.version_id DESC) = 1
+                ORDER BY r.origin_key, r.row_key""", [chain, version_id]).df()
         return _with_previews(df)
 
     def restore(self, version_id: int, row_keys: Sequence[int]) -> VersionInfo:
         """Make a child version with dropped rows put back in their places; return it."""
         gone = self.removed(version_id)
-        wanted = [int(k) for k in row_keys]
+        wanted = sorted({int(k) for k in row_keys})
         missing = sorted(set(wanted) - set(gone["row_key"].tolist()))
-        if missing:
-            raise NotFoundError(f"rows {missing[:5]} were not dropped from version {version_id}")
-        with self.connect() as con:
-            members = con.execute("SELECT row_key FROM version_rows WHERE version_id = ?",
-                                  [version_id]).df()["row_key"].tolist()
+        if missing or not wanted:
+            raise NotFoundError(f"rows {missing[:5]} were not dropped from version {version_id}"
+                                if missing else "no rows to restore")
         with self.transaction() as con:
+            members = self._members(con, version_id)
             counts = {"restored": len(wanted), "kept": len(members) + len(wanted)}
             vid = self._child(con, version_id, "restore", {"rows": wanted}, counts, "")
             self._set_members(con, vid, members + wanted)
@@ -561,24 +737,20 @@ class Store:
         chain = [v.version_id for v in self.lineage(b)]
         with self.connect() as con:
             self._check_version(con, a)
-            con.execute("""CREATE OR REPLACE TEMP TABLE _a AS SELECT r.* FROM version_rows vr
-                JOIN rows r USING (row_key) WHERE vr.version_id = ?""", [a])
-            con.execute("""CREATE OR REPLACE TEMP TABLE _b AS SELECT r.* FROM version_rows vr
-                JOIN rows r USING (row_key) WHERE vr.version_id = ?""", [b])
-            added = con.execute(f"""SELECT {_ROW_COLS} FROM _b r WHERE r.origin_key NOT IN
-                (SELECT origin_key FROM _a) ORDER BY r.origin_key""").df()
+            for name, vid in (("_a", a), ("_b", b)):  # keys only: the texts stay where they are
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS SELECT r.row_key,
+                    r.origin_key FROM version_rows vr JOIN rows r USING (row_key)
+                    WHERE vr.version_id = ?""", [vid])
+            added = con.execute(f"""SELECT {_ROW_COLS} FROM rows r SEMI JOIN (SELECT row_key
+                FROM _b ANTI JOIN _a USING (origin_key)) x USING (row_key)
+                ORDER BY r.origin_key""").df()
             removed = con.execute(f"""SELECT {_ROW_COLS}, d.reason, d.duplicate_of, d.detail
-                FROM _a r LEFT JOIN (SELECT * FROM dropped WHERE version_id IN
-                (SELECT unnest(?::INTEGER[]))) d USING (row_key) WHERE r.origin_key NOT IN
-                (SELECT origin_key FROM _b) ORDER BY r.origin_key""", [chain]).df()
-            changed = con.execute("""SELECT a.row_key AS old_row_key, b.row_key AS new_row_key,
-                a.origin_key, a.messages AS old_messages, b.messages AS new_messages,
-                a.metadata AS old_metadata, b.metadata AS new_metadata, a.tags AS old_tags,
-                b.tags AS new_tags, a.note AS old_note, b.note AS new_note,
-                (SELECT string_agg(DISTINCT c.reason, ', ') FROM changed c
-                 WHERE c.new_row_key = b.row_key) AS reason
-                FROM _a a JOIN _b b USING (origin_key) WHERE a.row_key <> b.row_key
-                ORDER BY a.origin_key""").df()
+                FROM rows r SEMI JOIN (SELECT row_key FROM _a ANTI JOIN _b USING (origin_key)) x
+                USING (row_key) LEFT JOIN (SELECT * FROM dropped WHERE version_id IN
+                (SELECT unnest(?::INTEGER[])) QUALIFY row_number() OVER (PARTITION BY row_key
+                ORDER BY version_id DESC) = 1) d USING (row_key)
+                ORDER BY r.origin_key""", [chain]).df()
+            changed = con.execute(_CHANGED_SQL).df()
             con.execute("DROP TABLE _a; DROP TABLE _b")
         return Diff(_with_previews(added), _with_previews(removed), changed)
 
@@ -603,6 +775,15 @@ class Store:
 _ROW_NAMES = ["row_key", "origin_key", "id", "messages", "metadata", "tags", "note", "n_turns",
               "n_chars", "response_chars", "source_line"]
 _ROW_COLS = ", ".join(f"r.{c}" for c in _ROW_NAMES)
+_CHANGED_SQL = """SELECT ra.row_key AS old_row_key, rb.row_key AS new_row_key, ra.origin_key,
+    ra.messages AS old_messages, rb.messages AS new_messages, ra.metadata AS old_metadata,
+    rb.metadata AS new_metadata, ra.tags AS old_tags, rb.tags AS new_tags, ra.note AS old_note,
+    rb.note AS new_note, (SELECT string_agg(DISTINCT c.reason, ', ') FROM changed c
+    WHERE c.new_row_key = rb.row_key) AS reason
+    FROM _a a JOIN _b b USING (origin_key) JOIN rows ra ON ra.row_key = a.row_key
+    JOIN rows rb ON rb.row_key = b.row_key WHERE a.row_key <> b.row_key ORDER BY ra.origin_key"""
+_VERSION_SQL = """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params, v.counts,
+    v.n_rows, v.created_at, v.message FROM versions v JOIN datasets d USING (dataset_id)"""
 
 
 def _one(con: Any, sql: str, args: Sequence = ()) -> tuple | None:
@@ -611,8 +792,12 @@ def _one(con: Any, sql: str, args: Sequence = ()) -> tuple | None:
     return rows[0] if rows else None
 
 
+def _sql_str(text: str) -> str:
+    return text.replace("'", "''")
+
+
 def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _version_info(row: tuple) -> VersionInfo:
@@ -621,24 +806,99 @@ def _version_info(row: tuple) -> VersionInfo:
                        orjson.loads(counts or "{}"), n or 0, created, message or "")
 
 
-def _rows_table(examples: Sequence[Example], lines: Sequence[int] | None, *,
-                origin: list[int] | None = None, tags: list[list[str]] | None = None,
-                notes: list[str] | None = None) -> pa.Table:
-    n = len(examples)
-    messages = [e.messages for e in examples]
-    return pa.table({
-        "row_key": pa.nulls(n, pa.int64()),
-        "origin_key": pa.array(origin, pa.int64()) if origin else pa.nulls(n, pa.int64()),
-        "id": [content_id(m) for m in messages],
-        "messages": [orjson.dumps(m).decode() for m in messages],
-        "metadata": [orjson.dumps(e.metadata, default=str).decode() for e in examples],
-        "tags": pa.array(tags if tags else [[] for _ in range(n)], pa.list_(pa.string())),
-        "note": pa.array(notes if notes else [""] * n, pa.string()),
-        "n_turns": pa.array([len(m) for m in messages], pa.int32()),
-        "n_chars": pa.array([sum(len(t["content"]) for t in m) for m in messages], pa.int64()),
-        "response_chars": pa.array([len(response_text(m)) for m in messages], pa.int64()),
-        "source_line": pa.array(lines, pa.int64()) if lines else pa.nulls(n, pa.int64()),
-    })
+def _next_row_key(con: Any) -> int:
+    return _one(con, "SELECT coalesce(max(row_key), 0) + 1 FROM rows")[0]
+
+
+class _Counted:
+    """An iterator that counts what it has handed out, to name the example that failed."""
+
+    def __init__(self, items: Iterable[Any]):
+        self._items = iter(items)
+        self.n = 0
+
+    def __iter__(self) -> "_Counted":
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._items)
+        self.n += 1
+        return item
+
+
+def _encoded(examples: Iterable[Example], lines: Iterable[int] | None = None,
+             keys: Sequence[int] | None = None) -> Iterator[RowBatch]:
+    """Yield examples as RowBatches; an invalid one raises WorkbenchError naming it."""
+    counted = _Counted(examples)
+    try:
+        yield from batch_examples(counted, lines)
+    except RowError as e:
+        i = counted.n - 1
+        which = f"row {keys[i]}" if keys is not None and i < len(keys) else f"example {i + 1}"
+        raise WorkbenchError(f"{which} rejected: {e}") from None
+
+
+def _batch_table(batch: RowBatch, first: int, origin: Sequence[int] | None = None,
+                 tags: Sequence[list[str]] | None = None,
+                 notes: Sequence[str] | None = None) -> pa.Table:
+    n = len(batch)
+    messages, metadata, n_turns, n_chars, response_chars, lines = batch.columns()
+    keys = pa.array(np.arange(first, first + n, dtype=np.int64))
+    columns = {
+        "row_key": keys,
+        "origin_key": pa.array(origin, pa.int64()) if origin is not None else keys,
+        # orjson wrote UTF-8 already: take the bytes as strings without re-encoding them.
+        "id": pa.array(list(map(id_of_encoded, messages)), pa.string()),
+        "messages": pa.array(messages, pa.binary()).view(pa.string()),
+        "metadata": pa.array(metadata, pa.binary()).view(pa.string()),
+        "n_turns": pa.array(n_turns, pa.int32()),
+        "n_chars": pa.array(n_chars, pa.int64()),
+        "response_chars": pa.array(response_chars, pa.int64()),
+        "source_line": pa.array(lines, pa.int64()),
+    }
+    if tags is not None:
+        columns["tags"] = pa.array(tags, pa.list_(pa.string()))
+    if notes is not None:
+        columns["note"] = pa.array(notes, pa.string())
+    return pa.table(columns)
+
+
+def _insert_table(con: Any, table: pa.Table) -> None:
+    # New rows without tags or a note get them in SQL: cheaper than building constant columns.
+    extra = []
+    if "tags" not in table.column_names:
+        extra.append("[]::VARCHAR[] AS tags")
+    if "note" not in table.column_names:
+        extra.append("'' AS note")
+    con.register("_new_rows", table)
+    con.execute(f"INSERT INTO rows BY NAME SELECT {', '.join(['*', *extra])} FROM _new_rows")
+    con.unregister("_new_rows")
+
+
+def _insert_batches(con: Any, batches: Iterable[RowBatch], first: int, *,
+                    origin: Sequence[int] | None = None, tags: Sequence[list[str]] | None = None,
+                    notes: Sequence[str] | None = None) -> int:
+    """Insert batches with consecutive row keys from ``first``; return how many rows.
+
+    DuckDB inserts (and compresses) one batch on a worker thread while this thread converts
+    the next; DuckDB releases the GIL, so on two cores the two overlap.
+    """
+    n = 0
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        try:
+            for batch in batches:
+                part = slice(n, n + len(batch))
+                table = _batch_table(batch, first + n, origin and origin[part],
+                                     tags and tags[part], notes and notes[part])
+                n += len(batch)
+                if pending is not None:
+                    pending.result()
+                pending = worker.submit(_insert_table, con, table)
+        finally:
+            if pending is not None:
+                pending.result()  # never leave a write running on a connection we give back
+    return n
 
 
 def _insert_rejects(con: Any, vid: int, report: ImportReport) -> None:
@@ -657,15 +917,20 @@ def _insert_frame(con: Any, table: str, df: pd.DataFrame, columns: list[str]) ->
     con.unregister("_frame")
 
 
-def _empty_dropped() -> pd.DataFrame:
-    return pd.DataFrame({"row_key": pd.Series(dtype="int64"), "reason": pd.Series(dtype=str),
+def _dropped_frame(dropped: Any) -> pd.DataFrame:
+    base = pd.DataFrame({"row_key": pd.Series(dtype="int64"), "reason": pd.Series(dtype=str),
                          "duplicate_of": pd.Series(dtype="Int64"),
                          "detail": pd.Series(dtype=str)})
+    if dropped is None or len(dropped) == 0:
+        return base
+    missing = [c for c in ("duplicate_of", "detail") if c not in dropped.columns]
+    return dropped.assign(**{c: None for c in missing})
 
 
 def _check_step(parent_keys: set, kept: pd.DataFrame, dropped: pd.DataFrame,
                 changed: pd.DataFrame) -> None:
-    kept_keys, dropped_keys = list(kept["row_key"]), list(dropped["row_key"])
+    kept_keys = [int(k) for k in kept["row_key"]]
+    dropped_keys = [int(k) for k in dropped["row_key"]]
     if len(set(kept_keys)) != len(kept_keys) or set(kept_keys) & set(dropped_keys):
         raise WorkbenchError("step result lists a row twice (kept twice, or kept and dropped)")
     if set(kept_keys) | set(dropped_keys) != parent_keys or \
@@ -673,9 +938,10 @@ def _check_step(parent_keys: set, kept: pd.DataFrame, dropped: pd.DataFrame,
         raise WorkbenchError(f"step result covers {len(kept_keys) + len(dropped_keys)} rows but "
                              f"the version has {len(parent_keys)}: every row must be kept or "
                              "dropped with a reason")
-    if len(dropped) and dropped["reason"].isna().any():
+    if len(dropped) and (dropped["reason"].isna().any()
+                         or not all(isinstance(r, str) and r for r in dropped["reason"])):
         raise WorkbenchError("every dropped row needs a reason")
-    if not set(changed["row_key"]) <= set(kept_keys):
+    if not {int(k) for k in changed["row_key"]} <= set(kept_keys):
         raise WorkbenchError("a changed row must also be kept")
 
 
@@ -692,43 +958,103 @@ def _note(by_key: pd.DataFrame, old: pd.DataFrame, key: int) -> str:
     return old.at[key, "note"] or ""
 
 
-def _validate_messages(messages: list[dict]) -> None:
-    from .schema import RowError, to_example
-
+def _validate_edit(messages: list, metadata: Any, tags: Any, note: Any) -> None:
     try:
-        to_example({"messages": messages}, "openai")
+        check_messages(messages)
     except RowError as e:
         raise WorkbenchError(f"edit rejected: {e}") from None
+    if metadata is not None and not isinstance(metadata, dict):
+        raise WorkbenchError("edit rejected: metadata must be a dict")
+    if tags is not None:
+        _validate_tags(tags)
+    if note is not None and not isinstance(note, str):
+        raise WorkbenchError("edit rejected: note must be a string")
+
+
+def _validate_tags(tags: Any) -> None:
+    if isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise WorkbenchError("tags must be a list of non-empty strings")
+
+
+# --- browsing filters -------------------------------------------------------------------------
+# A search term is matched against the stored JSON first (cheap, and a superset of the real
+# matches once escaped the way JSON escapes it), then confirmed on the decoded texts, so that
+# "role", "content" or a "\n" escape never match by themselves.
+_SEARCH_SQL = r"""(
+    (r.messages ILIKE $jpat ESCAPE '\' AND list_bool_or(list_transform(
+        json_extract_string(r.messages, '$[*].content'), lambda c: c ILIKE $pat ESCAPE '\')))
+    OR r.note ILIKE $pat ESCAPE '\'
+    OR (r.metadata ILIKE $jpat ESCAPE '\' AND list_bool_or(list_transform(
+        list_zip(json_keys(r.metadata), json_extract_string(r.metadata, '$.*')),
+        lambda kv: NOT starts_with(kv[1], '_')
+                   AND (kv[2] ILIKE $pat ESCAPE '\' OR kv[2] ILIKE $jpat ESCAPE '\')))))"""
+
+
+def _like_pattern(term: str) -> str:
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _filter_sql(f: RowFilter) -> tuple[str, list]:
     parts: list[str] = []
     args: list = []
-    if f.search.strip():
-        # messages are stored as JSON text: escape the term the same way before matching.
-        term = orjson.dumps(f.search.strip()).decode()[1:-1]
-        parts.append("(r.messages ILIKE ? OR r.metadata ILIKE ? OR r.note ILIKE ?)")
-        like = "%" + term.replace("%", r"\%").replace("_", r"\_") + "%"
-        parts[-1] = parts[-1].replace("ILIKE ?", "ILIKE ? ESCAPE '\\'")
-        args += [like, like, like]
+    term = f.search.strip()
+    if term:
+        jterm = orjson.dumps(term).decode()[1:-1]  # as the term appears inside stored JSON
+        sql = _SEARCH_SQL.replace("$jpat", "?").replace("$pat", "?")
+        parts.append(sql)
+        pat, jpat = _like_pattern(term), _like_pattern(jterm)
+        args += [jpat, pat, pat, jpat, pat, jpat]
     for key, value in f.metadata:
-        parts.append("json_extract_string(r.metadata, ?) = ?")
-        args += ["$." + _json_key(key), value]
+        sql, more = _metadata_sql(str(key), _filter_value(value))
+        parts.append(sql)
+        args += more
     for column, op, value in (("n_chars", ">=", f.min_chars), ("n_chars", "<=", f.max_chars),
                               ("n_turns", ">=", f.min_turns), ("n_turns", "<=", f.max_turns)):
         if value is not None:
             parts.append(f"r.{column} {op} ?")
-            args.append(value)
+            args.append(int(value))
     if f.tag:
         parts.append("list_contains(r.tags, ?)")
         args.append(f.tag)
     if f.has_note:
-        parts.append("r.note <> ''")
+        parts.append("coalesce(r.note, '') <> ''")
     return " AND ".join(parts), args
 
 
+def _metadata_sql(key: str, value: str) -> tuple[str, list]:
+    """Return the SQL and arguments matching rows whose metadata ``key`` equals ``value``.
+
+    Numbers compare as numbers (DuckDB writes 1e20 back as 100000000000000000000.0). A plain
+    text value must appear in the stored JSON as ``"key":"value"``: checking that substring
+    first spares parsing the JSON of every other row.
+    """
+    path = "$." + _json_key(key)
+    sql, args = "json_extract_string(r.metadata, ?) = ?", [path, value]
+    if _is_number(value):
+        sql = (f"({sql} OR TRY_CAST(json_extract_string(r.metadata, ?) AS DOUBLE) = "
+               "TRY_CAST(? AS DOUBLE))")
+        return sql, [*args, path, value]
+    if value not in ("true", "false", "null") and value[:1] not in ("[", "{"):
+        pair = orjson.dumps(key).decode() + ":" + orjson.dumps(value).decode()
+        return f"(contains(r.metadata, ?) AND {sql})", [pair, *args]
+    return sql, args
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _filter_value(value: Any) -> str:
+    # json_extract_string gives strings as they are and other values as JSON text.
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
 def _json_key(key: str) -> str:
-    return '"' + key.replace('"', '\\"') + '"'
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _with_previews(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,142 @@
+"""Import and browse speed against a plain pandas read of the same file, in the same process.
+
+    python benchmarks/bench_import.py [--rows 1000000] [--repeat 3]
+
+Prints, does not assert. Times are the best of ``--repeat`` runs (the machine is shared, so
+compare the ratios, not the seconds). Needs /work/shared/data/alpaca/alpaca_data.json (or
+$ALPACA_JSON); skips with a message when it is absent. Nothing is written outside a
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from workbench.io import read_dataset
+from workbench.schema import Example
+from workbench.store import RowFilter, Store
+
+ALPACA = Path(os.environ.get("ALPACA_JSON", "/work/shared/data/alpaca/alpaca_data.json"))
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Return the fastest wall time of ``repeat`` calls and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def peak_python_mb(fn: Callable[[], Any]) -> float:
+    """Return the peak of Python allocations (tracemalloc) during one call, in MB."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+
+
+def bench_import(folder: Path, repeat: int) -> tuple[Store, int]:
+    """Time an import into a fresh store file against pandas.read_json; return the store."""
+    stores: list[Store] = []
+
+    def import_once() -> Any:
+        store = Store(folder / f"import-{len(stores)}.duckdb")
+        stores.append(store)
+        return store.import_file(ALPACA, "alpaca")
+
+    # Interleave the two so that both see the same machine load. CPU time (all threads) is
+    # printed too: on a loaded machine it says more than wall time.
+    pandas_s = imp_s = pandas_cpu = imp_cpu = float("inf")
+    for _ in range(repeat):
+        cpu = time.process_time()
+        pandas_s = min(pandas_s, best_of(1, lambda: pd.read_json(ALPACA))[0])
+        pandas_cpu = min(pandas_cpu, time.process_time() - cpu)
+        cpu = time.process_time()
+        seconds, (version, report) = best_of(1, import_once)
+        imp_s, imp_cpu = min(imp_s, seconds), min(imp_cpu, time.process_time() - cpu)
+    print(f"file                {ALPACA} ({ALPACA.stat().st_size / 1e6:.1f} MB)")
+    print(f"report              {report.summary()}")
+    print(f"pandas.read_json    {pandas_s:7.3f} s wall  {pandas_cpu:7.3f} s CPU")
+    print(f"store.import_file   {imp_s:7.3f} s wall  {imp_cpu:7.3f} s CPU")
+    print(f"import / pandas     {imp_s / pandas_s:7.2f}x wall {imp_cpu / pandas_cpu:6.2f}x CPU "
+          "(target: within 2x)")
+    print(f"store file size     {Path(stores[-1].path).stat().st_size / 1e6:.1f} MB")
+    pandas_mb = peak_python_mb(lambda: pd.read_json(ALPACA))
+    import_mb = peak_python_mb(lambda: Store(folder / "mem.duckdb").import_file(ALPACA, "a"))
+    print(f"peak Python memory  pandas {pandas_mb:.0f} MB, import {import_mb:.0f} MB "
+          "(tracemalloc; DuckDB's own memory is not traced)")
+    return stores[-1], version.version_id
+
+
+def bench_pages(store: Store, version_id: int, label: str, repeat: int,
+                metadata: tuple[tuple[str, str], ...]) -> None:
+    """Time a first page, a deep page, a search and a metadata / length filter."""
+    n = store.version(version_id).n_rows
+    cases = [("page 1 (50 rows)", 0, RowFilter()),
+             ("page at the middle", n // 2, RowFilter()),
+             ("search 'water'", 0, RowFilter(search="water")),
+             ("metadata filter", 0, RowFilter(metadata=metadata)),
+             ("length filter", 0, RowFilter(min_chars=1000))]
+    for name, offset, filters in cases:
+        seconds, page = best_of(repeat, lambda: store.page(version_id, offset=offset, limit=50,
+                                                          filters=filters))
+        print(f"{label:>6} rows  {name:20s} {seconds * 1000:8.1f} ms  ({page.total:,} match)")
+
+
+def repeated(examples: list[Example], total: int) -> Iterator[Example]:
+    """Yield ``total`` examples by cycling through ``examples``, tagging each copy."""
+    copy = 0
+    while True:
+        for example in examples:
+            yield Example(example.messages, {**example.metadata, "copy": copy})
+        copy += 1
+
+
+def bench_million(folder: Path, rows: int, repeat: int) -> None:
+    """Build a big version through the store's bulk path and time pages on it."""
+    examples = read_dataset(ALPACA).examples
+    store = Store(folder / "big.duckdb")
+    start = time.perf_counter()
+    version_id = store.add_examples("big", islice(repeated(examples, rows), rows))
+    seconds = time.perf_counter() - start
+    print(f"bulk insert         {rows:,} rows in {seconds:.1f} s "
+          f"({rows / seconds:,.0f} rows/s), file {Path(store.path).stat().st_size / 1e6:.0f} MB")
+    bench_pages(store, version_id, f"{rows // 1000}k", repeat, (("copy", "3"),))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not ALPACA.exists():
+        print(f"skipped: {ALPACA} not found (set ALPACA_JSON to the Alpaca JSON file)")
+        return
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
+          f"python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        store, version_id = bench_import(folder, args.repeat)
+        bench_pages(store, version_id, "52k", args.repeat, (("copy", "3"),))
+        bench_million(folder, args.rows, args.repeat)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the whole run {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

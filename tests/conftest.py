@@ -1,0 +1,66 @@
+"""Shared fixtures: an in-memory store, a store file, small example lists and file writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+from workbench.schema import Example
+from workbench.store import Store
+
+
+def chat(*turns: tuple[str, str], **metadata: Any) -> Example:
+    """Return an Example from (role, content) pairs and metadata keywords."""
+    return Example(tuple({"role": r, "content": c} for r, c in turns), metadata)
+
+
+@pytest.fixture
+def store() -> Store:
+    """An in-memory store: fast, private to the test."""
+    return Store(":memory:")
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> Store:
+    """A store file in the test's temporary folder, opened per call like the app does."""
+    return Store(tmp_path / "wb.duckdb", lock_timeout=30)
+
+
+@pytest.fixture
+def examples() -> list[Example]:
+    """Five small examples: single-turn, multi-turn, a system turn, unicode, metadata."""
+    return [
+        chat(("user", "What is 2+2?"), ("assistant", "4"), category="math", level=1),
+        chat(("system", "Be brief."), ("user", "Capital of France?"), ("assistant", "Paris"),
+             category="geo"),
+        chat(("user", "Hi"), ("assistant", "Hello!"), ("user", "Tell me a joke"),
+             ("assistant", "Why did the 🐔 cross the road?"), category="fun"),
+        chat(("user", 'Quote "this" and 100% of_that\\n'), ("assistant", "Done: \"ok\"\nbye"),
+             category="edge"),
+        chat(("user", "Übersetze: Straße"), ("assistant", "street"), category="lang",
+             tags_src=["a", "b"]),
+    ]
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Callable[..., Path]:
+    """Return a function writing records (dicts or raw bytes lines) to a .jsonl file."""
+    def write(records: list[Any], name: str = "data.jsonl") -> Path:
+        path = tmp_path / name
+        lines = [r if isinstance(r, bytes) else orjson.dumps(r) for r in records]
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        return path
+    return write
+
+
+@pytest.fixture
+def write_bytes(tmp_path: Path) -> Callable[[str, bytes], Path]:
+    """Return a function writing raw bytes to a named file in the temporary folder."""
+    def write(name: str, data: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+    return write
