@@ -1,0 +1,701 @@
+"""Error analysis over a scored predictions frame (see evaluate.py): failure tags, slices,
+clusters, run comparisons, provenance, contamination, and targeted data for the next run.
+
+Everything here is a pure function of DataFrames and vectors, except the two helpers at the
+end that keep manual tags and notes in a run folder and add a targeted version to the store.
+A predictions frame has one row per eval row with at least ``prediction`` and ``reference``;
+metric columns (``similarity``, ``length_ratio``, ``repetition``, ``format_ok``) and
+``hit_max`` sharpen the tags when present.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .clean import refusal_match, truncation_reason
+from .evaluate import (METRICS, as_checks, bootstrap_ci, format_checks, length_ratio,
+                       repetition, words)
+from .exceptions import ConfigError, NotFoundError
+from .schema import Example
+
+if TYPE_CHECKING:
+    from .store import Store
+
+FAILURE_TAGS = ("empty", "refusal", "repetition_loop", "truncated", "too_long", "too_short",
+                "off_format", "likely_wrong")
+# How bad each tag is: an empty or refused answer is worse than one a bit too long.
+SEVERITY: dict[str, float] = {"empty": 5, "refusal": 4, "repetition_loop": 3, "likely_wrong": 3,
+                              "truncated": 2, "off_format": 2, "too_long": 1, "too_short": 1}
+MANUAL_WEIGHT = 2.0  # a tag a person added counts like an automatic format failure
+ANNOTATIONS_FILE = "annotations.json"
+NO_TAG = "(none)"
+# Model-made refusals that clean.refusal_match (written for training data) lets through.
+_MODEL_REFUSAL = re.compile(
+    r"\bas an? (?:ai|chatbot|language model|virtual assistant)\b"
+    r"|\bI (?:do not|don't|don’t) have the (?:capability|ability|means|information) to\b"
+    r"|\bI(?: am|'m|’m) (?:not able|unable|not equipped) to "
+    r"(?:provide|help|assist|answer|access)\b",
+    re.IGNORECASE)
+_ENDS_CLEANLY = tuple(".!?…:;)]}\"'”’»*`") + ("—",)
+# Frequent English words that never make a good cluster name.
+STOPWORDS = frozenset("""a about above after again all also am an and any are as at be because
+been before being below between both but by can could did do does doing down during each few
+for from further had has have having he her here hers him his how i if in into is it its just
+me more most my no nor not now of off on once only or other our out over own same she should
+so some such than that the their them then there these they this those through to too under
+until up very was we were what when where which while who whom why will with would you your
+yours yes hi hello please thanks thank get got can't don't i'm it's let know want need""".split())
+
+
+# ---------------------------------------------------------------- failure tags
+
+
+@dataclass(frozen=True)
+class FailureRules:
+    """Thresholds for automatic failure tags (length ratios are prediction/reference words).
+
+    Defaults measured on SmolLM2-135M answers to the sample eval set: looping answers repeat
+    40-70% of their word 3-grams, fluent 160-token answers up to ~33%; on-topic answers in
+    the wrong style have similarity 0.6-0.75 to the reference, off-topic ones 0.05-0.45.
+    """
+
+    too_long: float = 2.0
+    too_short: float = 0.5
+    likely_wrong: float = 0.5
+    repetition: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("too_long", "too_short", "likely_wrong", "repetition"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.too_short >= self.too_long:
+            raise ConfigError(f"too_short ({self.too_short}) must be below too_long "
+                              f"({self.too_long})")
+        if self.repetition > 1 or self.likely_wrong > 1:
+            raise ConfigError("repetition and likely_wrong are fractions: keep them <= 1")
+
+
+def failure_tags(frame: pd.DataFrame, *, style: Mapping[str, Any] | None = None,
+                 rules: FailureRules | None = None) -> list[list[str]]:
+    """Return the automatic failure tags of each row (FAILURE_TAGS order; [] when it passes).
+
+    ``style`` (an evaluate.style_checks spec) decides off_format when given; otherwise the
+    frame's ``format_ok`` column does, if it has one.
+    """
+    rules = rules or FailureRules()
+    preds = frame["prediction"].fillna("").astype(str).tolist()
+    refs = frame["reference"].fillna("").astype(str).tolist()
+    columns = _tag_inputs(frame, preds, refs, style)
+    return [_row_tags(p, r, *values, rules) for p, r, *values in zip(preds, refs, *columns)]
+
+
+def _tag_inputs(frame: pd.DataFrame, preds: list[str], refs: list[str],
+                style: Mapping[str, Any] | None) -> list[list[Any]]:
+    n = len(preds)
+    if style:
+        fmt = format_checks(preds, as_checks(style=style))["format_ok"].tolist()
+    else:
+        fmt = _column(frame, "format_ok", n)
+    ratio = _column(frame, "length_ratio", n)
+    ratio = [length_ratio(p, r) if _missing(x) else x for p, r, x in zip(preds, refs, ratio)]
+    rep = _column(frame, "repetition", n)
+    rep = [repetition(p) if _missing(x) else x for p, x in zip(preds, rep)]
+    return [_column(frame, "hit_max", n), fmt, ratio, rep, _column(frame, "similarity", n)]
+
+
+def _column(frame: pd.DataFrame, name: str, n: int) -> list[Any]:
+    return frame[name].tolist() if name in frame.columns else [None] * n
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _flag(value: Any) -> bool:
+    return not _missing(value) and bool(value)
+
+
+def _row_tags(pred: str, ref: str, hit_max: Any, fmt_ok: Any, ratio: float, rep: float,
+              sim: Any, rules: FailureRules) -> list[str]:
+    if not pred.strip():
+        return ["empty"]  # nothing else can be said about an empty answer
+    found = {
+        "refusal": _refusal(pred),
+        "repetition_loop": rep >= rules.repetition,
+        "truncated": _truncated(pred, hit_max),
+        "too_long": ratio > rules.too_long,
+        # An answer cut by the token limit is "truncated"; whether it was too short is unknown.
+        "too_short": ratio < rules.too_short and not _flag(hit_max),
+        "off_format": not _missing(fmt_ok) and not bool(fmt_ok),
+        "likely_wrong": not _missing(sim) and sim < rules.likely_wrong,
+    }
+    return [tag for tag in FAILURE_TAGS if found.get(tag)]
+
+
+def _refusal(pred: str) -> bool:
+    return refusal_match(pred) is not None or _MODEL_REFUSAL.search(pred[:500]) is not None
+
+
+def _truncated(pred: str, hit_max: Any) -> bool:
+    if _missing(hit_max):  # imported predictions: judge by the text alone
+        return truncation_reason(pred) is not None
+    # Stopped by the token limit, and not at a natural end of a sentence or a list.
+    return _flag(hit_max) and not pred.rstrip().endswith(_ENDS_CLEANLY)
+
+
+def severity(tags: Sequence[str], similarity: float | None = None) -> float:
+    """Return how bad a row is: the sum of its tags' weights plus (1 - similarity) to break ties."""
+    score = sum(SEVERITY.get(t, MANUAL_WEIGHT) for t in tags)
+    if not _missing(similarity):
+        score += 1.0 - min(1.0, max(0.0, float(similarity)))
+    return float(score)
+
+
+def failures_table(frame: pd.DataFrame, *, style: Mapping[str, Any] | None = None,
+                   rules: FailureRules | None = None,
+                   annotations: Mapping[int, Mapping[str, Any]] | None = None,
+                   include_passing: bool = False) -> pd.DataFrame:
+    """Return rows with auto_tags, manual_tags, tags, note and severity, worst first."""
+    out = frame.reset_index(drop=True).copy()
+    out["auto_tags"] = failure_tags(out, style=style, rules=rules)
+    notes = annotations or {}
+    keys = out["row_key"].tolist() if "row_key" in out.columns else list(range(len(out)))
+    out["manual_tags"] = [list(notes.get(int(k), {}).get("tags", [])) for k in keys]
+    out["note"] = [str(notes.get(int(k), {}).get("note", "")) for k in keys]
+    out["tags"] = [list(dict.fromkeys([*a, *m])) for a, m in zip(out["auto_tags"],
+                                                                 out["manual_tags"])]
+    sims = _column(out, "similarity", len(out))
+    out["severity"] = [severity(t, s) for t, s in zip(out["tags"], sims)]
+    if not include_passing:
+        out = out[[bool(t) for t in out["tags"]]]
+    return out.sort_values("severity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def with_tags(frame: pd.DataFrame, **options: Any) -> pd.DataFrame:
+    """Return the frame with a ``tags`` column (failure_tags) unless it has one already."""
+    if "tags" in frame.columns:
+        return frame
+    return frame.assign(tags=failure_tags(frame, **options))
+
+
+def tag_rates(frame: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, **options: Any
+              ) -> pd.DataFrame:
+    """Return per tag (and "any") the count, rate and its bootstrap interval over all rows."""
+    tags = with_tags(frame, **options)["tags"].tolist()
+    seen = [t for t in dict.fromkeys(t for row in tags for t in row) if t not in FAILURE_TAGS]
+    rows = []
+    for tag in [*FAILURE_TAGS, *seen, "any"]:
+        hits = np.array([bool(row) if tag == "any" else tag in row for row in tags], float)
+        ci = bootstrap_ci(hits, n_boot, seed)
+        rows.append({"tag": tag, "count": int(hits.sum()), "rate": ci.mean, "lo": ci.lo,
+                     "hi": ci.hi, "n": ci.n})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- slicing
+
+
+def length_buckets(lengths: Sequence[float], bins: int = 3) -> list[str]:
+    """Return a label per value for quantile buckets, e.g. "words 12-40" (equal-count bins)."""
+    values = np.asarray(lengths, float)
+    if not len(values):
+        return []
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, max(1, bins) + 1)))
+    if len(edges) == 1:
+        return [f"words {int(edges[0])}"] * len(values)
+    index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    labels = [f"words {int(edges[i])}-{int(edges[i + 1])}" for i in range(len(edges) - 1)]
+    return [labels[i] for i in index]
+
+
+def slice_labels(frame: pd.DataFrame, by: str, *, bins: int = 3) -> pd.Series:
+    """Return each row's slice: by "tag" (a list per row), "length", "cluster", a column or a
+    metadata key ("metadata.key" or a bare key found in the metadata)."""
+    if by == "tag":
+        tags = with_tags(frame)["tags"]
+        return pd.Series([list(t) or [NO_TAG] for t in tags], index=frame.index)
+    if by == "length":
+        source = frame["reference"] if "reference" in frame.columns else frame["prompt"]
+        return pd.Series(length_buckets([len(words(str(t))) for t in source], bins),
+                         index=frame.index)
+    if by in frame.columns:
+        return frame[by].map(lambda v: NO_TAG if _missing(v) else str(v))
+    key = by.removeprefix("metadata.")
+    if "metadata" in frame.columns:
+        metadata = [_as_dict(m) for m in frame["metadata"]]
+        if any(key in m for m in metadata):
+            return pd.Series([str(m.get(key, NO_TAG)) for m in metadata], index=frame.index)
+    raise ConfigError(f"cannot slice by {by!r}: use tag, length, cluster, a column "
+                      f"({', '.join(map(str, frame.columns))}) or a metadata key")
+
+
+def _as_dict(value: Any) -> dict:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (str, bytes)) and value:
+        parsed = orjson.loads(value)
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def slice_metric(frame: pd.DataFrame, metric: str, by: str, *, bins: int = 3,
+                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Return per slice the row count and the metric's mean with a bootstrap interval."""
+    if metric not in frame.columns:
+        raise ConfigError(f"no metric column {metric!r}; have {', '.join(map(str, frame.columns))}")
+    exploded = _exploded(frame, by, bins)
+    rows = []
+    for label, part in exploded.groupby("_slice", sort=True):
+        ci = bootstrap_ci(pd.to_numeric(part[metric], errors="coerce"), n_boot, seed)
+        rows.append({"slice": label, "n": len(part), "mean": ci.mean, "lo": ci.lo, "hi": ci.hi})
+    return pd.DataFrame(rows, columns=["slice", "n", "mean", "lo", "hi"])
+
+
+def _exploded(frame: pd.DataFrame, by: str, bins: int) -> pd.DataFrame:
+    # A row with two tags counts in both tag slices.
+    labels = slice_labels(frame, by, bins=bins)
+    return frame.assign(_slice=labels).explode("_slice")
+
+
+# ---------------------------------------------------------------- clustering
+
+
+@dataclass
+class Clusters:
+    """Cluster labels per row (aligned with the input) and one row per cluster with its name."""
+
+    labels: np.ndarray
+    table: pd.DataFrame
+
+
+def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, iterations: int = 50
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (labels, unit centroids) of spherical k-means with k-means++ seeding."""
+    x = _unit(np.asarray(vectors, np.float32))
+    k = max(1, min(int(k), len(x)))
+    rng = np.random.default_rng(seed)
+    centers = _kmeans_pp(x, k, rng)
+    labels = np.full(len(x), -1)
+    for _ in range(iterations):
+        new = np.argmax(x @ centers.T, axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        centers = _recenter(x, labels, centers)
+    return labels, centers
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    chosen = [int(rng.integers(len(x)))]
+    distance = 1.0 - x @ x[chosen[0]]
+    for _ in range(1, k):
+        weights = np.clip(distance, 0, None) ** 2
+        total = weights.sum()
+        pick = int(rng.choice(len(x), p=weights / total) if total > 0 else rng.integers(len(x)))
+        chosen.append(pick)
+        distance = np.minimum(distance, 1.0 - x @ x[pick])
+    return x[chosen].copy()
+
+
+def _recenter(x: np.ndarray, labels: np.ndarray, old: np.ndarray) -> np.ndarray:
+    centers = old.copy()
+    for c in range(len(old)):
+        members = x[labels == c]
+        if len(members):  # an emptied cluster keeps its old centre
+            centers[c] = members.mean(axis=0)
+    return _unit(centers)
+
+
+def characteristic_terms(texts: Sequence[str], labels: Sequence[int], *, n_terms: int = 3
+                         ) -> dict[int, list[str]]:
+    """Return each cluster's top terms by class-based TF-IDF (frequent here, rare elsewhere)."""
+    counts: dict[int, Counter] = {}
+    for text, label in zip(texts, labels):
+        counts.setdefault(int(label), Counter()).update(
+            w for w in words(text) if len(w) > 2 and not w.isdigit() and w not in STOPWORDS)
+    totals = Counter()
+    for c in counts.values():
+        totals.update(c)
+    average = sum(totals.values()) / max(1, len(counts))
+    out = {}
+    for label, c in counts.items():
+        size = max(1, sum(c.values()))
+        scores = {t: (n / size) * math.log(1 + average / totals[t]) for t, n in c.items()}
+        out[label] = [t for t, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+                      [:n_terms]]
+    return out
+
+
+def cluster_failures(frame: pd.DataFrame, vectors: np.ndarray, k: int | None = None, *,
+                     text_column: str = "prompt", seed: int = 0, n_terms: int = 3) -> Clusters:
+    """Return k-means clusters of the rows' vectors, each named by its characteristic terms.
+
+    k defaults to about sqrt(n/2), between 2 and 10.
+    """
+    vectors = np.asarray(vectors, np.float32)
+    if len(vectors) != len(frame):
+        raise ConfigError(f"{len(vectors)} vectors for {len(frame)} rows")
+    if not len(frame):
+        return Clusters(np.zeros(0, int), pd.DataFrame(columns=["cluster", "size", "name",
+                                                                "terms", "rows"]))
+    k = k if k is not None else min(10, max(2, round(math.sqrt(len(frame) / 2))))
+    labels, _ = kmeans(vectors, k, seed=seed)
+    terms = characteristic_terms(frame[text_column].astype(str).tolist(), labels,
+                                 n_terms=n_terms)
+    rows = [{"cluster": int(c), "size": int((labels == c).sum()),
+             "name": ", ".join(terms.get(int(c), [])) or f"cluster {c}",
+             "terms": terms.get(int(c), []), "rows": np.flatnonzero(labels == c).tolist()}
+            for c in np.unique(labels)]
+    table = pd.DataFrame(rows).sort_values("size", ascending=False, kind="stable")
+    return Clusters(labels, table.reset_index(drop=True))
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+
+@dataclass
+class Comparison:
+    """Run b against run a on the same eval rows: per-row outcomes, regressions, slice deltas."""
+
+    metric: str
+    rows: pd.DataFrame
+    counts: dict[str, int]
+    delta: dict[str, float]
+    regressions: pd.DataFrame
+    slices: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def oriented(metric: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Return metric values turned so that higher is better (length_ratio: -|x - 1|)."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), float)
+    direction = METRICS.get(metric, True)
+    if direction is None:
+        return -np.abs(x - 1.0)
+    return x if direction else -x
+
+
+def compare_runs(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, margin: float = 0.0,
+                 regression_margin: float = 0.1, by: Sequence[str] = (), n_boot: int = 1000,
+                 seed: int = 0) -> Comparison:
+    """Return b versus a on one metric: win/loss/tie per row (beyond margin), regressions (b
+    worse by more than regression_margin) and per-slice deltas with paired bootstrap intervals.
+
+    Rows are matched by ``id`` (and occurrence, for repeated ids); slices come from run a.
+    """
+    for name, frame in (("a", a), ("b", b)):
+        if metric not in frame.columns:
+            raise ConfigError(f"run {name} has no metric column {metric!r}")
+    joined = _paired(with_tags(a) if "tag" in by else a, b, metric)
+    delta = joined["better_b"] - joined["better_a"]
+    joined["delta"] = delta
+    joined["outcome"] = np.where(delta > margin, "win", np.where(delta < -margin, "loss", "tie"))
+    counts = {o: int((joined["outcome"] == o).sum()) for o in ("win", "loss", "tie")}
+    regressions = joined[delta < -regression_margin].sort_values("delta", kind="stable")
+    ci = bootstrap_ci(delta, n_boot, seed)
+    slices = {s: _slice_deltas(joined, s, n_boot, seed) for s in by}
+    return Comparison(metric, joined, counts, ci._asdict(), regressions.reset_index(drop=True),
+                      slices)
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+    left, right = _keyed(a), _keyed(b)
+    keep = [c for c in ("_key", "row_key", "id", "prompt", "reference", "prediction", "metadata",
+                        "tags", "cluster") if c in right.columns or c == "_key"]
+    b_part = right[keep + [metric]].rename(columns={c: f"{c}_b" for c in keep[1:] + [metric]})
+    joined = left.merge(b_part, on="_key", how="inner", validate="one_to_one")
+    if not len(joined):
+        raise ConfigError("the two runs share no eval rows: compare runs on the same eval set")
+    joined = joined.rename(columns={metric: f"{metric}_a"})
+    joined["better_a"] = oriented(metric, joined[f"{metric}_a"])
+    joined["better_b"] = oriented(metric, joined[f"{metric}_b"])
+    return joined.dropna(subset=["better_a", "better_b"]).reset_index(drop=True)
+
+
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    if "id" in frame.columns:
+        base = frame["id"].astype(str)
+    else:
+        base = frame["prompt"].astype(str) + "\x00" + frame["reference"].astype(str)
+    occurrence = base.groupby(base).cumcount().astype(str)
+    return frame.assign(_key=base + "#" + occurrence)
+
+
+def _slice_deltas(joined: pd.DataFrame, by: str, n_boot: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for label, part in _exploded(joined, by, 3).groupby("_slice", sort=True):
+        a_ci = bootstrap_ci(part["better_a"], n_boot, seed)
+        b_ci = bootstrap_ci(part["better_b"], n_boot, seed)
+        d = bootstrap_ci(part["delta"], n_boot, seed)
+        rows.append({"slice": label, "n": len(part), "mean_a": a_ci.mean, "lo_a": a_ci.lo,
+                     "hi_a": a_ci.hi, "mean_b": b_ci.mean, "lo_b": b_ci.lo, "hi_b": b_ci.hi,
+                     "delta": d.mean, "delta_lo": d.lo, "delta_hi": d.hi,
+                     # Worse for sure: the whole paired interval of the change is below zero.
+                     "regressed": bool(d.hi < 0)})
+    return pd.DataFrame(rows)
+
+
+def tag_rate_change(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0,
+                    **options: Any) -> pd.DataFrame:
+    """Return per failure tag the rate (with interval) in run a and in run b, and the change."""
+    ra = tag_rates(a, n_boot=n_boot, seed=seed, **options).set_index("tag")
+    rb = tag_rates(b, n_boot=n_boot, seed=seed, **options).set_index("tag")
+    out = ra[["rate", "lo", "hi"]].add_suffix("_a").join(rb[["rate", "lo", "hi"]].add_suffix("_b"),
+                                                          how="outer")
+    out["change"] = out["rate_b"] - out["rate_a"]
+    return out.reset_index()
+
+
+def before_after(a: pd.DataFrame, b: pd.DataFrame, *, metric: str = "similarity",
+                 by: Sequence[str] = ("length",), n_boot: int = 1000, seed: int = 0,
+                 **options: Any) -> dict[str, Any]:
+    """Return a JSON-ready before (a) / after (b) report: failure tag rates, the metric per
+    slice (by failure tag of run a and each ``by``), win/loss/tie and regressed slices."""
+    a, b = with_tags(a, **options), with_tags(b, **options)
+    result = compare_runs(a, b, metric, by=["tag", *by], n_boot=n_boot, seed=seed)
+    slices = {name: table.to_dict("records") for name, table in result.slices.items()}
+    regressed = [f"{name}={row['slice']}" for name, rows in slices.items() for row in rows
+                 if row["regressed"]]
+    return {"metric": metric, "counts": result.counts, "delta": result.delta,
+            "tags": tag_rate_change(a, b, n_boot=n_boot, seed=seed).to_dict("records"),
+            "slices": slices, "regressed_slices": regressed}
+
+
+# ---------------------------------------------------------------- provenance and contamination
+
+
+def training_version(eval_run: str | Path) -> int | None:
+    """Return the dataset version the evaluated model was trained on (None: a base model)."""
+    from .evaluate import read_summary
+    from .train import DATA_DIR
+
+    model = read_summary(eval_run).get("model")
+    if not isinstance(model, Mapping) or "run_dir" not in model:
+        return None
+    path = Path(model["run_dir"]) / DATA_DIR / "versions.json"
+    return int(orjson.loads(path.read_bytes())["version_id"]) if path.is_file() else None
+
+
+def training_diff(store: Store, eval_run_a: str | Path, eval_run_b: str | Path
+                  ) -> dict[str, Any] | None:
+    """Return the store diff between the training versions of two eval runs' models (None
+    when either model is a base model): counts and the added/removed/changed rows."""
+    a, b = training_version(eval_run_a), training_version(eval_run_b)
+    if a is None or b is None:
+        return None
+    diff = store.diff(a, b)
+    return {"version_a": a, "version_b": b, "counts": diff.counts(), "diff": diff}
+
+
+
+def nearest_training_rows(query_vectors: np.ndarray, train_vectors: np.ndarray, k: int = 5, *,
+                          block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, cosine scores), each (queries, k), of the nearest training rows, best
+    first."""
+    q = _unit(np.asarray(query_vectors, np.float32))
+    t = _unit(np.asarray(train_vectors, np.float32))
+    if q.ndim != 2 or t.ndim != 2 or (len(q) and len(t) and q.shape[1] != t.shape[1]):
+        raise ConfigError(f"vector shapes do not match: {q.shape} and {t.shape}")
+    k = max(0, min(int(k), len(t)))
+    index = np.zeros((len(q), k), np.int64)
+    scores = np.zeros((len(q), k), np.float32)
+    for start in range(0, len(q), block_size):
+        sims = q[start:start + block_size] @ t.T  # a block at a time bounds the memory
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k else np.zeros((len(sims), 0), int)
+        top_scores = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        index[start:start + block_size] = np.take_along_axis(top, order, axis=1)
+        scores[start:start + block_size] = np.take_along_axis(top_scores, order, axis=1)
+    return index, scores
+
+
+def provenance(failures: pd.DataFrame, train_frame: pd.DataFrame, query_vectors: np.ndarray,
+               train_vectors: np.ndarray, k: int = 3) -> pd.DataFrame:
+    """Return for each failure its k nearest training rows: eval row, rank, score, train row."""
+    index, scores = nearest_training_rows(query_vectors, train_vectors, k)
+    keys = failures["row_key"].tolist() if "row_key" in failures.columns else \
+        list(range(len(failures)))
+    rows = []
+    for key, idx, sc in zip(keys, index, scores):
+        for rank, (i, s) in enumerate(zip(idx, sc), start=1):
+            train = train_frame.iloc[int(i)]
+            rows.append({"eval_row": key, "rank": rank, "score": float(s),
+                         "train_row_key": train.get("row_key"), "train_prompt": train["prompt"],
+                         "train_response": train["response"]})
+    return pd.DataFrame(rows)
+
+
+def contamination(eval_prompts: Sequence[str], train_texts: Sequence[str], n: int = 8, *,
+                  threshold: float = 0.5) -> pd.DataFrame:
+    """Return per eval prompt the fraction of its word n-grams found in the training texts,
+    the training text sharing most of them (-1: none) and contaminated (overlap >= threshold).
+
+    A prompt shorter than n words is matched by all its words in a row.
+    """
+    if n < 1 or not 0 < threshold <= 1:
+        raise ConfigError(f"need n >= 1 and 0 < threshold <= 1, got n={n}, threshold={threshold}")
+    prompts = [words(p) for p in eval_prompts]
+    train = [words(t) for t in train_texts]
+    sizes = sorted({min(n, len(p)) for p in prompts if p})
+    indexes = {size: _gram_index(train, size) for size in sizes}
+    rows = [_overlap(p, indexes.get(min(n, len(p)), {}), min(n, len(p)), threshold)
+            for p in prompts]
+    return pd.DataFrame(rows, columns=["overlap", "train_index", "contaminated"])
+
+
+def _gram_index(texts: list[list[str]], n: int) -> dict[tuple[str, ...], int]:
+    index: dict[tuple[str, ...], int] = {}
+    for row, tokens in enumerate(texts):
+        for gram in zip(*(tokens[i:] for i in range(n))):
+            index.setdefault(gram, row)
+    return index
+
+
+def _overlap(tokens: list[str], index: dict, n: int, threshold: float) -> tuple[float, int, bool]:
+    grams = list(zip(*(tokens[i:] for i in range(n)))) if n else []
+    if not grams:
+        return 0.0, -1, False
+    found = [index[g] for g in grams if g in index]
+    share = len(found) / len(grams)
+    best = Counter(found).most_common(1)[0][0] if found else -1
+    return share, best, share >= threshold
+
+
+# ---------------------------------------------------------------- targeted data
+
+
+def targeted_examples(failures: pd.DataFrame, *, eval_run: str,
+                      corrected_answers: Mapping[int, str] | None = None,
+                      pool_frame: pd.DataFrame | None = None,
+                      pool_vectors: np.ndarray | None = None,
+                      failure_vectors: np.ndarray | None = None, k: int = 3,
+                      min_similarity: float = 0.0, exclude_ids: Sequence[str] = ()
+                      ) -> list[Example]:
+    """Return new training Examples for failures: their prompts with corrected answers, and
+    the k pool rows nearest each failure; metadata["_targeted"] records the eval run and rows.
+
+    Corrected answers are keyed by the failure's row_key. Training on an eval prompt makes
+    that eval row contaminated: evaluate the next run on rows that were not corrected.
+    """
+    out = _corrected(failures, corrected_answers or {}, eval_run)
+    if pool_frame is not None:
+        if pool_vectors is None or failure_vectors is None:
+            raise ConfigError("pulling pool rows needs pool_vectors and failure_vectors")
+        taken = set(exclude_ids) | {e.id for e in out}
+        out += _pulled(failures, pool_frame, pool_vectors, failure_vectors, k, min_similarity,
+                       eval_run, taken)
+    return out
+
+
+def _corrected(failures: pd.DataFrame, answers: Mapping[int, str], eval_run: str
+               ) -> list[Example]:
+    by_key = failures.set_index("row_key", drop=False) if answers else None
+    examples = []
+    for key, answer in answers.items():
+        if by_key is None or key not in by_key.index:
+            raise NotFoundError(f"row {key} is not among the selected failures")
+        if not isinstance(answer, str) or not answer.strip():
+            raise ConfigError(f"row {key}: the corrected answer is empty")
+        row = by_key.loc[key]
+        messages = [*_messages(row), {"role": "assistant", "content": answer.strip()}]
+        meta = {**_user_metadata(row.get("metadata")),
+                "_targeted": {"eval_run": eval_run, "eval_rows": [int(key)], "kind": "corrected"}}
+        examples.append(Example(tuple(messages), meta))
+    return examples
+
+
+def _messages(row: pd.Series) -> list[dict[str, str]]:
+    value = row.get("prompt_messages")
+    if isinstance(value, str):
+        value = orjson.loads(value)
+    if value is None or not len(value):
+        return [{"role": "user", "content": str(row["prompt"])}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _user_metadata(value: Any) -> dict:
+    return {k: v for k, v in _as_dict(value).items() if not k.startswith("_")}
+
+
+def _pulled(failures: pd.DataFrame, pool: pd.DataFrame, pool_vectors: np.ndarray,
+            failure_vectors: np.ndarray, k: int, min_similarity: float, eval_run: str,
+            taken: set[str]) -> list[Example]:
+    blocked = {i for i, row_id in enumerate(pool["id"]) if row_id in taken}
+    # Ask for enough neighbours that k remain after skipping rows the training set has.
+    index, scores = nearest_training_rows(failure_vectors, pool_vectors, k + len(blocked))
+    keys = failures["row_key"].tolist() if "row_key" in failures.columns else \
+        list(range(len(failures)))
+    picked: dict[int, dict] = {}  # pool position -> provenance, in first-seen order
+    for key, idx, sc in zip(keys, index, scores):
+        eligible = [(i, s) for i, s in zip(idx.tolist(), sc.tolist())
+                    if i not in blocked and s >= min_similarity][:k]
+        for i, s in eligible:
+            entry = picked.setdefault(i, {"eval_rows": [], "similarity": float(s)})
+            entry["eval_rows"].append(int(key))
+            entry["similarity"] = max(entry["similarity"], float(s))
+    return [_pool_example(pool.iloc[i], entry, eval_run) for i, entry in picked.items()]
+
+
+def _pool_example(row: pd.Series, entry: dict, eval_run: str) -> Example:
+    meta = {**_user_metadata(row.get("metadata")),
+            "_targeted": {"eval_run": eval_run, "kind": "pool",
+                          "pool_row": int(row["row_key"]) if "row_key" in row else None,
+                          "eval_rows": entry["eval_rows"],
+                          "similarity": round(entry["similarity"], 4)}}
+    messages = tuple({"role": m["role"], "content": m["content"]} for m in row["messages"])
+    return Example(messages, meta)
+
+
+def add_targeted_version(store: Store, train_version: int, examples: Sequence[Example], *,
+                         eval_run: str, message: str = "") -> int:
+    """Add examples as a child of the training version (operation "targeted"); return its id."""
+    if not examples:
+        raise ConfigError("no targeted examples: correct some answers or pull pool rows first")
+    dataset = store.version(train_version).dataset
+    kinds = Counter(e.metadata.get("_targeted", {}).get("kind", "other") for e in examples)
+    return store.add_examples(dataset, examples, operation="targeted", parent=train_version,
+                              params={"eval_run": eval_run, **dict(kinds)},
+                              counts={"added": len(examples)}, message=message)
+
+
+# ---------------------------------------------------------------- manual tags and notes
+
+
+def read_annotations(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """Return a run's manual tags and notes: {row_key: {"tags": [...], "note": str}}."""
+    path = Path(run_dir) / ANNOTATIONS_FILE
+    if not path.is_file():
+        return {}
+    return {int(k): v for k, v in orjson.loads(path.read_bytes()).items()}
+
+
+def annotate(run_dir: str | Path, row_key: int, *, tags: Sequence[str] | None = None,
+             note: str | None = None) -> dict[str, Any]:
+    """Set a row's manual tags and/or note in the run folder; return the row's annotation."""
+    if tags is not None and any(not isinstance(t, str) or not t.strip() for t in tags):
+        raise ConfigError("manual tags must be non-empty strings")
+    notes = read_annotations(run_dir)
+    entry = notes.setdefault(int(row_key), {"tags": [], "note": ""})
+    if tags is not None:
+        entry["tags"] = list(dict.fromkeys(t.strip() for t in tags))
+    if note is not None:
+        entry["note"] = note
+    path = Path(run_dir) / ANNOTATIONS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({str(k): v for k, v in notes.items()}, option=orjson.OPT_INDENT_2))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return entry

@@ -1,0 +1,1035 @@
+"""Evaluation: batched generation on an eval set, per-row metrics, bootstrap aggregates.
+
+An eval run is a background job (``eval_task``) that reads a dataset version once, generates
+an answer for every row's prompt (its turns without the final assistant turn) with the base
+model or a trained adapter, scores each answer against the row's reference (the last assistant
+turn) and writes two files into its run folder:
+
+- ``predictions.parquet``: one row per eval row: row_key, id, prompt, reference, prediction,
+  prompt_messages and metadata (JSON text), model, n_tokens, hit_max and the metric columns;
+- ``summary.json``: the run's settings and every metric's mean with a bootstrap 95% interval.
+
+Predictions made by any other system can be imported (``import_predictions``) and scored the
+same way (``import_task``), so the analysis in ``analysis.py`` works on either. ``loop_task``
+closes the loop in one job: train on a (targeted) version, evaluate the adapter, and write
+``before_after.json`` against an earlier eval run.
+
+Generation sorts prompts by token length and left-pads each batch, so a batch wastes little
+compute on padding and the last prompt token of every row sits in the same column; greedy
+batched outputs then match one-at-a-time outputs (tests and the benchmark check this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import math
+import re
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .exceptions import ConfigError, ImportFormatError, WorkbenchError
+from .io import ImportReport, Rejection
+from .schema import response_text
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .store import Store
+
+Messages = list[dict[str, str]]
+# progress(done_rows, total_rows, generated_tokens)
+GenProgress = Callable[[int, int, int], None]
+Check = Callable[[str], bool]
+PREDICTIONS_FILE = "predictions.parquet"
+SUMMARY_FILE = "summary.json"
+# Metric columns, and whether a higher value is better (None: closest to 1 is best).
+METRICS: dict[str, bool | None] = {
+    "exact_match": True, "token_f1": True, "rouge_l": True, "similarity": True,
+    "length_ratio": None, "repetition": False, "distinct_2": True, "format_ok": True,
+    "judge_score": True,
+}
+# One more batch costs a fixed ~50 ms per decoding step (reading the weights), as much as
+# prefilling ~16 padded prompt tokens (~3 ms each), measured with SmolLM2-135M on this CPU.
+STEP_COST_IN_PROMPT_TOKENS = 16
+# Text cache field for embeddings of free text (predictions, references) keyed by text hash.
+TEXT_FIELD = "text"
+
+
+# ---------------------------------------------------------------- generation settings
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate: greedy by default; temperature/top_p/top_k only when do_sample=True."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("top_k", self.top_k, 0)
+        _check_int("seed", self.seed, 0)
+        if not isinstance(self.do_sample, bool):
+            raise ConfigError(f"do_sample must be true or false, got {self.do_sample!r}")
+        if not _number(self.temperature) or self.temperature <= 0:
+            raise ConfigError(f"temperature must be a number > 0, got {self.temperature!r}")
+        if not _number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not self.do_sample:
+            self._reject_sampling_options()
+
+    def _reject_sampling_options(self) -> None:
+        # A sampling option with greedy decoding is silently ignored by transformers: say so.
+        changed = [f"{f}={getattr(self, f)!r}" for f, default in
+                   (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0))
+                   if getattr(self, f) != default]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} only apply when sampling: set "
+                              "do_sample=True, or leave them at their defaults for greedy")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> GenerationConfig:
+        """Return a config from JSON-like values; unknown keys raise ConfigError naming them."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown generation option(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a JSON-ready dict."""
+        return asdict(self)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer: text (special tokens removed), its token ids, and hit_max.
+
+    ``hit_max`` is True when generation stopped at max_new_tokens instead of a stop token.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    hit_max: bool
+
+    @property
+    def n_tokens(self) -> int:
+        """Return how many tokens were generated before the stop token."""
+        return len(self.token_ids)
+
+
+def prompt_messages(messages: Sequence[Mapping[str, str]]) -> Messages:
+    """Return the turns to answer: without the final assistant turn when the conversation
+    ends with one (the reference), else all turns (it is a prompt already)."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+    # Only a final assistant turn is the reference: a prompt-only multi-turn conversation
+    # keeps its earlier assistant turns.
+    return turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Return the token ids that end an answer: eos, <|im_end|> and the model's own eos."""
+    ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    configured = model.generation_config.eos_token_id
+    ids += configured if isinstance(configured, list) else [configured]
+    unk = tokenizer.unk_token_id
+    return sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != unk})
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages],
+                   *, max_tokens: int | None = None) -> list[list[int]]:
+    """Return the chat-template token ids (with the generation prompt) of each conversation."""
+    texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
+             for c in conversations]
+    # The template already wrote the special tokens: adding a BOS again would shift the model.
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # Keep the end of an over-long prompt: the question and the generation prompt are there.
+    return [x[-max_tokens:] if max_tokens and len(x) > max_tokens else x for x in ids]
+
+
+def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   conversations: Sequence[Sequence[Mapping[str, str]]],
+                   config: GenerationConfig | None = None, progress: GenProgress | None = None,
+                   *, check: Callable[[], None] | None = None) -> list[Generation]:
+    """Return one Generation per conversation, in input order, generated in length-sorted batches.
+
+    A conversation ending with an assistant turn loses that turn (prompt_messages). ``progress`` is
+    called after each batch; ``check`` after each decoding step (raise there to cancel).
+    Sampled outputs are reproducible for the same seed, inputs and batch_size.
+    """
+    import torch
+
+    config = config or GenerationConfig()
+    prompts = encode_prompts(tokenizer, [prompt_messages(c) for c in conversations],
+                             max_tokens=_prompt_budget(model, tokenizer, config))
+    results: list[Generation | None] = [None] * len(prompts)
+    options = _generate_options(model, tokenizer, config, check)
+    batches = length_batches([len(p) for p in prompts], config.batch_size,
+                             overhead=STEP_COST_IN_PROMPT_TOKENS * config.max_new_tokens)
+    done = tokens = 0
+    with torch.inference_mode(), _seeded(config):
+        for idx in batches:
+            batch = _generate(model, tokenizer, [prompts[i] for i in idx], options)
+            for i, generation in zip(idx, batch):
+                results[i] = generation
+            done, tokens = done + len(idx), tokens + sum(g.n_tokens for g in batch)
+            if progress:
+                progress(done, len(prompts), tokens)
+    return results  # type: ignore[return-value]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, *, overhead: float = 0.0
+                   ) -> list[list[int]]:
+    """Return batches of indices, longest prompts first, at most batch_size each, that minimise
+    padded prompt tokens plus ``overhead`` (in prompt tokens) per batch."""
+    # Longest first: the slowest batch runs while the user watches, so the ETA only improves.
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    sizes = [lengths[i] for i in order]
+    # Batches are runs of the sorted order; best[j] = cheapest split of the first j rows.
+    best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(max(0, j - batch_size), j):
+            cost = best[i] + sizes[i] * (j - i) + overhead  # sizes[i]: the batch's longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches, j = [], len(order)
+    while j:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
+
+
+def _prompt_budget(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   config: GenerationConfig) -> int | None:
+    limit = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return max(1, int(limit) - config.max_new_tokens) if limit and limit < 10**7 else None
+
+
+@contextlib.contextmanager
+def _seeded(config: GenerationConfig) -> Iterator[None]:
+    import torch
+
+    if not config.do_sample:
+        yield
+        return
+    # A private RNG stream: sampling is reproducible and the caller's global RNG is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        yield
+
+
+def hf_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                         config: GenerationConfig) -> Any:
+    """Return the transformers GenerationConfig equal to ours (for calling model.generate)."""
+    from transformers import GenerationConfig as HFConfig
+
+    sampling = ({"temperature": config.temperature, "top_p": config.top_p,
+                 "top_k": config.top_k or None} if config.do_sample else {})
+    return HFConfig(max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                    eos_token_id=stop_token_ids(model, tokenizer),
+                    pad_token_id=tokenizer.pad_token_id, **sampling)
+
+
+@dataclass(frozen=True)
+class _Options:
+    stops: Any  # a tensor of stop token ids
+    max_new_tokens: int
+    pick: Callable[[Any], Any]  # last-position logits -> next token per row
+    check: Callable[[], None] | None
+    logits_to_keep: bool
+
+
+def _generate_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      config: GenerationConfig, check: Callable[[], None] | None) -> _Options:
+    import inspect
+
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _Options(torch.tensor(stop_token_ids(model, tokenizer)), config.max_new_tokens,
+                    _picker(config), check,
+                    "logits_to_keep" in inspect.signature(type(base).forward).parameters)
+
+
+def _picker(config: GenerationConfig) -> Callable[[Any], Any]:
+    import torch
+
+    if not config.do_sample:
+        return lambda logits: logits.argmax(dim=-1)
+    from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
+    if config.top_k:
+        warpers.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1:
+        warpers.append(TopPLogitsWarper(config.top_p))
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        # These warpers ignore input_ids; they only need the scores.
+        scores = warpers(None, logits)
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+
+    return sample
+
+
+def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+              prompts: list[list[int]], options: _Options) -> list[Generation]:
+    """Return one Generation per prompt: prefill a left-padded batch, then decode step by step,
+    dropping each row from the batch (and its cache) as soon as it emits a stop token."""
+    import torch
+    from transformers import DynamicCache
+
+    # Left padding puts every prompt's last token in the last column; the mask hides the pads
+    # and the position ids count real tokens only, so a row computes what it computes alone.
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, padding_side="left",
+                          return_tensors="pt")
+    mask = batch["attention_mask"]
+    rows = torch.arange(len(prompts))  # batch position -> prompt index, for live rows
+    outputs: list[list[int]] = [[] for _ in prompts]
+    cache = DynamicCache(config=model.config)
+    logits = _step(model, batch["input_ids"], mask, cache, options)
+    for step in range(options.max_new_tokens):
+        if options.check:
+            options.check()
+        tokens = options.pick(logits)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            outputs[row].append(token)
+        live = ~torch.isin(tokens, options.stops)
+        if step + 1 == options.max_new_tokens or not live.any():
+            break
+        if not live.all():  # finished rows leave: no more compute spent on padding them
+            keep = live.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, mask, tokens = rows[keep], mask[keep], tokens[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        logits = _step(model, tokens[:, None], mask, cache, options)
+    return [_decode(tokenizer, ids, set(options.stops.tolist()), options.max_new_tokens)
+            for ids in outputs]
+
+
+def _step(model: PreTrainedModel, input_ids: Any, mask: Any, cache: Any, options: _Options
+          ) -> Any:
+    # Position of each new token = real tokens before it, as transformers' generate computes.
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -input_ids.shape[1]:]
+    extra = {"logits_to_keep": 1} if options.logits_to_keep else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, **extra)
+    return out.logits[:, -1, :].float()
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: set[int],
+            max_new_tokens: int) -> Generation:
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    kept = ids if end is None else ids[:end]
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return Generation(text, tuple(kept), end is None and len(ids) >= max_new_tokens)
+
+
+# ---------------------------------------------------------------- per-row metrics
+
+_WORDS = re.compile(r"\w+")
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Return SQuAD's normal form: NFKC, lowercase, no punctuation/symbols, no articles."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    # SQuAD deletes string.punctuation; Unicode categories P* and S* extend that beyond ASCII.
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith(("P", "S")))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def words(text: str) -> list[str]:
+    """Return the lowercase word tokens of a text (Unicode letters and digits)."""
+    return _WORDS.findall(unicodedata.normalize("NFKC", text).lower())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """Return 1.0 when the SQuAD-normalised texts are equal, else 0.0 (higher is better)."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Return SQuAD's token F1 of normalised texts in [0, 1] (1.0 when both are empty)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Return the length of the longest common subsequence of two token lists."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """Return ROUGE-L F1 (LCS of lowercase word tokens) in [0, 1]; 1.0 when both are empty."""
+    pred, ref = words(prediction), words(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def length_ratio(prediction: str, reference: str) -> float:
+    """Return prediction words / reference words (1.0 is the reference's length)."""
+    return len(words(prediction)) / max(1, len(words(reference)))
+
+
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return list(zip(*(tokens[i:] for i in range(n))))
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Return the share of word n-grams repeating an earlier one, in [0, 1) (lower is better)."""
+    grams = _ngrams(words(text), n)
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Return distinct word n-grams / all word n-grams in (0, 1]; 1.0 for texts too short."""
+    grams = _ngrams(words(text), n)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Return the cosine similarity of each row of a with the same row of b."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape:
+        raise ConfigError(f"vectors must have the same shape, got {a.shape} and {b.shape}")
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+
+
+def text_id(text: str) -> str:
+    """Return the cache id of a free text (a prediction or reference) for the embeddings cache."""
+    return "t" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                                 digest_size=8).hexdigest()
+
+
+def text_vectors(texts: Sequence[str], *, store: Store | None = None, model: str = "default",
+                 encoder: Any = None) -> np.ndarray:
+    """Return unit vectors for texts, read from and written to the store's cache when given."""
+    from .embed import embed_texts
+
+    texts = list(texts)
+    ids = [text_id(t) for t in texts]
+    cached = _cached_vectors(store, ids, model)
+    missing = list(dict.fromkeys(i for i in ids if i not in cached))
+    if missing:
+        if encoder is None:
+            from .models import load_embedder
+
+            encoder = load_embedder(model)
+        by_id = dict(zip(ids, texts))
+        vectors = embed_texts([by_id[i] for i in missing], encoder)
+        cached.update(zip(missing, vectors))
+        if store is not None:
+            from .cache import put_embeddings
+
+            put_embeddings(store, missing, vectors, model, TEXT_FIELD)
+    dim = len(next(iter(cached.values()))) if cached else 0
+    return np.stack([cached[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
+
+
+def _cached_vectors(store: Store | None, ids: list[str], model: str) -> dict[str, np.ndarray]:
+    if store is None:
+        return {}
+    from .cache import get_embeddings
+
+    return get_embeddings(store, ids, model, TEXT_FIELD)
+
+
+def similarity(predictions: Sequence[str], references: Sequence[str], *,
+               vectors: tuple[np.ndarray, np.ndarray] | None = None, store: Store | None = None,
+               model: str = "default", encoder: Any = None) -> np.ndarray:
+    """Return the embedding cosine of each prediction with its reference; 0.0 for empty ones."""
+    if vectors is None:
+        both = text_vectors([*predictions, *references], store=store, model=model,
+                            encoder=encoder)
+        vectors = (both[:len(predictions)], both[len(predictions):])
+    sims = cosine_rows(*vectors)
+    # An empty answer embeds to some vector; it must not earn credit for being near anything.
+    empty = np.array([not p.strip() for p in predictions], bool)
+    return np.where(empty, 0.0, sims).astype(np.float64)
+
+
+# ---------------------------------------------------------------- format checks
+
+
+def style_checks(style: Mapping[str, Any]) -> dict[str, Check]:
+    """Return named checks from a style spec: starts_with, ends_with, min/max_words, regex, forbid.
+
+    ``regex`` must match somewhere (re.search) and ``forbid`` must not; both take a string
+    or a list of strings. This is the shape of sample_data/defects.json's "style".
+    """
+    builders = {"starts_with": _starts_with, "ends_with": _ends_with, "min_words": _min_words,
+                "max_words": _max_words, "regex": _regexes, "forbid": _forbids}
+    unknown = sorted(set(style) - set(builders))
+    if unknown:
+        raise ConfigError(f"unknown style check(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(builders)}")
+    checks: dict[str, Check] = {}
+    for key, value in style.items():
+        checks.update(builders[key](value))
+    return checks
+
+
+def _text_option(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"style.{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _starts_with(value: Any) -> dict[str, Check]:
+    prefix = _text_option("starts_with", value)
+    return {"starts_with": lambda t: t.lstrip().startswith(prefix)}
+
+
+def _ends_with(value: Any) -> dict[str, Check]:
+    suffix = _text_option("ends_with", value)
+    return {"ends_with": lambda t: t.rstrip().endswith(suffix)}
+
+
+def _word_limit(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"style.{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _min_words(value: Any) -> dict[str, Check]:
+    limit = _word_limit("min_words", value)
+    return {"min_words": lambda t: len(t.split()) >= limit}
+
+
+def _max_words(value: Any) -> dict[str, Check]:
+    limit = _word_limit("max_words", value)
+    return {"max_words": lambda t: len(t.split()) <= limit}
+
+
+def _compiled(name: str, value: Any) -> list[re.Pattern]:
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, (list, tuple)) or not patterns:
+        raise ConfigError(f"style.{name} must be a regex or a list of regexes, got {value!r}")
+    try:
+        return [re.compile(_text_option(name, p), re.MULTILINE) for p in patterns]
+    except re.error as err:
+        raise ConfigError(f"style.{name}: invalid regex ({err})") from None
+
+
+def _regexes(value: Any) -> dict[str, Check]:
+    rxs = _compiled("regex", value)
+    return {f"regex_{i}": (lambda t, rx=rx: rx.search(t) is not None) for i, rx in enumerate(rxs)}
+
+
+def _forbids(value: Any) -> dict[str, Check]:
+    rxs = _compiled("forbid", value)
+    return {f"forbid_{i}": (lambda t, rx=rx: rx.search(t) is None) for i, rx in enumerate(rxs)}
+
+
+def as_checks(checks: Mapping[str, Check | str] | Sequence[str] | None = None, *,
+              style: Mapping[str, Any] | None = None) -> dict[str, Check]:
+    """Return named checks from callables, regex strings (must match), a regex list, and a style."""
+    out = style_checks(style) if style else {}
+    if checks is None:
+        return out
+    offset = len(out)  # list entries are named after any style regexes
+    items = checks.items() if isinstance(checks, Mapping) else \
+        [(f"regex_{offset + i}", c) for i, c in enumerate(checks)]
+    for name, check in items:
+        if isinstance(check, str):
+            out.update({name: _compiled(name, check)[0].search})
+        elif callable(check):
+            out[name] = check
+        else:
+            raise ConfigError(f"format check {name!r} must be a callable or a regex string")
+    return out
+
+
+def format_checks(texts: Sequence[str], checks: Mapping[str, Check]) -> pd.DataFrame:
+    """Return one boolean column fmt_<name> per check and format_ok (all passed) per text."""
+    data = {f"fmt_{name}": [bool(check(t)) for t in texts] for name, check in checks.items()}
+    frame = pd.DataFrame(data, index=range(len(texts)))
+    frame["format_ok"] = frame.all(axis=1).astype(float) if checks else np.nan
+    return frame
+
+
+# ---------------------------------------------------------------- scoring a predictions frame
+
+
+def score_predictions(frame: pd.DataFrame, *, checks: Mapping[str, Check] | None = None,
+                      store: Store | None = None, embedder: str | None = "default",
+                      encoder: Any = None, vectors: tuple[np.ndarray, np.ndarray] | None = None,
+                      judge: Callable[[pd.DataFrame], Sequence[float]] | None = None
+                      ) -> pd.DataFrame:
+    """Return the frame with metric columns added for its prediction and reference columns.
+
+    ``embedder=None`` (and no ``vectors``) skips the similarity column; ``judge`` receives the
+    frame and returns one score in [0, 1] per row (judge_score).
+    """
+    _require_columns(frame, ("prediction", "reference"))
+    out = frame.reset_index(drop=True).copy()
+    pairs = list(zip(out["prediction"].astype(str), out["reference"].astype(str)))
+    for name, fn in (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l),
+                     ("length_ratio", length_ratio)):
+        out[name] = [fn(p, r) for p, r in pairs]
+    out["repetition"] = [repetition(p) for p, _ in pairs]
+    out["distinct_2"] = [distinct_n(p) for p, _ in pairs]
+    if vectors is not None or embedder is not None:
+        preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
+        out["similarity"] = similarity(preds, refs, vectors=vectors, store=store,
+                                       model=embedder or "default", encoder=encoder)
+    if checks:
+        out = pd.concat([out, format_checks(out["prediction"].astype(str).tolist(), checks)],
+                        axis=1)
+    if judge is not None:
+        out["judge_score"] = [float(s) for s in judge(out)]
+    return out
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"the predictions need column(s) {', '.join(missing)}; "
+                          f"found {', '.join(map(str, frame.columns))}")
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Return the metric columns present in a scored frame (METRICS and fmt_* columns)."""
+    fmt = [c for c in frame.columns if c.startswith("fmt_")]
+    return [c for c in METRICS if c in frame.columns] + fmt
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+class CI(NamedTuple):
+    """A mean with a bootstrap confidence interval over n non-missing values."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n: int = 1000, seed: int = 0, *,
+                 confidence: float = 0.95) -> CI:
+    """Return the mean and its percentile bootstrap interval; NaN values are left out."""
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
+    _check_int("n", n, 1)
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[~np.isnan(x)]
+    if not len(x):
+        return CI(math.nan, math.nan, math.nan, 0)
+    means = _bootstrap_means(x, n, np.random.default_rng(seed))
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return CI(float(x.mean()), float(lo), float(hi), len(x))
+
+
+def _bootstrap_means(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    # Resample in chunks so a large eval set never needs an n x len(x) index matrix at once.
+    per_chunk = max(1, 4_000_000 // len(x))
+    parts = [x[rng.integers(0, len(x), size=(min(per_chunk, n - s), len(x)))].mean(axis=1)
+             for s in range(0, n, per_chunk)]
+    return np.concatenate(parts)
+
+
+def summarize(frame: pd.DataFrame, metrics: Sequence[str] | None = None, *, n: int = 1000,
+              seed: int = 0) -> dict[str, dict[str, float]]:
+    """Return {metric: {mean, lo, hi, n}} for each metric column, with bootstrap intervals."""
+    names = metric_columns(frame) if metrics is None else list(metrics)
+    out = {}
+    for name in names:
+        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float64)
+        out[name] = bootstrap_ci(values, n, seed)._asdict()
+    return out
+
+
+# ---------------------------------------------------------------- predictions frames and runs
+
+
+def predictions_frame(frame: pd.DataFrame, generations: Sequence[Generation], model: str
+                      ) -> pd.DataFrame:
+    """Return the predictions frame for a store frame and its generations (same order)."""
+    if len(frame) != len(generations):
+        raise WorkbenchError(f"{len(generations)} generations for {len(frame)} rows")
+    return pd.DataFrame({
+        "row_key": frame["row_key"].to_numpy(),
+        "id": frame["id"].to_numpy(),
+        "prompt": frame["prompt"].to_numpy(),
+        "reference": [response_text(m) for m in frame["messages"]],
+        "prediction": [g.text for g in generations],
+        "prompt_messages": [_dumps(prompt_messages(m)) for m in frame["messages"]],
+        "metadata": [_dumps(m) for m in frame["metadata"]],
+        "model": model,
+        "n_tokens": [g.n_tokens for g in generations],
+        "hit_max": [g.hit_max for g in generations],
+    })
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def write_run(run_dir: str | Path, predictions: pd.DataFrame, summary: dict) -> Path:
+    """Write predictions.parquet and summary.json into a run folder; return the folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    predictions.to_parquet(run_dir / PREDICTIONS_FILE, index=False)
+    (run_dir / SUMMARY_FILE).write_bytes(
+        orjson.dumps(summary, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return run_dir
+
+
+def read_predictions(run_dir: str | Path) -> pd.DataFrame:
+    """Return a run's predictions with prompt_messages and metadata parsed back from JSON."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        from .exceptions import NotFoundError
+
+        raise NotFoundError(f"no predictions in {run_dir} (is the eval run finished?)")
+    frame = pd.read_parquet(path)
+    for column in ("prompt_messages", "metadata"):
+        if column in frame.columns:
+            frame[column] = [orjson.loads(v) if isinstance(v, str) and v else
+                             ([] if column == "prompt_messages" else {}) for v in frame[column]]
+    return frame
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    """Return a run's summary.json ({} when it has none yet)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    return orjson.loads(path.read_bytes()) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- importing outside predictions
+
+IMPORT_FIELDS = ("prompt", "reference", "prediction", "model")
+
+
+def import_predictions(path: str | Path, *, model: str | None = None
+                       ) -> tuple[pd.DataFrame, ImportReport]:
+    """Return (predictions frame, report) from a JSONL or CSV file of prompt/reference/prediction.
+
+    Each record needs string fields prompt, reference and prediction (may be empty) and a
+    model name (``model=`` fills it where a record has none). Bad records are rejected with
+    their line, field and fix; imported + rejected == rows read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImportFormatError(f"{path}: no such file")
+    report = ImportReport(file=path.name, kind=_predictions_kind(path))
+    records = _jsonl(path, report) if report.kind == "jsonl" else _csv(path, report)
+    rows = []
+    for line, record in records:
+        report.rows_read += 1
+        problem = _prediction_problem(record, model)
+        if problem:
+            report.rejected.append(Rejection(path.name, line, *problem,
+                                             raw=_dumps(record)[:200]))
+            continue
+        rows.append(_prediction_row(record, model, line))
+    report.imported = len(rows)
+    if not rows:
+        raise ImportFormatError(_nothing_imported(path, report))
+    return pd.DataFrame(rows), report
+
+
+def _predictions_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    raise ImportFormatError(f"{path.name}: unknown file type {suffix or '(none)'}; "
+                            "use .jsonl (one JSON object a line) or .csv with a header row")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ImportFormatError(f"{path.name}: not UTF-8 text (byte {err.start}); "
+                                "save the file as UTF-8") from None
+
+
+def _jsonl(path: Path, report: ImportReport) -> Iterator[tuple[int, Any]]:
+    text = _read_text(path)
+    if text.lstrip().startswith("["):  # a JSON array: positions count items, not lines
+        yield from enumerate(_json_array(path, text), start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            report.blank_lines += 1
+            continue
+        try:
+            yield number, orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            yield number, _BadJson(str(err))
+
+
+def _json_array(path: Path, text: str) -> list:
+    try:
+        items = orjson.loads(text)
+    except orjson.JSONDecodeError as err:
+        raise ImportFormatError(f"{path.name}: not valid JSON ({err}); write a JSON array of "
+                                "objects or one object per line (.jsonl)") from None
+    return items if isinstance(items, list) else [items]
+
+
+class _BadJson(str):
+    """A line that is not JSON; carries the parser's message."""
+
+
+def _csv(path: Path, report: ImportReport) -> Iterator[tuple[int, Any]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    if reader.fieldnames is None:
+        raise ImportFormatError(f"{path.name}: empty file; expected a header row with "
+                                f"{', '.join(IMPORT_FIELDS)}")
+    for record in reader:
+        # Header is line 1; a quoted field may span lines, so ask the reader where it is.
+        yield reader.line_num, {k: v for k, v in record.items() if k is not None}
+
+
+def _prediction_problem(record: Any, model: str | None) -> tuple[str, str, str] | None:
+    if isinstance(record, _BadJson):
+        return "(line)", f"not valid JSON ({record})", "write one JSON object per line"
+    if not isinstance(record, dict):
+        return "(line)", f"expected a JSON object, got {type(record).__name__}", \
+            'write {"prompt": ..., "reference": ..., "prediction": ..., "model": ...}'
+    for name in ("prompt", "reference", "prediction"):
+        value = record.get(name)
+        if value is None:
+            return name, "missing field", f"add a '{name}' string"
+        if not isinstance(value, str):
+            return name, f"wrong type: {type(value).__name__}", f"'{name}' must be a string"
+    if not record["prompt"].strip():
+        return "prompt", "empty content", "give every row the prompt the system answered"
+    name = record.get("model") or model
+    if not isinstance(name, str) or not name.strip():
+        return "model", "missing field", "add a 'model' name to each row or pass model="
+    return None
+
+
+def _prediction_row(record: dict, model: str | None, line: int) -> dict[str, Any]:
+    metadata = {k: v for k, v in record.items() if k not in IMPORT_FIELDS}
+    messages = [{"role": "user", "content": record["prompt"]}]
+    return {"row_key": line, "id": _pair_id(record["prompt"], record["reference"]),
+            "prompt": record["prompt"], "reference": record["reference"],
+            "prediction": record["prediction"].strip(), "prompt_messages": _dumps(messages),
+            "metadata": _dumps(metadata), "model": record.get("model") or model,
+            "n_tokens": -1, "hit_max": False}
+
+
+def _pair_id(prompt: str, reference: str) -> str:
+    # The same id an eval row of this prompt and reference has, so runs can be compared.
+    from .schema import content_id
+
+    return content_id([{"role": "user", "content": prompt},
+                       {"role": "assistant", "content": reference}])
+
+
+def _nothing_imported(path: Path, report: ImportReport) -> str:
+    first = "; ".join(str(r) for r in report.rejected[:3])
+    return (f"{path.name}: no predictions imported from {report.rows_read} rows"
+            + (f" ({first})" if first else "")
+            + f"; each row needs {', '.join(IMPORT_FIELDS)}")
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return (model, tokenizer): "default", a model folder or hub id, or {"run_dir": ...}."""
+    if isinstance(spec, Mapping):
+        if "run_dir" not in spec:
+            raise ConfigError(f"model must be a name, a path or {{'run_dir': ...}}, got {spec!r}")
+        try:
+            from .train import load_adapter_model
+        except ImportError:
+            raise ConfigError("evaluating a trained run needs workbench.train."
+                              "load_adapter_model, which this install lacks") from None
+        model, tokenizer = load_adapter_model(spec["run_dir"])
+        # The copy is private: merging the LoRA weights in saves two small matmuls per
+        # adapted layer at every decoding step.
+        return model.merge_and_unload().eval(), tokenizer
+    from .models import load_lm
+
+    return load_lm(spec or "default")
+
+
+def model_label(spec: Any) -> str:
+    """Return a short display name for a model spec."""
+    if isinstance(spec, Mapping):
+        return f"run:{Path(str(spec.get('run_dir', '?'))).name}"
+    return str(spec or "default")
+
+
+def eval_task(params: dict, ctx: Any) -> dict:
+    """Job task: generate and score a dataset version; write predictions and summary; return it.
+
+    params: store, version_id, model ("default" | path | {"run_dir": ...}), generation
+    (GenerationConfig fields), style (style_checks spec), embedder ("default"; null to skip
+    similarity), limit (first N rows), name.
+    """
+    from .store import Store
+
+    config = GenerationConfig.from_dict(params.get("generation"))
+    checks = as_checks(style=params.get("style")) if params.get("style") else {}
+    store = Store(params["store"])
+    frame = store.frame(int(params["version_id"]))  # one short read; the store stays free
+    if params.get("limit"):
+        frame = frame.head(int(params["limit"]))
+    spec = params.get("model", "default")
+    ctx.log(f"evaluating {model_label(spec)} on version {params['version_id']} "
+            f"({len(frame)} rows, {config.to_dict()})")
+    model, tokenizer = load_eval_model(spec)
+    generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
+    predictions = predictions_frame(frame, generations, model_label(spec))
+    ctx.log("scoring the answers")
+    scored = score_predictions(predictions, checks=checks, store=store,
+                               embedder=params.get("embedder", "default"))
+    summary = _summary(params, config, scored, generations, seconds)
+    write_run(ctx.run_dir, scored, summary)
+    return summary
+
+
+def _generate_with_progress(model: Any, tokenizer: Any, frame: pd.DataFrame,
+                            config: GenerationConfig, ctx: Any
+                            ) -> tuple[list[Generation], float]:
+    started = time.perf_counter()
+    ctx.progress(0, len(frame), tokens_per_s=0.0)  # the ETA clock starts now, not at batch 1
+
+    def report(done: int, total: int, tokens: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        ctx.progress(done, total, tokens=tokens, tokens_per_s=round(tokens / elapsed, 2))
+
+    generations = generate_batch(model, tokenizer, list(frame["messages"]), config,
+                                 progress=report, check=ctx.check_cancel)
+    return generations, time.perf_counter() - started
+
+
+def _summary(params: dict, config: GenerationConfig, scored: pd.DataFrame,
+             generations: Sequence[Generation], seconds: float) -> dict:
+    tokens = sum(g.n_tokens for g in generations)
+    return {"name": params.get("name") or "", "kind": "eval",
+            "version_id": int(params["version_id"]), "model": params.get("model", "default"),
+            "generation": config.to_dict(), "style": params.get("style"), "rows": len(scored),
+            "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+            "metrics": summarize(scored)}
+
+
+def import_task(params: dict, ctx: Any) -> dict:
+    """Job task: import outside predictions (params: path, model, style, store, embedder), score
+    them and write the same run files as an eval run; return the summary."""
+    frame, report = import_predictions(params["path"], model=params.get("model"))
+    ctx.log(report.summary())
+    for rejection in report.rejected:
+        ctx.log(f"rejected {rejection}")
+    checks = as_checks(style=params.get("style")) if params.get("style") else {}
+    store = None
+    if params.get("store"):
+        from .store import Store
+
+        store = Store(params["store"])
+    scored = score_predictions(frame, checks=checks, store=store,
+                               embedder=params.get("embedder", "default"))
+    summary = {"name": params.get("name") or Path(params["path"]).name, "kind": "import",
+               "file": str(params["path"]), "model": sorted(set(frame["model"])),
+               "style": params.get("style"), "rows": len(scored),
+               "rejected": [str(r) for r in report.rejected], "metrics": summarize(scored)}
+    write_run(ctx.run_dir, scored, summary)
+    return summary
+
+
+def loop_task(params: dict, ctx: Any) -> dict:
+    """Job task: retrain on a (targeted) version, evaluate the new adapter, compare with before.
+
+    params: store, version_id (the version to train on), config (TrainConfig fields) or
+    previous_run (a training run folder whose train_config.json is reused), eval (eval_task
+    params without store/model: version_id, generation, style, ...), before_run (the eval run
+    folder to compare with; optional). Training and evaluation share this run folder, so the
+    adapter, predictions.parquet, summary.json and before_after.json all land here.
+    """
+    from .train import CONFIG_FILE, train_task
+
+    config = params.get("config")
+    if config is None and params.get("previous_run"):
+        config = orjson.loads((Path(params["previous_run"]) / CONFIG_FILE).read_bytes())
+    if config is None:
+        raise ConfigError("give config (training options) or previous_run (a training run)")
+    ctx.log(f"phase 1/2: training on version {params['version_id']}")
+    metrics = train_task({"store": params["store"], "version_id": params["version_id"],
+                          "config": config}, ctx)
+    ctx.log("phase 2/2: evaluating the new adapter")
+    eval_params = {**params["eval"], "store": params["store"],
+                   "model": {"run_dir": str(ctx.run_dir)}}
+    summary = eval_task(eval_params, ctx)
+    result = {"train": metrics, "eval": summary}
+    if params.get("before_run"):
+        result["before_after"] = _before_after(params, ctx.run_dir)
+    return result
+
+
+def _before_after(params: dict, run_dir: Path) -> dict:
+    from .analysis import before_after
+
+    report = before_after(read_predictions(params["before_run"]), read_predictions(run_dir),
+                          style=params["eval"].get("style"))
+    report["before_run"] = str(params["before_run"])
+    (Path(run_dir) / "before_after.json").write_bytes(
+        orjson.dumps(report, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return report

@@ -1,0 +1,365 @@
+"""LLM judge: a rubric prompt gives each row a 1-10 score and a one-line reason.
+
+The judge runs on the local model (bundled default or any local folder) or on any
+OpenAI-compatible chat endpoint (``{base_url}/chat/completions``; the key is read from the
+environment variable ``api_key_env``, never stored). Remote requests run ``max_concurrency``
+at a time, spaced to at most ``requests_per_minute``, and retried on 429 (honouring
+Retry-After), 5xx, timeouts and refused connections. A row whose request or answer fails gets
+a NaN score and the reason in ``judge_error``: it is never given a made-up score.
+
+Only the standard library is used for HTTP (urllib + a thread pool), so nothing is added to
+the dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import ConfigError
+
+Backend = Literal["local", "openai"]
+JUDGE_COLUMNS = ("judge_score", "judge_reason", "judge_error")
+MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause gets retried after this
+DEFAULT_RUBRIC = """\
+You are grading one example from a dataset used to fine-tune an AI assistant.
+Rate the RESPONSE to the INSTRUCTION for helpfulness, correctness and clarity, from 1 (useless, \
+wrong or off-topic) to 10 (fully correct, helpful and clear). A placeholder, a refusal without \
+reason, or text that repeats itself is a 1 or 2.
+
+INSTRUCTION:
+{prompt}
+
+RESPONSE:
+{response}
+
+Answer in exactly two lines:
+Score: <integer from 1 to 10>
+Reason: <one short sentence>"""
+
+_FENCED_JSON = re.compile(r"\{.*\}", re.S)
+_SCORE = re.compile(r"score\W{0,6}?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.I)
+_REASON = re.compile(r"reason\W{0,6}?\s*(.+)", re.I)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Options of the LLM judge; ``rubric`` holds ``{prompt}`` and ``{response}`` fields."""
+
+    backend: Backend = "local"
+    model: str = "default"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    rubric: str = DEFAULT_RUBRIC
+    max_concurrency: int = 4
+    requests_per_minute: float = 60.0
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    max_tokens: int = 64
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "openai"):
+            raise ConfigError(f"backend={self.backend!r}: use 'local' or 'openai'")
+        if self.backend == "openai" and not str(self.base_url or "").startswith(
+                ("http://", "https://")):
+            raise ConfigError(f"base_url={self.base_url!r}: the openai backend needs an "
+                              "http(s) URL such as http://127.0.0.1:8000/v1")
+        if "{response}" not in self.rubric:
+            raise ConfigError("rubric: must contain {response} (and usually {prompt})")
+        for name in ("max_concurrency", "max_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError(f"max_retries={self.max_retries!r}: must be an integer >= 0")
+        for name in ("requests_per_minute", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.backoff_s < 0 or self.temperature < 0:
+            raise ConfigError("backoff_s and temperature must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options as a JSON-ready dict (the key itself is never part of it)."""
+        return asdict(self)
+
+
+@dataclass
+class Verdict:
+    """One row's judgement: a score in [1, 10] and a reason, or NaN and an error."""
+
+    score: float = math.nan
+    reason: str = ""
+    error: str = ""
+
+
+class JudgeError(Exception):
+    """A row's request or answer failed; the message says how."""
+
+
+class _Retryable(JudgeError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# --- prompts and answers ----------------------------------------------------------------------
+
+def render_rubric(rubric: str, prompt: str, response: str) -> str:
+    """Return the rubric with {prompt} and {response} filled in (other braces left alone)."""
+    return rubric.replace("{prompt}", prompt).replace("{response}", response)
+
+
+def parse_verdict(text: str) -> tuple[float, str]:
+    """Return (score, reason) from "Score: N / Reason: ..." or a JSON object; raise JudgeError.
+
+    Accepts "**Score:** 8", "Score: 8/10", fenced JSON such as {"score": 8, "reason": "..."}.
+    """
+    parsed = _parse_json(text) or _parse_lines(text)
+    if parsed is None:
+        raise JudgeError(f"no score in the judge's answer: {_clip(text)!r}")
+    score, reason = parsed
+    if not 1.0 <= score <= 10.0:
+        raise JudgeError(f"score {score:g} is outside 1-10 in: {_clip(text)!r}")
+    return score, reason
+
+
+def _parse_json(text: str) -> tuple[float, str] | None:
+    found = _FENCED_JSON.search(text)
+    try:
+        value = json.loads(found.group(0)) if found else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    lower = {str(k).lower(): v for k, v in value.items()}
+    score = lower.get("score", lower.get("rating"))
+    try:
+        number = float(score)
+    except (TypeError, ValueError):
+        return None
+    reason = lower.get("reason", lower.get("explanation", ""))
+    return (number, str(reason).strip()) if math.isfinite(number) else None
+
+
+def _parse_lines(text: str) -> tuple[float, str] | None:
+    score = _SCORE.search(text)
+    if score is None:
+        return None
+    reason = _REASON.search(text)
+    return float(score.group(1)), (reason.group(1).strip(" *") if reason else "")
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- rate limiting and HTTP ---------------------------------------------------------------------
+
+class RateLimiter:
+    """Spaces calls to ``wait`` at least 60/per_minute seconds apart, across threads."""
+
+    def __init__(self, per_minute: float):
+        self.interval = 60.0 / per_minute
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until this caller's turn comes."""
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+
+def _api_key(config: JudgeConfig) -> str | None:
+    if not config.api_key_env:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ConfigError(f"api_key_env={config.api_key_env!r}: that environment variable is "
+                          "not set; export it, or leave api_key_env empty for a server that "
+                          "needs no key")
+    return key
+
+
+def _request(config: JudgeConfig, key: str | None, prompt: str) -> urllib.request.Request:
+    body = {"model": config.model, "messages": [{"role": "user", "content": prompt}],
+            "temperature": config.temperature, "max_tokens": config.max_tokens}
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    url = str(config.base_url).rstrip("/") + "/chat/completions"
+    return urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
+                                  method="POST")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _post(request: urllib.request.Request, timeout_s: float) -> bytes:
+    """Return the body of a 200 answer; raise _Retryable for passing trouble, else JudgeError."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as e:
+        detail = _clip(e.read().decode("utf-8", "replace").strip(), 200)
+        if e.code == 429:
+            raise _Retryable("HTTP 429 (rate limited)", _retry_after(e.headers.get(
+                "Retry-After"))) from None
+        if e.code >= 500:
+            raise _Retryable(f"HTTP {e.code} {detail}".strip()) from None
+        raise JudgeError(f"HTTP {e.code} {detail}".strip()) from None
+    except (TimeoutError, socket.timeout):
+        raise _Retryable(f"timed out after {timeout_s:g} s") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            raise _Retryable(f"timed out after {timeout_s:g} s") from None
+        raise _Retryable(f"cannot reach {request.full_url}: {e.reason}") from None
+
+
+def _content(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise JudgeError(f"malformed JSON from the server: {_clip(body.decode('utf-8', 'replace'))!r}"
+                         ) from None
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise JudgeError("the server's answer has no choices[0].message.content") from None
+    if not isinstance(content, str) or not content.strip():
+        raise JudgeError("the server's answer has empty content")
+    return content
+
+
+def chat_completion(config: JudgeConfig, prompt: str, *, key: str | None = None,
+                    limiter: RateLimiter | None = None) -> str:
+    """Return the assistant text for one prompt, retrying passing failures; raise JudgeError."""
+    request, last = _request(config, key, prompt), None
+    for attempt in range(config.max_retries + 1):
+        if limiter:
+            limiter.wait()
+        try:
+            return _content(_post(request, config.timeout_s))
+        except _Retryable as e:
+            last = e
+            if attempt < config.max_retries:
+                wait = e.retry_after if e.retry_after is not None \
+                    else config.backoff_s * 2 ** attempt
+                time.sleep(wait)
+    raise JudgeError(f"{last} (gave up after {config.max_retries + 1} attempts)")
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+def _verdict(text: str) -> Verdict:
+    try:
+        score, reason = parse_verdict(text)
+    except JudgeError as e:
+        return Verdict(error=str(e))
+    return Verdict(score, reason)
+
+
+def _judge_remote(prompt: str, config: JudgeConfig, key: str | None,
+                  limiter: RateLimiter) -> Verdict:
+    try:
+        return _verdict(chat_completion(config, prompt, key=key, limiter=limiter))
+    except JudgeError as e:
+        return Verdict(error=str(e))
+
+
+def judge_openai(prompts: Sequence[str], config: JudgeConfig, *,
+                 progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+    """Return one Verdict per prompt from an OpenAI-compatible endpoint, in input order."""
+    key, limiter = _api_key(config), RateLimiter(config.requests_per_minute)
+    verdicts: list[Verdict] = [Verdict()] * len(prompts)
+    with ThreadPoolExecutor(max_workers=config.max_concurrency) as pool:
+        futures = {pool.submit(_judge_remote, p, config, key, limiter): i
+                   for i, p in enumerate(prompts)}
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                verdicts[futures[future]] = future.result()
+                if progress:
+                    progress(done, len(prompts))
+        except BaseException:  # a cancel from progress(): drop the requests not yet sent
+            for future in futures:
+                future.cancel()
+            raise
+    return verdicts
+
+
+def judge_local(prompts: Sequence[str], config: JudgeConfig, *,
+                lm: tuple[Any, Any] | None = None, batch_size: int = 8,
+                progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+    """Return one Verdict per prompt from a local model (greedy, batched, left padded)."""
+    if lm is None:
+        from .models import load_lm
+
+        lm = load_lm(config.model)
+    verdicts: list[Verdict] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = generate(lm, prompts[start:start + batch_size], max_new_tokens=config.max_tokens)
+        verdicts += [_verdict(t) for t in texts]
+        if progress:
+            progress(len(verdicts), len(prompts))
+    return verdicts
+
+
+def generate(lm: tuple[Any, Any], prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+    """Return the model's greedy answers to user prompts, rendered with its chat template."""
+    import torch
+
+    model, tokenizer = lm
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
+    # Left padding for generation, passed per call: the shared tokenizer pads right for scoring.
+    batch = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Return judge_score (1-10, higher = better; NaN on failure), judge_reason and judge_error
+    columns aligned with the frame's rows."""
+    prompts = [render_rubric(config.rubric, str(p), str(r))
+               for p, r in zip(frame["prompt"].tolist(), frame["response"].tolist())]
+    if not prompts:
+        verdicts: list[Verdict] = []
+    elif config.backend == "openai":
+        verdicts = judge_openai(prompts, config, progress=progress)
+    else:
+        verdicts = judge_local(prompts, config, lm=lm, progress=progress)
+    return pd.DataFrame({"judge_score": np.array([v.score for v in verdicts], dtype=np.float64),
+                         "judge_reason": [v.reason for v in verdicts],
+                         "judge_error": [v.error for v in verdicts]}, index=frame.index)
