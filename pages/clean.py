@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import (active_frame, current_dataset, flash, show_error, show_flash,
-                          store)
+from pages.common import curation_header, flash, show_error, store
 from workbench import clean, curate
 from workbench.exceptions import WorkbenchError
 
-st.title("Clean")
-show_flash()
-dataset = current_dataset()
-if dataset is None:
-    st.info("Import a dataset first (Datasets page).")
-    st.stop()
-version_id, frame = active_frame(dataset)
-st.caption(f"Version v{version_id} of {dataset} · {len(frame):,} rows · rules run in the "
-           "order listed; a row dropped by one rule is not checked by later ones")
+dataset, version_id, frame = curation_header(
+    "Clean", " · rules run in the order listed; a row dropped by one rule is not checked by "
+    "later ones")
 ROLES = ["system", "user", "assistant"]
 
 

@@ -75,6 +75,19 @@ def version_frame(store_path: str, version_id: int):
     return Store(store_path).frame(version_id)
 
 
+def curation_header(title: str, detail: str = ""):
+    """Show a curation page's title and flash; return (dataset, version id, frame) or stop."""
+    st.title(title)
+    show_flash()
+    dataset = current_dataset()
+    if dataset is None:
+        st.info("Import a dataset first (Datasets page).")
+        st.stop()
+    version_id, frame = active_frame(dataset)
+    st.caption(f"Version v{version_id} of {md_escape(dataset)} · {len(frame):,} rows{detail}")
+    return dataset, version_id, frame
+
+
 def active_frame(dataset: str):
     """Return (active version id, its step DataFrame) for a dataset."""
     version_id = store().active_version(dataset)

@@ -5,20 +5,12 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import (active_frame, current_dataset, flash, job_panel, show_error,
-                          show_flash, store)
+from pages.common import curation_header, flash, job_panel, show_error, store
 from workbench import curate
 from workbench.dedup import KEEP_ALL
 from workbench.exceptions import WorkbenchError
 
-st.title("Deduplicate")
-show_flash()
-dataset = current_dataset()
-if dataset is None:
-    st.info("Import a dataset first (Datasets page).")
-    st.stop()
-version_id, frame = active_frame(dataset)
-st.caption(f"Version v{version_id} of {dataset} · {len(frame):,} rows")
+_, version_id, frame = curation_header("Deduplicate")
 
 
 def options_form() -> curate.DedupOptions:

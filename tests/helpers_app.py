@@ -108,3 +108,30 @@ def stop_server(process: subprocess.Popen) -> None:
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
+
+
+def page_store(tmp_path: Path, monkeypatch, imports: dict[str, Path]):
+    """Yield a file store (env pointed at it, Streamlit caches cleared) holding `imports`."""
+    import streamlit as st
+
+    from workbench.store import Store
+
+    path = tmp_path / "store.duckdb"
+    monkeypatch.setenv("WORKBENCH_STORE", str(path))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    store = Store(path)
+    for name, file in imports.items():
+        store.import_file(file, name)
+    yield store
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def page_ok(at):
+    """Assert an AppTest run raised nothing and showed no error; return it."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at

@@ -5,34 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, emulate_running_server
+from helpers_app import APP, page_ok as ok, page_store
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
 
 
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> Store:
-    path = tmp_path / "store.duckdb"
-    monkeypatch.setenv("WORKBENCH_STORE", str(path))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    s = Store(path)
-    s.import_file(SAMPLE_DIR / "support_train.jsonl", "train")
-    s.import_file(SAMPLE_DIR / "support_eval.jsonl", "eval")
-    yield s
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    yield from page_store(tmp_path, monkeypatch, {"train": SAMPLE_DIR / "support_train.jsonl",
+                                                  "eval": SAMPLE_DIR / "support_eval.jsonl"})
 
 
 def open_page() -> AppTest:

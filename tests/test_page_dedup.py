@@ -9,32 +9,16 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, emulate_running_server
+from helpers_app import APP, emulate_running_server, page_ok as ok, page_store
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
 
 TRAIN = SAMPLE_DIR / "support_train.jsonl"
 
 
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> Store:
-    path = tmp_path / "store.duckdb"
-    monkeypatch.setenv("WORKBENCH_STORE", str(path))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    s = Store(path)
-    s.import_file(TRAIN, "train")
-    yield s
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    yield from page_store(tmp_path, monkeypatch, {"train": TRAIN})
 
 
 def open_page(store: Store) -> AppTest:
