@@ -53,7 +53,8 @@ Reason: <one short sentence>"""
 
 _FENCED_JSON = re.compile(r"\{.*\}", re.S)
 _SCORE = re.compile(r"score\W{0,6}?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.I)
-_REASON = re.compile(r"reason\W{0,6}?\s*(.+)", re.I)
+# The separator (":", "**:**", " - ", "=") is not part of the reason.
+_REASON = re.compile(r"reason[\s*_]*[:=\-–]?[\s*_]*(.+)", re.I)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,322 @@
+"""Tests of workbench.judge: answer parsing, the HTTP path against a local scripted server
+(retries, Retry-After, timeouts, malformed answers, rate limit, concurrency), and the local
+backend. Every failure must surface as NaN + judge_error, never as a score."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from workbench import judge as J
+from workbench.exceptions import ConfigError
+from workbench.judge import JudgeConfig
+from workbench.schema import Example, examples_frame
+from workbench.score import score_frame
+from workbench.store import Store
+
+OK_ANSWER = "Score: 8\nReason: Correct and clear."
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, score, reason", [
+    ("Score: 8\nReason: Correct and clear.", 8.0, "Correct and clear."),
+    ("**Score:** 7/10\n**Reason:** Mostly right.", 7.0, "Mostly right."),
+    ("score = 3\nreason - vague", 3.0, "vague"),
+    ('{"score": 9, "reason": "Excellent"}', 9.0, "Excellent"),
+    ('```json\n{"Score": "6.5", "explanation": "ok"}\n```', 6.5, "ok"),
+    ("Score: 10", 10.0, ""),
+])
+def test_parse_verdict_accepts_the_usual_shapes(text, score, reason):
+    assert J.parse_verdict(text) == (score, reason)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Looks fine to me.", "no score"),
+    ("Score: 0\nReason: bad", "outside 1-10"),
+    ("Score: 42", "outside 1-10"),
+    ('{"score": "high"}', "no score"),
+])
+def test_parse_verdict_refuses_rather_than_guessing(text, message):
+    with pytest.raises(J.JudgeError, match=message):
+        J.parse_verdict(text)
+
+
+def test_rubric_fills_prompt_and_response_and_keeps_other_braces():
+    rubric = 'Q: {prompt}\nA: {response}\nReply as {"score": N}'
+    assert J.render_rubric(rubric, "2+2?", "4") == 'Q: 2+2?\nA: 4\nReply as {"score": N}'
+    assert "{prompt}" in J.DEFAULT_RUBRIC and "{response}" in J.DEFAULT_RUBRIC
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"backend": "cloud"}, "backend"),
+    ({"backend": "openai"}, "base_url"),
+    ({"rubric": "Rate {prompt}"}, "rubric"),
+    ({"max_concurrency": 0}, "max_concurrency"),
+    ({"requests_per_minute": 0}, "requests_per_minute"),
+    ({"max_retries": -1}, "max_retries"),
+])
+def test_config_rejects_bad_options_naming_the_field(options, field):
+    with pytest.raises(ConfigError, match=field):
+        JudgeConfig(**options)
+
+
+# --- a scripted OpenAI-compatible server ----------------------------------------------------------
+
+class Script:
+    """What the test server answers, chosen by a "case=<name>" marker in the prompt."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.headers: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+
+    def record(self, case: str, headers: dict) -> int:
+        with self.lock:
+            self.calls[case].append(time.monotonic())
+            self.headers.append(headers)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return len(self.calls[case])
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+def _chat(content: object) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}
+                      ).encode()
+
+
+def make_handler(script: Script):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][0]["content"]
+            case = prompt.split("case=")[1].split()[0] if "case=" in prompt else "ok"
+            attempt = script.record(case, dict(self.headers))
+            try:
+                self._answer(case, attempt, body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout test)
+            finally:
+                script.done()
+
+        def _answer(self, case: str, attempt: int, body: dict) -> None:
+            if self.path != "/v1/chat/completions":
+                return self._send(404, b'{"error": "not found"}')
+            if case == "ok":
+                time.sleep(0.05)  # long enough for concurrent requests to overlap
+                return self._send(200, _chat(OK_ANSWER))
+            if case == "flaky429":
+                if attempt == 1:
+                    return self._send(429, b'{"error": "slow down"}', {"Retry-After": "1"})
+                return self._send(200, _chat("Score: 6\nReason: Fine after a wait."))
+            if case == "e500":
+                return self._send(500, b"internal error")
+            if case == "e400":
+                return self._send(400, b'{"error": "bad model name"}')
+            if case == "slow":
+                time.sleep(1.0)
+                return self._send(200, _chat(OK_ANSWER))
+            if case == "badjson":
+                return self._send(200, b'{"choices": [ not json')
+            if case == "nocontent":
+                return self._send(200, b'{"choices": [{"message": {"role": "assistant"}}]}')
+            if case == "garbled":
+                return self._send(200, _chat("Looks fine to me."))
+            raise AssertionError(case)
+
+        def _send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    """Yield (base_url, script) of a scripted chat-completions server on 127.0.0.1."""
+    script = Script()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", script
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def cases_frame(cases: list[str]):
+    """Return a step frame whose rows ask the server for the given cases."""
+    examples = [Example(({"role": "user", "content": f"Question {i}"},
+                         {"role": "assistant", "content": f"Answer case={c} row {i}"}))
+                for i, c in enumerate(cases)]
+    return examples_frame(examples)
+
+
+def remote(url: str, **options) -> JudgeConfig:
+    base = {"backend": "openai", "base_url": url, "model": "judge-model",
+            "requests_per_minute": 6000, "timeout_s": 5, "max_retries": 2, "backoff_s": 0.01}
+    return JudgeConfig(**{**base, **options})
+
+
+# --- the HTTP path ------------------------------------------------------------------------------
+
+def test_ok_rows_get_score_and_reason_and_the_request_is_openai_shaped(server, monkeypatch):
+    url, script = server
+    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test")
+    out = J.judge_frame(cases_frame(["ok", "ok"]), remote(url, api_key_env="JUDGE_TEST_KEY"))
+    assert out["judge_score"].tolist() == [8.0, 8.0]
+    assert out["judge_reason"].tolist() == ["Correct and clear."] * 2
+    assert out["judge_error"].tolist() == ["", ""]
+    assert all(h["Authorization"] == "Bearer sk-test" for h in script.headers)
+
+
+def test_429_waits_for_retry_after_then_succeeds(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["flaky429"]), remote(url))
+    assert out["judge_score"].tolist() == [6.0] and out["judge_error"].tolist() == [""]
+    first, second = script.calls["flaky429"]
+    assert second - first >= 0.95  # Retry-After: 1 honoured
+
+
+def test_server_errors_are_retried_then_reported_per_row(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["ok", "e500", "ok"]), remote(url, max_retries=2))
+    assert out["judge_score"].iloc[[0, 2]].tolist() == [8.0, 8.0]
+    assert np.isnan(out["judge_score"].iloc[1])
+    assert out["judge_error"].iloc[1] == "HTTP 500 internal error (gave up after 3 attempts)"
+    assert len(script.calls["e500"]) == 3
+
+
+def test_timeouts_are_retried_then_reported(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["slow"]), remote(url, timeout_s=0.3, max_retries=1))
+    assert np.isnan(out["judge_score"].iloc[0])
+    assert out["judge_error"].iloc[0] == "timed out after 0.3 s (gave up after 2 attempts)"
+    assert len(script.calls["slow"]) == 2
+
+
+@pytest.mark.parametrize("case, message", [
+    ("badjson", "malformed JSON from the server"),
+    ("nocontent", "no choices[0].message.content"),
+    ("garbled", "no score in the judge's answer: 'Looks fine to me.'"),
+    ("e400", 'HTTP 400 {"error": "bad model name"}'),
+])
+def test_bad_answers_fail_the_row_without_retrying(server, case, message):
+    url, script = server
+    out = J.judge_frame(cases_frame([case]), remote(url))
+    assert np.isnan(out["judge_score"].iloc[0]) and out["judge_reason"].iloc[0] == ""
+    assert message in out["judge_error"].iloc[0]
+    assert len(script.calls[case]) == 1
+
+
+def test_unreachable_server_is_a_row_error():
+    closed = remote("http://127.0.0.1:9/v1", max_retries=1)  # port 9 (discard): nothing listens
+    out = J.judge_frame(cases_frame(["ok"]), closed)
+    assert np.isnan(out["judge_score"].iloc[0])
+    assert out["judge_error"].iloc[0].startswith("cannot reach http://127.0.0.1:9/v1")
+
+
+def test_missing_key_variable_stops_before_any_request(server, monkeypatch):
+    url, script = server
+    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="JUDGE_TEST_KEY"):
+        J.judge_frame(cases_frame(["ok"]), remote(url, api_key_env="JUDGE_TEST_KEY"))
+    assert not script.calls
+
+
+def test_requests_per_minute_spaces_requests(server):
+    url, script = server
+    started = time.monotonic()
+    out = J.judge_frame(cases_frame(["ok"] * 6), remote(url, requests_per_minute=600,
+                                                        max_concurrency=4))
+    assert out["judge_score"].notna().all()
+    times = sorted(script.calls["ok"])
+    assert min(np.diff(times)) >= 0.09  # 600/min = one request per 0.1 s
+    assert time.monotonic() - started >= 0.5
+
+
+def test_concurrency_is_bounded_and_used(server):
+    url, script = server
+    J.judge_frame(cases_frame(["ok"] * 8), remote(url, max_concurrency=3))
+    assert script.max_in_flight == 3
+
+
+def test_rate_limiter_spaces_calls_across_threads():
+    limiter = J.RateLimiter(per_minute=1200)  # 0.05 s apart
+    stamps: list[float] = []
+    threads = [threading.Thread(target=lambda: (limiter.wait(), stamps.append(time.monotonic())))
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert min(np.diff(sorted(stamps))) >= 0.045
+
+
+def test_retry_after_accepts_seconds_and_dates_and_is_capped():
+    assert J._retry_after("2") == 2.0
+    assert J._retry_after("100000") == J.MAX_RETRY_AFTER_S
+    assert J._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert J._retry_after("soon") is None and J._retry_after(None) is None
+
+
+def test_score_frame_caches_judged_rows_but_retries_failed_ones(server):
+    url, script = server
+    store = Store(":memory:")
+    frame = cases_frame(["ok", "e500"])
+    spec = ("judge", remote(url, max_retries=0).to_dict())
+    first = score_frame(frame, [spec], store=store)
+    assert first["judge_score"].iloc[0] == 8.0 and np.isnan(first["judge_score"].iloc[1])
+    assert first["judge_error"].iloc[1].startswith("HTTP 500")
+    second = score_frame(frame, [spec], store=store)
+    assert second["judge_score"].iloc[0] == 8.0  # from the cache: not asked again
+    assert len(script.calls["ok"]) == 1 and len(script.calls["e500"]) == 2
+
+
+# --- the local backend ---------------------------------------------------------------------------
+
+def test_local_judge_reports_unparseable_answers_instead_of_scoring(tiny_lm_pair):
+    config = JudgeConfig(max_tokens=6)
+    out = J.judge_frame(cases_frame(["a", "b"]), config, lm=tiny_lm_pair)
+    # A random tiny model writes no "Score:": every row must be NaN with a reason why.
+    assert out["judge_score"].isna().all()
+    assert out["judge_error"].str.startswith("no score in the judge's answer").all()
+
+
+def test_local_judge_scores_what_the_model_says(tiny_lm_pair, monkeypatch):
+    seen: list[str] = []
+
+    def fake_generate(lm, prompts, *, max_new_tokens):
+        seen.extend(prompts)
+        return ["Score: 9\nReason: Great."] * len(prompts)
+
+    monkeypatch.setattr(J, "generate", fake_generate)
+    out = J.judge_frame(cases_frame(["a"]), JudgeConfig(), lm=tiny_lm_pair)
+    assert out["judge_score"].tolist() == [9.0] and out["judge_reason"].tolist() == ["Great."]
+    assert "Question 0" in seen[0] and "Answer case=a row 0" in seen[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_pair():
+    from workbench.models import tiny_lm
+
+    return tiny_lm()
