@@ -123,6 +123,11 @@ def test_dataset_text_is_shown_as_text_and_fetches_nothing(app, page, tmp_path):
     with screenshot_on_failure(page, tmp_path):
         page.goto(url)
         expect(page.get_by_text("1 matching row ")).to_be_visible()
+        # The caption can draw before the grid: wait for the grid itself before measuring it.
+        expect(grid(page)).to_be_visible()
+        page.wait_for_function(
+            "() => { const g = document.querySelector('[data-testid=stDataFrame] canvas');"
+            " return g && g.getBoundingClientRect().height > 60; }")
         box = grid(page).bounding_box()
         page.mouse.click(box["x"] + 18, box["y"] + 52)  # the first row's selection checkbox
         texts = page.get_by_test_id("stText")
