@@ -892,7 +892,8 @@ def _nothing_imported(path: Path, report: ImportReport) -> str:
 
 
 def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return (model, tokenizer): "default", a model folder or hub id, or {"run_dir": ...}."""
+    """Return (model, tokenizer): "default", "tiny", a model folder or hub id, or
+    {"run_dir": ...}."""
     if isinstance(spec, Mapping):
         if "run_dir" not in spec:
             raise ConfigError(f"model must be a name, a path or {{'run_dir': ...}}, got {spec!r}")
@@ -905,6 +906,10 @@ def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedT
         # The copy is private: merging the LoRA weights in saves two small matmuls per
         # adapted layer at every decoding step.
         return model.merge_and_unload().eval(), tokenizer
+    if spec == "tiny":  # the random 2-layer test model, named as training names it
+        from .models import tiny_lm
+
+        return tiny_lm(seed=0)
     from .models import load_lm
 
     return load_lm(spec or "default")

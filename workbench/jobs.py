@@ -133,7 +133,11 @@ def start(task: str, params: dict, *, kind: str | None = None,
 
 
 def _new_run_dir(root: Path, run_id: str | None) -> Path:
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    # Milliseconds in the id keep "newest first" (a sort by name) right for runs started
+    # within the same second, as a test or a quick double start does.
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    run_id = run_id or f"{stamp}-{int(now * 1000) % 1000:03d}-{uuid.uuid4().hex[:4]}"
     run_dir = root / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
@@ -147,11 +151,11 @@ def _resolve(task: str) -> Callable[[dict, JobContext], dict]:
         raise WorkbenchError(f"unknown job task '{task}'") from None
 
 
-def run_inline(task: str, params: dict, *, home: str | Path | None = None,
-               run_id: str | None = None) -> JobStatus:
+def run_inline(task: str, params: dict, *, kind: str | None = None,
+               home: str | Path | None = None, run_id: str | None = None) -> JobStatus:
     """Run a task in this process with a run folder, as the worker would; return its status."""
     run_dir = _new_run_dir(runs_dir(home), run_id)
-    _write_json(run_dir / "config.json", {"task": task, "kind": task.rsplit(".", 1)[-1],
+    _write_json(run_dir / "config.json", {"task": task, "kind": kind or task.rsplit(".", 1)[-1],
                                           "params": params, "created": time.time()})
     execute(run_dir)
     return status(run_dir)

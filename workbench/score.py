@@ -399,7 +399,6 @@ def _batch_nll(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,
                prefixes: _Prefixes) -> np.ndarray:
     """Return the mean loss over each sequence's response tokens, one padded forward pass."""
     import torch
-    import torch.nn.functional as F
 
     shared = _shared_prefix([c for c, _ in seqs]) if _head_matches(model) else 0
     tails = [(c[shared:], r) for c, r in seqs]
