@@ -1,0 +1,207 @@
+"""Eval runs wired to the store and the runs folder: start (tiny model), list, read, import
+outside predictions, compare two runs with their training data diff, and bad input."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from helpers_app import chat_file, write_jsonl
+from workbench import evaluate as ev
+from workbench import evaluation, jobs
+from workbench.exceptions import ConfigError, ImportFormatError, NotFoundError
+from workbench.store import Store
+
+FAST = ev.GenerationConfig(max_new_tokens=3, batch_size=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the machine is shared, and tiny matmuls only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "store.duckdb")
+    store.import_file(chat_file(tmp_path / "eval.jsonl", 4), "evalset")
+    return store
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+def perfect_predictions(path: Path, n: int = 4, bad_lines: tuple = ()) -> Path:
+    """Predictions equal to the references of chat_file's rows, plus bad lines."""
+    rows = [{"prompt": f"question {i}: how do I reset item {i}?",
+             "reference": f"answer {i}: press reset {i} times.",
+             "prediction": f"answer {i}: press reset {i} times.", "model": "oracle",
+             "topic": "billing" if i % 2 else "login"} for i in range(n)]
+    return write_jsonl(path, [*rows, *bad_lines])
+
+
+@pytest.fixture
+def tiny_run(store, home) -> jobs.JobStatus:
+    return evaluation.start_eval(store, "evalset", model="tiny", generation=FAST,
+                                 similarity=False, home=home, inline=True)
+
+
+def test_tiny_eval_run_is_listed_with_metric_intervals(tiny_run, home):
+    assert tiny_run.state == "done" and tiny_run.result["rows"] == 4
+    table = evaluation.runs_table(home=home)
+    assert table[["run", "kind", "state", "model", "data", "rows"]].values.tolist() == [
+        [tiny_run.run_id, "eval", "done", "tiny", "v1", 4]]
+    assert "similarity" not in table.columns  # switched off
+    mean, interval = table.at[0, "token_f1"].split(" ", 1)
+    assert float(mean) >= 0 and interval.startswith("[")
+    summary = evaluation.summary_table(tiny_run.run_id, home=home)
+    assert {"exact_match", "token_f1", "rouge_l"} <= set(summary["metric"])
+    assert (summary["lo"] <= summary["mean"]).all() and (summary["n"] == 4).all()
+
+
+def test_run_outputs_and_row_detail(tiny_run, home):
+    predictions = evaluation.run_predictions(tiny_run.run_id, home=home)
+    table = evaluation.outputs_table(predictions)
+    assert list(table.columns[:4]) == ["row_key", "prompt", "reference", "prediction"]
+    assert table["reference"].tolist() == [f"answer {i}: press reset {i} times." for i in range(4)]
+    detail = evaluation.row_detail(predictions, 1)
+    assert detail["prompt_messages"] == [{"role": "user",
+                                          "content": "question 1: how do I reset item 1?"}]
+    assert detail["metadata"] == {"topic": "billing"} and detail["n_tokens"] <= 3
+    assert set(detail["metrics"]) >= {"exact_match", "token_f1"}
+    with pytest.raises(NotFoundError, match="position 9"):
+        evaluation.row_detail(predictions, 9)
+
+
+def test_background_eval_job_finishes_and_survives_a_reload(store, home):
+    job = evaluation.start_eval(store, 1, model="tiny", generation=FAST, similarity=False,
+                                limit=2, style={"min_words": 1}, home=home)
+    assert evaluation.eval_runs(home=home, active=True)[0].run_id == job.run_id
+    final = jobs.wait(job.run_id, home=home, timeout=120)
+    assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 30)
+    # A new process finds it again from its run folder alone.
+    [found] = evaluation.finished_runs(home=home)
+    assert found.run_id == job.run_id and found.result["rows"] == 2
+    assert "fmt_min_words" in evaluation.run_predictions(job.run_id, home=home)
+
+
+def test_model_names_runs_and_folders(tiny_run, home, tmp_path):
+    assert evaluation.model_spec("default") == "default"
+    assert evaluation.model_spec("tiny") == "tiny"
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        evaluation.model_spec("nope", home=home)
+    with pytest.raises(ConfigError, match="not a training run"):
+        evaluation.model_spec(tiny_run.run_id, home=home)
+    trained = fake_training_run(home, "20990101-000000-train", version_id=1)
+    assert evaluation.model_spec(trained.name, home=home) == {"run_dir": str(trained.resolve())}
+    assert evaluation.model_spec(str(trained), home=home) == {"run_dir": str(trained.resolve())}
+    assert list(evaluation.model_choices(home=home)) == ["default", "tiny", trained.name]
+
+
+def test_bad_eval_input_names_the_value(store, home):
+    with pytest.raises(NotFoundError):
+        evaluation.start_eval(store, "missing", model="tiny", home=home)
+    with pytest.raises(ConfigError, match="limit"):
+        evaluation.start_eval(store, 1, model="tiny", limit=0, home=home)
+    with pytest.raises(ConfigError, match="unknown style check"):
+        evaluation.start_eval(store, 1, model="tiny", style={"shouty": True}, home=home)
+    with pytest.raises(ConfigError, match="temperature"):
+        ev.GenerationConfig(temperature=0.5)  # greedy takes no temperature
+    assert evaluation.eval_runs(home=home) == []  # nothing was started
+
+
+def test_import_reports_rejected_lines_and_becomes_a_run(tmp_path, home, store):
+    path = perfect_predictions(tmp_path / "outside.jsonl",
+                               bad_lines=["{oops", '{"prompt": "q", "reference": "r"}'])
+    job, report = evaluation.import_run(path, store=store, similarity=False, home=home)
+    assert (report.rows_read, report.imported) == (6, 4)
+    assert [(r.line, r.field) for r in report.rejected] == [(5, "(line)"), (6, "prediction")]
+    row = evaluation.runs_table(home=home).iloc[0]
+    assert (row["kind"], row["model"], row["data"], row["rows"]) == \
+        ("import", "oracle", "file outside.jsonl", 4)
+    assert row["exact_match"].startswith("1.000")
+    with pytest.raises(ImportFormatError, match="no predictions imported"):
+        evaluation.import_run(write_jsonl(tmp_path / "bad.jsonl", ["{oops"]), home=home)
+
+
+def test_import_upload_keeps_the_file_name(home):
+    data = orjson.dumps({"prompt": "Q", "reference": "A", "prediction": "A"})
+    job, report = evaluation.import_upload("../odd name.jsonl", data, model="m",
+                                           similarity=False, home=home)
+    assert report.imported == 1 and job.result["name"] == "odd name.jsonl"
+
+
+def test_compare_an_eval_run_with_imported_predictions(tiny_run, tmp_path, home, store):
+    imported, _ = evaluation.import_run(perfect_predictions(tmp_path / "p.jsonl"),
+                                        similarity=False, home=home)
+    assert "token_f1" in evaluation.common_metrics(tiny_run.run_id, imported.run_id, home=home)
+    assert evaluation.slice_options(tiny_run.run_id, home=home) == ["length", "tag", "topic"]
+    result = evaluation.compare(tiny_run.run_id, imported.run_id, metric="token_f1",
+                                by=("topic",), store=store, home=home)
+    counts = result.comparison.counts
+    assert sum(counts.values()) == 4 and counts["loss"] == 0 and counts["win"] >= 1
+    deltas = evaluation.slice_deltas(result)
+    assert deltas["slice"].tolist() == ["billing", "login"] and (deltas["delta"] >= 0).all()
+    backwards = evaluation.compare(imported.run_id, tiny_run.run_id, metric="token_f1",
+                                   home=home)
+    regressions = evaluation.regressions_table(backwards)
+    assert len(regressions) == counts["win"] and (regressions["delta"] < -0.1).all()
+    assert "base model" in evaluation.training_summary(result)
+
+
+def test_compare_rejects_the_same_run_and_unrelated_runs(tiny_run, tmp_path, home):
+    with pytest.raises(ConfigError, match="two different runs"):
+        evaluation.compare(tiny_run.run_id, tiny_run.run_id, home=home)
+    other, _ = evaluation.import_run(write_jsonl(tmp_path / "o.jsonl", [
+        {"prompt": "unrelated", "reference": "x", "prediction": "x", "model": "m"}]),
+        similarity=False, home=home)
+    with pytest.raises(ConfigError, match="share no eval rows"):
+        evaluation.compare(tiny_run.run_id, other.run_id, home=home)
+    with pytest.raises(ConfigError, match="no metric column 'similarity'"):
+        evaluation.compare(tiny_run.run_id, other.run_id, metric="similarity", home=home)
+
+
+def test_compare_shows_the_diff_of_the_two_training_versions(tiny_run, home, store, tmp_path):
+    train_v1 = store.active_version("evalset")
+    train_v2 = store.import_file(chat_file(tmp_path / "more.jsonl", 6), "evalset")[0].version_id
+    runs = []
+    for name, version in (("a", train_v1), ("b", train_v2)):
+        trained = fake_training_run(home, f"20990101-00000{name}-train", version_id=version)
+        run_dir = home / f"20990102-00000{name}-eval"
+        shutil.copytree(tiny_run.run_dir, run_dir)
+        summary = ev.read_summary(run_dir) | {"model": {"run_dir": str(trained)}}
+        (run_dir / ev.SUMMARY_FILE).write_bytes(orjson.dumps(summary))
+        runs.append(run_dir.name)
+    result = evaluation.compare(*runs, metric="token_f1", store=store, home=home)
+    counts = store.diff(train_v1, train_v2).counts()
+    assert result.training["counts"] == counts and counts["added"] >= 2
+    assert evaluation.training_summary(result) == (
+        f"training data v{train_v1} → v{train_v2}: added {counts['added']}, "
+        f"removed {counts['removed']}, changed {counts['changed']}")
+
+
+def fake_training_run(home: Path, run_id: str, *, version_id: int) -> Path:
+    """A finished training run folder as train_task leaves it (no adapter: never loaded here)."""
+    run_dir = home / run_id
+    (run_dir / "data").mkdir(parents=True)
+    jobs._write_json(run_dir / "config.json", {"task": evaluation.TRAIN_TASK, "kind": "train",
+                                               "params": {"version_id": version_id,
+                                                          "config": {"model": "tiny"}}})
+    jobs._write_json(run_dir / "status.json", {"state": "done"})
+    (run_dir / "train_config.json").write_text("{}")
+    (run_dir / "data" / "versions.json").write_text(orjson.dumps(
+        {"version_id": version_id, "val_version_id": None}).decode())
+    return run_dir

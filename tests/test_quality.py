@@ -1,0 +1,231 @@
+"""Tests of workbench.quality: scoring a version with the cache, jobs, the map, selections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench import jobs, quality as Q
+from workbench.embed import embed_frame
+from workbench.exceptions import ConfigError
+from workbench.models import tiny_embedder, tiny_lm
+from workbench.schema import Example
+from workbench.store import Store
+
+ANSWERS = ["ok", "Reset the router, then wait one minute before you log in again.",
+           "yes yes yes yes yes yes yes yes", "Open Settings, choose Billing and press Refund.",
+           "I cannot help.", "First unplug it. Then plug it back in. Then try the app again."]
+
+
+def example(i: int, answer: str) -> Example:
+    return Example(({"role": "user", "content": f"question {i}: how do I fix thing {i}?"},
+                    {"role": "assistant", "content": answer}))
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "q.duckdb")
+
+
+@pytest.fixture
+def version(store) -> int:
+    return store.add_examples("demo", [example(i, a) for i, a in enumerate(ANSWERS)])
+
+
+def scored(store: Store, version: int, names=("length", "repetition")):
+    frame = store.frame(version)
+    Q.score_heuristics(store, frame, Q.heuristic_specs(names))
+    return Q.with_cached_scores(store, frame)
+
+
+def test_heuristics_are_cached_and_reloaded_without_rescoring(store, version, monkeypatch):
+    frame = scored(store, version)
+    assert frame["length_score"].tolist()[:2] == [1.0, 12.0]
+    assert frame["repetition_score"].iloc[2] > 0.5
+    monkeypatch.setattr(Q.S, "length_score", lambda *a, **k: pytest.fail("rescored"))
+    again = Q.with_cached_scores(store, store.frame(version))  # a reopen reads the cache only
+    assert again["length_score"].tolist() == frame["length_score"].tolist()
+
+
+def test_the_newest_parameters_of_a_scorer_win(store, version):
+    frame = store.frame(version)
+    Q.score_heuristics(store, frame, Q.heuristic_specs(["length"], {"length": {"unit": "chars"}}))
+    assert Q.with_cached_scores(store, frame)["length_score"].iloc[0] == 2.0
+    Q.score_heuristics(store, frame, Q.heuristic_specs(["length"]))
+    assert Q.with_cached_scores(store, frame)["length_score"].iloc[0] == 1.0
+    Q.score_heuristics(store, frame, Q.heuristic_specs(["length"], {"length": {"unit": "chars"}}))
+    assert Q.with_cached_scores(store, frame)["length_score"].iloc[0] == 2.0
+
+
+def test_aliases_user_format_checks_and_summary(store, version):
+    frame = store.frame(version)
+    specs = Q.heuristic_specs(["diversity", "format"], {"format": {"prefix": "Open"}})
+    out = Q.score_heuristics(store, frame, specs)
+    assert out["format_score"].tolist() == [0, 0, 0, 1, 0, 0]
+    summary = Q.score_summary(out)
+    assert summary["score"].tolist() == ["lexical_diversity_score", "format_score"]
+    assert summary["scored"].tolist() == [6, 6]
+
+
+@pytest.mark.parametrize("names, message", [(["bleu"], "unknown scorer 'bleu'"),
+                                            (["perplexity"], "background job"),
+                                            ([], "at least one scorer")])
+def test_bad_scorers_are_named(store, version, names, message):
+    with pytest.raises(ConfigError, match=message):
+        Q.score_heuristics(store, store.frame(version), Q.heuristic_specs(names))
+
+
+def test_an_empty_version_has_no_scores_and_nothing_to_select(store):
+    empty = store.add_examples("empty", [])
+    frame = Q.with_cached_scores(store, store.frame(empty))
+    assert frame.empty and Q.score_columns(frame) == []
+    with pytest.raises(ConfigError, match="no rows"):
+        Q.select_rows(frame, Q.SelectOptions("longest", k=1))
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+def test_top_k_selection_is_a_new_version_with_the_rule_and_reasons(store, version):
+    frame = scored(store, version)
+    child = Q.apply_selection(store, version, frame, Q.SelectOptions("top_k", k=2,
+                                                                     score="length"))
+    assert child.operation == "select" and child.n_rows == 2
+    assert child.params["method"] == "top_k" and child.params["score"] == "length_score"
+    assert child.params["options"]["k"] == 2
+    removed = store.removed(child.version_id)
+    assert len(removed) == 4 and set(removed["reason"]) == {"not_selected"}
+    assert store.versions("demo")[0].n_rows == 6  # the parent is untouched
+
+
+def test_thresholds_run_first_and_each_drop_names_its_bound(store, version):
+    frame = scored(store, version)
+    options = Q.SelectOptions("longest", k=2, bounds={"repetition": (None, 0.2)})
+    sel = Q.select_rows(frame, options)
+    assert len(sel.kept) == 2 and len(sel.kept) + len(sel.dropped) == 6
+    reasons = dict(zip(sel.dropped["row_key"], sel.dropped["reason"]))
+    assert reasons[frame["row_key"].iloc[2]] == "above_threshold"
+    assert sel.rule["thresholds"] == {"repetition_score": [None, 0.2]}
+    only = Q.select_rows(frame, Q.SelectOptions("threshold", bounds={"length": (5, None)}))
+    assert len(only.kept) == 4 and set(only.dropped["reason"]) == {"below_threshold"}
+
+
+def test_combined_score_with_weights_ranks_the_selection(store, version):
+    frame = scored(store, version)
+    options = Q.SelectOptions("top_k", k=1, score=Q.COMBINED,
+                              weights={"length": 1.0, "repetition": 1.0})
+    sel = Q.select_rows(frame, options)
+    assert sel.kept["row_key"].tolist() == [frame["row_key"].iloc[5]]  # longest, no repeats
+    assert sel.rule["options"]["weights"] == {"length": 1.0, "repetition": 1.0}
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(method="top_k", k=2, score="nope"), "score='nope': no such column"),
+    (dict(method="top_k", k=0, score="length"), "k=0"),
+    (dict(method="longest", k=-1), "k=-1"),
+    (dict(method="top_k", k=2), "name the score"),
+    (dict(method="threshold"), "at least one bound"),
+    (dict(method="sample", k=2), "method='sample'"),
+    (dict(method="longest", k=2, bounds={"length": (5, 1)}), "min is above max")])
+def test_bad_selection_options_are_named(store, version, options, message):
+    frame = scored(store, version)
+    with pytest.raises(ConfigError, match=message):
+        Q.apply_selection(store, version, frame, Q.SelectOptions(**options))
+    assert len(store.versions("demo")) == 1
+
+
+# --- embeddings: map, diverse top-k, quotas -----------------------------------------------------
+
+@pytest.fixture
+def embedded(store, version) -> int:
+    embed_frame(store, store.frame(version), encoder=tiny_embedder())  # cached as "default"
+    return version
+
+
+def test_selection_without_embeddings_says_to_embed(store, version):
+    frame = scored(store, version)
+    with pytest.raises(ConfigError, match="6 rows have no embedding"):
+        Q.preview_selection(store, frame, Q.SelectOptions("diverse", k=2, score="length"))
+    assert Q.embedding_map(store, frame) == (None, 6)
+
+
+def test_embedding_map_diverse_and_quota_selections(store, embedded):
+    frame = scored(store, embedded)
+    points, missing = Q.embedding_map(store, frame, k=3)
+    assert missing == 0 and len(points) == 6 and points["cluster"].nunique() <= 3
+    diverse = Q.apply_selection(store, embedded, frame,
+                                Q.SelectOptions("diverse", k=3, score="length", similarity=0.5))
+    assert diverse.params["method"] == "diverse_top_k" and diverse.n_rows <= 3
+    quota = Q.preview_selection(store, frame, Q.SelectOptions("quota", k=3, score="length",
+                                                              n_clusters=2))
+    assert len(quota.kept) == 3 and quota.rule["n_clusters"] == 2
+
+
+def test_embedding_map_reopens_from_its_cache_without_loading_vectors(store, embedded,
+                                                                       monkeypatch):
+    frame = scored(store, embedded)
+    first, _ = Q.embedding_map(store, frame, k=3)
+    monkeypatch.setattr(Q.curate, "version_embeddings",
+                        lambda *a, **k: pytest.fail("a cached map must not load vectors"))
+    again, missing = Q.embedding_map(store, frame, k=3)
+    pd.testing.assert_frame_equal(first, again)
+    assert missing == 0
+    with pytest.raises(pytest.fail.Exception):  # other parameters are another map
+        Q.embedding_map(store, frame, k=2)
+
+
+# --- model scores as a job ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    model, tokenizer = tiny_lm()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_model_scores_run_inline_then_load_from_the_cache(store, version, tiny_folder):
+    seen = []
+    result = Q.run_model_scoring(store, version, model=tiny_folder, scores=["ppl", "ifd"],
+                                 progress=lambda d, t: seen.append((d, t)))
+    assert result["scored"] == 6 and seen[-1][0] == seen[-1][1]
+    frame = Q.with_cached_scores(store, store.frame(version))
+    assert np.isfinite(frame[["perplexity_score", "ifd_score"]].to_numpy()).all()
+
+
+def test_model_scoring_job_runs_in_the_background(store, version, tiny_folder, tmp_path,
+                                                  monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    job = Q.start_model_scoring(store, version, model=tiny_folder, scores=["perplexity"])
+    assert [j.run_id for j in Q.scoring_jobs(version)] == [job.run_id]
+    done = jobs.wait(job.run_id, timeout=120)
+    assert done.state == "done", done.error
+    frame = Q.with_cached_scores(store, store.frame(version))
+    assert frame["perplexity_score"].notna().all()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(scores=["bleu"]), "unknown scorer"), (dict(scores=["length"]), "choose from"),
+    (dict(max_length=1), "max_length=1"), (dict(model=" "), "model:")])
+def test_bad_model_options_fail_before_a_job_starts(store, version, options, message):
+    with pytest.raises(ConfigError, match=message):
+        Q.model_params(store, version, **options)
+
+
+def test_judge_job_caches_scores_and_leaves_failures_unscored(store, version, monkeypatch):
+    def fake_judge(frame, config, **_):
+        import pandas as pd
+        score = [float(len(r) % 10 + 1) if "cannot" not in r else np.nan
+                 for r in frame["response"]]
+        return pd.DataFrame({"judge_score": score, "judge_reason": "", "judge_error": ""},
+                            index=frame.index)
+
+    monkeypatch.setattr("workbench.judge.judge_frame", fake_judge)
+    params = Q.judge_params(store, version, {"rubric": "Rate {response}", "model": "x"})
+    result = Q.judge_task({**params, "chunk_rows": 4}, Q._InlineContext())
+    assert result == {"rows": 6, "cached": 0, "judged": 6, "failed": 1}
+    frame = Q.with_cached_scores(store, store.frame(version))
+    assert frame["judge_score"].isna().sum() == 1
+    with pytest.raises(ConfigError, match="rubric"):
+        Q.judge_params(store, version, {"rubric": "no placeholder"})

@@ -1,0 +1,336 @@
+"""Evaluation runs wired to the store and the runs folder: start, list, import, compare.
+
+evaluate.py generates and scores; analysis.py compares. This module is the one place that
+turns a user's choices (a dataset version, a model name or training run, generation settings)
+into an eval job, finds eval runs again from their run folders (so results survive a page
+reload), and reads them back as tables, so that the Evaluate page and the CLI stay thin.
+``home`` is the runs folder, as in jobs.py (None: <WORKBENCH_HOME>/runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import analysis, jobs
+from . import evaluate as ev
+from .exceptions import ConfigError, NotFoundError, WorkbenchError
+from .io import ImportReport
+from .store import Store
+
+EVAL_TASK = "workbench.evaluate.eval_task"
+IMPORT_TASK = "workbench.evaluate.import_task"
+LOOP_TASK = "workbench.evaluate.loop_task"
+TRAIN_TASK = "workbench.train.train_task"
+# Task -> the kind shown to people; every one of them writes predictions.parquet.
+EVAL_TASKS = {EVAL_TASK: "eval", IMPORT_TASK: "import", LOOP_TASK: "loop"}
+BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
+               "tiny": "tiny random model (for tests)"}
+# The per-row columns people read first; the metric columns follow.
+OUTPUT_COLUMNS = ("row_key", "prompt", "reference", "prediction")
+Home = str | Path | None
+
+
+# ---------------------------------------------------------------- models
+
+
+def trained_runs(*, home: Home = None) -> list[jobs.JobStatus]:
+    """Return the finished training runs (they have an adapter), newest first."""
+    return [j for j in jobs.list_runs(home=home) if _is_training(j) and j.state == "done"]
+
+
+def _is_training(job: jobs.JobStatus) -> bool:
+    return job.kind == "train" or job.config.get("task") == TRAIN_TASK
+
+
+def model_choices(*, home: Home = None) -> dict[str, str]:
+    """Return {model value: label}: the base models, then each finished training run."""
+    choices = dict(BASE_MODELS)
+    for job in trained_runs(home=home):
+        params = job.config.get("params", {})
+        base = params.get("config", {}).get("model", "default")
+        choices[job.run_id] = f"trained run {job.run_id} (v{params.get('version_id')}, {base})"
+    return choices
+
+
+def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
+    """Return the eval job's model spec for "default", "tiny", a training run id or a folder."""
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"model must be default, tiny, a training run id or a folder, "
+                          f"got {model!r}")
+    if model in BASE_MODELS:
+        return model
+    run_dir = jobs.runs_dir(home) / model
+    if (run_dir / "config.json").is_file():
+        return _training_run(run_dir, model)
+    path = Path(model).expanduser()
+    if (path / "train_config.json").is_file():
+        return {"run_dir": str(path.resolve())}
+    if path.is_dir():
+        return str(path.resolve())
+    ids = ", ".join(j.run_id for j in trained_runs(home=home)[:5]) or "none yet"
+    raise ConfigError(f"unknown model {model!r}: use default, tiny, a finished training run id "
+                      f"(latest: {ids}) or a local model folder")
+
+
+def _training_run(run_dir: Path, model: str) -> dict[str, str]:
+    job = jobs.status(run_dir)
+    if not _is_training(job):
+        raise ConfigError(f"run {model} is a {job.kind or 'non-training'} run, not a training "
+                          "run: pick a finished training run")
+    if job.state != "done":
+        raise ConfigError(f"training run {model} is {job.state}: evaluate it once it is done")
+    return {"run_dir": str(run_dir.resolve())}
+
+
+# ---------------------------------------------------------------- starting runs
+
+
+def start_eval(store: Store, ref: str | int, *, model: str = "default",
+               generation: ev.GenerationConfig | None = None,
+               style: Mapping[str, Any] | None = None, similarity: bool = True,
+               limit: int | None = None, name: str = "", home: Home = None,
+               inline: bool = False) -> jobs.JobStatus:
+    """Return the status of a new eval job of a model on a dataset version (REF: id or name)."""
+    version = store.version(store.resolve(ref))
+    if version.n_rows == 0:
+        raise ConfigError(f"version {version.version_id} of {version.dataset!r} has no rows")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be an integer >= 1, got {limit!r}")
+    if style:
+        ev.as_checks(style=style)  # a bad style fails here, not minutes later in the job
+    params = {"store": str(store.path), "version_id": version.version_id,
+              "model": model_spec(model, home=home),
+              "generation": (generation or ev.GenerationConfig()).to_dict(),
+              "style": dict(style) if style else None,
+              "embedder": "default" if similarity else None, "limit": limit,
+              "name": name or f"{model} on {version.dataset} v{version.version_id}"}
+    if inline:
+        return _finished(jobs.run_inline(EVAL_TASK, params, kind="eval", home=home))
+    return jobs.start(EVAL_TASK, params, kind="eval", home=home)
+
+
+def _finished(job: jobs.JobStatus) -> jobs.JobStatus:
+    if job.state != "done":
+        raise WorkbenchError(f"{EVAL_TASKS.get(job.config.get('task'), job.kind)} run "
+                             f"{job.run_id} {job.state}: {job.error or 'stopped'}")
+    return job
+
+
+def import_run(path: str | Path, *, model: str | None = None,
+               style: Mapping[str, Any] | None = None, store: Store | None = None,
+               similarity: bool = True, name: str | None = None, home: Home = None
+               ) -> tuple[jobs.JobStatus, ImportReport]:
+    """Return (the finished run, the import report) of scoring an outside predictions file."""
+    _, report = ev.import_predictions(path, model=model)  # fails fast, names the bad lines
+    if style:
+        ev.as_checks(style=style)
+    params = {"path": str(path), "model": model, "style": dict(style) if style else None,
+              "store": str(store.path) if store is not None else None,
+              "embedder": "default" if similarity else None, "name": name or Path(path).name}
+    return _finished(jobs.run_inline(IMPORT_TASK, params, kind="import", home=home)), report
+
+
+def import_upload(file_name: str, data: bytes, **options: Any
+                  ) -> tuple[jobs.JobStatus, ImportReport]:
+    """Return import_run's result for uploaded bytes (kept only while they are read)."""
+    from .views import uploaded_file
+
+    with uploaded_file(file_name, data) as path:
+        return import_run(path, **{"name": Path(file_name).name, **options})
+
+
+# ---------------------------------------------------------------- listing runs
+
+
+def eval_runs(*, home: Home = None, active: bool | None = None) -> list[jobs.JobStatus]:
+    """Return the eval, import and loop runs, newest first (only active ones if active=True)."""
+    runs = [j for j in jobs.list_runs(home=home) if j.config.get("task") in EVAL_TASKS]
+    return runs if active is None else [j for j in runs if j.active == active]
+
+
+def finished_runs(*, home: Home = None) -> list[jobs.JobStatus]:
+    """Return the eval runs that have predictions to read, newest first."""
+    return [j for j in eval_runs(home=home)
+            if j.state == "done" and (j.run_dir / ev.PREDICTIONS_FILE).is_file()]
+
+
+def run_label(job: jobs.JobStatus) -> str:
+    """Return a one-line description of an eval run: id, kind, model and data."""
+    return f"{job.run_id} · {EVAL_TASKS.get(job.config.get('task'), job.kind)} · " \
+           f"{_model_name(job)} · {_data_name(job)}"
+
+
+def _model_name(job: jobs.JobStatus) -> str:
+    params = job.config.get("params", {})
+    if job.config.get("task") == IMPORT_TASK:
+        models = ev.read_summary(job.run_dir).get("model") or params.get("model")
+        return ", ".join(models) if isinstance(models, list) else str(models or "?")
+    if job.config.get("task") == LOOP_TASK:
+        return f"run:{job.run_id}"
+    return ev.model_label(params.get("model", "default"))
+
+
+def _data_name(job: jobs.JobStatus) -> str:
+    params = job.config.get("params", {})
+    if job.config.get("task") == IMPORT_TASK:
+        return f"file {Path(str(params.get('path', '?'))).name}"
+    version = (params.get("eval") or params).get("version_id")
+    return f"v{version}" if version is not None else "?"
+
+
+def runs_table(*, home: Home = None) -> pd.DataFrame:
+    """Return one row per eval run: id, kind, state, model, data, rows, metric means [95% CI]."""
+    rows = [_run_row(job) for job in eval_runs(home=home)]
+    names = [m for m in ev.METRICS if any(m in r for r in rows)]
+    columns = ["run", "kind", "state", "model", "data", "rows", *names]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _run_row(job: jobs.JobStatus) -> dict[str, Any]:
+    summary = ev.read_summary(job.run_dir) if job.state == "done" else {}
+    row = {"run": job.run_id, "kind": EVAL_TASKS.get(job.config.get("task"), job.kind),
+           "state": job.state, "model": _model_name(job), "data": _data_name(job),
+           "rows": summary.get("rows", job.total)}
+    for metric, ci in _summary_metrics(summary).items():
+        if metric in ev.METRICS:
+            row[metric] = format_ci(ci)
+    return row
+
+
+def format_ci(ci: Mapping[str, float]) -> str:
+    """Return "mean [lo, hi]" with three decimals ("–" when there were no values)."""
+    mean, lo, hi = (ci.get(k) for k in ("mean", "lo", "hi"))
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def summary_table(run: str | Path, *, home: Home = None) -> pd.DataFrame:
+    """Return a finished run's metrics: metric, mean, lo, hi (95% bootstrap interval), n."""
+    job = _finished(jobs.status(run, home=home))
+    metrics = _summary_metrics(ev.read_summary(job.run_dir))
+    return pd.DataFrame([{"metric": name, **ci} for name, ci in metrics.items()],
+                        columns=["metric", "mean", "lo", "hi", "n"])
+
+
+def _summary_metrics(summary: dict) -> dict[str, dict]:
+    # A loop run's summary nests the eval part; an eval or import run's is flat.
+    return summary.get("metrics") or (summary.get("eval") or {}).get("metrics") or {}
+
+
+# ---------------------------------------------------------------- one run's rows
+
+
+def run_predictions(run: str | Path, *, home: Home = None) -> pd.DataFrame:
+    """Return a finished run's per-row predictions with every metric column."""
+    job = jobs.status(run, home=home)
+    if job.config.get("task") not in EVAL_TASKS:
+        raise ConfigError(f"run {job.run_id} is a {job.kind} run, not an evaluation")
+    return ev.read_predictions(_finished(job).run_dir)
+
+
+def outputs_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Return the per-row display table: row, prompt, reference, prediction, main metrics."""
+    metrics = [m for m in ev.METRICS if m in predictions.columns]
+    columns = [c for c in OUTPUT_COLUMNS if c in predictions.columns] + metrics
+    return predictions[columns].reset_index(drop=True)
+
+
+def row_detail(predictions: pd.DataFrame, position: int) -> dict[str, Any]:
+    """Return one row's texts, prompt turns, metadata and every metric and check, by position."""
+    if not 0 <= position < len(predictions):
+        raise NotFoundError(f"no row at position {position}: the run has {len(predictions)}")
+    row = predictions.iloc[position]
+    checks = {c: row[c] for c in ev.metric_columns(predictions)}
+    return {"row_key": row.get("row_key"), "prompt_messages": row.get("prompt_messages", []),
+            "reference": row["reference"], "prediction": row["prediction"],
+            "metadata": row.get("metadata", {}), "model": row.get("model"),
+            "n_tokens": row.get("n_tokens"), "hit_max": row.get("hit_max"),
+            "metrics": {k: v.item() if hasattr(v, "item") else v for k, v in checks.items()}}
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+
+@dataclass
+class RunComparison:
+    """Run b against run a: analysis.compare_runs' result and the training data diff."""
+
+    run_a: str
+    run_b: str
+    comparison: analysis.Comparison
+    training: dict[str, Any] | None  # analysis.training_diff; None when a model is a base model
+
+
+def common_metrics(run_a: str | Path, run_b: str | Path, *, home: Home = None) -> list[str]:
+    """Return the metric columns both runs have (METRICS order, then format checks)."""
+    a, b = run_predictions(run_a, home=home), run_predictions(run_b, home=home)
+    return [m for m in ev.metric_columns(a) if m in b.columns]
+
+
+def slice_options(run: str | Path, *, home: Home = None) -> list[str]:
+    """Return what a run's rows can be sliced by: length, tag, then its metadata keys."""
+    frame = run_predictions(run, home=home)
+    keys = sorted({k for m in frame.get("metadata", []) if isinstance(m, dict) for k in m})
+    return ["length", "tag", *keys]
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, metric: str | None = None,
+            by: Sequence[str] = ("length",), margin: float = 0.0,
+            regression_margin: float = 0.1, store: Store | None = None,
+            home: Home = None) -> RunComparison:
+    """Return run b versus run a on one metric (default similarity, else token_f1): per-row
+    win/loss/tie, regressions, per-slice deltas, and the diff of their training data."""
+    a_job, b_job = jobs.status(run_a, home=home), jobs.status(run_b, home=home)
+    if a_job.run_dir.resolve() == b_job.run_dir.resolve():
+        raise ConfigError(f"pick two different runs (both are {a_job.run_id})")
+    a, b = run_predictions(a_job.run_dir), run_predictions(b_job.run_dir)
+    metric = metric or ("similarity" if {"similarity"} <= set(a) & set(b) else "token_f1")
+    result = analysis.compare_runs(a, b, metric, margin=margin,
+                                   regression_margin=regression_margin, by=tuple(by))
+    return RunComparison(a_job.run_id, b_job.run_id, result, _training(store, a_job, b_job))
+
+
+def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict | None:
+    if store is None:
+        return None
+    try:
+        return analysis.training_diff(store, a.run_dir, b.run_dir)
+    except NotFoundError:  # trained on versions of another store
+        return None
+
+
+def regressions_table(result: RunComparison, limit: int = 200) -> pd.DataFrame:
+    """Return the rows where run b is worse by more than the margin: texts, both scores, delta."""
+    comparison = result.comparison
+    metric = comparison.metric
+    columns = ["row_key", "prompt", "reference", "prediction", "prediction_b",
+               f"{metric}_a", f"{metric}_b", "delta"]
+    table = comparison.regressions.reindex(columns=columns).head(limit)
+    return table.rename(columns={"prediction": "prediction_a"})
+
+
+def slice_deltas(result: RunComparison) -> pd.DataFrame:
+    """Return every slice's delta (b - a, higher is better) with its interval, one table."""
+    parts = [table.assign(by=by) for by, table in result.comparison.slices.items() if len(table)]
+    if not parts:
+        return pd.DataFrame(columns=["by", "slice", "n", "mean_a", "mean_b", "delta",
+                                     "delta_lo", "delta_hi", "regressed"])
+    table = pd.concat(parts, ignore_index=True)
+    return table[["by", "slice", "n", "mean_a", "mean_b", "delta", "delta_lo", "delta_hi",
+                  "regressed"]]
+
+
+def training_summary(result: RunComparison) -> str:
+    """Return one line on how the two models' training data differ (or why there is no diff)."""
+    training = result.training
+    if training is None:
+        return "no training data diff: at least one model is a base model or outside predictions"
+    counts = ", ".join(f"{k} {v}" for k, v in training["counts"].items())
+    return f"training data v{training['version_a']} → v{training['version_b']}: {counts}"

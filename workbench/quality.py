@@ -1,0 +1,400 @@
+"""Quality scoring and subset selection run against the store.
+
+The scorers (score.py) and selectors (select.py) are pure functions over DataFrames; this
+module wires them to the store, so the Score & select page and the CLI do the same thing:
+- heuristics run inline; model scores (perplexity, IFD) and the LLM judge run as background
+  jobs (workbench.jobs). Every value is cached in the store by (row id, scorer, parameters),
+  and ``with_cached_scores`` gives a version back with the newest cached score of each scorer,
+  so reopening the page costs one query, not a rescoring;
+- the embedding map reuses the embedding cache and job of curate.py;
+- a selection (thresholds, then top-k, diverse top-k, per-cluster quota or longest-k) is saved
+  as a new version whose params record the rule; every dropped row keeps a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import xxhash
+
+from . import curate, jobs
+from . import score as S
+from . import select as SEL
+from .cache import params_hash
+from .exceptions import ConfigError
+from .store import Store, VersionInfo
+
+Method = Literal["top_k", "diverse", "quota", "longest", "threshold"]
+METHODS: tuple[str, ...] = ("top_k", "diverse", "quota", "longest", "threshold")
+HEURISTICS: tuple[str, ...] = tuple(n for n, s in S.SCORERS.items() if s.kind == "heuristic")
+ALIASES = {"diversity": "lexical_diversity", "ppl": "perplexity"}
+COMBINED = "combined_score"
+JOB_KINDS = ("score", "judge")
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+def scorer_name(name: str) -> str:
+    """Return the registered scorer name for a name or alias (``diversity``, ``ppl``)."""
+    name = ALIASES.get(name.strip(), name.strip())
+    if name not in S.SCORERS:
+        raise ConfigError(f"unknown scorer {name!r}; choose from "
+                          f"{', '.join([*S.SCORERS, *ALIASES])}")
+    return name
+
+
+def heuristic_specs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None
+                    ) -> list[S.ScoreSpec]:
+    """Return ScoreSpecs for heuristic scorers, with per-scorer options from ``params``."""
+    specs = []
+    for raw in names:
+        name = scorer_name(raw)
+        if S.SCORERS[name].kind != "heuristic":
+            raise ConfigError(f"scorer {name!r} uses a model: start it as a background job")
+        specs.append(S.ScoreSpec(name, dict((params or {}).get(name, {}))))
+    return specs
+
+
+def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreSpec]
+                     ) -> pd.DataFrame:
+    """Return the frame with the heuristic score columns (read from / written to the cache)."""
+    if not specs:
+        raise ConfigError("scorers: choose at least one scorer")
+    out = S.score_frame(frame, list(specs), store=store)
+    for spec in specs:
+        _touch(store, frame["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
+    return out
+
+
+def _touch(store: Store, ids: Sequence[str], scorer: str, params: dict) -> None:
+    """Mark a scorer's cached values as the newest, so with_cached_scores picks them."""
+
+    if not len(ids):
+        return
+    with store.transaction() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
+        con.execute("""UPDATE scores SET created_at = current_timestamp WHERE scorer = ?
+                       AND params_hash = ? AND id IN (SELECT id FROM _ids)""",
+                    [scorer, params_hash(params)])
+        con.unregister("_ids")
+
+
+def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the frame plus one ``<scorer>_score`` column per scorer cached for its rows
+    (the most recently used parameters of each; NaN where a row has no value)."""
+    out = frame.copy()
+    values = _newest_scores(store, frame["id"].tolist())
+    if values.empty:
+        return out
+    table = values.pivot_table(index="id", columns="scorer", values="value", aggfunc="first")
+    for scorer in sorted(table.columns, key=list(S.SCORERS).index):
+        out[S.SCORERS[scorer].column] = frame["id"].map(table[scorer]).astype("float64")
+    return out
+
+
+def _newest_scores(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+    if not len(ids):
+        return pd.DataFrame(columns=["id", "scorer", "value"])
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
+        df = con.sql("""
+            WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
+                          SEMI JOIN _ids USING (id) GROUP BY ALL),
+                 best AS (SELECT scorer, arg_max(params_hash, t) AS h FROM used GROUP BY scorer)
+            SELECT s.id, s.scorer, s.value FROM scores s
+            JOIN best b ON s.scorer = b.scorer AND s.params_hash = b.h
+            SEMI JOIN _ids USING (id)""").df()
+        con.unregister("_ids")
+    return df[df["scorer"].isin(S.SCORERS)]
+
+
+def score_columns(frame: pd.DataFrame) -> list[str]:
+    """Return the frame's score columns (``*_score``), in frame order."""
+    return [c for c in frame.columns if str(c).endswith("_score")]
+
+
+def score_summary(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Return one row per score column: direction, rows scored, mean, std, min, median, max."""
+    columns = list(columns) if columns is not None else score_columns(frame)
+    rows = []
+    for column in columns:
+        values = frame[column].astype("float64")
+        rows.append({"score": column, "better": S.direction_of(column) or "higher",
+                     "scored": int(values.notna().sum()), "missing": int(values.isna().sum()),
+                     "mean": values.mean(), "std": values.std(), "min": values.min(),
+                     "median": values.median(), "max": values.max()})
+    return pd.DataFrame(rows, columns=["score", "better", "scored", "missing", "mean", "std",
+                                       "min", "median", "max"])
+
+
+# --- model scores and the judge: background jobs ------------------------------------------------
+
+def model_params(store: Store, version_id: int, *, scores: Sequence[str] = S.MODEL_SCORES,
+                 model: str = "default", max_length: int = 1024, batch_tokens: int = 1024
+                 ) -> dict:
+    """Return the checked parameters of a model-scoring job (``score.model_score_task``)."""
+    names = [scorer_name(s) for s in scores]
+    S._check_model_options(names, max_length, batch_tokens)
+    if not str(model).strip():
+        raise ConfigError("model: give 'default' or a local model folder")
+    return {"store": str(store.path), "version_id": int(version_id), "scores": names,
+            "model": str(model).strip(), "max_length": int(max_length),
+            "batch_tokens": int(batch_tokens)}
+
+
+def start_model_scoring(store: Store, version_id: int, **options: Any) -> jobs.JobStatus:
+    """Start a background job scoring a version with perplexity/IFD; return its status."""
+    params = model_params(store, version_id, **options)
+    _touch_model_cache(store, params)
+    return jobs.start("workbench.score.model_score_task", params, kind="score")
+
+
+def _touch_model_cache(store: Store, params: dict) -> None:
+    ids = store.frame(params["version_id"])["id"].tolist()
+    spec_params = {k: params[k] for k in ("model", "max_length", "batch_tokens")}
+    for name in params["scores"]:
+        _touch(store, ids, name, S.SCORERS[name].cache_params(spec_params))
+
+
+def run_model_scoring(store: Store, version_id: int, *,
+                      progress: Callable[[int, int], None] | None = None,
+                      **options: Any) -> dict:
+    """Run model scoring in this process (the CLI's way), filling the cache; return counts."""
+    params = model_params(store, version_id, **options)
+    _touch_model_cache(store, params)
+    return S.model_score_task(params, _InlineContext(progress))
+
+
+@dataclass
+class _InlineContext:
+    """A job context for running a task in the caller's process: progress goes to a callback."""
+
+    callback: Callable[[int, int], None] | None = None
+
+    def progress(self, step: int, total: int | None = None, **_: Any) -> None:
+        """Forward progress to the callback."""
+        if self.callback:
+            self.callback(step, total or 0)
+
+    def log(self, message: str) -> None:
+        """Ignore log lines (the CLI shows a progress bar instead)."""
+
+
+def judge_params(store: Store, version_id: int, config: Mapping[str, Any]) -> dict:
+    """Return the checked parameters of a judge job (``judge_task``)."""
+    from .judge import JudgeConfig
+
+    JudgeConfig(**config)  # fail in the caller, naming the bad option
+    return {"store": str(store.path), "version_id": int(version_id), "judge": dict(config)}
+
+
+def start_judge(store: Store, version_id: int, config: Mapping[str, Any]) -> jobs.JobStatus:
+    """Start a background LLM-judge job over a version; return its status."""
+    params = judge_params(store, version_id, config)
+    _touch(store, store.frame(version_id)["id"].tolist(), "judge",
+           S.SCORERS["judge"].cache_params(params["judge"]))
+    return jobs.start("workbench.quality.judge_task", params, kind="judge")
+
+
+def judge_task(params: dict, ctx: Any) -> dict:
+    """Job task: judge a version's unscored rows in chunks into the score cache; return counts."""
+    from .cache import get_scores, put_scores
+    from .judge import JudgeConfig, judge_frame
+
+    store = Store(params["store"])
+    frame = store.frame(int(params["version_id"]))
+    config, key = JudgeConfig(**params["judge"]), S.SCORERS["judge"].cache_params(params["judge"])
+    todo = frame[~frame["id"].isin(get_scores(store, frame["id"].tolist(), "judge", key))]
+    todo = todo.drop_duplicates("id")
+    ctx.log(f"{len(frame)} rows, {len(todo)} to judge ({config.backend}, {config.model})")
+    chunk, failed = int(params.get("chunk_rows", 16)), 0
+    for start in range(0, len(todo), chunk):
+        part = todo.iloc[start:start + chunk]
+        judged = judge_frame(part, config)
+        ok = judged["judge_score"].notna().to_numpy()
+        failed += int((~ok).sum())
+        put_scores(store, part["id"][ok].tolist(), judged["judge_score"][ok].tolist(), "judge",
+                   key)
+        ctx.progress(start + len(part), len(todo))
+    return {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
+            "failed": failed}
+
+
+def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:
+    """Return the model-scoring and judge jobs started for a version, newest first."""
+    return [j for j in jobs.list_runs() if j.kind in JOB_KINDS
+            and j.config["params"].get("version_id") == version_id]
+
+
+# --- the embedding map --------------------------------------------------------------------------
+
+def embedding_map(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
+                  model: str = "default", k: int = 8) -> tuple[pd.DataFrame | None, int]:
+    """Return (row_key, x, y, cluster per row, or None while rows lack embeddings; missing)."""
+    cached = _map_file(store, frame, field=field, model=model, k=k)
+    if cached is not None and cached.exists():
+        # Same content ids, model, field and k give the same map: reopening reads one file
+        # instead of loading every vector and projecting again (52k rows: seconds saved).
+        points = pd.read_parquet(cached)
+        return points.assign(row_key=frame["row_key"].to_numpy()), 0
+    vectors, missing = curate.version_embeddings(store, frame, field=field, model=model)
+    if vectors is None:
+        return None, missing
+    result = SEL.embedding_map(vectors, k=min(k, len(frame)))
+    points = pd.DataFrame({"row_key": frame["row_key"].to_numpy(),
+                           "x": result.coords[:, 0], "y": result.coords[:, 1],
+                           "cluster": result.labels.astype(str)})
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".tmp")
+        points.to_parquet(partial, index=False)
+        partial.replace(cached)  # atomic: a reader never sees half a file
+    return points, 0
+
+
+def _map_file(store: Store, frame: pd.DataFrame, **params: Any) -> Path | None:
+    """Return the cache file of a map of these rows, or None for an in-memory store."""
+    if store.path == ":memory:":
+        return None
+    digest = xxhash.xxh3_128()
+    for row_id in frame["id"].tolist():
+        digest.update(row_id.encode() + b"\n")
+    key = f"{digest.hexdigest()}-{params_hash(params)}"
+    return Path(store.path).parent / "cache" / "maps" / f"{key}.parquet"
+
+
+def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
+                    model: str = "default") -> jobs.JobStatus:
+    """Start the shared embedding job (curate.start_embedding) for a version."""
+    return curate.start_embedding(store, version_id, field=field, model=model)
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """A selection rule: optional score thresholds first, then one method on what is left."""
+
+    method: Method = "top_k"
+    k: int | None = None
+    score: str | None = None
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    similarity: float = SEL.DEFAULT_SIMILARITY
+    n_clusters: int = 8
+    quota: SEL.Quota = "proportional"
+    unit: Literal["chars", "words"] = "chars"
+    field: str = "conversation"
+    model: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: use one of {', '.join(METHODS)}")
+        if self.method == "threshold" and not self.bounds:
+            raise ConfigError("method='threshold': give at least one bound (min or max)")
+        if self.method != "threshold":
+            SEL._check_k(self.k)
+        if self.method in ("top_k", "diverse", "quota") and not self.score:
+            raise ConfigError(f"method={self.method!r}: name the score to rank by")
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Return whether the method uses row embeddings."""
+        return self.method in ("diverse", "quota")
+
+    def params(self) -> dict:
+        """Return the options as JSON for the new version's parameters."""
+        out = asdict(self)
+        out["bounds"] = {k: list(v) for k, v in self.bounds.items()}
+        out["weights"] = dict(self.weights)
+        return out
+
+
+def with_combined(frame: pd.DataFrame, weights: Mapping[str, float]) -> pd.DataFrame:
+    """Return the frame plus ``combined_score`` (weighted, normalized; 1 = best), if weighted."""
+    if not weights:
+        return frame
+    return frame.assign(**{COMBINED: S.combined_score(frame, weights)})
+
+
+def select_rows(frame: pd.DataFrame, options: SelectOptions, *,
+                vectors: np.ndarray | None = None, labels: np.ndarray | None = None
+                ) -> SEL.Selection:
+    """Return the Selection the options make of a scored frame (nothing is saved)."""
+    if frame.empty:
+        raise ConfigError("the version has no rows to select from")
+    frame = with_combined(frame, options.weights)
+    if options.needs_embeddings and vectors is None and labels is None:
+        raise ConfigError(f"method={options.method!r} needs embeddings: embed the rows first")
+    first = SEL.threshold_filter(frame, options.bounds) if options.bounds else None
+    if options.method == "threshold":
+        return _with_rule(first, options)
+    pool = first.kept if first is not None else frame
+    at = frame.index.get_indexer(pool.index)
+    second = _method(pool, options, _take(vectors, at), _take(labels, at))
+    if first is not None:
+        second.dropped = pd.concat([first.dropped, second.dropped], ignore_index=True)
+        second.rule = {**second.rule, "thresholds": first.rule["bounds"], "rows_in": len(frame)}
+    return _with_rule(second, options)
+
+
+def _take(values: np.ndarray | None, at: np.ndarray) -> np.ndarray | None:
+    return None if values is None else np.asarray(values)[at]
+
+
+def _method(frame: pd.DataFrame, o: SelectOptions, vectors: np.ndarray | None,
+            labels: np.ndarray | None) -> SEL.Selection:
+    if o.method == "longest":
+        return SEL.longest_k(frame, o.k, unit=o.unit)
+    if o.method == "top_k":
+        return SEL.top_k(frame, o.k, score=o.score)
+    if o.method == "diverse":
+        return SEL.diverse_top_k(frame, o.k, score=o.score, vectors=vectors,
+                                 threshold=o.similarity)
+    return SEL.cluster_quota(frame, o.k, score=o.score, vectors=vectors,
+                             labels=labels if vectors is None else None,
+                             n_clusters=o.n_clusters, quota=o.quota)
+
+
+def _with_rule(selection: SEL.Selection, options: SelectOptions) -> SEL.Selection:
+    selection.rule = {**selection.rule, "options": options.params()}
+    return selection
+
+
+def selection_vectors(store: Store, frame: pd.DataFrame, options: SelectOptions
+                      ) -> np.ndarray | None:
+    """Return the embeddings a method needs (None if it needs none); raise if rows lack them."""
+    if not options.needs_embeddings:
+        return None
+    vectors, missing = curate.version_embeddings(store, frame, field=options.field,
+                                                 model=options.model)
+    if vectors is None:
+        raise ConfigError(f"method={options.method!r}: {missing} rows have no embedding yet; "
+                          "run the embedding job first")
+    return vectors
+
+
+def preview_selection(store: Store, frame: pd.DataFrame, options: SelectOptions
+                      ) -> SEL.Selection:
+    """Return what a selection would keep and drop (with reasons), saving nothing."""
+    return select_rows(frame, options, vectors=selection_vectors(store, frame, options))
+
+
+def apply_selection(store: Store, version_id: int, frame: pd.DataFrame, options: SelectOptions
+                    ) -> VersionInfo:
+    """Save a selection of a scored version's frame as a new version; return it."""
+    selection = preview_selection(store, frame, options)
+    return store.apply_step(version_id, selection, operation="select", params=selection.rule)
+
+
+def dropped_sample(frame: pd.DataFrame, selection: SEL.Selection, n: int = 10) -> pd.DataFrame:
+    """Return up to n dropped rows with their reason, detail, prompt and response."""
+    rows = frame.set_index("row_key")[["prompt", "response"]]
+    head = selection.dropped.head(n)
+    return head[["row_key", "reason", "detail"]].join(rows, on="row_key").reset_index(drop=True)

@@ -1,0 +1,250 @@
+"""Training runs wired to the store and the run folders: start, list, curves, playground.
+
+train.py holds the loop and jobs.py the run folders; this module is the one place the Train
+page and the CLI call, so both start, list, resume and inspect runs the same way. Runs are
+found from their folders (never from a session), so a page reload still shows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from . import jobs, models, train
+from .exceptions import ConfigError, NotFoundError
+from .store import Store, default_home
+from .train import TrainConfig
+
+TASK = "workbench.train.train_task"  # runs are recognised by their task, started or inline
+BUILTIN_MODELS = ("default", "tiny")
+# The architectures of the built-in models, so their LoRA defaults show without loading them.
+_BUILTIN_TYPES = {"default": "llama", "tiny": "llama"}
+RUN_COLUMNS = ["run_id", "status", "step", "data", "validation", "model", "lora", "lr",
+               "length", "batch", "train_loss", "val_loss", "started"]
+
+
+# ---------------------------------------------------------------- config and start
+
+
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
+    """Return a TrainConfig from form or CLI values (None = unset, 0 max_steps = by epochs)."""
+    options = {k: v for k, v in values.items() if v is not None}
+    targets = options.get("target_modules")
+    if isinstance(targets, str):
+        names = [t.strip() for t in targets.split(",") if t.strip()]
+        options["target_modules"] = names or None
+    if options.get("max_steps") == 0:
+        options["max_steps"] = None
+    return TrainConfig.from_dict(options)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the options of a JSON config file, naming the file when it is not a JSON object."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a training config must be a JSON object of options")
+    return values
+
+
+def model_type(model: str) -> str | None:
+    """Return the architecture (config.json model_type) of a model name or folder, if known."""
+    if model in _BUILTIN_TYPES:
+        return _BUILTIN_TYPES[model]
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def default_targets(model: str) -> list[str]:
+    """Return the LoRA target modules picked for a model's architecture ([] = every linear)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
+
+    kind = model_type(model)
+    if kind in train.DEFAULT_TARGET_MODULES:
+        return list(train.DEFAULT_TARGET_MODULES[kind])
+    return list(PEFT.get(kind, [])) if kind else []
+
+
+def start_run(store: Store, version_id: int, config: TrainConfig, *,
+              val_version_id: int | None = None,
+              home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
+    """Start a background training job on a store version; return its status."""
+    store.version(version_id)  # a missing version or model folder fails here, not in the job
+    model = config.model
+    if model not in BUILTIN_MODELS and (Path(model).expanduser().exists()
+                                        or not models.HUB_ID.match(model)):
+        models.resolve_lm(model)
+    if val_version_id is not None:
+        if int(val_version_id) == int(version_id):
+            raise ConfigError("validation version must differ from the training version")
+        store.version(val_version_id)
+    return train.start(store.path, version_id, config, val_version_id=val_version_id,
+                       home=home)
+
+
+def version_choices(store: Store) -> dict[int, str]:
+    """Return every dataset version as {version id: "dataset vN · operation · rows"}."""
+    out: dict[int, str] = {}
+    for name in store.datasets()["name"]:
+        for v in store.versions(name):
+            out[v.version_id] = f"{name} v{v.version_id} · {v.operation} · {v.n_rows:,} rows"
+    return out
+
+
+# ---------------------------------------------------------------- runs
+
+
+def training_runs(home: str | os.PathLike[str] | None = None) -> list[jobs.JobStatus]:
+    """Return the training runs found in the run folders, newest first."""
+    return [j for j in jobs.list_runs(home=home) if j.config.get("task") == TASK]
+
+
+def get_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
+    """Return one training run's status; NotFoundError if it is missing or not a training run."""
+    job = jobs.status(run_id, home=home)
+    if job.config.get("task") != TASK:
+        raise NotFoundError(f"run '{run_id}' is a {job.kind} job, not a training run")
+    return job
+
+
+def run_config(job: jobs.JobStatus) -> TrainConfig:
+    """Return the TrainConfig a run was started with."""
+    return TrainConfig.from_dict(job.config["params"].get("config") or {})
+
+
+def runs_table(runs: list[jobs.JobStatus], store: Store | None = None) -> pd.DataFrame:
+    """Return one row per run: status, data version, key config and final (or live) losses."""
+    labels: dict[int, str] = {}
+    rows = [_run_row(job, store, labels) for job in runs]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _run_row(job: jobs.JobStatus, store: Store | None, labels: dict[int, str]) -> dict:
+    params = job.config.get("params", {})
+    c = _config_values(job)
+    train_loss, val_loss = final_losses(job)
+    return {
+        "run_id": job.run_id,
+        "status": job.state,
+        "step": f"{job.step}/{job.total or '?'}",
+        "data": _version_label(store, params.get("version_id"), labels),
+        "validation": (_version_label(store, params.get("val_version_id"), labels)
+                       if params.get("val_version_id") is not None
+                       else f"{c.get('val_fraction', 0):g} split"),
+        "model": c.get("model", ""),
+        "lora": f"r={c.get('lora_r')} α={c.get('lora_alpha')}",
+        "lr": c.get("learning_rate"),
+        "length": (f"{c['max_steps']} steps" if c.get("max_steps")
+                   else f"{c.get('epochs')} epochs"),
+        "batch": f"{c.get('batch_size')}×{c.get('grad_accum')}",
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "started": pd.to_datetime(job.config.get("created"), unit="s").floor("s"),
+    }
+
+
+def _config_values(job: jobs.JobStatus) -> dict[str, Any]:
+    # A run's saved options over the defaults (also for a run whose config was invalid).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return defaults | (job.config.get("params", {}).get("config") or {})
+
+
+def _version_label(store: Store | None, version_id: int | None, labels: dict[int, str]) -> str:
+    if version_id is None:
+        return ""
+    if version_id not in labels:
+        labels[version_id] = f"v{version_id}"
+        if store is not None:
+            try:
+                labels[version_id] = f"{store.version(version_id).dataset} v{version_id}"
+            except NotFoundError:
+                labels[version_id] = f"v{version_id} (deleted)"
+    return labels[version_id]
+
+
+def final_losses(job: jobs.JobStatus) -> tuple[float | None, float | None]:
+    """Return (train loss, validation loss): the result of a finished run, else the latest."""
+    if job.result:
+        return job.result.get("train_loss"), job.result.get("val_loss")
+    events = jobs.events(job.run_dir)
+    last = lambda key: next((e[key] for e in reversed(events) if key in e), None)  # noqa: E731
+    return last("loss"), last("val_loss")
+
+
+def loss_frame(job: jobs.JobStatus) -> pd.DataFrame:
+    """Return the loss curves as long rows (step, loss, split = train | validation)."""
+    events = jobs.events(job.run_dir)
+    rows = [{"step": e["step"], "loss": e[key], "split": split}
+            for e in events for key, split in (("loss", "train"), ("val_loss", "validation"))
+            if e.get(key) is not None]
+    frame = pd.DataFrame(rows, columns=["step", "loss", "split"])
+    # A step re-trained after a resume is logged again: keep its latest value.
+    return frame.drop_duplicates(["step", "split"], keep="last").reset_index(drop=True)
+
+
+def live_metrics(job: jobs.JobStatus) -> dict[str, float | None]:
+    """Return the latest step's numbers: loss, val_loss, tokens_per_s, eta_s, lr."""
+    train_loss, val_loss = final_losses(job)
+    last = job.last or {}
+    return {"loss": train_loss, "val_loss": val_loss, "tokens_per_s": last.get("tokens_per_s"),
+            "eta_s": last.get("eta_s") if job.active else None, "lr": last.get("lr")}
+
+
+def adapter_dir(job: jobs.JobStatus) -> Path | None:
+    """Return the run's final adapter folder, or None until the run is done."""
+    folder = job.run_dir / train.ADAPTER
+    return folder if folder.is_dir() else None
+
+
+# ---------------------------------------------------------------- actions on a run
+
+
+def resume_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
+    """Continue a failed or cancelled run from its last checkpoint in the background."""
+    return train.resume(get_run(run_id, home).run_dir)
+
+
+def cancel_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
+    """Ask a run to stop (it saves a checkpoint first); return its status."""
+    job = get_run(run_id, home)
+    jobs.cancel(job.run_dir, grace_s=2.0)
+    return jobs.status(job.run_dir)
+
+
+def default_export_dir(job: jobs.JobStatus) -> Path:
+    """Return the suggested folder for a run's merged model: <home>/exports/<run id>-merged."""
+    return default_home() / "exports" / f"{job.run_id}-merged"
+
+
+def merge_run(run_id: str, out_dir: str | os.PathLike[str],
+              home: str | os.PathLike[str] | None = None) -> Path:
+    """Write the base model with the run's adapter merged in to out_dir; return the folder."""
+    job = get_run(run_id, home)
+    if adapter_dir(job) is None:
+        raise ConfigError(f"run {run_id} is {job.state} and has no final adapter yet; "
+                          "merge a finished run")
+    return train.merge_and_export(job.run_dir, out_dir)
+
+
+def compare(run_id: str, prompt: str, *, max_new_tokens: int = 64,
+            home: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """Return the greedy replies of (base model, base + the run's adapter) to one prompt."""
+    if not prompt.strip():
+        raise ConfigError("prompt is empty: type a question for the model")
+    job = get_run(run_id, home)
+    messages = [{"role": "user", "content": prompt}]
+    base = train.generate(run_config(job).model, messages, max_new_tokens=max_new_tokens)
+    adapted = train.generate(job.run_dir, messages, max_new_tokens=max_new_tokens)
+    return base, adapted
