@@ -350,6 +350,123 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
         click.echo(f"version {version.version_id}: {version.n_rows} rows")
 
 
+def _bar_callback(bar: Any) -> Callable[[int, int], None]:
+    """Return a progress(done, total) callback that moves a tqdm bar."""
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    return progress
+
+
+@main.command("score")
+@click.argument("ref")
+@click.option("--scorers", default="length,diversity,repetition,readability,overlap",
+              show_default=True, help="Comma-separated: length, diversity (lexical_diversity), "
+              "repetition, readability, overlap, format, perplexity, ifd.")
+@click.option("--model", default="default", show_default=True,
+              help="Language model for perplexity/ifd: 'default' or a local folder.")
+@click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Tokens per row for the model scorers.")
+@click.option("--format-regex", default=None, help="Format check: the response matches this "
+              "regex (adds the format scorer).")
+@click.option("--format-json", is_flag=True, help="Format check: the response is valid JSON.")
+@click.option("--format-prefix", default=None, help="Format check: required response prefix.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar for the model scorers on stderr.")
+@click.pass_context
+def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
+              format_regex: str | None, format_json: bool, format_prefix: str | None,
+              progress: bool) -> None:
+    """Score a version's rows (cached by content) and print score statistics."""
+    from tqdm import tqdm
+
+    from . import quality
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    names = [quality.scorer_name(n) for n in scorers.split(",") if n.strip()]
+    checks = {k: v for k, v in {"pattern": format_regex, "valid_json": format_json or None,
+                                "prefix": format_prefix}.items() if v}
+    if checks and "format" not in names:
+        names.append("format")
+    models = [n for n in names if n in ("perplexity", "ifd")]
+    heuristics = [n for n in names if n not in models and n != "judge"]
+    if "judge" in names:
+        raise WorkbenchError("the judge runs from the app (Score & select page) as a job")
+    frame = store.frame(vid)
+    if heuristics:
+        quality.score_heuristics(store, frame,
+                                 quality.heuristic_specs(heuristics, {"format": checks}))
+    if models:
+        with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
+                  disable=not progress) as bar:
+            quality.run_model_scoring(store, vid, scores=models, model=model,
+                                      max_length=max_length, progress=_bar_callback(bar))
+    scored = quality.with_cached_scores(store, frame)
+    columns = [f"{n}_score" for n in names if f"{n}_score" in scored.columns]
+    click.echo(f"version {vid}: {len(frame)} rows scored")
+    click.echo(quality.score_summary(scored, columns).to_string(index=False, float_format=
+                                                                  lambda v: f"{v:.4g}"))
+
+
+@main.command("select")
+@click.argument("ref")
+@click.option("--method", type=click.Choice(["topk", "diverse", "quota", "longest", "threshold"]),
+              default="topk", show_default=True)
+@click.option("--k", "k", type=int, default=None, help="Rows to select.")
+@click.option("--score", default=None, help="Score column (or scorer name) to rank by; "
+              "run `workbench score` first.")
+@click.option("--min", "mins", multiple=True, metavar="SCORE=VALUE",
+              help="Drop rows whose score is below VALUE (repeatable).")
+@click.option("--max", "maxs", multiple=True, metavar="SCORE=VALUE",
+              help="Drop rows whose score is above VALUE (repeatable).")
+@click.option("--similarity", type=float, default=0.9, show_default=True,
+              help="diverse: skip rows at least this similar (cosine) to a chosen one.")
+@click.option("--clusters", type=click.IntRange(min=1), default=8, show_default=True,
+              help="quota: number of k-means clusters.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be kept and dropped.")
+@click.pass_context
+def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: str | None,
+               mins: tuple[str, ...], maxs: tuple[str, ...], similarity: float, clusters: int,
+               dry_run: bool) -> None:
+    """Select a subset of a scored version (thresholds, then a method) as a new version."""
+    from . import quality
+    from .embed import embed_frame
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    options = quality.SelectOptions(method="top_k" if method == "topk" else method, k=k,
+                                    score=score, bounds=_bounds(mins, maxs),
+                                    similarity=similarity, n_clusters=clusters)
+    frame = quality.with_cached_scores(store, store.frame(vid))
+    if options.needs_embeddings:
+        embed_frame(store, frame, field=options.field, model=options.model)
+    selection = quality.preview_selection(store, frame, options)
+    reasons = selection.dropped["reason"].value_counts().to_dict()
+    click.echo(f"{len(selection.kept)} of {len(frame)} rows selected; dropped: "
+               f"{' '.join(f'{r}={n}' for r, n in reasons.items()) or 'none'}")
+    if not dry_run:
+        version = store.apply_step(vid, selection, operation="select", params=selection.rule)
+        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+
+
+def _bounds(mins: tuple[str, ...], maxs: tuple[str, ...]) -> dict[str, tuple]:
+    """Return {score: (min, max)} from repeated SCORE=VALUE options."""
+    bounds: dict[str, list] = {}
+    for side, items in ((0, mins), (1, maxs)):
+        for item in items:
+            name, sep, value = item.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if not sep or not name.strip() or number is None:
+                raise WorkbenchError(f"--{'min' if side == 0 else 'max'} {item!r}: use "
+                                     "SCORE=NUMBER, e.g. length=20")
+            bounds.setdefault(name.strip(), [None, None])[side] = number
+    return {k: tuple(v) for k, v in bounds.items()}
+
+
 @main.command("sample")
 @click.pass_context
 def sample_cmd(ctx: click.Context) -> None:
@@ -358,6 +475,138 @@ def sample_cmd(ctx: click.Context) -> None:
 
     added = ensure_sample_data(_store(ctx))
     click.echo(f"imported {', '.join(added)}" if added else "store already has datasets")
+
+
+# --- training ----------------------------------------------------------------------------------
+# CLI flag (click parameter name) -> TrainConfig field
+_TRAIN_FLAGS = {"model": "model", "rank": "lora_r", "alpha": "lora_alpha",
+                "dropout": "lora_dropout", "target_modules": "target_modules",
+                "lr": "learning_rate", "schedule": "lr_schedule", "warmup": "warmup_ratio",
+                "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
+                "grad_accum": "grad_accum", "max_seq_len": "max_seq_len", "seed": "seed",
+                "val_fraction": "val_fraction"}
+
+
+@main.command("train")
+@click.argument("ref")
+@click.option("--val", "val_ref", default=None,
+              help="Validation version (id, name or name@N); default: a seeded split.")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share of the rows held out for validation (default 0.1).")
+@click.option("--model", default=None,
+              help="default (bundled SmolLM2-135M), tiny (random test model) or a model folder.")
+@click.option("--rank", type=int, default=None, help="LoRA rank r (default 8).")
+@click.option("--alpha", type=float, default=None, help="LoRA alpha (default 16).")
+@click.option("--dropout", type=float, default=None, help="LoRA dropout (default 0.05).")
+@click.option("--target-modules", default=None,
+              help="Comma-separated module names (default: per architecture).")
+@click.option("--lr", type=float, default=None, help="Learning rate (default 2e-4).")
+@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default=None,
+              help="Learning-rate schedule (default cosine).")
+@click.option("--warmup", type=float, default=None, help="Warmup ratio (default 0.05).")
+@click.option("--epochs", type=float, default=None, help="Epochs (default 1).")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (instead of epochs).")
+@click.option("--batch-size", type=int, default=None, help="Rows per micro-batch (default 8).")
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per step (default 1).")
+@click.option("--max-seq-len", type=int, default=None, help="Token limit per row (default 512).")
+@click.option("--seed", type=int, default=None, help="Seed of split, order and LoRA init.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of training options; flags override it.")
+@click.option("--detach", is_flag=True, help="Start in the background and print the run id.")
+@click.pass_context
+def train_cmd(ctx: click.Context, ref: str, val_ref: str | None, config_file: str | None,
+              detach: bool, **flags: Any) -> None:
+    """Train a LoRA adapter on a dataset version as a background job, with a progress bar."""
+    from . import training
+
+    if val_ref and flags["val_fraction"] is not None:
+        raise click.UsageError("use --val or --val-fraction, not both")
+    if flags["epochs"] is not None and flags["max_steps"] is not None:
+        raise click.UsageError("use --epochs or --max-steps, not both")
+    values = training.load_config_file(config_file) if config_file else {}
+    values |= {_TRAIN_FLAGS[k]: v for k, v in flags.items() if v is not None}
+    if flags["epochs"] is not None:
+        values.pop("max_steps", None)  # --epochs beats a max_steps from the file
+    store = _store(ctx)
+    val_id = store.resolve(val_ref) if val_ref else None
+    job = training.start_run(store, store.resolve(ref), training.build_config(values),
+                             val_version_id=val_id)
+    if detach:
+        click.echo(job.run_id)
+        return
+    click.echo(f"run {job.run_id} (Ctrl-C cancels it)", err=True)
+    _follow_run(job.run_id)
+
+
+def _follow_run(run_id: str) -> None:
+    """Show a run's progress bar with its loss until it ends; Ctrl-C cancels the run."""
+    from tqdm import tqdm
+
+    from . import jobs, training
+
+    with tqdm(desc="training", unit=" steps", file=sys.stderr, dynamic_ncols=True) as bar:
+        def show(job: jobs.JobStatus) -> None:
+            bar.total, bar.n = job.total, job.step
+            bar.set_postfix({k: f"{job.last[k]:.4f}" for k in ("loss", "val_loss")
+                             if job.last.get(k) is not None})
+
+        try:
+            job = jobs.wait(run_id, on_progress=show, timeout=float("inf"))
+        except KeyboardInterrupt:
+            training.cancel_run(run_id)
+            raise WorkbenchError(f"cancelled run {run_id}; continue it with "
+                                 f"'workbench resume {run_id}'") from None
+    if job.state != "done":
+        raise WorkbenchError(f"run {run_id} {job.state}: {job.error or 'stopped'}")
+    train_loss, val_loss = training.final_losses(job)
+    val = f", val loss {val_loss:.4f}" if val_loss is not None else ""
+    click.echo(f"run {run_id} done: {job.result.get('steps')} steps, train loss "
+               f"{train_loss:.4f}{val}")
+    click.echo(f"adapter: {job.result.get('adapter')}")
+
+
+@main.command("runs")
+@click.pass_context
+def runs_cmd(ctx: click.Context) -> None:
+    """List training runs: status, data version, config and final losses."""
+    from . import training
+
+    table = training.runs_table(training.training_runs(), _store(ctx))
+    click.echo(table.to_string(index=False) if len(table) else "no training runs yet")
+
+
+@main.command("resume")
+@click.argument("run_id")
+@click.option("--detach", is_flag=True, help="Continue in the background.")
+def resume_cmd(run_id: str, detach: bool) -> None:
+    """Continue a failed or cancelled training run from its last checkpoint."""
+    from . import training
+
+    job = training.resume_run(run_id)
+    if detach:
+        click.echo(job.run_id)
+        return
+    _follow_run(job.run_id)
+
+
+@main.command("cancel")
+@click.argument("run_id")
+def cancel_cmd(run_id: str) -> None:
+    """Stop a training run (it saves a checkpoint; resume continues from it)."""
+    from . import training
+
+    job = training.cancel_run(run_id)
+    click.echo(f"run {run_id}: {job.state}")
+
+
+@main.command("merge")
+@click.argument("run_id")
+@click.argument("out", type=click.Path(file_okay=False))
+def merge_cmd(run_id: str, out: str) -> None:
+    """Write the base model with a finished run's adapter merged in, as a model folder."""
+    from . import training
+
+    click.echo(f"merged model written to {training.merge_run(run_id, out)}")
 
 
 @main.command("setup")
@@ -381,6 +630,122 @@ def _run(cmd: list[str]) -> None:
     click.echo("$ " + " ".join(cmd))
     if subprocess.run(cmd).returncode != 0:
         raise WorkbenchError(f"'{' '.join(cmd)}' failed; run it by hand to see why")
+
+
+@main.command("eval")
+@click.argument("ref")
+@click.option("--model", default="default", show_default=True,
+              help="default, tiny, a finished training run id, or a model/run folder.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=None,
+              help="Sample at this temperature (default: greedy decoding).")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling (with --temperature).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N rows.")
+@click.option("--style", "style_json", default=None,
+              help='Format checks as JSON, e.g. \'{"starts_with": "Hi", "max_words": 80}\'.')
+@click.option("--similarity/--no-similarity", default=True, show_default=True,
+              help="Embedding similarity to the reference (loads the embedding model).")
+@click.option("--detach", is_flag=True, help="Start the job and return; it keeps running.")
+@click.pass_context
+def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
+             temperature: float | None, top_p: float | None, limit: int | None,
+             style_json: str | None, similarity: bool, detach: bool) -> None:
+    """Evaluate a model on a dataset version (REF) in a background job; print metrics with CIs."""
+    from . import evaluation
+    from .evaluate import GenerationConfig
+
+    sampling = temperature is not None or top_p is not None
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling,
+                                  **({"temperature": temperature} if temperature is not None
+                                     else {}),
+                                  **({"top_p": top_p} if top_p is not None else {}))
+    job = evaluation.start_eval(_store(ctx), ref, model=model, generation=generation,
+                                style=_json_option("--style", style_json), limit=limit,
+                                similarity=similarity)
+    click.echo(f"started eval run {job.run_id}")
+    if detach:
+        click.echo(f"follow it in the app, or: workbench compare {job.run_id} OTHER_RUN")
+        return
+    _wait_for_job(job.run_id, "generating")
+    click.echo(evaluation.summary_table(job.run_id).to_string(index=False,
+                                                                float_format="%.3f"))
+
+
+def _json_option(name: str, text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise WorkbenchError(f"{name} is not valid JSON ({e})") from None
+
+
+def _wait_for_job(run_id: str, desc: str) -> None:
+    """Draw a job's progress on stderr until it ends; raise if it did not finish."""
+    from . import jobs
+
+    try:
+        with _progress_bar(desc, enabled=True) as update:
+            job = jobs.wait(run_id, timeout=7 * 24 * 3600, on_progress=lambda j: update(j.step))
+    except KeyboardInterrupt:
+        jobs.cancel(run_id)
+        raise WorkbenchError(f"cancelled run {run_id}") from None
+    if job.state != "done":
+        raise WorkbenchError(f"run {run_id} {job.state}: {job.error or 'stopped'}")
+
+
+@main.command("eval-import")
+@click.argument("path", type=click.Path())
+@click.option("--model", default=None, help="Model name for rows that have none.")
+@click.option("--style", "style_json", default=None, help="Format checks as JSON.")
+@click.option("--similarity/--no-similarity", default=True, show_default=True)
+@click.pass_context
+def eval_import_cmd(ctx: click.Context, path: str, model: str | None, style_json: str | None,
+                    similarity: bool) -> None:
+    """Import outside predictions (JSONL/CSV: prompt, reference, prediction, model) as a run."""
+    from . import evaluation
+
+    job, report = evaluation.import_run(path, model=model, store=_store(ctx),
+                                        style=_json_option("--style", style_json),
+                                        similarity=similarity)
+    click.echo(f"{report.file}: read {report.rows_read} rows, imported {report.imported}, "
+               f"rejected {len(report.rejected)}")
+    for r in report.rejected[:50]:
+        click.echo(f"  rejected {r}")
+    click.echo(f"eval run {job.run_id}")
+    click.echo(evaluation.summary_table(job.run_id).to_string(index=False,
+                                                                float_format="%.3f"))
+
+
+@main.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--metric", default=None, help="Metric to compare (default: similarity, else "
+              "token_f1).")
+@click.option("--by", default="length", show_default=True,
+              help="Comma-separated slices: length, tag, or metadata keys.")
+@click.option("--limit", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Regressions listed.")
+@click.pass_context
+def compare_cmd(ctx: click.Context, run_a: str, run_b: str, metric: str | None, by: str,
+                limit: int) -> None:
+    """Compare eval run B against run A on the same eval set: wins, regressions, slices."""
+    from . import evaluation
+
+    slices = [s.strip() for s in by.split(",") if s.strip()]
+    result = evaluation.compare(run_a, run_b, metric=metric, by=slices, store=_store(ctx))
+    c = result.comparison
+    click.echo(f"{c.metric}: B vs A win {c.counts['win']}, loss {c.counts['loss']}, "
+               f"tie {c.counts['tie']}; mean delta {c.delta['mean']:+.3f} "
+               f"[{c.delta['lo']:+.3f}, {c.delta['hi']:+.3f}]")
+    regressions = evaluation.regressions_table(result, limit)
+    click.echo(f"{len(c.regressions)} regressions")
+    for _, r in regressions.iterrows():
+        click.echo(f"  [{r.row_key}] {r.delta:+.3f} {_one_line(r.prompt, 70)}")
+    deltas = evaluation.slice_deltas(result)
+    if len(deltas):
+        click.echo(deltas.to_string(index=False, float_format="%.3f"))
+    click.echo(evaluation.training_summary(result))
 
 
 @main.command("app")

@@ -1,0 +1,221 @@
+"""Evaluate: run a model on an eval set in the background, import outside predictions, read
+the results row by row, and compare two runs (wins, regressions, slices, training data diff)."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
+from workbench import evaluation
+from workbench.evaluate import GenerationConfig
+from workbench.exceptions import WorkbenchError
+from workbench.views import diff_tables, md_escape
+
+
+def version_picker() -> int:
+    """Pick an eval dataset and one of its versions (the active one first)."""
+    names = store().datasets()["name"].tolist()
+    chosen = current_dataset()
+    left, right = st.columns(2)
+    name = left.selectbox("Eval dataset", names, index=names.index(chosen) if chosen in names
+                          else 0, key="ev_dataset")
+    active = store().active_version(name)
+    versions = sorted(store().versions(name), key=lambda v: v.version_id != active)
+    version = right.selectbox("Version", versions, key="ev_version",
+                              format_func=lambda v: f"v{v.version_id} · {v.operation} · "
+                                                    f"{v.n_rows:,} rows")
+    return version.version_id
+
+
+def generation_form() -> GenerationConfig:
+    left, middle, right = st.columns(3)
+    sample = left.checkbox("Sample (greedy when off)", key="ev_sample")
+    temperature = middle.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key="ev_temp",
+                                disabled=not sample)
+    top_p = right.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="ev_top_p", disabled=not sample)
+    max_new = left.number_input("Max new tokens", 1, 2048, 128, key="ev_max_new")
+    batch = middle.number_input("Batch size", 1, 64, 16, key="ev_batch")
+    return GenerationConfig(max_new_tokens=int(max_new), batch_size=int(batch), do_sample=sample,
+                            **({"temperature": temperature, "top_p": top_p} if sample else {}))
+
+
+def style_form() -> dict:
+    """Return the style/format checks the user switched on (empty: none)."""
+    with st.expander("Style and format checks (optional)"):
+        left, right = st.columns(2)
+        style = {"starts_with": left.text_input("Starts with", key="ev_starts"),
+                 "ends_with": right.text_input("Ends with", key="ev_ends"),
+                 "min_words": int(left.number_input("Min words (0: off)", 0, 10_000, 0,
+                                                    key="ev_min_words")),
+                 "max_words": int(right.number_input("Max words (0: off)", 0, 10_000, 0,
+                                                     key="ev_max_words")),
+                 "regex": [r for r in st.text_area("Must match (one regex a line)",
+                                                   key="ev_regex").splitlines() if r.strip()]}
+    return {k: v for k, v in style.items() if v}
+
+
+def run_section() -> None:
+    for job in evaluation.eval_runs(active=True):
+        st.caption(md_escape(evaluation.run_label(job)))
+        job_panel(job.run_id, key=f"ev_job_{job.run_id}")
+    if current_dataset() is None:
+        st.info("Import a dataset first (Datasets page) to evaluate a model on it.")
+        return
+    version_id = version_picker()
+    choices = evaluation.model_choices()
+    model = st.selectbox("Model", list(choices), format_func=choices.get, key="ev_model")
+    try:
+        generation = generation_form()
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    limit = st.number_input("Rows (0: all)", 0, 1_000_000, 0, key="ev_limit")
+    similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
+    style = style_form()
+    if st.button("Run evaluation", type="primary", key="ev_run_start",
+                 icon=":material/play_arrow:"):
+        try:
+            job = evaluation.start_eval(store(), version_id, model=model, generation=generation,
+                                        style=style, similarity=similarity,
+                                        limit=int(limit) or None)
+        except WorkbenchError as e:
+            show_error(e)
+            return
+        flash(f"Started eval run {job.run_id}.")
+        st.rerun()
+
+
+def import_section() -> None:
+    st.caption("A JSONL or CSV file with prompt, reference, prediction and model per row; "
+               "rows are matched to eval rows by prompt and reference.")
+    upload = st.file_uploader("Predictions file", type=["jsonl", "ndjson", "json", "csv", "tsv"],
+                              key="ev_upload")
+    model = st.text_input("Model name for rows without one", key="ev_import_model")
+    similarity = st.checkbox("Embedding similarity", value=True, key="ev_import_sim")
+    if st.button("Import predictions", disabled=upload is None, key="ev_import"):
+        try:
+            with st.spinner("Scoring the predictions…"):
+                job, report = evaluation.import_upload(
+                    upload.name, upload.getvalue(), model=model.strip() or None,
+                    store=store(), similarity=similarity)
+        except WorkbenchError as e:
+            show_error(e)
+            return
+        st.session_state["ev_import_report"] = (job.run_id, report)
+    if "ev_import_report" in st.session_state:
+        show_report(*st.session_state["ev_import_report"])
+
+
+def show_report(run_id: str, report) -> None:
+    read, imported, rejected = st.columns(3)
+    read.metric("Rows read", f"{report.rows_read:,}")
+    imported.metric("Imported", f"{report.imported:,}")
+    rejected.metric("Rejected", f"{len(report.rejected):,}")
+    st.caption(f"eval run {md_escape(run_id)}")
+    if report.rejected:
+        st.dataframe([{"line": r.line, "field": r.field, "reason": r.reason, "fix": r.fix,
+                       "raw": r.raw} for r in report.rejected], hide_index=True,
+                     key="ev_rejects")
+
+
+def results_section() -> None:
+    st.dataframe(evaluation.runs_table(), hide_index=True, key="ev_runs_table")
+    runs = {j.run_id: j for j in evaluation.finished_runs()}
+    if not runs:
+        st.info("No finished eval runs yet: run an evaluation or import predictions.")
+        return
+    run_id = st.selectbox("Run", list(runs), key="ev_result_run",
+                          format_func=lambda r: evaluation.run_label(runs[r]))
+    try:
+        predictions = evaluation.run_predictions(run_id)
+        st.dataframe(evaluation.summary_table(run_id), hide_index=True, key="ev_summary")
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    event = st.dataframe(evaluation.outputs_table(predictions), hide_index=True,
+                         on_select="rerun", selection_mode="single-row", key="ev_rows")
+    if event.selection.rows:
+        row_view(evaluation.row_detail(predictions, event.selection.rows[0]))
+
+
+def row_view(detail: dict) -> None:
+    st.subheader(f"Row {detail['row_key']}")
+    for turn in detail["prompt_messages"]:
+        st.caption(turn["role"])
+        st.text(turn["content"])  # dataset text stays text
+    left, right = st.columns(2)
+    left.caption("reference")
+    left.text(detail["reference"])
+    right.caption(f"prediction · {detail['n_tokens']} tokens"
+                  + (" · hit max new tokens" if detail["hit_max"] else ""))
+    right.text(detail["prediction"])
+    st.dataframe([{"metric": k, "value": v} for k, v in detail["metrics"].items()],
+                 hide_index=True, key="ev_row_metrics")
+    if detail["metadata"]:
+        st.dataframe([{"key": k, "value": str(v)} for k, v in detail["metadata"].items()],
+                     hide_index=True, key="ev_row_metadata")
+
+
+def compare_section() -> None:
+    runs = {j.run_id: j for j in evaluation.finished_runs()}
+    if len(runs) < 2:
+        st.info("Compare needs two finished eval runs on the same eval set.")
+        return
+    ids = list(runs)
+    left, right = st.columns(2)
+    run_a = left.selectbox("Run A (before)", ids, index=1, key="ev_cmp_a",
+                           format_func=lambda r: evaluation.run_label(runs[r]))
+    run_b = right.selectbox("Run B (after)", ids, index=0, key="ev_cmp_b",
+                            format_func=lambda r: evaluation.run_label(runs[r]))
+    try:
+        metrics = evaluation.common_metrics(run_a, run_b)
+        metric = left.selectbox("Metric", metrics, key="ev_cmp_metric")
+        by = right.multiselect("Slices", evaluation.slice_options(run_a), default=["length"],
+                               key="ev_cmp_by")
+        result = evaluation.compare(run_a, run_b, metric=metric, by=by, store=store())
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    comparison_view(result)
+
+
+def comparison_view(result: evaluation.RunComparison) -> None:
+    c = result.comparison
+    win, loss, tie, delta = st.columns(4)
+    win.metric("B wins", c.counts["win"])
+    loss.metric("B loses", c.counts["loss"])
+    tie.metric("Ties", c.counts["tie"])
+    delta.metric(f"Mean Δ {c.metric}", f"{c.delta['mean']:+.3f}",
+                 help=f"95% CI [{c.delta['lo']:+.3f}, {c.delta['hi']:+.3f}]")
+    st.subheader(f"Regressions ({len(c.regressions)})")
+    st.dataframe(evaluation.regressions_table(result), hide_index=True, key="ev_regressions")
+    deltas = evaluation.slice_deltas(result)
+    if len(deltas):
+        fig = px.bar(deltas.assign(plus=deltas["delta_hi"] - deltas["delta"],
+                                   minus=deltas["delta"] - deltas["delta_lo"]),
+                     x="slice", y="delta", color="regressed", facet_col="by",
+                     error_y="plus", error_y_minus="minus", hover_data=["n", "mean_a", "mean_b"],
+                     title=f"Δ {c.metric} per slice (B − A, 95% CI)")
+        fig.update_xaxes(matches=None)
+        st.plotly_chart(fig, key="ev_slices")
+    st.subheader("Training data")
+    st.text(evaluation.training_summary(result))
+    if result.training:
+        for kind, table in diff_tables(result.training["diff"]).items():
+            with st.expander(f"{kind} ({len(table):,})"):
+                st.dataframe(table, hide_index=True, key=f"ev_diff_{kind}")
+
+
+st.title("Evaluate")
+show_flash()
+run_tab, import_tab, results_tab, compare_tab = st.tabs(
+    ["Run", "Import predictions", "Results", "Compare"])
+with run_tab:
+    run_section()
+with import_tab:
+    import_section()
+with results_tab:
+    results_section()
+with compare_tab:
+    compare_section()

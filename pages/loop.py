@@ -1,0 +1,39 @@
+"""Iterations: data versions, training runs and eval runs over time, linked by lineage."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from pages.common import show_error, store
+from workbench import loop
+from workbench.evaluate import METRICS
+from workbench.exceptions import WorkbenchError
+
+st.title("Iterations")
+try:
+    overview = loop.iterations(store())
+except WorkbenchError as e:
+    show_error(e)
+    st.stop()
+if overview.empty:
+    st.info("No eval runs yet: evaluate a model on the Evaluate page. Each evaluation, and each "
+            "retrain from the Errors page, becomes one iteration here.")
+    st.stop()
+
+st.caption("One row per eval run, oldest first: the model, the dataset version it was trained "
+           "on, how that version was made (and from which eval run's failures), and metrics.")
+st.dataframe(overview, hide_index=True, key="it_table")
+choices = ["failure_rate", *[m for m in METRICS if m in overview.columns]]
+metric = st.selectbox("Metric over iterations", choices, key="it_metric")
+if metric == "failure_rate":
+    history = overview.rename(columns={"failure_rate": "mean"})
+    fig = px.line(history, x="iteration", y="mean", markers=True, hover_data=["eval_run"])
+else:
+    history = loop.metric_history(metric)
+    fig = px.line(history, x="iteration", y="mean", markers=True, hover_data=["eval_run"],
+                  error_y=history["hi"] - history["mean"],
+                  error_y_minus=history["mean"] - history["lo"])
+fig.update_layout(title=f"{metric} per iteration", yaxis_title=metric)
+fig.update_xaxes(dtick=1)
+st.plotly_chart(fig, key="it_chart")

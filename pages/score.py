@@ -1,0 +1,248 @@
+"""Score & select: score rows, look at the scores, keep the best subset as a new version."""
+
+from __future__ import annotations
+
+import html
+
+import plotly.express as px
+import streamlit as st
+
+from pages.common import curation_header, flash, job_panel, show_error, store
+from workbench import curate, quality
+from workbench.exceptions import WorkbenchError
+from workbench.judge import DEFAULT_RUBRIC
+from workbench.score import MODEL_SCORES, SCORERS, STYLES
+
+_, version_id, base = curation_header("Score & select")
+
+
+def describe(name: str) -> str:
+    return f"{name} ({SCORERS[name].meaning})"
+
+
+def heuristics_form() -> tuple[list[str], dict]:
+    """Return the chosen heuristic scorers and their options."""
+    names = st.multiselect("Heuristic scorers", [n for n in quality.HEURISTICS if n != "format"],
+                           ["length", "lexical_diversity", "repetition"], key="sc_heur",
+                           format_func=describe)
+    with st.expander("Heuristic parameters"):
+        a, b, c, d = st.columns(4)
+        params = {"length": {"unit": a.radio("Length unit", ["words", "chars"], key="sc_unit")},
+                  "lexical_diversity": {"window": b.number_input("Diversity window (words)", 2,
+                                                                 500, 50, key="sc_window")},
+                  "repetition": {"n": c.number_input("Repetition n-gram", 1, 10, 3, key="sc_rep")},
+                  "overlap": {"n": d.number_input("Overlap n-gram", 1, 10, 2, key="sc_ovl")}}
+    with st.expander("Format checks (your own)"):
+        a, b, c, d = st.columns(4)
+        checks = {"pattern": a.text_input("Regex the response must match", key="sc_regex"),
+                  "full_match": a.checkbox("Whole response must match", key="sc_full"),
+                  "valid_json": b.checkbox("Valid JSON", key="sc_json"),
+                  "prefix": c.text_input("Required prefix", key="sc_prefix"),
+                  "style": d.selectbox("Style", [None, *STYLES], key="sc_style")}
+    checks = {k: v for k, v in checks.items() if v}
+    if set(checks) - {"full_match"}:
+        names, params["format"] = [*names, "format"], checks
+    return names, params
+
+
+def run_heuristics() -> None:
+    names, params = heuristics_form()
+    if st.button("Score now", type="primary", key="sc_run", disabled=not names):
+        try:
+            with st.spinner("Scoring…"):
+                quality.score_heuristics(store(), base, quality.heuristic_specs(names, params))
+        except WorkbenchError as e:
+            show_error(e)
+            return
+        flash(f"Scored {len(base):,} rows with {', '.join(names)}.")
+        st.rerun()
+
+
+def model_form() -> None:
+    with st.expander("Model scores: perplexity and IFD (background job)"):
+        a, b, c = st.columns(3)
+        scores = a.multiselect("Scores", list(MODEL_SCORES), list(MODEL_SCORES), key="sc_mscores",
+                               format_func=describe)
+        model = b.text_input("Language model ('default' or a local folder)", "default",
+                             key="sc_model")
+        max_length = c.number_input("Max tokens per row", 16, 8192, 1024, key="sc_maxlen")
+        if st.button("Start model scoring", key="sc_mstart", disabled=not scores):
+            start(lambda: quality.start_model_scoring(store(), version_id, scores=scores,
+                                                      model=model, max_length=max_length))
+
+
+def judge_form() -> None:
+    with st.expander("LLM judge (background job)"):
+        a, b, c = st.columns(3)
+        backend = a.radio("Judge", ["local", "openai"], key="sc_jbackend", format_func=lambda b:
+                          {"local": "local model", "openai": "OpenAI-compatible endpoint"}[b])
+        remote = backend == "openai"
+        config = {"backend": backend,
+                  "model": a.text_input("Model ('default', a folder, or the endpoint's model)",
+                                        "default", key="sc_jmodel"),
+                  "base_url": b.text_input("Base URL", "http://127.0.0.1:8000/v1",
+                                           key="sc_jurl", disabled=not remote) if remote else None,
+                  "api_key_env": c.text_input("Environment variable holding the key",
+                                              "OPENAI_API_KEY", key="sc_jkey",
+                                              disabled=not remote) if remote else None,
+                  "rubric": st.text_area("Rubric ({prompt} and {response} are filled in)",
+                                         DEFAULT_RUBRIC, height=240, key="sc_rubric")}
+        if st.button("Start judging", key="sc_jstart"):
+            start(lambda: quality.start_judge(store(), version_id, config))
+
+
+def start(launch) -> None:
+    try:
+        launch()
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    st.rerun()
+
+
+def jobs_panel() -> None:
+    shown: set[str] = set()
+    for job in quality.scoring_jobs(version_id):
+        if job.kind not in shown:  # the newest job of each kind
+            shown.add(job.kind)
+            job_panel(job.run_id, key=f"sc_job_{job.kind}")
+
+
+def charts(frame, columns: list[str]) -> None:
+    st.subheader("Scores")
+    st.dataframe(quality.score_summary(frame, columns), hide_index=True, key="sc_summary")
+    grid = st.columns(min(3, len(columns)))
+    for i, column in enumerate(columns):
+        fig = px.histogram(frame, x=column, nbins=40, title=column, height=260)
+        grid[i % len(grid)].plotly_chart(fig, key=f"sc_hist_{column}")
+    if len(columns) >= 2:
+        a, b = st.columns(2)
+        x = a.selectbox("Scatter x", columns, 0, key="sc_x")
+        y = b.selectbox("Scatter y", columns, 1, key="sc_y")
+        st.plotly_chart(px.scatter(frame.assign(text=hover(frame)), x=x, y=y,
+                                   hover_data=["row_key", "text"], height=420), key="sc_scatter")
+
+
+def hover(frame) -> list[str]:
+    # Plotly hover labels read a little HTML: escape the row text so it stays text.
+    return [html.escape(" ".join(str(t).split())[:160]) for t in frame["response"]]
+
+
+def embedding_section(frame, columns: list[str]) -> None:
+    st.subheader("Embedding map")
+    k = st.slider("Clusters (k-means)", 2, 20, 8, key="sc_k")
+    points, missing = quality.embedding_map(store(), frame, k=k)
+    runs = curate.embedding_jobs(version_id, "conversation")
+    if runs and (runs[0].active or missing):
+        job_panel(runs[0].run_id, key="sc_embed")
+    if points is None:
+        st.info(f"{missing:,} rows need embeddings for the map, diverse top-k and cluster "
+                "quotas; they are computed once in the background and cached.")
+        if st.button("Embed rows in the background", key="sc_embed_start",
+                     disabled=bool(runs) and runs[0].active):
+            start(lambda: quality.start_embedding(store(), version_id))
+        return
+    colour = st.selectbox("Colour by", ["cluster", *columns], key="sc_colour")
+    data = points.merge(frame[["row_key", *columns]], on="row_key").assign(text=hover(frame))
+    fig = px.scatter(data, x="x", y="y", color=colour, custom_data=["row_key"],
+                     hover_data={"text": True, "row_key": True, "x": False, "y": False},
+                     height=520)
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="sc_map")
+    picked = [p["customdata"][0] for p in event["selection"]["points"] if p.get("customdata")]
+    if picked:
+        show_row(frame, int(picked[0]))
+
+
+def show_row(frame, row_key: int) -> None:
+    row = frame[frame["row_key"] == row_key].iloc[0]
+    st.caption(f"row {row_key}")
+    st.text(row["prompt"][:2000])  # dataset text stays text
+    st.text(row["response"][:4000])
+
+
+def weights_form(columns: list[str]) -> dict[str, float]:
+    with st.expander("Combined score: weights (0 = ignore; directions come from each scorer)"):
+        grid = st.columns(min(4, len(columns)))
+        weights = {c: grid[i % len(grid)].number_input(c, 0.0, 10.0, 0.0, 0.5, key=f"sc_w_{c}")
+                   for i, c in enumerate(columns)}
+    return {c: w for c, w in weights.items() if w > 0}
+
+
+def thresholds_form(frame, columns: list[str]) -> dict[str, tuple]:
+    st.subheader("Thresholds")
+    chosen = st.multiselect("Filter on", columns, key="sc_filter_on")
+    bounds = {}
+    for column in chosen:
+        values = frame[column].dropna()
+        lo, hi = float(values.min()), float(values.max())
+        if lo == hi:
+            st.caption(f"{column}: every row has {lo:g}")
+            continue
+        low, high = st.slider(column, lo, hi, (lo, hi), key=f"sc_t_{column}")
+        bounds[column] = (low if low > lo else None, high if high < hi else None)
+    bounds = {c: b for c, b in bounds.items() if b != (None, None)}
+    if bounds:
+        passed = quality.select_rows(frame, quality.SelectOptions("threshold", bounds=bounds))
+        st.metric("Rows within the thresholds", f"{len(passed.kept):,} of {len(frame):,}")
+        st.dataframe(quality.dropped_sample(frame, passed), hide_index=True, key="sc_t_dropped")
+    return bounds
+
+
+def selection_form(columns: list[str], weights: dict, bounds: dict
+                   ) -> quality.SelectOptions | None:
+    st.subheader("Select a subset")
+    labels = {"top_k": "top-k by a score", "diverse": "diverse top-k (embeddings)",
+              "quota": "per-cluster quota (embeddings)", "longest": "longest-k",
+              "threshold": "thresholds only"}
+    a, b, c = st.columns(3)
+    method = a.radio("Method", list(labels), format_func=labels.get, key="sc_method")
+    k = b.number_input("k (rows to keep)", 1, max(1, len(base)), min(100, max(1, len(base))),
+                       key="sc_kk")
+    ranks = ([quality.COMBINED] if weights else []) + columns
+    score = b.selectbox("Rank by", ranks, key="sc_rank") if ranks else None
+    similarity = c.slider("diverse: max cosine similarity", 0.5, 1.0, 0.9, 0.01, key="sc_sim")
+    clusters = c.number_input("quota: clusters", 1, 100, 8, key="sc_clusters")
+    if score is None and method in ("top_k", "diverse", "quota"):
+        st.info("This method ranks rows by a score: score the rows first.")
+        return None
+    return quality.SelectOptions(method=method, k=int(k), score=score, bounds=bounds,
+                                 weights=weights, similarity=similarity,
+                                 n_clusters=int(clusters))
+
+
+def preview_and_apply(frame, options: quality.SelectOptions) -> None:
+    selection = quality.preview_selection(store(), frame, options)
+    a, b = st.columns(2)
+    a.metric("Rows kept", f"{len(selection.kept):,}")
+    b.metric("Rows dropped", f"{len(selection.dropped):,}")
+    st.caption("A sample of rows that would be dropped, with the reason")
+    st.dataframe(quality.dropped_sample(frame, selection), hide_index=True, key="sc_dropped")
+    if st.button("Apply as a new version", type="primary", key="sc_apply"):
+        version = quality.apply_selection(store(), version_id, frame, options)
+        flash(f"Selected {version.n_rows:,} rows into version v{version.version_id}.")
+        st.rerun()
+
+
+run_heuristics()
+model_form()
+judge_form()
+jobs_panel()
+try:
+    frame = quality.with_cached_scores(store(), base)
+except WorkbenchError as e:
+    show_error(e)
+    st.stop()
+columns = quality.score_columns(frame)
+if columns:
+    charts(frame, columns)
+else:
+    st.info("No scores yet: pick scorers above and press Score now.")
+try:
+    embedding_section(frame, columns)
+    weights = weights_form(columns) if columns else {}
+    bounds = thresholds_form(frame, columns) if columns else {}
+    options = selection_form(columns, weights, bounds)
+    if options is not None:
+        preview_and_apply(frame, options)
+except WorkbenchError as e:
+    show_error(e)

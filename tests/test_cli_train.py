@@ -1,0 +1,74 @@
+"""The training commands: train (foreground and --detach), runs, merge, resume, cancel, errors."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers_app import chat_file
+from test_cli import assert_one_line_error, run
+from workbench import jobs
+
+TINY = ["--model", "tiny", "--batch-size", "4", "--max-seq-len", "128", "--lr", "5e-3"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    """A data folder with a store holding 'chats' (8 rows); run folders go to <home>/runs."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "store.duckdb"))
+    run("import", chat_file(tmp_path / "c.jsonl", 8), "-d", "chats", "--no-progress")
+    return tmp_path
+
+
+def test_train_commands_have_help():
+    for name in ("train", "runs", "resume", "cancel", "merge"):
+        assert f"Usage: workbench {name}" in run(name, "--help").output
+    assert "--val-fraction" in run("train", "--help").output
+
+
+def test_train_runs_to_the_end_then_lists_and_merges(home):
+    result = run("train", "chats", *TINY, "--max-steps", "2", "--val-fraction", "0.25")
+    assert "done: 2 steps, train loss" in result.stdout and "val loss" in result.stdout
+    assert "training" in result.stderr  # the progress bar
+    run_id = next(d.name for d in (home / "runs").iterdir())
+    assert f"adapter: {home / 'runs' / run_id / 'adapter'}" in result.stdout
+
+    table = run("runs").stdout
+    assert run_id in table and "done" in table and "chats v1" in table and "2/2" in table
+    out = home / "merged"
+    assert str(out) in run("merge", run_id, out).stdout
+    assert (out / "config.json").is_file()
+    assert_one_line_error(run("resume", run_id, ok=False), "finished already")
+
+
+def test_detach_prints_the_run_id_and_config_file_is_read(home):
+    config = home / "train.json"
+    config.write_text(json.dumps({"model": "tiny", "max_steps": 2, "batch_size": 4,
+                                  "max_seq_len": 128, "lora_r": 4}))
+    run_id = run("train", "chats", "--config", config, "--detach").stdout.strip()
+    job = jobs.wait(run_id, home=home / "runs", timeout=120)
+    assert job.state == "done", job.error
+    assert job.config["params"]["config"]["lora_r"] == 4
+    assert "cancelled" not in run("cancel", run_id).stdout  # a finished run stays done
+
+
+def test_bad_input_gives_one_line_errors(home):
+    assert_one_line_error(run("train", "nope", *TINY, ok=False), "nope")
+    assert_one_line_error(run("train", "chats", "--rank", "0", "--model", "tiny", ok=False),
+                          "lora_r must be an integer >= 1")
+    assert_one_line_error(run("train", "chats", "--val", "chats", "--val-fraction", "0.1",
+                              ok=False), "--val or --val-fraction")
+    assert_one_line_error(run("train", "chats", "--epochs", "1", "--max-steps", "2", ok=False),
+                          "--epochs or --max-steps")
+    assert_one_line_error(run("train", "chats", "--val", "chats", *TINY, ok=False),
+                          "must differ")
+    assert_one_line_error(run("resume", "no-such-run", ok=False), "no run 'no-such-run'")
+    assert_one_line_error(run("merge", "no-such-run", home / "out", ok=False), "no-such-run")
+    assert not (home / "runs").exists()  # nothing started

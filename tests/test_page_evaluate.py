@@ -1,0 +1,136 @@
+"""AppTest: the Evaluate page runs an eval (tiny model) in the background, imports outside
+predictions with a report of rejected lines, shows results per row, and compares two runs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from helpers_app import APP, chat_file, emulate_running_server, page_ok as ok, page_store
+from helpers_app import write_jsonl
+from workbench import evaluate as ev
+from workbench import evaluation, jobs
+from workbench.store import Store
+
+PAGE = "pages/evaluate.py"
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> Store:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job process: one thread on a shared CPU
+    yield from page_store(tmp_path, monkeypatch, {"evalset": chat_file(tmp_path / "e.jsonl", 3)})
+
+
+def open_page() -> AppTest:
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    return ok(at.switch_page(PAGE).run())
+
+
+def table(at: AppTest, column: str):
+    """Return the first dataframe shown with this column (plain tables carry no key in AppTest)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def predictions_file(path: Path) -> Path:
+    """Perfect answers to the 3 eval rows, then a line whose prediction is a number."""
+    rows = [{"prompt": f"question {i}: how do I reset item {i}?",
+             "reference": f"answer {i}: press reset {i} times.",
+             "prediction": f"answer {i}: press reset {i} times.", "model": "oracle"}
+            for i in range(3)]
+    return write_jsonl(path, [*rows, '{"prompt": "q", "reference": "r", "prediction": 7}'])
+
+
+def tiny_run(store: Store) -> jobs.JobStatus:
+    return evaluation.start_eval(store, "evalset", model="tiny", similarity=False, inline=True,
+                                 generation=ev.GenerationConfig(max_new_tokens=2))
+
+
+def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    at = open_page()
+    assert at.title[0].value == "Evaluate"
+    assert any("Import a dataset first" in i.value for i in at.info)
+    assert any("No finished eval runs" in i.value for i in at.info)
+
+
+def test_run_an_eval_in_the_background_and_see_its_results(store):
+    at = open_page()
+    at.selectbox(key="ev_model").set_value("tiny")
+    at.number_input(key="ev_max_new").set_value(2)
+    at.checkbox(key="ev_sim").uncheck()
+    at.text_input(key="ev_starts").input("answer")
+    at = ok(at.button(key="ev_run_start").click().run())
+    assert any("Started eval run" in s.value for s in at.success)
+    [job] = evaluation.eval_runs()
+    final = jobs.wait(job.run_id, timeout=120)
+    assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 30)
+    at = ok(open_page())  # a reload finds the run from its folder
+    runs = table(at, "run")
+    assert runs[["run", "kind", "state", "model", "rows"]].values.tolist() == [
+        [job.run_id, "eval", "done", "tiny", 3]]
+    assert runs.at[0, "format_ok"].startswith("0.000 [")  # the tiny model never says "answer"
+    outputs = at.dataframe(key="ev_rows").value
+    assert outputs["reference"].tolist() == [f"answer {i}: press reset {i} times."
+                                             for i in range(3)]
+    at.session_state["ev_rows"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at = ok(at.run())
+    assert any(s.value == "Row 2" for s in at.subheader)
+    assert "answer 1: press reset 1 times." in [t.value for t in at.text]
+    assert job.config["params"]["style"] == {"starts_with": "answer"}
+
+
+def test_import_predictions_shows_the_rejected_line(store, tmp_path):
+    at = open_page()
+    source = predictions_file(tmp_path / "outside.jsonl")
+    job, report = evaluation.import_upload("outside.jsonl", source.read_bytes(),
+                                           similarity=False)
+    # AppTest cannot drive st.file_uploader: hand the page the same result an upload gives.
+    at.session_state["ev_import_report"] = (job.run_id, report)
+    at = ok(at.run())
+    assert [m.value for m in at.metric][:3] == ["4", "3", "1"]
+    rejects = table(at, "fix")
+    assert rejects[["line", "field"]].values.tolist() == [[4, "prediction"]]
+    assert "wrong type: int" in rejects.at[0, "reason"]
+    runs = table(at, "run")
+    assert runs[["kind", "model", "rows"]].values.tolist() == [["import", "oracle", 3]]
+
+
+def test_import_button_is_off_until_a_file_is_chosen(store):
+    at = open_page()
+    assert at.button(key="ev_import").disabled
+
+
+def test_compare_two_runs(store, tmp_path):
+    tiny = tiny_run(store)
+    imported, _ = evaluation.import_run(predictions_file(tmp_path / "p.jsonl"),
+                                        similarity=False)
+    at = open_page()
+    assert at.selectbox(key="ev_cmp_b").value == imported.run_id  # newest is B
+    at = ok(at.selectbox(key="ev_cmp_metric").set_value("exact_match").run())
+    win, loss, tie = (int(m.value) for m in at.metric[:3])
+    assert (win, loss, tie) == (3, 0, 0)
+    assert len(table(at, "prediction_b")) == 0
+    assert len(at.get("plotly_chart")) == 1
+    assert any("no training data diff" in t.value for t in at.text)
+    at.selectbox(key="ev_cmp_a").set_value(imported.run_id)
+    at = ok(at.selectbox(key="ev_cmp_b").set_value(tiny.run_id).run())
+    assert len(table(at, "prediction_b")) == 3
+
+
+def test_compare_the_same_run_shows_an_error(store, tmp_path):
+    tiny_run(store)
+    evaluation.import_run(predictions_file(tmp_path / "p.jsonl"), similarity=False)
+    at = open_page()
+    at = at.selectbox(key="ev_cmp_a").set_value(at.selectbox(key="ev_cmp_b").value).run()
+    assert not at.exception
+    assert any("two different runs" in e.value for e in at.error)

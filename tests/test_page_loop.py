@@ -1,0 +1,48 @@
+"""AppTest: the Iterations page says what to do without eval runs and lists each iteration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from helpers_app import APP, emulate_running_server, page_ok as ok, page_store
+from test_loop import chat, write_eval_run
+from workbench.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> Store:
+    for store in page_store(tmp_path, monkeypatch, {}):
+        evals = store.add_examples("eval", [chat(i) for i in range(4)])
+        write_eval_run(tmp_path / "runs", store, evals, ["Press reset.", "", "Thanks!", "x"],
+                       name="eval-1")
+        write_eval_run(tmp_path / "runs", store, evals, ["Thanks! a", "Thanks! b", "Thanks!", ""],
+                       name="eval-2")
+        yield store
+
+
+def open_page() -> AppTest:
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    return ok(at.switch_page("pages/loop.py").run())
+
+
+def test_page_without_eval_runs_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    at = open_page()
+    assert any("No eval runs yet" in i.value for i in at.info)
+
+
+def test_overview_lists_each_iteration_and_plots_a_metric(store):
+    at = open_page()
+    table = at.dataframe[0].value
+    assert sorted(table["eval_run"]) == ["eval-1", "eval-2"]
+    assert table["iteration"].tolist() == [1, 2] and "format_ok" in table.columns
+    assert len(at.get("plotly_chart")) == 1
+    at = ok(at.selectbox(key="it_metric").set_value("format_ok").run())
+    assert len(at.get("plotly_chart")) == 1

@@ -1,0 +1,150 @@
+"""AppTest: the Score & select page scores rows, plots them, filters and applies a selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from helpers_app import APP, chat_file, emulate_running_server, page_ok as ok, page_store
+from workbench import jobs, quality
+from workbench.embed import embed_frame
+from workbench.models import tiny_embedder, tiny_lm
+from workbench.sample import SAMPLE_DIR
+from workbench.store import Store
+
+TRAIN = SAMPLE_DIR / "support_train.jsonl"
+PAGE = "pages/score.py"
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch) -> Store:
+    yield from page_store(tmp_path, monkeypatch, {"train": TRAIN})
+
+
+def open_page() -> AppTest:
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    return ok(at.switch_page(PAGE).run())
+
+
+def scored_page() -> AppTest:
+    return ok(open_page().button(key="sc_run").click().run())
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    at = ok(at.switch_page(PAGE).run())
+    assert any("Import a dataset first" in i.value for i in at.info)
+
+
+def test_scoring_heuristics_shows_histograms_and_a_reopen_reads_the_cache(store):
+    at = open_page()
+    assert any("No scores yet" in i.value for i in at.info) and charts(at) == 0
+    at = ok(at.button(key="sc_run").click().run())
+    assert any("Scored 400 rows" in s.value for s in at.success)
+    assert charts(at) == 3 + 1  # one histogram per score and the scatter of two
+    assert at.get("plotly_chart")[0].proto.spec  # a real figure
+    reopened = open_page()  # a new session: scores come back from the store's cache
+    assert charts(reopened) == 4
+
+
+def test_user_format_check_adds_a_format_score(store):
+    at = open_page()
+    at.text_input(key="sc_prefix").input("Thanks for reaching out")
+    at = ok(at.button(key="sc_run").click().run())
+    frame = quality.with_cached_scores(store, store.frame(store.active_version("train")))
+    assert 0 < frame["format_score"].mean() < 1
+
+
+def test_threshold_slider_counts_the_rows_kept(store):
+    at = scored_page()
+    at = ok(at.multiselect(key="sc_filter_on").set_value(["length_score"]).run())
+    slider = at.slider(key="sc_t_length_score")
+    at = ok(slider.set_value((20.0, slider.value[1])).run())
+    frame = quality.with_cached_scores(store, store.frame(store.active_version("train")))
+    expected = int((frame["length_score"] >= 20).sum())
+    metric = next(m for m in at.metric if m.label == "Rows within the thresholds")
+    assert metric.value == f"{expected:,} of 400" and 0 < expected < 400
+    dropped = at.dataframe[1].value  # after the score summary: the threshold drop sample
+    assert len(dropped) and dropped["reason"].eq("below_threshold").all()
+
+
+def test_apply_top_k_makes_a_version_with_the_rule_and_reasons(store):
+    at = scored_page()
+    at = ok(at.selectbox(key="sc_rank").set_value("repetition_score").run())
+    at = ok(at.number_input(key="sc_kk").set_value(50).run())
+    kept = next(m for m in at.metric if m.label == "Rows kept")
+    assert kept.value == "50"
+    at = ok(at.button(key="sc_apply").click().run())
+    latest = store.versions("train")[-1]
+    assert latest.operation == "select" and latest.n_rows == 50
+    assert latest.params["method"] == "top_k" and latest.params["score"] == "repetition_score"
+    assert latest.params["higher_is_better"] is False  # less repetition is better
+    removed = store.removed(latest.version_id)
+    assert len(removed) == 350 and set(removed["reason"]) == {"not_selected"}
+    assert removed["detail"].str.startswith("top_k: rank").all()
+
+
+def test_combined_score_and_longest_k(store):
+    at = scored_page()
+    at = ok(at.number_input(key="sc_w_length_score").set_value(1.0).run())
+    at = ok(at.selectbox(key="sc_rank").set_value(quality.COMBINED).run())
+    at = ok(at.number_input(key="sc_kk").set_value(10).run())
+    at = ok(at.button(key="sc_apply").click().run())
+    combined = store.versions("train")[-1]
+    assert combined.params["score"] == quality.COMBINED and combined.n_rows == 10
+    assert combined.params["options"]["weights"] == {"length_score": 1.0}
+    at = ok(at.radio(key="sc_method").set_value("longest").run())
+    at = ok(at.button(key="sc_apply").click().run())
+    assert store.versions("train")[-1].params["method"] == "longest_k"
+
+
+def test_diverse_top_k_without_embeddings_asks_for_them(store):
+    at = scored_page()
+    assert at.button(key="sc_embed_start")
+    at = at.radio(key="sc_method").set_value("diverse").run()
+    assert any("no embedding yet" in e.value for e in at.error) and not at.exception
+
+
+def test_embedding_map_click_shows_the_row(store):
+    version = store.active_version("train")
+    embed_frame(store, store.frame(version), encoder=tiny_embedder())  # cached as "default"
+    at = scored_page()
+    assert charts(at) == 5  # histograms, scatter, map
+    row_key = int(store.frame(version)["row_key"].iloc[3])
+    at.session_state["sc_map"] = {"selection": {"points": [{"customdata": [row_key]}],
+                                                "point_indices": [3], "box": [], "lasso": []}}
+    at = ok(at.run())
+    assert any(c.value == f"row {row_key}" for c in at.caption)
+    assert store.frame(version)["response"].iloc[3][:50] in "".join(t.value for t in at.text)
+
+
+@pytest.fixture
+def small(tmp_path: Path, monkeypatch) -> Store:
+    yield from page_store(tmp_path, monkeypatch, {"small": chat_file(tmp_path / "s.jsonl", 8)})
+
+
+def test_model_score_job_runs_in_the_background(small, tmp_path):
+    folder = tmp_path / "tiny"
+    model, tokenizer = tiny_lm()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    at = open_page()
+    at.text_input(key="sc_model").input(str(folder))
+    at = ok(at.button(key="sc_mstart").click().run())
+    version = small.active_version("small")
+    [job] = quality.scoring_jobs(version)
+    assert jobs.wait(job.run_id, timeout=120).state == "done"
+    at = ok(at.run())
+    frame = quality.with_cached_scores(small, small.frame(version))
+    assert frame[["perplexity_score", "ifd_score"]].notna().all().all()
+    assert charts(at) == 3  # perplexity and ifd histograms, and their scatter
