@@ -64,10 +64,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store_path: Path, port: int, log: Path) -> subprocess.Popen:
-    """Start the app (as `workbench app` does) on 127.0.0.1:port with its own store; return the process."""
-    env = {**os.environ, "WORKBENCH_STORE": str(store_path),
-           "WORKBENCH_HOME": str(store_path.parent)}
+def start_server(store_path: Path, port: int, log: Path, *, home: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the app (as `workbench app` does) on 127.0.0.1:port with its own store; return the process.
+
+    Its data folder (WORKBENCH_HOME: run folders under <home>/runs, exports) is `home`, by
+    default the store's folder; `env` adds variables, which the jobs it starts inherit.
+    """
+    env = {**os.environ, **(env or {}), "WORKBENCH_STORE": str(store_path),
+           "WORKBENCH_HOME": str(home if home is not None else store_path.parent)}
     # `python app.py` is how `workbench app` serves (pages/ auto-discovery off), so deep links
     # such as /clean work from the first request.
     cmd = [sys.executable, str(APP), "--server.headless", "true",

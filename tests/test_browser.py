@@ -7,6 +7,7 @@ script and redraws asynchronously.
 
 from __future__ import annotations
 
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,14 +15,15 @@ from typing import Iterator
 
 import pytest
 
-from helpers_app import (CHROMIUM_ARGS, chat_file, free_port, start_server, stop_server,
-                         wait_until_up, write_jsonl)
+from helpers_app import (CHROMIUM_ARGS, chat_file, chat_record, free_port, start_server,
+                         stop_server, wait_until_up, write_jsonl)
 from workbench.store import Store
 
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
 expect = sync_api.expect
 TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)  # reruns on a shared, busy CPU can take a few seconds
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,10 @@ def app(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A live app on a free port over an empty store: yields its URL and store path."""
     store_path, port = tmp_path / "store.duckdb", free_port()
     Store(store_path)  # create it, so the server's first run finds a migrated store
-    server = start_server(store_path, port, tmp_path / "server.log")
+    # Jobs (training, evaluation) inherit the server's environment: one thread each on a shared
+    # CPU, and their run folders under tmp_path/runs (WORKBENCH_HOME is tmp_path).
+    server = start_server(store_path, port, tmp_path / "server.log", home=tmp_path,
+                          env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, server)
@@ -167,3 +172,190 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
     assert ops == ["import", "clean", "dedup"]
     assert set(store.removed(store.active_version("train"))["reason"]) >= {
         "placeholder", "refusal", "exact_duplicate"}
+
+
+def test_score_the_sample_data_and_select_the_top_k(app, page, tmp_path):
+    """Score with the default heuristics, see the histograms, keep the top 5 as a new version."""
+    from workbench.sample import SAMPLE_DIR
+
+    url, store_path = app
+    Store(store_path).import_file(SAMPLE_DIR / "support_train.jsonl", "train")
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url + "/score")
+        expect(page.get_by_role("heading", name="Score & select")).to_be_visible()
+        expect(page.get_by_text("No scores yet: pick scorers above and press Score now.")
+               ).to_be_visible()
+        page.get_by_role("button", name="Score now").click()
+        expect(page.get_by_text("Scored 400 rows with length, lexical_diversity, repetition.")
+               ).to_be_visible()
+        charts = page.get_by_test_id("stPlotlyChart")
+        expect(charts.first).to_be_visible()
+        expect(charts.first.locator(".main-svg").first).to_be_attached()  # plotly drew it
+        expect(page.get_by_role("heading", name="Select a subset")).to_be_visible()
+
+        k = page.get_by_label("k (rows to keep)")
+        k.fill("5")
+        k.press("Enter")
+        metrics = page.get_by_test_id("stMetric")
+        expect(metrics.filter(has_text="Rows kept")).to_contain_text("5")
+        expect(metrics.filter(has_text="Rows dropped")).to_contain_text("395")
+        page.get_by_role("button", name="Apply as a new version").click()
+        expect(page.get_by_text("Selected 5 rows into version v2.")).to_be_visible()
+    store = Store(store_path)
+    active = store.version(store.active_version("train"))
+    assert (active.version_id, active.operation, active.n_rows) == (2, "select", 5)
+    assert len(store.frame(active.version_id)) == 5
+
+
+def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):
+    """Start a 4-step run of the tiny model, follow it to done, see the loss curve."""
+    from workbench import training
+
+    url, store_path = app
+    Store(store_path).import_file(chat_file(tmp_path / "chats.jsonl", 8), "chats")
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url + "/train")
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        expect(page.get_by_text("No training runs yet: start one above.")).to_be_visible()
+        page.get_by_text("tiny (random, for demos and tests)").click()
+        # The LoRA defaults of the tiny model's architecture show once the choice reran.
+        expect(page.get_by_role("textbox", name="Target modules")).to_have_attribute(
+            "placeholder", "q_proj, v_proj")
+        for label, value in (("Max steps (0 = by epochs)", "4"), ("Batch size", "4"),
+                             ("Max sequence length", "128")):
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Tab")  # Enter would submit the form
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_text("Started training run")).to_be_visible()
+
+        # The job panel and the Step metric refresh live until the run ends (model load + 4 steps).
+        expect(page.get_by_text("train · done · step 4/4")).to_be_visible(timeout=90_000)
+        expect(page.get_by_test_id("stMetric").first).to_contain_text("4/4")
+        curve = page.get_by_test_id("stPlotlyChart")
+        expect(curve).to_have_count(1)
+        expect(curve.locator(".main-svg").first).to_be_attached()
+        expect(curve).to_contain_text("Loss per step")
+        runs_grid = grid(page)  # the runs table, the page's only grid
+        expect(runs_grid).to_contain_text("done")
+        expect(runs_grid).to_contain_text("4/4")
+        expect(runs_grid).to_contain_text("chats v1")
+    [run] = training.training_runs(home=tmp_path / "runs")
+    assert (run.state, run.step, run.total) == ("done", 4, 4)
+    assert len(training.loss_frame(run).query("split == 'train'")) == 4
+    assert training.adapter_dir(run) is not None
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose an option of a selectbox (its list opens in a popover outside the widget).
+
+    The popover closes on any scroll, including the one that brings the box into view for the
+    click (its scroll event comes a frame later): scroll first, let that event pass, then open
+    it, and open it again should something else scroll the page meanwhile.
+    """
+    box = page.get_by_role("combobox", name=label, exact=True)
+    choice = page.get_by_role("option", name=option, exact=True)
+    box.scroll_into_view_if_needed()
+    page.evaluate("() => new Promise(done => requestAnimationFrame("
+                  "() => requestAnimationFrame(done)))")
+    for attempt in range(3):
+        if box.get_attribute("aria-expanded") != "true":
+            box.click()
+        try:
+            choice.click(timeout=3_000)
+            break
+        except sync_api.TimeoutError:
+            if attempt == 2:
+                raise
+            print(f"the options of {label!r} closed before the click: opening them again")
+    expect(box).to_have_value(option)
+
+
+def select_first_grid_row(page, table) -> None:
+    """Tick the first row's selection checkbox of a grid (cells are drawn on a canvas)."""
+    expect(table).to_be_visible()
+    page.wait_for_function(
+        "() => { const g = document.querySelector('[data-testid=stDataFrame] canvas');"
+        " return g && g.getBoundingClientRect().height > 60; }")
+    box = table.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 52)
+
+
+def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page, tmp_path):
+    """The loop on the tiny model: evaluate, tag a failure, correct it into a targeted version
+    of the training data, retrain (2 steps) and re-evaluate, then read the before/after."""
+    from workbench import jobs, loop
+
+    url, store_path = app
+    store = Store(store_path)
+    store.import_file(chat_file(tmp_path / "eval.jsonl", 4), "evalset")
+    train_rows = [chat_record(i, topic="billing") for i in range(100, 106)]
+    train, _ = store.import_file(write_jsonl(tmp_path / "train.jsonl", train_rows), "train")
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url + "/evaluate")
+        expect(page.get_by_role("heading", name="Evaluate")).to_be_visible()
+        expect(page.get_by_role("combobox", name="Eval dataset")).to_have_value("evalset")
+        pick(page, "Model", "tiny random model (for tests)")
+        max_new = page.get_by_label("Max new tokens", exact=True)
+        max_new.fill("2")
+        max_new.press("Enter")
+        page.get_by_text("Embedding similarity to the reference").click()  # no MiniLM load
+        expect(page.get_by_role("checkbox", name="Embedding similarity to the reference")
+               ).not_to_be_checked()
+        expect(max_new).to_have_value("2")
+        page.get_by_role("button", name="Run evaluation").click()
+        expect(page.get_by_text("Started eval run")).to_be_visible()
+        [eval_job] = jobs.list_runs("eval", home=tmp_path / "runs")
+        # The run's panel (its label, progress and log) refreshes until the run ends; then
+        # the whole page reruns without it. That rerun also resets the tabs to the first one,
+        # so open Results only afterwards: it offers the finished run.
+        running = page.get_by_text(eval_job.run_id)
+        expect(running.first).to_be_visible()
+        expect(running).to_have_count(0, timeout=90_000)
+        page.get_by_role("tab", name="Results").click()
+        expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(
+            re.compile(re.escape(eval_job.run_id)))
+
+        page.goto(url + "/errors")
+        expect(page.get_by_role("heading", name="Errors")).to_be_visible()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Eval rows")).to_contain_text("4")
+        failures = loop.failures(eval_job.run_id, home=tmp_path / "runs")
+        assert len(failures), "the tiny random model should fail the automatic checks"
+        worst = int(failures["row_key"].iloc[0])  # the Failure picker starts on the worst one
+
+        tags = page.get_by_label("Manual tags (comma-separated)")
+        tags.fill("tone")
+        page.get_by_role("button", name="Save tags and note").click()
+        expect(page.get_by_text(f"Saved the tags and note of row {worst}.")).to_be_visible()
+
+        select_first_grid_row(page, grid(page))  # the failures table, worst first
+        expect(page.get_by_text(f"1 failures chosen: rows {worst}")).to_be_visible()
+        # The answers editor starts with the references as the expected answers: keep them.
+        editor = page.get_by_test_id("stDataFrame").filter(has_text="expected answer")
+        expect(editor).to_contain_text(str(failures["reference"].iloc[0]))
+        pick(page, "Training dataset to extend", "train")
+        page.get_by_role("button", name="Make targeted version").click()
+        expect(page.get_by_text("Made targeted version v3 of train (7 rows).")).to_be_visible()
+
+        expect(page.get_by_role("heading", name="Retrain and re-evaluate")).to_be_visible()
+        expect(page.get_by_label("Base model", exact=True)).to_have_value("tiny")
+        steps = page.get_by_label("Steps", exact=True)
+        steps.fill("2")
+        steps.press("Enter")
+        expect(steps).to_have_value("2")
+        page.get_by_role("button", name="Retrain and re-evaluate").click()
+        # Training 2 steps, then evaluating the adapter on the 4 eval rows, in one job.
+        expect(page.get_by_role("heading", name="Before / after")).to_be_visible(
+            timeout=150_000)
+        expect(page.get_by_text("1 rows left out (their prompts were trained on)")
+               ).to_be_visible()
+        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Failure tag rates")
+               ).to_be_visible()
+    tagged = loop.failures(eval_job.run_id, home=tmp_path / "runs").set_index("row_key")
+    assert tagged.at[worst, "manual_tags"] == ["tone"]
+    targeted = store.version(store.active_version("train"))
+    assert (targeted.operation, targeted.parent_id, targeted.n_rows) == (
+        "targeted", train.version_id, 7)  # the 6 training rows and the corrected failure
+    assert targeted.params["eval_run"] == eval_job.run_id
+    [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
+    assert retrain.state == "done"
