@@ -65,8 +65,11 @@ def flash(message: str) -> None:
 def show_flash() -> None:
     """Show (once) the message a previous run left with `flash`."""
     message = st.session_state.pop("flash", None)
-    if message:
-        st.success(md_escape(message), icon=":material/check_circle:")
+    # Always one element here: a message that comes and goes must not shift what follows,
+    # or tabs below it are recreated and jump back to their first tab.
+    with st.container():
+        if message:
+            st.success(md_escape(message), icon=":material/check_circle:")
 
 
 @st.cache_data(max_entries=4, show_spinner="Loading rows…")
