@@ -135,6 +135,19 @@ def page_store(tmp_path: Path, monkeypatch, imports: dict[str, Path]):
     st.cache_data.clear()
 
 
+def open_on_empty_store(tmp_path: Path, monkeypatch, page: str):
+    """Return an AppTest of app.py switched to `page`, over an empty store and runs folder."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    emulate_running_server(monkeypatch)
+    st.cache_resource.clear()
+    at = page_ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    return page_ok(at.switch_page(page).run())
+
+
 def page_ok(at):
     """Assert an AppTest run raised nothing and showed no error; return it."""
     assert not at.exception, [e.value for e in at.exception]

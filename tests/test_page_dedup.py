@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, emulate_running_server, page_ok as ok, page_store
+from helpers_app import open_on_empty_store
+from helpers_app import APP, page_ok as ok, page_store
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
 
@@ -33,11 +33,7 @@ def planted_duplicates() -> int:
 
 
 def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
-    at = ok(at.switch_page("pages/dedup.py").run())
+    at = open_on_empty_store(tmp_path, monkeypatch, "pages/dedup.py")
     assert any("Import a dataset first" in i.value for i in at.info)
 
 

@@ -10,10 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, chat_file, emulate_running_server, page_ok as ok, page_store
+from helpers_app import open_on_empty_store
+from helpers_app import APP, chat_file, page_ok as ok, page_store
 from helpers_app import write_jsonl
 from workbench import evaluate as ev
 from workbench import evaluation, jobs
@@ -53,11 +53,7 @@ def tiny_run(store: Store) -> jobs.JobStatus:
 
 
 def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    at = open_page()
+    at = open_on_empty_store(tmp_path, monkeypatch, PAGE)
     assert at.title[0].value == "Evaluate"
     assert any("Import a dataset first" in i.value for i in at.info)
     assert any("No finished eval runs" in i.value for i in at.info)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, emulate_running_server, page_ok as ok, page_store
+from helpers_app import open_on_empty_store
+from helpers_app import APP, page_ok as ok, page_store
 from test_loop import chat, write_eval_run
 from workbench.store import Store
 
@@ -30,11 +30,7 @@ def open_page() -> AppTest:
 
 
 def test_page_without_eval_runs_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    at = open_page()
+    at = open_on_empty_store(tmp_path, monkeypatch, "pages/loop.py")
     assert any("No eval runs yet" in i.value for i in at.info)
 
 

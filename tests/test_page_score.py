@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, chat_file, emulate_running_server, page_ok as ok, page_store
+from helpers_app import open_on_empty_store
+from helpers_app import APP, chat_file, page_ok as ok, page_store
 from workbench import jobs, quality
 from workbench.embed import embed_frame
 from workbench.models import tiny_embedder, tiny_lm
@@ -38,11 +38,7 @@ def charts(at: AppTest) -> int:
 
 
 def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
-    at = ok(at.switch_page(PAGE).run())
+    at = open_on_empty_store(tmp_path, monkeypatch, PAGE)
     assert any("Import a dataset first" in i.value for i in at.info)
 
 

@@ -9,10 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, chat_file, emulate_running_server, page_ok as ok, page_store
+from helpers_app import open_on_empty_store
+from helpers_app import APP, chat_file, page_ok as ok, page_store
 from workbench import jobs
 from workbench.store import Store
 
@@ -39,11 +39,7 @@ def tiny_form(at: AppTest, **values) -> AppTest:
 
 
 def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_STORE", str(tmp_path / "empty.duckdb"))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    at = open_page()
+    at = open_on_empty_store(tmp_path, monkeypatch, "pages/train.py")
     infos = [i.value for i in at.info]
     assert any("Import a dataset first" in i for i in infos)
     assert any("No training runs yet" in i for i in infos)
