@@ -19,14 +19,16 @@ import json
 import random
 import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from workbench import dedup
+from workbench import curate, dedup
 from workbench.schema import RowError, content_id, examples_frame, to_example
+from workbench.store import Store
 
 ALPACA = Path("/work/shared/data/alpaca/alpaca_data.json")
 MRPC = Path("/work/shared/data/mrpc/msr_paraphrase_train.txt")
@@ -231,21 +233,28 @@ def bench_near(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 # --- end to end -----------------------------------------------------------------------------
 
 def bench_end_to_end() -> pd.DataFrame:
-    """Print the time of exact + near dedup of all of Alpaca; return the frame."""
-    start = time.perf_counter()
-    frame = load_alpaca(ALPACA)
-    loaded = time.perf_counter() - start
-    start = time.perf_counter()
-    clusters = dedup.find_duplicates(frame, near=dedup.MinHashConfig())
-    found = time.perf_counter() - start
-    result = dedup.apply_clusters(frame, clusters)
-    total = time.perf_counter() - start
-    print(f"\n== exact + near dedup of all Alpaca ({len(frame)} valid rows; JSON -> frame "
-          f"{loaded:.1f} s, not counted)")
-    print(f"   find_duplicates {found:.2f} s + apply_clusters {total - found:.2f} s = "
-          f"{total:.2f} s end to end ({len(frame) / total:.0f} rows/s)")
-    print(f"   clusters {clusters['cluster_id'].nunique()}, kept {len(result.kept)}, dropped "
-          f"{len(result.dropped)}: {result.dropped['reason'].value_counts().to_dict()}")
+    """Print the time of exact + near dedup of all of Alpaca, from the store back into the
+    store (read the version, find duplicates, write the child version); return the frame."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(Path(folder) / "bench.duckdb")
+        start = time.perf_counter()
+        version, _ = store.import_file(ALPACA, "alpaca")
+        imported = time.perf_counter() - start
+        start = time.perf_counter()
+        frame = store.frame(version.version_id)
+        read = time.perf_counter() - start
+        clusters = dedup.find_duplicates(frame, near=dedup.MinHashConfig())
+        found = time.perf_counter() - start - read
+        child = curate.apply_dedup(store, version.version_id, frame, clusters,
+                                   curate.DedupOptions())
+        total = time.perf_counter() - start
+    print(f"\n== exact + near dedup of all Alpaca ({len(frame)} rows; import {imported:.1f} s, "
+          "not counted)")
+    print(f"   read version {read:.2f} s + find_duplicates {found:.2f} s + write version "
+          f"{total - read - found:.2f} s = {total:.2f} s end to end ({len(frame) / total:.0f} "
+          "rows/s)")
+    print(f"   clusters {clusters['cluster_id'].nunique()}, new version v{child.version_id}: "
+          f"{child.n_rows} rows, counts {child.counts}")
     start = time.perf_counter()
     curve = dedup.threshold_curve(frame, "near", [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     print(f"   threshold_curve(near) {time.perf_counter() - start:.2f} s:")
