@@ -514,6 +514,9 @@ def style_checks(style: Mapping[str, Any]) -> dict[str, Check]:
     """
     builders = {"starts_with": _starts_with, "ends_with": _ends_with, "min_words": _min_words,
                 "max_words": _max_words, "regex": _regexes, "forbid": _forbids}
+    if not isinstance(style, Mapping):
+        raise ConfigError(f"style must be an object of checks such as {{\"max_words\": 80}}, "
+                          f"got {type(style).__name__} {style!r}")
     unknown = sorted(set(style) - set(builders))
     if unknown:
         raise ConfigError(f"unknown style check(s) {', '.join(unknown)}; "
