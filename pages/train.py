@@ -89,6 +89,17 @@ def config_form(model: str, val_fraction: float) -> dict | None:
                                          key="tr_accum"),
             "max_seq_len": a.number_input("Max sequence length", value=512, step=64,
                                           key="tr_seq_len"),
+            "batching": b.selectbox(
+                "Batching", ["grouped", "packed"], key="tr_batching",
+                help="grouped: rows of similar length share a batch; packed: rows are packed "
+                     "into full blocks that never attend to each other (least padding)."),
+            "weight_decay": c.number_input("Weight decay", value=d["weight_decay"].default,
+                                           step=0.01, key="tr_wd"),
+            "eval_every": e.number_input("Validate every N steps (0 = start and end)",
+                                         value=d["eval_every"].default, step=1, key="tr_eval"),
+            "checkpoint_every": a.number_input("Checkpoint every N steps",
+                                               value=d["checkpoint_every"].default, step=1,
+                                               key="tr_ckpt"),
         }
         started = st.form_submit_button("Start training", type="primary", key="tr_start",
                                         icon=":material/play_arrow:")

@@ -56,11 +56,15 @@ def test_invalid_config_names_the_field(store, tmp_path):
 
 def test_start_follow_and_reload_a_short_run(store, tmp_path):
     at = tiny_form(open_page())
+    at.selectbox(key="tr_batching").set_value("packed")
+    at.number_input(key="tr_wd").set_value(0.01)
     at = ok(at.button(key="tr_start").click().run())
     run_id = at.selectbox(key="tr_run").value
     assert any("Started training run" in s.value for s in at.success)
     done = jobs.wait(run_id, home=tmp_path / "runs", timeout=120)
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 20)
+    config = done.config["params"]["config"]  # every form option reaches the job
+    assert config["batching"] == "packed" and config["weight_decay"] == 0.01
 
     at = ok(at.run())
     table = at.dataframe[0].value  # the runs table
