@@ -106,11 +106,20 @@ def jobs_panel() -> None:
         if job.kind not in shown:  # the newest job of each kind
             shown.add(job.kind)
             job_panel(job.run_id, key=f"sc_job_{job.kind}")
+            failed = job.result.get("errors") or []
+            if failed:  # rows the judge could not score stay unscored, and are listed
+                st.warning(f"{job.result['failed']:,} rows were not scored by the judge; "
+                           "scoring again retries only those.", icon=":material/warning:")
+                st.dataframe(failed, hide_index=True, key=f"sc_job_errors_{job.kind}")
 
 
 def charts(frame, columns: list[str]) -> None:
     st.subheader("Scores")
     st.dataframe(quality.score_summary(frame, columns), hide_index=True, key="sc_summary")
+    if "judge_reason" in frame:
+        with st.expander("Judge scores with their reasons (lowest first)"):
+            st.dataframe(frame[["row_key", "judge_score", "judge_reason", "prompt"]]
+                         .sort_values("judge_score"), hide_index=True, key="sc_reasons")
     grid = st.columns(min(3, len(columns)))
     for i, column in enumerate(columns):
         fig = px.histogram(frame, x=column, nbins=40, title=column, height=260)

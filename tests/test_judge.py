@@ -289,6 +289,9 @@ def test_score_frame_caches_judged_rows_but_retries_failed_ones(server):
     assert first["judge_error"].iloc[1].startswith("HTTP 500")
     second = score_frame(frame, [spec], store=store)
     assert second["judge_score"].iloc[0] == 8.0  # from the cache: not asked again
+    with store.connect() as con:  # the reason is cached with the score
+        assert con.execute("SELECT detail FROM scores WHERE scorer = 'judge'").fetchall() == [
+            ("Correct and clear.",)]
     assert len(script.calls["ok"]) == 1 and len(script.calls["e500"]) == 2
 
 

@@ -144,3 +144,28 @@ def test_model_score_job_runs_in_the_background(small, tmp_path):
     frame = quality.with_cached_scores(small, small.frame(version))
     assert frame[["perplexity_score", "ifd_score"]].notna().all().all()
     assert charts(at) == 3  # perplexity and ifd histograms, and their scatter
+
+
+def test_judge_reasons_and_unscored_rows_are_shown(store, tmp_path):
+    from workbench import score as S
+    from workbench.cache import put_scores
+
+    frame = store.frame(1)
+    config = {"rubric": "Rate {response}", "model": "x"}
+    params = quality.judge_params(store, 1, config)["judge"]
+    put_scores(store, frame["id"][:3].tolist(), [2.0, 9.0, 5.0], "judge",
+               S.SCORERS["judge"].cache_params(params), ["too vague", "clear", "partly"])
+    run = tmp_path / "runs" / "judge-run"  # a finished judge job that could not score one row
+    run.mkdir(parents=True)
+    jobs._write_json(run / "config.json", {"task": "workbench.quality.judge_task",
+                                           "kind": "judge", "created": 0.0,
+                                           "params": {"version_id": 1}})
+    jobs._write_json(run / "status.json", {"state": "done"})
+    jobs._write_json(run / "result.json", {
+        "failed": 1, "errors": [{"row_key": 4, "error": "HTTP 429: rate limited"}]})
+    at = open_page()
+    reasons = next(d.value for d in at.dataframe if "judge_reason" in d.value.columns)
+    assert reasons["judge_reason"].tolist()[:3] == ["too vague", "partly", "clear"]
+    assert any("1 rows were not scored by the judge" in w.value for w in at.warning)
+    errors = next(d.value for d in at.dataframe if "error" in d.value.columns)
+    assert errors.to_dict("records") == [{"row_key": 4, "error": "HTTP 429: rate limited"}]

@@ -216,16 +216,28 @@ def test_bad_model_options_fail_before_a_job_starts(store, version, options, mes
 def test_judge_job_caches_scores_and_leaves_failures_unscored(store, version, monkeypatch):
     def fake_judge(frame, config, **_):
         import pandas as pd
-        score = [float(len(r) % 10 + 1) if "cannot" not in r else np.nan
-                 for r in frame["response"]]
-        return pd.DataFrame({"judge_score": score, "judge_reason": "", "judge_error": ""},
-                            index=frame.index)
+        bad = ["cannot" in r for r in frame["response"]]
+        return pd.DataFrame({
+            "judge_score": [np.nan if b else float(len(r) % 10 + 1)
+                            for b, r in zip(bad, frame["response"])],
+            "judge_reason": ["" if b else f"{len(r)} characters" for b, r in
+                             zip(bad, frame["response"])],
+            "judge_error": ["HTTP 500: try later" if b else "" for b in bad]},
+            index=frame.index)
 
     monkeypatch.setattr("workbench.judge.judge_frame", fake_judge)
     params = Q.judge_params(store, version, {"rubric": "Rate {response}", "model": "x"})
     result = Q.judge_task({**params, "chunk_rows": 4}, Q._InlineContext())
-    assert result == {"rows": 6, "cached": 0, "judged": 6, "failed": 1}
+    failed_row = int(store.frame(version).query("response.str.contains('cannot')")["row_key"]
+                     .iloc[0])
+    assert result == {"rows": 6, "cached": 0, "judged": 6, "failed": 1,
+                      "errors": [{"row_key": failed_row, "error": "HTTP 500: try later"}]}
     frame = Q.with_cached_scores(store, store.frame(version))
     assert frame["judge_score"].isna().sum() == 1
+    # The one-line reason is cached with its score; the failed row has neither.
+    scored = frame[frame["judge_score"].notna()]
+    assert (scored["judge_reason"] == scored["response"].str.len().astype(str)
+            + " characters").all()
+    assert frame.loc[frame["row_key"] == failed_row, "judge_reason"].item() == ""
     with pytest.raises(ConfigError, match="rubric"):
         Q.judge_params(store, version, {"rubric": "no placeholder"})

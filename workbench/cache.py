@@ -76,19 +76,23 @@ def get_scores(store: Store, ids: Sequence[str], scorer: str, params: dict
 
 
 def put_scores(store: Store, ids: Sequence[str], values: Sequence[float], scorer: str,
-               params: dict) -> int:
-    """Store score values for ids not cached yet; return how many were added."""
+               params: dict, details: Sequence[str] | None = None) -> int:
+    """Store score values (and an optional text per value, such as a judge's reason) for ids
+    not cached yet; return how many were added."""
     if not len(ids):
         return 0
     table = pa.table({"id": pa.array(list(ids), pa.string()),
-                      "value": pa.array(list(values), pa.float64())})
+                      "value": pa.array(list(values), pa.float64()),
+                      "detail": pa.array(list(details) if details is not None
+                                         else [None] * len(ids), pa.string())})
     key = params_hash(params)
     with store.transaction() as con:
         con.register("_new", table)
         before = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
-        con.execute("""INSERT INTO scores (id, scorer, params_hash, value) SELECT DISTINCT ON
-            (n.id) n.id, ?, ?, n.value FROM _new n WHERE n.id NOT IN (SELECT id FROM scores
-            WHERE scorer = ? AND params_hash = ?)""", [scorer, key, scorer, key])
+        con.execute("""INSERT INTO scores (id, scorer, params_hash, value, detail) SELECT
+            DISTINCT ON (n.id) n.id, ?, ?, n.value, n.detail FROM _new n WHERE n.id NOT IN
+            (SELECT id FROM scores WHERE scorer = ? AND params_hash = ?)""",
+                    [scorer, key, scorer, key])
         after = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
         con.unregister("_new")
     return after - before

@@ -95,19 +95,22 @@ def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     table = values.pivot_table(index="id", columns="scorer", values="value", aggfunc="first")
     for scorer in sorted(table.columns, key=list(S.SCORERS).index):
         out[S.SCORERS[scorer].column] = frame["id"].map(table[scorer]).astype("float64")
+    reasons = values[values["scorer"] == "judge"].set_index("id")["detail"]
+    if len(reasons):  # the judge's one-line reason travels with its score
+        out["judge_reason"] = frame["id"].map(reasons).fillna("")
     return out
 
 
 def _newest_scores(store: Store, ids: Sequence[str]) -> pd.DataFrame:
     if not len(ids):
-        return pd.DataFrame(columns=["id", "scorer", "value"])
+        return pd.DataFrame(columns=["id", "scorer", "value", "detail"])
     with store.connect() as con:
         con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
         df = con.sql("""
             WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
                           SEMI JOIN _ids USING (id) GROUP BY ALL),
                  best AS (SELECT scorer, arg_max(params_hash, t) AS h FROM used GROUP BY scorer)
-            SELECT s.id, s.scorer, s.value FROM scores s
+            SELECT s.id, s.scorer, s.value, s.detail FROM scores s
             JOIN best b ON s.scorer = b.scorer AND s.params_hash = b.h
             SEMI JOIN _ids USING (id)""").df()
         con.unregister("_ids")
@@ -213,17 +216,19 @@ def judge_task(params: dict, ctx: Any) -> dict:
     todo = frame[~frame["id"].isin(get_scores(store, frame["id"].tolist(), "judge", key))]
     todo = todo.drop_duplicates("id")
     ctx.log(f"{len(frame)} rows, {len(todo)} to judge ({config.backend}, {config.model})")
-    chunk, failed = int(params.get("chunk_rows", 16)), 0
+    chunk, errors = int(params.get("chunk_rows", 16)), []
     for start in range(0, len(todo), chunk):
         part = todo.iloc[start:start + chunk]
         judged = judge_frame(part, config)
         ok = judged["judge_score"].notna().to_numpy()
-        failed += int((~ok).sum())
         put_scores(store, part["id"][ok].tolist(), judged["judge_score"][ok].tolist(), "judge",
-                   key)
+                   key, judged["judge_reason"][ok].tolist())
+        for row_key, error in zip(part["row_key"][~ok], judged["judge_error"][~ok]):
+            ctx.log(f"row {row_key}: not scored: {error}")  # a failure is said, never a score
+            errors.append({"row_key": int(row_key), "error": str(error)})
         ctx.progress(start + len(part), len(todo))
     return {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
-            "failed": failed}
+            "failed": len(errors), "errors": errors[:200]}
 
 
 def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:

@@ -674,14 +674,16 @@ def _missing(frame: pd.DataFrame, cached: Mapping[str, float]) -> pd.DataFrame:
     return frame[~frame["id"].isin(cached.keys())].drop_duplicates("id")
 
 
-def _save(store: Any, spec: ScoreSpec, ids: Sequence[str], values: np.ndarray) -> None:
+def _save(store: Any, spec: ScoreSpec, ids: Sequence[str], values: np.ndarray,
+          details: Sequence[str] | None = None) -> None:
     if store is None:
         return
     from .cache import put_scores
 
     ok = np.isfinite(values)  # a failure is reported, never stored as if it were a score
+    kept = None if details is None else [d for d, good in zip(details, ok) if good]
     put_scores(store, [i for i, good in zip(ids, ok) if good], values[ok].tolist(), spec.name,
-               spec.scorer.cache_params(spec.params))
+               spec.scorer.cache_params(spec.params), kept)
 
 
 def _aligned(frame: pd.DataFrame, cached: Mapping[str, float], ids: Sequence[str],
@@ -734,7 +736,7 @@ def _run_judge(out: pd.DataFrame, frame: pd.DataFrame, spec: ScoreSpec, store: A
     todo = _missing(frame, cached)
     judged = judge_frame(todo, JudgeConfig(**spec.params), lm=lm)
     values = judged["judge_score"].to_numpy(dtype=np.float64)
-    _save(store, spec, todo["id"].tolist(), values)
+    _save(store, spec, todo["id"].tolist(), values, judged["judge_reason"].tolist())
     out[spec.out] = _aligned(frame, cached, todo["id"].tolist(), values)
     for extra in ("judge_reason", "judge_error"):
         by_id = dict(zip(todo["id"], judged[extra]))
