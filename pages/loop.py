@@ -13,9 +13,14 @@ from workbench.exceptions import WorkbenchError
 st.title("Iterations")
 try:
     overview = loop.iterations(store())
+    pending = loop.unevaluated_training_runs(store())
 except WorkbenchError as e:
     show_error(e)
     st.stop()
+if not pending.empty:
+    st.subheader("Trained, not evaluated yet")
+    st.caption("Evaluate these on the Evaluate page (model: the run id) to add them here.")
+    st.dataframe(pending, hide_index=True, key="it_pending")
 if overview.empty:
     st.info("No eval runs yet: evaluate a model on the Evaluate page. Each evaluation, and each "
             "retrain from the Errors page, becomes one iteration here.")

@@ -42,3 +42,23 @@ def test_overview_lists_each_iteration_and_plots_a_metric(store):
     assert len(at.get("plotly_chart")) == 1
     at = ok(at.selectbox(key="it_metric").set_value("format_ok").run())
     assert len(at.get("plotly_chart")) == 1
+
+
+def test_training_runs_not_evaluated_yet_are_listed_apart(store, tmp_path):
+    from workbench import jobs
+
+    for name in ("train-evaluated", "train-pending"):  # two finished training runs
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        jobs._write_json(run / "config.json", {
+            "task": "workbench.train.train_task", "kind": "train", "created": 0.0,
+            "params": {"version_id": 1, "config": {"model": "tiny", "max_steps": 2}}})
+        jobs._write_json(run / "status.json", {"state": "done"})
+    write_eval_run(tmp_path / "runs", store, 1, ["Thanks!"] * 4, name="eval-3",
+                   model={"run_dir": str(tmp_path / "runs" / "train-evaluated")})
+    at = open_page()
+    pending = next(d.value for d in at.dataframe if "status" in d.value.columns)
+    assert pending["run_id"].tolist() == ["train-pending"]
+    assert pending["status"].tolist() == ["done"] and pending["data"].tolist() == ["eval v1"]
+    overview = next(d.value for d in at.dataframe if "eval_run" in d.value.columns)
+    assert overview.iloc[-1]["train_run"] == "train-evaluated"

@@ -429,6 +429,15 @@ def _version_lineage(store: Store, version: int | None) -> dict[str, Any]:
             "train_parent": info.parent_id}
 
 
+def unevaluated_training_runs(store: Store, *, home: str | Path | None = None) -> pd.DataFrame:
+    """Return the training runs no eval run has evaluated yet, newest first (runs table)."""
+    from . import training
+
+    evaluated = {str(m).removeprefix("run:") for m in eval_runs(home=home)["model"]}
+    runs = [j for j in training.training_runs(home) if j.run_id not in evaluated]
+    return training.runs_table(runs, store)
+
+
 def metric_history(metric: str, *, home: str | Path | None = None) -> pd.DataFrame:
     """Return per eval run (oldest first) a metric's mean, lo and hi; runs without it are left
     out."""
