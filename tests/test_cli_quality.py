@@ -144,6 +144,7 @@ def test_score_model_scorers_with_a_local_model_folder(imported, tiny_model_dir)
     result = run("score", "d", "--scorers", "perplexity,ifd", "--model", tiny_model_dir,
                  "--max-length", "64", "--no-progress")
     assert "model scores" not in result.stderr  # no progress bar of the scorers
+    assert "Loading weights" not in result.stderr  # nor transformers' own
     lines = result.stdout.splitlines()
     assert lines[0] == "version 1: 6 rows scored"
     table = {line.split()[0]: line.split() for line in lines[2:]}
@@ -213,6 +214,9 @@ def test_select_longest_works_without_scoring(imported):
     assert list(imported.frame(2)["response"]) == [response(4), response(5)]
     assert imported.version(2).params["method"] == "longest_k"
     assert imported.removed(2)["detail"].str.startswith("longest_k: rank ").all()
+    ignored = run("select", "d", "--method", "longest", "--k", "1", "--score", "length",
+                  "--dry-run")
+    assert ignored.stderr.strip() == "note: --score does nothing with --method longest"
 
 
 # --- bad input ----------------------------------------------------------------------------------

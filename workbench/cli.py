@@ -398,6 +398,10 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
         quality.score_heuristics(store, frame,
                                  quality.heuristic_specs(heuristics, {"format": checks}))
     if models:
+        if not progress:  # transformers draws its own bar while it loads the weights
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
             quality.run_model_scoring(store, vid, scores=models, model=model,
@@ -438,9 +442,17 @@ def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: 
     options = quality.SelectOptions(method="top_k" if method == "topk" else method, k=k,
                                     score=score, bounds=_bounds(mins, maxs),
                                     similarity=similarity, n_clusters=clusters)
+    for given, name, used in ((k, "--k", method != "threshold"),
+                              (score, "--score", method not in ("longest", "threshold"))):
+        if given is not None and not used:
+            click.echo(f"note: {name} does nothing with --method {method}", err=True)
     frame = quality.with_cached_scores(store, store.frame(vid))
-    if options.needs_embeddings:
-        embed_frame(store, frame, field=options.field, model=options.model)
+    if options.needs_embeddings:  # once per row, cached: a second selection embeds nothing
+        from tqdm import tqdm
+
+        with tqdm(desc="embedding", unit=" rows", file=sys.stderr) as bar:
+            embed_frame(store, frame, field=options.field, model=options.model,
+                        progress=_bar_callback(bar))
     selection = quality.preview_selection(store, frame, options)
     reasons = selection.dropped["reason"].value_counts().to_dict()
     click.echo(f"{len(selection.kept)} of {len(frame)} rows selected; dropped: "
