@@ -137,7 +137,10 @@ def slice_section() -> None:
         st.info("This run has no metric columns to slice.")
         return
     left, right = st.columns(2)
-    metric = left.selectbox("Metric", metrics, key="er_metric")
+    # Open on a graded metric: exact match is 0 almost everywhere for free-text answers.
+    preferred = next((m for m in ("similarity", "rouge_l", "token_f1") if m in metrics), None)
+    metric = left.selectbox("Metric", metrics, key="er_metric",
+                            index=metrics.index(preferred) if preferred else 0)
     by = right.selectbox("Slice by", kinds, key="er_by")
     try:
         table = loop.slices(store(), run_id, metric, by)
