@@ -551,30 +551,40 @@ def train_cmd(ctx: click.Context, ref: str, val_ref: str | None, config_file: st
 
 
 def _follow_run(run_id: str) -> None:
-    """Show a run's progress bar with its loss until it ends; Ctrl-C cancels the run."""
-    from tqdm import tqdm
+    """Follow a training run with its loss until it ends, then print its result."""
+    from . import training
 
-    from . import jobs, training
-
-    with tqdm(desc="training", unit=" steps", file=sys.stderr, dynamic_ncols=True) as bar:
-        def show(job: jobs.JobStatus) -> None:
-            bar.total, bar.n = job.total, job.step
-            bar.set_postfix({k: f"{job.last[k]:.4f}" for k in ("loss", "val_loss")
-                             if job.last.get(k) is not None})
-
-        try:
-            job = jobs.wait(run_id, on_progress=show, timeout=float("inf"))
-        except KeyboardInterrupt:
-            training.cancel_run(run_id)
-            raise WorkbenchError(f"cancelled run {run_id}; continue it with "
-                                 f"'workbench resume {run_id}'") from None
-    if job.state != "done":
-        raise WorkbenchError(f"run {run_id} {job.state}: {job.error or 'stopped'}")
+    job = _follow_job(run_id, "training", unit=" steps", show=("loss", "val_loss"), grace_s=2.0,
+                      hint=f"; continue it with 'workbench resume {run_id}'")
     train_loss, val_loss = training.final_losses(job)
     val = f", val loss {val_loss:.4f}" if val_loss is not None else ""
     click.echo(f"run {run_id} done: {job.result.get('steps')} steps, train loss "
                f"{train_loss:.4f}{val}")
     click.echo(f"adapter: {job.result.get('adapter')}")
+
+
+def _follow_job(run_id: str, desc: str, *, unit: str = " rows", show: tuple[str, ...] = (),
+                grace_s: float = 10.0, hint: str = "") -> Any:
+    """Draw a job's progress (and its latest ``show`` values) on stderr until it ends;
+    Ctrl-C cancels it. Return its final status; raise unless it finished."""
+    from tqdm import tqdm
+
+    from . import jobs
+
+    with tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True) as bar:
+        def draw(job: jobs.JobStatus) -> None:
+            bar.total, bar.n = job.total, job.step
+            bar.set_postfix({k: f"{job.last[k]:.4f}" for k in show
+                             if job.last.get(k) is not None})
+
+        try:
+            job = jobs.wait(run_id, on_progress=draw, timeout=float("inf"))
+        except KeyboardInterrupt:
+            jobs.cancel(run_id, grace_s=grace_s)
+            raise WorkbenchError(f"cancelled run {run_id}{hint}") from None
+    if job.state != "done":
+        raise WorkbenchError(f"run {run_id} {job.state}: {job.error or 'stopped'}")
+    return job
 
 
 @main.command("runs")
@@ -678,7 +688,7 @@ def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
     if detach:
         click.echo(f"follow it in the app, or: workbench compare {job.run_id} OTHER_RUN")
         return
-    _wait_for_job(job.run_id, "generating")
+    _follow_job(job.run_id, "generating")
     click.echo(evaluation.summary_table(job.run_id).to_string(index=False,
                                                                 float_format="%.3f"))
 
@@ -690,20 +700,6 @@ def _json_option(name: str, text: str | None) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError as e:
         raise WorkbenchError(f"{name} is not valid JSON ({e})") from None
-
-
-def _wait_for_job(run_id: str, desc: str) -> None:
-    """Draw a job's progress on stderr until it ends; raise if it did not finish."""
-    from . import jobs
-
-    try:
-        with _progress_bar(desc, enabled=True) as update:
-            job = jobs.wait(run_id, timeout=7 * 24 * 3600, on_progress=lambda j: update(j.step))
-    except KeyboardInterrupt:
-        jobs.cancel(run_id)
-        raise WorkbenchError(f"cancelled run {run_id}") from None
-    if job.state != "done":
-        raise WorkbenchError(f"run {run_id} {job.state}: {job.error or 'stopped'}")
 
 
 @main.command("eval-import")
