@@ -149,7 +149,7 @@ def embedding_section(frame, columns: list[str]) -> None:
                 "quotas; they are computed once in the background and cached.")
         if st.button("Embed rows in the background", key="sc_embed_start",
                      disabled=bool(runs) and runs[0].active):
-            start(lambda: quality.start_embedding(store(), version_id))
+            start(lambda: curate.start_embedding(store(), version_id))
         return
     colour = st.selectbox("Colour by", ["cluster", *columns], key="sc_colour")
     data = points.merge(frame[["row_key", *columns]], on="row_key").assign(text=hover(frame))

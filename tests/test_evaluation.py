@@ -16,7 +16,7 @@ import torch
 
 from helpers_app import chat_file, write_jsonl
 from workbench import evaluate as ev
-from workbench import evaluation, jobs
+from workbench import evaluation, jobs, training
 from workbench.exceptions import ConfigError, ImportFormatError, NotFoundError
 from workbench.store import Store
 
@@ -197,7 +197,7 @@ def fake_training_run(home: Path, run_id: str, *, version_id: int) -> Path:
     """A finished training run folder as train_task leaves it (no adapter: never loaded here)."""
     run_dir = home / run_id
     (run_dir / "data").mkdir(parents=True)
-    jobs._write_json(run_dir / "config.json", {"task": evaluation.TRAIN_TASK, "kind": "train",
+    jobs._write_json(run_dir / "config.json", {"task": training.TASK, "kind": "train",
                                                "params": {"version_id": version_id,
                                                           "config": {"model": "tiny"}}})
     jobs._write_json(run_dir / "status.json", {"state": "done"})

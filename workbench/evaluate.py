@@ -919,9 +919,11 @@ def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedT
 
 
 def model_label(spec: Any) -> str:
-    """Return a short display name for a model spec."""
+    """Return a short display name for a model spec (a list: the models of imported rows)."""
     if isinstance(spec, Mapping):
         return f"run:{Path(str(spec.get('run_dir', '?'))).name}"
+    if isinstance(spec, list):
+        return ", ".join(map(str, spec))
     return str(spec or "default")
 
 

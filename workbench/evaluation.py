@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import analysis, jobs
+from . import analysis, jobs, training
 from . import evaluate as ev
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .io import ImportReport
@@ -26,7 +26,6 @@ from .store import Store
 EVAL_TASK = "workbench.evaluate.eval_task"
 IMPORT_TASK = "workbench.evaluate.import_task"
 LOOP_TASK = "workbench.evaluate.loop_task"
-TRAIN_TASK = "workbench.train.train_task"
 # Task -> the kind shown to people; every one of them writes predictions.parquet.
 EVAL_TASKS = {EVAL_TASK: "eval", IMPORT_TASK: "import", LOOP_TASK: "loop"}
 BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
@@ -41,11 +40,7 @@ Home = str | Path | None
 
 def trained_runs(*, home: Home = None) -> list[jobs.JobStatus]:
     """Return the finished training runs (they have an adapter), newest first."""
-    return [j for j in jobs.list_runs(home=home) if _is_training(j) and j.state == "done"]
-
-
-def _is_training(job: jobs.JobStatus) -> bool:
-    return job.kind == "train" or job.config.get("task") == TRAIN_TASK
+    return [j for j in training.training_runs(home) if j.state == "done"]
 
 
 def model_choices(*, home: Home = None) -> dict[str, str]:
@@ -80,7 +75,7 @@ def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
 
 def _training_run(run_dir: Path, model: str) -> dict[str, str]:
     job = jobs.status(run_dir)
-    if not _is_training(job):
+    if job.config.get("task") != training.TASK:
         raise ConfigError(f"run {model} is a {job.kind or 'non-training'} run, not a training "
                           "run: pick a finished training run")
     if job.state != "done":
@@ -169,8 +164,8 @@ def run_label(job: jobs.JobStatus) -> str:
 def _model_name(job: jobs.JobStatus) -> str:
     params = job.config.get("params", {})
     if job.config.get("task") == IMPORT_TASK:
-        models = ev.read_summary(job.run_dir).get("model") or params.get("model")
-        return ", ".join(models) if isinstance(models, list) else str(models or "?")
+        return ev.model_label(ev.read_summary(job.run_dir).get("model") or params.get("model")
+                              or "?")
     if job.config.get("task") == LOOP_TASK:
         return f"run:{job.run_id}"
     return ev.model_label(params.get("model", "default"))

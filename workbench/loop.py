@@ -20,8 +20,8 @@ import orjson
 import pandas as pd
 
 from . import analysis, jobs
-from .evaluate import (PREDICTIONS_FILE, metric_columns, read_predictions, read_summary,
-                       text_vectors)
+from .evaluate import (PREDICTIONS_FILE, metric_columns, model_label, read_predictions,
+                       read_summary, text_vectors)
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
 from .store import Store, VersionInfo
@@ -69,19 +69,11 @@ def _config(folder: Path) -> dict:
 def _run_row(folder: Path) -> dict[str, Any]:
     summary = read_summary(folder)
     kind = _config(folder).get("kind") or summary.get("kind") or "eval"
-    model = _model_label(summary.get("model"))
+    model = model_label(summary.get("model") or "?")
     created = pd.Timestamp(_created(folder), unit="s").floor("s")
     rows = int(summary.get("rows") or 0)
     return {"run_id": folder.name, "kind": kind, "model": model, "rows": rows,
             "created": created, "label": f"{folder.name} · {kind} · {model} · {rows} rows"}
-
-
-def _model_label(model: Any) -> str:
-    if isinstance(model, Mapping):
-        return f"run:{Path(str(model.get('run_dir', '?'))).name}"
-    if isinstance(model, list):
-        return ", ".join(map(str, model))
-    return str(model or "?")
 
 
 def predictions(run: str | Path, *, home: str | Path | None = None) -> pd.DataFrame:

@@ -14,9 +14,8 @@ module wires them to the store, so the Score & select page and the CLI do the sa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
-
 from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,7 +73,6 @@ def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreS
 
 def _touch(store: Store, ids: Sequence[str], scorer: str, params: dict) -> None:
     """Mark a scorer's cached values as the newest, so with_cached_scores picks them."""
-
     if not len(ids):
         return
     with store.transaction() as con:
@@ -272,12 +270,6 @@ def _map_file(store: Store, frame: pd.DataFrame, **params: Any) -> Path | None:
         digest.update(row_id.encode() + b"\n")
     key = f"{digest.hexdigest()}-{params_hash(params)}"
     return Path(store.path).parent / "cache" / "maps" / f"{key}.parquet"
-
-
-def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
-                    model: str = "default") -> jobs.JobStatus:
-    """Start the shared embedding job (curate.start_embedding) for a version."""
-    return curate.start_embedding(store, version_id, field=field, model=model)
 
 
 # --- selection ----------------------------------------------------------------------------------
