@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from workbench import clean as C
 from workbench.exceptions import ConfigError, WorkbenchError
-from workbench.schema import DROP_COLUMNS, Example, content_id, examples_frame
+from workbench.schema import DROP_COLUMNS, Example, content_id, examples_frame, to_example
 
 MB_TEXT = ("All work and no play makes a dull day. " * 27_000)[:1_000_000] + "End."
 
@@ -63,6 +64,9 @@ def fixed(rule: C.Rule, text: str) -> str | None:
     (lambda: C.Contamination(eval_texts=["a b"], eval_ids=["1", "2"]), "Contamination.eval_ids"),
     (lambda: C.Contamination(eval_texts=["a"], n=5, short_n=8), "Contamination.n"),
     (lambda: C.Placeholder(values="n/a"), "Placeholder.values"),
+    (lambda: C.Placeholder(mode="review"), "Placeholder.mode"),
+    (lambda: C.Normalize(mode="flag"), "Normalize.mode"),
+    (lambda: C.PlaceholderInput(mode="drop_all"), "PlaceholderInput.mode"),
 ])
 def test_bad_config_names_the_field(make, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -81,8 +85,9 @@ def test_configs_accept_lists_and_serialise():
 
 def test_rule_names_are_stable():
     names = [r.name for r in C.default_rules()]
-    assert names == ["normalize", "pii", "placeholder", "too_short", "too_long", "refusal",
-                     "missing_context", "truncated", "repetition"]
+    assert names == ["normalize", "pii", "placeholder", "placeholder_input", "too_short",
+                     "too_long", "refusal", "missing_context", "url_input", "truncated",
+                     "repetition"]
     assert C.Language.name == "language" and C.Contamination.name == "contamination"
 
 
@@ -139,11 +144,109 @@ def test_placeholder_custom_values_and_detail():
     assert C.Placeholder().check([" "])[0] == "empty"
 
 
+@pytest.mark.parametrize("text", [
+    "<nooutput> This type of instruction cannot be fulfilled by a GPT model.",
+    "<noinput>\nOutput:\nI will remember the appointment.", "< No Output >",
+    "<No output. The task requires a poster, not text.>", "No input required.",
+])
+def test_placeholder_drops_a_leading_tag_and_wordy_placeholders(text):
+    assert hits(C.Placeholder(), text) == [True]
+
+
+@pytest.mark.parametrize("text", [":-)", ";)", "<3", "^_^", "<html>\n<body>Hi</body>\n</html>",
+                                  '<img src="a.png" alt="Three circles.">', "<b>None</b> left."])
+def test_placeholder_keeps_emoticons_and_markup(text):
+    assert hits(C.Placeholder(), text) == [False]
+
+
+def test_placeholder_leading_tag_detail():
+    detail = C.Placeholder().check(["<nooutput> This type of instruction cannot be done."])[0]
+    assert detail == "starts with placeholder '<nooutput>'"
+
+
+# --- the input part of a prompt ------------------------------------------------------------
+
+def alpaca(instruction: str, inp: str, output: str = "Sure.") -> pd.DataFrame:
+    example = to_example({"instruction": instruction, "input": inp, "output": output}, "alpaca")
+    return examples_frame([example])
+
+
+def rule_hits(rule: C.Rule, f: pd.DataFrame) -> list[str | None]:
+    return [None if h is None else h.detail for h in
+            rule.scan([list(m) for m in f["messages"]], f["metadata"].tolist())]
+
+
+@pytest.mark.parametrize("inp", ["No input", "Noinput", "<noinput>", "N/A", "(noinput)",
+                                 "[No Input]", "No input required.", '"<noinput>"', "< noinput >",
+                                 "`<noinput>`", "<noinput> Output:"])
+def test_placeholder_input_drops_alpaca_placeholder_inputs(inp):
+    detail = rule_hits(C.PlaceholderInput(), alpaca("Write a poem about the sea.", inp))[0]
+    assert detail is not None and detail.startswith("turn 1 (user): input ")
+
+
+@pytest.mark.parametrize("inp", ["..-. --- -.-. .... .", "*\n**\n***", "Apple, Banana, Lemon",
+                                 "None of the options above is correct: A, B or C?", "NA12878"])
+def test_placeholder_input_keeps_real_inputs(inp):
+    assert rule_hits(C.PlaceholderInput(), alpaca("Decode or continue this.", inp)) == [None]
+
+
+def test_placeholder_input_reads_a_last_paragraph_outside_alpaca():
+    rule = C.PlaceholderInput()
+    f = frame(qa("Sure.", "Write a poem.\n\nN/A"), qa("Sure.", "N/A"),
+              qa("Sure.", "Write a poem.\n\nAbout the sea."), qa("Sure.", "Write a poem."))
+    assert rule_hits(rule, f) == ["turn 1 (user): input placeholder 'N/A'", None, None, None]
+    # The apply path, with the Alpaca row's input found through its metadata.
+    dropped = C.apply(alpaca("Summarize the text.", "No input"), [rule]).dropped
+    assert dropped["reason"].tolist() == ["placeholder_input"]
+    assert C.prompt_input("Write a poem.\n\nN/A") == "N/A" and C.prompt_input("Hi.") == ""
+
+
+@pytest.mark.parametrize("inp", ["https://www.bbc.com/news/world-51461830", "www.amazon.com",
+                                 "Website URL: http://example.com", "<https://example.com/a.pdf>",
+                                 "Image: https://tinyurl.com/yag4jdyg"])
+def test_url_input_hits_inputs_that_are_only_a_link(inp):
+    detail = rule_hits(C.UrlInput(), alpaca("Summarize the following article.", inp))[0]
+    assert detail is not None and "is only a link" in detail
+
+
+@pytest.mark.parametrize("prompt, inp", [
+    ("Summarize the following article.", "The article says: see https://example.com for more."),
+    ("Summarize https://example.com/article in three sentences.", ""),
+    ("Extract the domain.", "The link is https://docs.example.com/a"),
+])
+def test_url_input_keeps_links_inside_text(prompt, inp):
+    f = alpaca(prompt, inp) if inp else frame(qa("Sure.", prompt))
+    assert rule_hits(C.UrlInput(), f) == [None]
+
+
 # --- length --------------------------------------------------------------------------------
 
 def test_too_short_in_chars_ignores_outer_space():
     assert hits(C.TooShort(), "4", " 4 ", "42", "") == [True, True, False, True]
     assert hits(C.TooShort(min_length=5), "four", "five!") == [True, False]
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("What is the result of 12/3?", "4"),
+    ("Output 1 for a breach and 0 for no breach.\n\nUsing a school laptop at home", "1"),
+    ("Find the median of the given list.\n\n9, 2, 7", "7"),
+    ("Assign a letter grade for the given test score\n\n89", "B"),
+    ("Which is a mammal?\n(A) shark (B) whale", "B"),
+    ("Pick an emoji that best describes the mood.\n\nExcited", "😆"),
+])
+def test_too_short_keeps_a_one_character_answer_to_its_question(prompt, answer):
+    f = frame(qa(answer, prompt))
+    assert len(C.apply(f, [C.TooShort()]).dropped) == 0
+    assert len(C.apply(f, [C.TooShort(short_answers=False)]).dropped) == 1
+
+
+@pytest.mark.parametrize("prompt, answer", [
+    ("Write a poem about the sea.", "a"), ("Tell me about Paris.", "7"),
+    ("What is 2+2?", "x"), ("Describe your day.", "😆"), ("How many legs has a cat?", "."),
+])
+def test_too_short_drops_one_character_that_does_not_answer(prompt, answer):
+    assert C.apply(frame(qa(answer, prompt)), [C.TooShort()]).dropped["reason"].tolist() == \
+        ["too_short"]
 
 
 def test_too_long_turn_and_conversation_scope():
@@ -283,6 +386,12 @@ def test_pii_leaves_lookalikes_alone(text):
     assert C.PII().spans(text) == []
 
 
+@pytest.mark.parametrize("text", ["(123) 456-7890", "123-456-7890", "(123)-456-7890",
+                                  "Phone: (123) 456-7890", "123.456.7890"])
+def test_pii_redacts_every_written_form_of_a_phone_number(text):
+    assert redacted(text).endswith("[PHONE]")
+
+
 def test_luhn():
     assert C.luhn_valid("4111 1111 1111 1111") and C.luhn_valid("79927398713")
     assert not C.luhn_valid("4111 1111 1111 1112") and not C.luhn_valid("")
@@ -362,6 +471,36 @@ def test_missing_context_keeps(prompt, meta):
     assert len(C.apply(frame(qa("Sure.", prompt), metas=[meta]), [C.MissingContext()]).dropped) == 0
 
 
+@pytest.mark.parametrize("prompt", [
+    "Summarize the article below in 5 sentences.\n\nThe COVID-19 crisis changed the way we "
+    "work: working from home became the norm for many people.",
+    "Given the table below, classify each sentence.\n\n|Sentence|\n|--|\n|Apples are fruit.|",
+])
+def test_missing_context_keeps_text_below_that_is_in_the_row(prompt):
+    assert len(C.apply(frame(qa("Sure.", prompt)), [C.MissingContext()]).dropped) == 0
+    instruction, inp = prompt.split("\n\n", 1)
+    assert len(C.apply(alpaca(instruction, inp), [C.MissingContext()]).dropped) == 0
+
+
+@pytest.mark.parametrize("text", [
+    "Summarize the article below in 5 sentences.",
+    "Thanks! I've listed the settings in the table below, so copy them.\n\n— Northwind Support",
+    "Please follow the steps in the article linked below; it covers every platform and plan.\n\n"
+    "Let us know if anything in it is unclear and we will gladly help you further.",
+])
+def test_missing_context_still_drops_text_below_that_is_absent(text):
+    assert len(C.apply(frame(qa("Sure.", text)), [C.MissingContext()]).dropped) == 1
+
+
+def test_missing_context_answers_about_images_in_general_and_video_games():
+    general = qa("A classifier finds the objects in the image and labels them.",
+                 "How does object detection work?")
+    game = qa("The level design in this video game was excellent.", "Review a video game.")
+    assert len(C.apply(frame(general, game), [C.MissingContext()]).dropped) == 0
+    asked = qa("A cat.", "What animal is in the photo?")
+    assert len(C.apply(frame(asked), [C.MissingContext()]).dropped) == 1
+
+
 def test_missing_context_multi_turn_and_roles():
     conv = chat("Here is my essay: Cats are great pets.", "Nice essay.",
                 "Summarize the text above.", "Cats are good.")
@@ -369,7 +508,7 @@ def test_missing_context_multi_turn_and_roles():
     said = qa("As you can see in the image above, the cat is asleep.", "Describe my cat.")
     assert len(C.apply(frame(said), [C.MissingContext(roles=("user",))]).dropped) == 0
     dropped = C.apply(frame(said), [C.MissingContext()]).dropped  # assistants are checked too
-    assert dropped["detail"].iloc[0].startswith("turn 2 (assistant): refers to 'in the image'")
+    assert dropped["detail"].iloc[0].startswith("turn 2 (assistant): refers to 'the image above'")
 
 
 # --- repetition ----------------------------------------------------------------------------
@@ -386,11 +525,38 @@ def test_repetition_keeps_ordinary_prose_and_short_answers():
     assert hits(C.Repetition(min_words=0), "New York, New York") == [True]
 
 
+ORDINARY = ("Two advantages of using relational databases are that they are organized and "
+            "easy to query, and that they are easily shared among different users. Two "
+            "disadvantages of using relational databases are that they can be hard to scale, "
+            "and that query performance can suffer when more data is added to the tables.")
+SONG = ("Verse 1:\nSunny days and open skies,\nLaughter drifting through the air.\n\n"
+        "Chorus:\nLet's all seize the summertime,\nGonna have a real good time.\n\n"
+        "Verse 2:\nSandy toes and salty hair,\nEvery evening warm and bright.\n\n"
+        "Chorus:\nLet's all seize the summertime,\nGonna have a real good time.\n\n"
+        "Bridge:\nWhen the autumn comes along,\nWe will still remember this song.")
+
+
+def test_repetition_keeps_ordinary_paragraphs_and_refrains():
+    assert hits(C.Repetition(), ORDINARY, SONG) == [False, False]
+    # Gopher's web-page limits call both repetitive: this is what dropped real Alpaca rows.
+    gopher = C.Repetition(top_ngram_frac=C.GOPHER_TOP_NGRAMS, dup_ngram_frac=C.GOPHER_DUP_NGRAMS,
+                          dup_line_frac=0.3, dup_para_frac=0.3, dup_line_char_frac=0.2,
+                          dup_para_char_frac=0.2)
+    assert gopher.check([ORDINARY, SONG]) == ["top_4_gram 0.189 > 0.16", "dup_6_gram 0.166 > 0.14"]
+    # The same paragraph said three times in one run is a loop, found by the n-grams.
+    assert C.Repetition().check([" ".join([ORDINARY] * 3)]) == ["dup_5_gram 0.579 > 0.5"]
+
+
+def test_repetition_detail_has_three_digits():
+    detail = C.Repetition().check(["\n\n".join([PROSE] * 3)])[0]
+    assert detail == "dup_para_frac 0.667 > 0.5"
+
+
 @pytest.mark.parametrize("text, stat", [
     ("\n".join(["Buy our product today."] * 6 + [PROSE]), "dup_line"),
     ("\n\n".join([PROSE] * 3), "dup_para_frac"),
     ("buy now " * 60, "top_2_gram"),
-    (PROSE + " " + " ".join(["the quick brown fox jumps over"] * 8), "gram"),
+    (PROSE + " " + " ".join(["the quick brown fox jumps over"] * 25), "gram"),
 ])
 def test_repetition_drops(text, stat):
     detail = C.Repetition().check([text])[0]
@@ -472,18 +638,26 @@ def sample_frame() -> pd.DataFrame:
         qa("ok  \n\n\n\nfine."),
         qa("x", "What is 2+2? Also mail bob@gmail.com"),
         qa("Describe it.", "Describe the image above."),
+        qa("The sea is wide.", "Write a poem about the sea.\n\nNo input"),
     )
+
+
+def dropping(rules: list[C.Rule]) -> list[C.Rule]:
+    """The same rules with every drop-or-flag rule in drop mode."""
+    return [r if r.action == "change" else dataclasses.replace(r, mode="drop") for r in rules]
 
 
 def test_apply_reasons_details_and_counts():
     f = sample_frame()
-    result = C.apply(f, C.default_rules())
+    result = C.apply(f, dropping(C.default_rules()))
     assert len(result.kept) + len(result.dropped) == len(f)
     assert list(result.dropped.columns) == list(DROP_COLUMNS)
     assert dict(zip(result.dropped["row_key"], result.dropped["reason"])) == {
-        1: "placeholder", 2: "refusal", 4: "truncated", 6: "too_short", 7: "missing_context"}
+        1: "placeholder", 2: "refusal", 4: "truncated", 6: "too_short", 7: "missing_context",
+        8: "placeholder_input"}
     assert result.dropped["duplicate_of"].isna().all()
     assert result.kept["row_key"].tolist() == [0, 3, 5]
+    assert result.flagged.empty
     changed = result.changed.set_index("row_key")
     assert changed.loc[3, "reason"] == "pii"
     assert changed.loc[3, "detail"] == "turn 3 (user): redacted 1 EMAIL"
@@ -493,7 +667,7 @@ def test_apply_reasons_details_and_counts():
 def test_apply_rewrites_messages_and_derived_columns():
     f = sample_frame()
     before = f.copy(deep=True)
-    kept = C.apply(f, C.default_rules()).kept.set_index("row_key")
+    kept = C.apply(f, dropping(C.default_rules())).kept.set_index("row_key")
     assert kept.loc[3, "messages"][2]["content"] == "My email is [EMAIL]"
     assert kept.loc[5, "response"] == "ok\n\nfine."
     assert kept.loc[5, "id"] == content_id(kept.loc[5, "messages"])
@@ -522,12 +696,61 @@ def test_preview_counts_match_apply():
     report = C.preview(f, rules, samples=2)
     result = C.apply(f, rules)
     assert report.total_rows == len(f) and report.dropped_rows == len(result.dropped)
+    assert report.flagged_rows == result.flagged["row_key"].nunique()
     for rule, rr in zip(rules, report.rules):
         single = C.apply(f, [rule])
-        changed = single.changed["row_key"].nunique()
-        count = len(single.dropped) if rule.action == "drop" else changed
+        count = {"drop": len(single.dropped), "flag": single.flagged["row_key"].nunique(),
+                 "change": single.changed["row_key"].nunique()}[rule.action]
         assert rr.rows == count and rr.name == rule.name and len(rr.samples) <= 2
+        assert rr.action == rule.action and len(rr.row_keys) == rr.rows
     assert report.to_frame()["rows"].tolist() == [r.rows for r in report.rules]
+
+
+def test_flag_mode_keeps_rows_and_lists_them_for_review():
+    f = frame(qa("N/A"), qa("Paris is the capital of France."), qa("As an AI language model, no."))
+    result = C.apply(f, [C.Placeholder(mode="flag"), C.Refusal(mode="flag")])
+    assert result.kept["row_key"].tolist() == [0, 1, 2] and result.dropped.empty
+    assert list(result.flagged.columns) == ["row_key", "reason", "detail"]
+    assert result.flagged.values.tolist() == [
+        [0, "placeholder", "turn 2 (assistant): placeholder 'N/A'"],
+        [2, "refusal", "turn 2 (assistant): refusal 'As an AI language model'"]]
+    assert C.Placeholder(mode="flag").params()["mode"] == "flag"
+
+
+def test_flag_mode_in_preview_and_a_later_drop_wins():
+    f = frame(qa("N/A"), qa("x", "Tell me something."), qa("Fine, thanks."))
+    rules = [C.Placeholder(mode="flag"), C.TooShort(min_length=4)]
+    report = C.preview(f, rules)
+    assert [(r.name, r.action, r.rows, r.row_keys) for r in report.rules] == [
+        ("placeholder", "flag", 1, [0]), ("too_short", "drop", 2, [0, 1])]
+    assert report.dropped_rows == 2 and report.flagged_rows == 0
+    assert report.to_frame()["action"].tolist() == ["flag", "drop"]
+    result = C.apply(f, rules)
+    # Flagged and then dropped: reported as dropped only, like a change.
+    assert result.dropped["row_key"].tolist() == [0, 1] and result.flagged.empty
+    only_flags = C.preview(f, [C.Placeholder(mode="flag"), C.TooShort(min_length=4, mode="flag")])
+    assert only_flags.dropped_rows == 0 and only_flags.flagged_rows == 2
+
+
+def test_pii_can_flag_and_modes_decide_the_action():
+    assert C.PII(mode="flag").action == "flag" and C.PII().action == "change"
+    assert C.Normalize().action == "change" and C.Refusal().action == "drop"
+    result = C.apply(frame(qa("Mail jane@gmail.com")), [C.PII(mode="flag")])
+    assert result.flagged["detail"].tolist() == ["turn 2 (assistant): contains 1 EMAIL"]
+    assert result.kept["response"].tolist() == ["Mail jane@gmail.com"]
+
+
+def test_default_rules_drop_only_placeholder_inputs():
+    modes = {r.name: r.action for r in C.default_rules()}
+    assert [n for n, a in modes.items() if a == "drop"] == ["placeholder_input"]
+    assert modes["normalize"] == modes["pii"] == "change"
+    f = sample_frame()
+    result = C.apply(f, C.default_rules())
+    assert dict(zip(result.dropped["row_key"], result.dropped["reason"])) == {
+        8: "placeholder_input"}
+    first = result.flagged.drop_duplicates("row_key").set_index("row_key")["reason"].to_dict()
+    assert first == {1: "placeholder", 2: "refusal", 4: "truncated", 6: "too_short",
+                     7: "missing_context"}
 
 
 def test_preview_counts_a_row_under_every_rule_and_shows_before_after():
@@ -563,7 +786,8 @@ def test_adversarial_rows_survive_all_rules():
                                  C.Contamination(eval_texts=[MB_TEXT[:500]])]
     result = C.apply(f, rules)
     assert len(result.kept) + len(result.dropped) == len(f)
-    assert dict(zip(result.dropped["row_key"], result.dropped["reason"]))[1] == "placeholder"
+    flagged = result.flagged
+    assert "placeholder" in flagged.loc[flagged["row_key"] == 1, "reason"].tolist()
 
 
 PATHOLOGICAL = ["\n" * 200_000 + "an ai", "x" + " " * 200_000 + "x", "a-" * 100_000 + "key=a1",
@@ -595,7 +819,9 @@ TEXTS = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=30)), ma
     .map(" ".join)
 CONVS = st.lists(st.tuples(TEXTS, TEXTS), min_size=1, max_size=2) \
     .map(lambda pairs: chat(*[t for pair in pairs for t in pair]))
-PROPERTY_RULES = C.default_rules() + [C.Language(), C.Contamination(eval_texts=EVAL)]
+# The defaults (mostly flags), then the same rules dropping: a flagged row may be dropped later.
+PROPERTY_RULES = (C.default_rules() + [C.Language(), C.Contamination(eval_texts=EVAL)]
+                  + dropping(C.default_rules()[2:]))
 PROPERTY = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -618,6 +844,8 @@ def test_properties_of_apply(convs, cut):
                                   result.kept, check_dtype=False)
     pd.testing.assert_frame_equal(pd.concat([p.dropped for p in parts], ignore_index=True),
                                   result.dropped, check_dtype=False)
+    pd.testing.assert_frame_equal(pd.concat([p.flagged for p in parts], ignore_index=True),
+                                  result.flagged, check_dtype=False)
 
 
 def test_refusal_without_an_apology_at_the_start():

@@ -334,12 +334,15 @@ class StepResult:
     whose content changed are listed by row_key in ``changed`` with a reason. ``dropped``: one
     row per removed row with ``row_key``, a stable ``reason`` (for example ``exact_duplicate``),
     ``duplicate_of`` (row_key of the kept row, or None) and a human ``detail``.
-    kept + dropped always equals the input.
+    ``flagged``: kept rows that a rule marked for review instead of dropping, one row per
+    (row, rule) with ``row_key``, ``reason`` (the rule) and ``detail``; None from steps that
+    never flag. kept + dropped always equals the input.
     """
 
     kept: Any
     dropped: Any
     changed: Any = None
+    flagged: Any = None
 
 
 def examples_frame(examples: list[Example], row_keys: list[int] | None = None) -> Any:
