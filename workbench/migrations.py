@@ -36,4 +36,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         """CREATE TABLE embeddings (id VARCHAR NOT NULL, model VARCHAR NOT NULL,
             field VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
     ]),
+    (3, "labels by content id with an undoable action log; rows flagged for review", [
+        # A label event belongs to one action (one click, one bulk label, one file); the
+        # current label of a row is its newest event of an action that was not undone, so
+        # undoing a bulk action brings back whatever each row had before.
+        """CREATE TABLE label_actions (action_id INTEGER PRIMARY KEY, label_set VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL, description VARCHAR, n_rows INTEGER,
+            created_at TIMESTAMP DEFAULT current_timestamp, undone_at TIMESTAMP)""",
+        """CREATE TABLE label_events (action_id INTEGER NOT NULL, id VARCHAR NOT NULL,
+            label_set VARCHAR NOT NULL, label VARCHAR, reason VARCHAR)""",
+        """CREATE TABLE flagged (version_id INTEGER NOT NULL, row_key BIGINT NOT NULL,
+            reason VARCHAR NOT NULL, detail VARCHAR)""",
+    ]),
 ]

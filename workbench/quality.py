@@ -54,6 +54,9 @@ def heuristic_specs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     specs = []
     for raw in names:
         name = scorer_name(raw)
+        if S.SCORERS[name].kind == "learned":
+            raise ConfigError("scorer 'learned' trains on your labels: label rows, then train "
+                              "it (Label page, or `workbench score REF --scorers learned`)")
         if S.SCORERS[name].kind != "heuristic":
             raise ConfigError(f"scorer {name!r} uses a model: start it as a background job")
         specs.append(S.ScoreSpec(name, dict((params or {}).get(name, {}))))
@@ -91,8 +94,9 @@ def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     if values.empty:
         return out
     table = values.pivot_table(index="id", columns="scorer", values="value", aggfunc="first")
-    for scorer in sorted(table.columns, key=list(S.SCORERS).index):
-        out[S.SCORERS[scorer].column] = frame["id"].map(table[scorer]).astype("float64")
+    order = list(S.SCORERS)
+    for scorer in sorted(table.columns, key=lambda k: (order.index(k.split(":")[0]), k)):
+        out[_column_of(scorer)] = frame["id"].map(table[scorer]).astype("float64")
     reasons = values[values["scorer"] == "judge"].set_index("id")["detail"]
     if len(reasons):  # the judge's one-line reason travels with its score
         out["judge_reason"] = frame["id"].map(reasons).fillna("")
@@ -112,7 +116,15 @@ def _newest_scores(store: Store, ids: Sequence[str]) -> pd.DataFrame:
             JOIN best b ON s.scorer = b.scorer AND s.params_hash = b.h
             SEMI JOIN _ids USING (id)""").df()
         con.unregister("_ids")
-    return df[df["scorer"].isin(S.SCORERS)]
+    return df[df["scorer"].isin(S.SCORERS) | df["scorer"].str.startswith("learned:")]
+
+
+def _column_of(scorer_key: str) -> str:
+    """Return the column of a cached scorer key ("learned:off-topic" -> learned_off_topic_score)."""
+    name, _, label_set = scorer_key.partition(":")
+    if label_set:
+        return f"{name}_{label_set.replace('-', '_')}_score"
+    return S.SCORERS[name].column
 
 
 def score_columns(frame: pd.DataFrame) -> list[str]:
@@ -283,6 +295,9 @@ class SelectOptions:
     score: str | None = None
     bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
+    # Directions for the combined score that override the scorers' declared ones (fitted to
+    # labels, a score can turn out to separate the other way).
+    directions: Mapping[str, S.Better] = field(default_factory=dict)
     similarity: float = SEL.DEFAULT_SIMILARITY
     n_clusters: int = 8
     quota: SEL.Quota = "proportional"
@@ -310,14 +325,16 @@ class SelectOptions:
         out = asdict(self)
         out["bounds"] = {k: list(v) for k, v in self.bounds.items()}
         out["weights"] = dict(self.weights)
+        out["directions"] = dict(self.directions)
         return out
 
 
-def with_combined(frame: pd.DataFrame, weights: Mapping[str, float]) -> pd.DataFrame:
+def with_combined(frame: pd.DataFrame, weights: Mapping[str, float],
+                  directions: Mapping[str, S.Better] | None = None) -> pd.DataFrame:
     """Return the frame plus ``combined_score`` (weighted, normalized; 1 = best), if weighted."""
     if not weights:
         return frame
-    return frame.assign(**{COMBINED: S.combined_score(frame, weights)})
+    return frame.assign(**{COMBINED: S.combined_score(frame, weights, better=directions)})
 
 
 def select_rows(frame: pd.DataFrame, options: SelectOptions, *,
@@ -326,7 +343,7 @@ def select_rows(frame: pd.DataFrame, options: SelectOptions, *,
     """Return the Selection the options make of a scored frame (nothing is saved)."""
     if frame.empty:
         raise ConfigError("the version has no rows to select from")
-    frame = with_combined(frame, options.weights)
+    frame = with_combined(frame, options.weights, options.directions)
     if options.needs_embeddings and vectors is None and labels is None:
         raise ConfigError(f"method={options.method!r} needs embeddings: embed the rows first")
     first = SEL.threshold_filter(frame, options.bounds) if options.bounds else None

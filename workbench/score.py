@@ -37,7 +37,7 @@ import pandas as pd
 from .exceptions import ConfigError
 
 Better = Literal["higher", "lower"]
-Kind = Literal["heuristic", "model", "judge"]
+Kind = Literal["heuristic", "model", "judge", "learned"]
 Progress = Callable[[int, int], None]
 STYLES = ("plain", "markdown_list", "numbered_list", "code_block", "sentence", "single_line")
 MODEL_SCORES = ("perplexity", "ifd")
@@ -561,6 +561,12 @@ def _judge_fn(frame: pd.DataFrame, **params: Any) -> np.ndarray:
     return judge_frame(frame, JudgeConfig(**params))["judge_score"].to_numpy()
 
 
+def _learned_fn(frame: pd.DataFrame, **params: Any) -> np.ndarray:
+    raise ConfigError("the learned score trains on labels in the store: use "
+                      "workbench.labelling.train_learned or `workbench score REF --scorers "
+                      "learned`")
+
+
 _MODEL_DEFAULTS = {"model": "default", "max_length": 1024, "batch_tokens": 1024}
 _SCORERS = (
     Scorer("length", length_score, "higher", "higher = longer response", defaults={"unit": "words"}),
@@ -580,6 +586,8 @@ _SCORERS = (
     Scorer("judge", _judge_fn, "higher", "higher = better (1-10, LLM judge)", kind="judge",
            runtime=frozenset({"api_key_env", "max_concurrency", "requests_per_minute",
                               "timeout_s", "max_retries", "backoff_s"})),
+    Scorer("learned", _learned_fn, "lower",
+           "higher = more likely bad (P(bad), learned from your labels)", kind="learned"),
 )
 SCORERS: dict[str, Scorer] = {s.name: s for s in _SCORERS}
 
@@ -594,6 +602,8 @@ def scorer_table() -> pd.DataFrame:
 def direction_of(column: str) -> Better | None:
     """Return "higher"/"lower" for a registered scorer's name or column, else None."""
     name = column[:-len("_score")] if column.endswith("_score") else column
+    if name.startswith("learned_") or name.startswith("learned:"):  # a named label set
+        name = "learned"
     scorer = SCORERS.get(name)
     return scorer.better if scorer else None
 
@@ -653,6 +663,8 @@ def score_frame(frame: pd.DataFrame, scorers: Sequence[str | ScoreSpec | tuple[s
             out[spec.out] = _with_cache(frame, spec, store, _heuristic(spec))
         elif spec.scorer.kind == "judge":
             out = _run_judge(out, frame, spec, store, lm)
+        elif spec.scorer.kind == "learned":
+            _learned_fn(frame)
     return out
 
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import duckdb
 import numpy as np
@@ -127,6 +127,8 @@ class RowFilter:
     max_turns: int | None = None
     tag: str | None = None
     has_note: bool = False
+    label: Literal["good", "bad", "labelled", "unlabelled"] | None = None
+    label_set: str = "quality"
 
 
 # --- process-wide coordination ------------------------------------------------------------
@@ -479,7 +481,16 @@ class Store:
             else:
                 keys, total = self._filtered_keys(con, version_id, where, args, offset, limit)
             rows = self._rows_for(con, keys)
+            rows["label"] = self._labels_of(con, rows["id"].tolist(),
+                                            (filters or RowFilter()).label_set)
         return Page(_with_previews(rows), total, offset, limit)
+
+    def _labels_of(self, con: Any, ids: list[str], label_set: str) -> list[str]:
+        if not ids:
+            return []
+        found = dict(con.execute(f"""SELECT id, label FROM ({CURRENT_LABELS_SQL})
+            WHERE id IN (SELECT unnest(?::VARCHAR[]))""", [label_set, ids]).fetchall())
+        return [found.get(i) or "" for i in ids]
 
     def _plain_keys(self, con: Any, version_id: int, offset: int, limit: int
                     ) -> tuple[pd.DataFrame, int]:
@@ -529,13 +540,23 @@ class Store:
             df = con.execute("""SELECT r.row_key, r.id, r.messages, r.metadata, r.tags, r.note
                 FROM version_rows vr JOIN rows r USING (row_key) WHERE vr.version_id = ?
                 ORDER BY vr.pos""", [version_id]).df()
-        df["messages"] = [orjson.loads(m) for m in df["messages"]]
-        df["metadata"] = [orjson.loads(m) for m in df["metadata"]]
-        df["prompt"] = [prompt_text(m) for m in df["messages"]]
-        df["response"] = [response_text(m) for m in df["messages"]]
-        df["tags"] = [list(t) if t is not None else [] for t in df["tags"]]
-        df["note"] = df["note"].fillna("")
-        return df
+        return _step_frame(df)
+
+    def dataset_rows(self, version_id: int, ids: Sequence[str]) -> pd.DataFrame:
+        """Return, as a step DataFrame, the rows with these content ids in any version of this
+        version's dataset (one row per id: the newest)."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            con.register("_ids", pa.table({"id": pa.array(list({str(i) for i in ids}),
+                                                          pa.string())}))
+            df = con.execute("""SELECT r.row_key, r.id, r.messages, r.metadata, r.tags, r.note
+                FROM rows r SEMI JOIN _ids USING (id) WHERE r.row_key IN (SELECT vr.row_key
+                FROM version_rows vr JOIN versions v USING (version_id) WHERE v.dataset_id =
+                (SELECT dataset_id FROM versions WHERE version_id = ?))
+                QUALIFY row_number() OVER (PARTITION BY r.id ORDER BY r.row_key DESC) = 1
+                ORDER BY r.row_key""", [int(version_id)]).df()
+            con.unregister("_ids")
+        return _step_frame(df)
 
     def examples(self, version_id: int) -> list[Example]:
         """Return a version's examples in order."""
@@ -582,17 +603,25 @@ class Store:
         if "detail" not in changed.columns:
             changed = changed.assign(detail=None)
         dropped = _dropped_frame(dropped)
+        flagged = _flagged_frame(getattr(result, "flagged", None))
         with self.connect() as con:
             parent_keys = set(self._members(con, version_id))
         _check_step(parent_keys, kept, dropped, changed)
+        if not {int(k) for k in flagged["row_key"]} <= {int(k) for k in kept["row_key"]}:
+            raise WorkbenchError("a flagged row must also be kept (flags are for review)")
         counts = dict(Counter(dropped["reason"])) if len(dropped) else {}
         counts.update({f"changed:{k}": v for k, v in Counter(changed["reason"]).items()})
+        counts.update({f"flagged:{k}": v for k, v in Counter(flagged["reason"]).items()})
         counts["kept"] = len(kept)
         with self.transaction() as con:
             vid = self._child(con, version_id, operation, params or {}, counts, message)
             replaced = self._store_changed(con, vid, kept, changed)
             _insert_frame(con, "dropped", dropped.assign(version_id=vid),
                           ["version_id", "row_key", "reason", "duplicate_of", "detail"])
+            # A flag names the row as it is in the new version (a changed row has a new key).
+            _insert_frame(con, "flagged", flagged.assign(
+                version_id=vid, row_key=[replaced.get(int(k), int(k)) for k in flagged["row_key"]]),
+                          ["version_id", "row_key", "reason", "detail"])
             keys = [replaced.get(int(k), int(k)) for k in kept["row_key"].tolist()]
             self._set_members(con, vid, keys)
             self._finish_version(con, vid)
@@ -715,6 +744,40 @@ class Store:
                 ORDER BY r.origin_key, r.row_key""", [chain, version_id]).df()
         return _with_previews(df)
 
+    def flagged(self, version_id: int) -> pd.DataFrame:
+        """Return rows of this version that a step along its lineage flagged for review, with
+        the rule (``reason``), its detail and the version that flagged them."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            df = con.execute(f"""SELECT f.version_id AS flagged_in, f.row_key, f.reason,
+                f.detail, {_ROW_COLS} FROM flagged f JOIN rows r USING (row_key)
+                WHERE f.version_id IN (SELECT unnest(?::INTEGER[])) AND f.row_key IN
+                (SELECT row_key FROM version_rows WHERE version_id = ?)
+                QUALIFY row_number() OVER (PARTITION BY f.row_key, f.reason
+                                           ORDER BY f.version_id DESC) = 1
+                ORDER BY r.origin_key, r.row_key, f.reason""", [chain, version_id]).df()
+        return _with_previews(df)
+
+    def drop_rows(self, version_id: int, row_keys: Sequence[int], *, reason: str,
+                  details: Sequence[str] | str = "", operation: str = "drop",
+                  params: dict | None = None) -> VersionInfo:
+        """Make a child version without the given rows, each dropped with ``reason``; return it."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise WorkbenchError("every dropped row needs a reason")
+        keys = list(dict.fromkeys(int(k) for k in row_keys))
+        with self.connect() as con:
+            members = self._members(con, version_id)
+        missing = sorted(set(keys) - set(members))
+        if missing or not keys:
+            raise NotFoundError(f"rows {missing[:5]} are not in version {version_id}"
+                                if missing else "no rows to drop")
+        gone = set(keys)
+        detail = [details] * len(keys) if isinstance(details, str) else list(details)
+        result = StepResult(pd.DataFrame({"row_key": [k for k in members if k not in gone]}),
+                            pd.DataFrame({"row_key": keys, "reason": reason, "detail": detail}))
+        return self.apply_step(version_id, result, operation=operation,
+                               params={"rows": len(keys), "reason": reason, **(params or {})})
+
     def restore(self, version_id: int, row_keys: Sequence[int]) -> VersionInfo:
         """Make a child version with dropped rows put back in their places; return it."""
         gone = self.removed(version_id)
@@ -764,7 +827,7 @@ class Store:
             dataset_id = self._dataset_id(con, name)
             ids = [r[0] for r in con.execute("SELECT version_id FROM versions WHERE dataset_id = ?",
                                              [dataset_id]).fetchall()]
-            for table in ("version_rows", "dropped", "changed", "import_rejects"):
+            for table in ("version_rows", "dropped", "changed", "flagged", "import_rejects"):
                 con.execute(f"DELETE FROM {table} WHERE version_id IN (SELECT unnest(?::INTEGER[]))",
                             [ids])
             con.execute("DELETE FROM versions WHERE dataset_id = ?", [dataset_id])
@@ -927,6 +990,26 @@ def _dropped_frame(dropped: Any) -> pd.DataFrame:
     return dropped.assign(**{c: None for c in missing})
 
 
+def _step_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Decode stored rows into the step DataFrame (messages, metadata, prompt, response)."""
+    df["messages"] = [orjson.loads(m) for m in df["messages"]]
+    df["metadata"] = [orjson.loads(m) for m in df["metadata"]]
+    df["prompt"] = [prompt_text(m) for m in df["messages"]]
+    df["response"] = [response_text(m) for m in df["messages"]]
+    df["tags"] = [list(t) if t is not None else [] for t in df["tags"]]
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def _flagged_frame(flagged: Any) -> pd.DataFrame:
+    base = pd.DataFrame({"row_key": pd.Series(dtype="int64"), "reason": pd.Series(dtype=str),
+                         "detail": pd.Series(dtype=str)})
+    if flagged is None or len(flagged) == 0:
+        return base
+    return flagged.assign(**({} if "detail" in flagged.columns else {"detail": None}))[
+        ["row_key", "reason", "detail"]]
+
+
 def _check_step(parent_keys: set, kept: pd.DataFrame, dropped: pd.DataFrame,
                 changed: pd.DataFrame) -> None:
     kept_keys = [int(k) for k in kept["row_key"]]
@@ -1018,7 +1101,27 @@ def _filter_sql(f: RowFilter) -> tuple[str, list]:
         args.append(f.tag)
     if f.has_note:
         parts.append("coalesce(r.note, '') <> ''")
+    if f.label:
+        parts.append(_label_sql(f.label))
+        args += [f.label_set] + ([f.label] if f.label in ("good", "bad") else [])
     return " AND ".join(parts), args
+
+
+# The current label of each row of a label set: its newest event from an action not undone
+# (a NULL label is a cleared one). labels.py writes the events; browsing filters read them.
+CURRENT_LABELS_SQL = """SELECT e.id, e.label, e.reason, a.created_at AS labelled_at,
+    a.action_id, a.kind FROM label_events e JOIN label_actions a USING (action_id)
+    WHERE a.undone_at IS NULL AND e.label_set = ?
+    QUALIFY row_number() OVER (PARTITION BY e.id ORDER BY e.action_id DESC) = 1"""
+
+
+def _label_sql(label: str) -> str:
+    if label not in ("good", "bad", "labelled", "unlabelled"):
+        raise WorkbenchError(f"label filter {label!r}: use good, bad, labelled or unlabelled")
+    current = f"SELECT id FROM ({CURRENT_LABELS_SQL}) WHERE label IS NOT NULL"
+    if label in ("good", "bad"):
+        return f"r.id IN ({current} AND label = ?)"
+    return f"r.id {'IN' if label == 'labelled' else 'NOT IN'} ({current})"
 
 
 def _metadata_sql(key: str, value: str) -> tuple[str, list]:

@@ -1,0 +1,183 @@
+"""The review queue and the learned score against the store: seeds, active learning, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import chat
+from workbench import clean, labelling, quality
+from workbench import labels as LB
+from workbench.exceptions import ConfigError
+from workbench.schema import StepResult
+from workbench.score import direction_of
+from workbench.store import Store
+
+TOPICS = ["tax", "garden", "python", "travel", "music", "cooking", "football", "weather"]
+
+
+def dataset(store: Store, n: int = 300, seed: int = 0) -> tuple[int, np.ndarray]:
+    """A version whose bad rows have a placeholder input ("No input") or a one-word answer."""
+    rng = np.random.default_rng(seed)
+    rows, truth = [], []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        prompt = f"Tell me about {topic}, case {i}."
+        answer = f"Sure. {topic.title()} case {i} works like this, step by step."
+        bad = rng.random() < 0.15
+        if bad:
+            if i % 2:
+                prompt += "\n\nNo input"
+            else:
+                answer = "Yes."
+        rows.append(chat(("user", prompt), ("assistant", answer)))
+        truth.append(int(bad))
+    return store.add_examples("d", rows), np.array(truth)
+
+
+def oracle(store: Store, vid: int, truth: np.ndarray, keys: list[int]) -> None:
+    position = {k: i for i, k in enumerate(store.frame(vid)["row_key"])}
+    bad = [k for k in keys if truth[position[k]]]
+    good = [k for k in keys if not truth[position[k]]]
+    if bad:
+        labelling.label_rows(store, vid, bad, "bad")
+    if good:
+        labelling.label_rows(store, vid, good, "good")
+
+
+def test_queue_starts_from_rule_hits_and_random_rows_and_says_why(store):
+    vid, _ = dataset(store)
+    frame = store.frame(vid)
+    queue = labelling.next_rows(store, vid, frame, labelling.QueueOptions(n=10))
+    assert queue.stage == "seeds" and queue.result is None and len(queue.rows) == 10
+    assert "label at least" not in queue.message and "5 of each" in queue.message
+    assert queue.rows["row_key"].is_unique and queue.rows["why"].str.len().gt(0).all()
+    assert set(queue.rows["source"]) >= {"random"}
+    assert queue.rows["p_bad"].isna().all()
+
+
+def test_queue_switches_to_the_learned_score_and_finds_bad_rows(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    seen = []
+    for _ in range(8):
+        queue = labelling.next_rows(store, vid, frame, labelling.QueueOptions(n=10))
+        oracle(store, vid, truth, queue.rows["row_key"].tolist())
+        seen += queue.rows["row_key"].tolist()
+    assert queue.stage == "model" and queue.result.auroc > 0.8
+    assert len(set(seen)) == len(seen)  # a labelled row is never suggested again
+    position = {k: i for i, k in enumerate(frame["row_key"])}
+    found = sum(truth[position[k]] for k in seen)
+    assert found >= 2 * truth.mean() * len(seen)  # more bad rows than random labelling
+    scored = quality.with_cached_scores(store, frame)
+    unlabelled = (~frame["row_key"].isin(seen)).to_numpy()
+    if truth[unlabelled].any():  # the queue may already have shown every bad row
+        assert labelling_auroc(truth[unlabelled], scored["learned_score"][unlabelled]) > 0.9
+    else:
+        assert found == truth.sum()
+
+
+def labelling_auroc(y, score):
+    from workbench.learn import auroc
+
+    return auroc(np.asarray(y), np.asarray(score))
+
+
+def test_the_learned_score_is_a_registered_score_with_its_direction(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist()[:120])
+    result = labelling.train_learned(store, vid, frame)
+    assert result.column == "learned_score" and result.scored_rows == len(frame)
+    assert direction_of("learned_score") == "lower"
+    scored = quality.with_cached_scores(store, frame)
+    assert scored["learned_score"].between(0, 1).all()
+    # Usable like any score: keep the 100 rows least likely bad.
+    selection = quality.select_rows(scored, quality.SelectOptions("top_k", k=100,
+                                                                  score="learned_score"))
+    kept = frame["row_key"].isin(selection.kept["row_key"])
+    assert truth[kept.to_numpy()].mean() < truth.mean()
+    assert labelling.last_result(store).n_bad == int(truth[:120].sum())
+
+
+def test_named_label_sets_train_their_own_learned_scores(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist()[:100])
+    keys = frame["row_key"].tolist()[:100]
+    LB.set_labels(store, frame["id"][:100].tolist(),
+                  ["bad" if "garden" in p else "good" for p in frame["prompt"][:100]],
+                  label_set="off-topic")
+    labelling.train_learned(store, vid, frame)
+    labelling.train_learned(store, vid, frame, label_set="off-topic")
+    scored = quality.with_cached_scores(store, frame)
+    assert {"learned_score", "learned_off_topic_score"} <= set(scored.columns)
+    assert direction_of("learned_off_topic_score") == "lower"
+    assert len(keys) == 100
+
+
+def test_labels_on_rows_dropped_since_still_train_the_score(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist()[:150])
+    bad = [k for k, t in zip(frame["row_key"][:150], truth[:150]) if t]
+    child = store.drop_rows(vid, bad, reason="labelled_bad").version_id
+    result = labelling.train_learned(store, child, store.frame(child))
+    assert result.outside_version == len(bad) and result.n_bad == len(bad)
+
+
+def test_clear_errors_before_the_score_can_train(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    with pytest.raises(ConfigError, match="no labelled rows in this dataset.*at least 5 good"):
+        labelling.train_learned(store, vid, frame)
+    labelling.label_rows(store, vid, frame["row_key"][:8].tolist(), "good")
+    with pytest.raises(ConfigError, match="8 good and 0 bad labels: label at least 5"):
+        labelling.train_learned(store, vid, frame)
+    other = store.add_examples("other", [chat(("user", "q"), ("assistant", "a"))])
+    with pytest.raises(ConfigError, match="8 labels are on other datasets"):
+        labelling.train_learned(store, other, store.frame(other))
+
+
+def test_every_score_is_checked_against_labels(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist())
+    scored = quality.score_heuristics(store, frame, quality.heuristic_specs(["length", "overlap"]))
+    table = labelling.signal_table(store, scored).set_index("score")
+    # One-word answers are bad rows: short responses separate, as "higher = better" declares.
+    assert table.loc["length_score", "bad_rows_score"] == "lower (as declared)"
+    assert table.loc["length_score", "labelled"] == len(frame)
+    weights, better = labelling.fitted_weights(store, scored, ["length_score", "overlap_score"])
+    assert better["length_score"] == "higher" and weights["length_score"] > 0
+
+
+def test_rule_precision_against_labels(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist())
+    preview = clean.preview(frame, [clean.Placeholder(values=("yes",))])
+    table = labelling.rule_table(store, frame, preview)
+    row = table.iloc[0]
+    assert row["rule"] == "placeholder" and row["labelled_bad"] == row["rows"] > 0
+    assert row["labelled_good"] == 0 and row["precision"] == 1.0 and row["low"] > 0.5
+
+
+def test_flagged_rows_are_stored_with_the_version_and_can_be_dropped_later(store):
+    vid, _ = dataset(store, n=20)
+    frame = store.frame(vid)
+    keys = frame["row_key"].tolist()
+    flagged = pd.DataFrame({"row_key": keys[:3], "reason": "repetition", "detail": "x"})
+    nothing = pd.DataFrame({"row_key": pd.Series(dtype="int64"),
+                            "reason": pd.Series(dtype=str)})
+    child = store.apply_step(vid, StepResult(frame[["row_key"]], nothing, None, flagged),
+                             operation="clean")
+    assert child.counts["flagged:repetition"] == 3 and child.n_rows == 20
+    assert store.flagged(child.version_id)["row_key"].tolist() == keys[:3]
+    dropped = store.drop_rows(child.version_id, keys[:2], reason="repetition",
+                              details="reviewed")
+    assert dropped.n_rows == 18 and store.flagged(dropped.version_id)["row_key"].tolist() == \
+        keys[2:3]
+    removed = store.removed(dropped.version_id)
+    assert removed["reason"].tolist() == ["repetition"] * 2

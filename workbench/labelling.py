@@ -1,0 +1,654 @@
+"""Labels, the learned score and the review queue, run against the store.
+
+The page and the CLI call these; the pure parts live in learn.py (features, classifier,
+agreement, queue picking), labels.py keeps the labels themselves.
+
+- Labelling by row key (of a version) becomes labelling by content id, as one undoable action;
+  bulk labels take every row of a search, a cleaning rule's hits or an embedding cluster.
+- ``train_learned`` fits the learned score on every labelled row of the version's dataset
+  (a row labelled bad and then dropped still teaches the model), predicts every row of the
+  version and caches the values like any other score (``learned_score``, higher = more likely
+  bad; ``learned_<set>_score`` for other label sets).
+- ``next_rows`` is the review queue: before there is a model it draws in turn from rows that
+  cleaning rules hit, rows with extreme scores, the user's search and random rows; once both
+  classes have enough labels it asks the learned score for likely-bad, unsure and random rows.
+- ``signal_table`` and ``rule_table`` check every score and every cleaning rule against labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+import xxhash
+
+from . import labels as LB
+from . import learn as L
+from .cache import get_embeddings, params_hash
+from .exceptions import ConfigError, NotFoundError
+from .store import RowFilter, Store
+
+LEARNED = "learned"
+SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
+
+
+def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
+    """Return the score-cache key of a label set's learned score."""
+    return LEARNED if label_set == LB.DEFAULT_SET else f"{LEARNED}:{label_set}"
+
+
+def learned_column(label_set: str = LB.DEFAULT_SET) -> str:
+    """Return the column of a label set's learned score (``learned_score``, ...)."""
+    return "learned_score" if label_set == LB.DEFAULT_SET else \
+        f"learned_{label_set.replace('-', '_')}_score"
+
+
+# --- labelling rows of a version ---------------------------------------------------------------
+
+def ids_of(store: Store, version_id: int, row_keys: Sequence[int]) -> list[str]:
+    """Return the content ids of rows of a version, in the order given (error if not in it)."""
+    keys = [int(k) for k in row_keys]
+    with store.connect() as con:
+        found = dict(con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
+            USING (row_key) WHERE vr.version_id = ? AND r.row_key IN
+            (SELECT unnest(?::BIGINT[]))""", [int(version_id), keys]).fetchall())
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise NotFoundError(f"rows {missing[:5]} are not in version {version_id}")
+    return [found[k] for k in keys]
+
+
+def label_rows(store: Store, version_id: int, row_keys: Sequence[int], label: str | None, *,
+               reason: str = "", label_set: str = LB.DEFAULT_SET, kind: str = "label",
+               description: str = "") -> LB.LabelAction:
+    """Label rows of a version (by row key) good or bad, or clear them; return the action."""
+    ids = ids_of(store, version_id, row_keys)
+    what = description or f"{len(ids)} row(s) of version {version_id} -> {label or 'cleared'}"
+    return LB.set_labels(store, ids, label, reasons=reason, label_set=label_set, kind=kind,
+                         description=what)
+
+
+def import_labels(store: Store, version_id: int, path: str | Path, *,
+                  label_set: str = LB.DEFAULT_SET) -> LB.LabelAction:
+    """Import a JSONL label file against a version's rows (all lines or none); return it."""
+    with store.connect() as con:
+        pairs = con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
+            USING (row_key) WHERE vr.version_id = ?""", [int(version_id)]).fetchall()
+    if not pairs:
+        store.version(version_id)  # names an unknown version
+    found = LB.read_label_file(path, ids_by_key=dict(pairs), known_ids=[i for _, i in pairs])
+    return LB.set_labels(store, found["id"].tolist(), found["label"].tolist(),
+                         reasons=found["reason"].tolist(), label_set=label_set, kind="file",
+                         description=f"{len(found)} label(s) from {Path(path).name}")
+
+
+@dataclass
+class LabelSummary:
+    """Labels on a version's rows and in the whole label set, and the newest actions."""
+
+    good: int
+    bad: int
+    unlabelled: int
+    total_good: int
+    total_bad: int
+    actions: pd.DataFrame
+
+
+def summary(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAULT_SET
+            ) -> LabelSummary:
+    """Return label counts on a version's frame and overall, with the newest actions."""
+    everything = LB.current_labels(store, label_set=label_set)
+    # Counted by rows of the version (two rows with the same text share one label).
+    per_row = frame["id"].map(everything.set_index("id")["label"]).fillna("")
+    counts = per_row.value_counts()
+    return LabelSummary(int(counts.get("good", 0)), int(counts.get("bad", 0)),
+                        int(counts.get("", 0)), int((everything["label"] == "good").sum()),
+                        int((everything["label"] == "bad").sum()),
+                        LB.actions(store, label_set=label_set))
+
+
+def with_labels(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAULT_SET
+                ) -> pd.DataFrame:
+    """Return the frame plus a ``label`` column ('good', 'bad' or '')."""
+    return frame.assign(label=LB.label_column(store, frame["id"].tolist(),
+                                              label_set=label_set).to_numpy())
+
+
+def labels_jsonl(store: Store, frame: pd.DataFrame, label_set: str = LB.DEFAULT_SET) -> bytes:
+    """Return the current labels of a frame's rows as JSONL bytes (for a download)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.jsonl"
+        LB.write_label_file(store, path, label_set=label_set, frame=frame)
+        return path.read_bytes()
+
+
+# --- bulk labels ----------------------------------------------------------------------------------
+
+BulkSource = Literal["search", "rule", "cluster", "rows"]
+
+
+def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame, source: BulkSource,
+              value: Any) -> list[int]:
+    """Return the row keys a bulk action would label: a search text's matches, a cleaning
+    rule's hits (flagged by a step, or found by the rule now), an embedding cluster's rows."""
+    if source == "search":
+        text = str(value or "").strip()
+        if not text:
+            raise ConfigError("search: type the text to look for")
+        page = store.page(version_id, limit=len(frame) or 1, filters=RowFilter(search=text))
+        return [int(k) for k in page.rows["row_key"]]
+    if source == "rule":
+        hits = rule_hits(store, frame)
+        return sorted(hits.loc[hits["rule"] == value, "row_key"].astype(int).unique().tolist())
+    if source == "cluster":
+        from .quality import embedding_map
+
+        points, missing = embedding_map(store, frame, k=int(value[1]) if isinstance(
+            value, tuple) else 8)
+        if points is None:
+            raise ConfigError(f"{missing:,} rows have no embedding yet: embed them first")
+        cluster = str(value[0] if isinstance(value, tuple) else value)
+        return points.loc[points["cluster"] == cluster, "row_key"].astype(int).tolist()
+    if source == "rows":
+        return [int(k) for k in value]
+    raise ConfigError(f"source={source!r}: use search, rule, cluster or rows")
+
+
+def bulk_preview(frame: pd.DataFrame, row_keys: Sequence[int], *, n: int = 8, seed: int = 0
+                 ) -> pd.DataFrame:
+    """Return a random sample of the rows a bulk action would label (row_key, prompt, response)."""
+    rows = frame[frame["row_key"].isin(set(int(k) for k in row_keys))]
+    take = rows.sample(min(n, len(rows)), random_state=seed) if len(rows) else rows
+    return take[["row_key", "prompt", "response"]].reset_index(drop=True)
+
+
+# --- the learned score ----------------------------------------------------------------------------
+
+@dataclass
+class LearnedResult:
+    """A trained learned score: labels used, cross-validated AUROC (95% CI), where scored."""
+
+    label_set: str
+    column: str
+    n_good: int
+    n_bad: int
+    outside_version: int
+    auroc: float
+    low: float
+    high: float
+    features: list[str]
+    calibrated: bool
+    seconds: float
+    scored_rows: int
+    trained_at: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        """Return the result as JSON-ready values."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                for k, v in self.__dict__.items()}
+
+
+def labelled_frame(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET
+                   ) -> pd.DataFrame:
+    """Return every labelled row of the version's dataset, once per id, with ``y`` (1 = bad)."""
+    current = LB.current_labels(store, label_set=label_set)
+    if current.empty:
+        return pd.DataFrame(columns=["row_key", "id", "messages", "metadata", "prompt",
+                                     "response", "y"])
+    rows = store.dataset_rows(version_id, current["id"].tolist())
+    y = current.set_index("id")["label"].map({"bad": 1, "good": 0})
+    return rows.assign(y=rows["id"].map(y).astype(int))
+
+
+_FEATURES: OrderedDict = OrderedDict()  # a few versions' features, for quick retraining
+_FEATURES_MAX = 2
+
+
+def version_features(store: Store, frame: pd.DataFrame, config: L.LearnConfig, *,
+                     scores: pd.DataFrame | None = None) -> tuple[L.Features, list[str]]:
+    """Return the features of a frame's rows and their names (fields with every row embedded,
+    lexical hashes, score columns); lexical features are cached on disk by content ids."""
+    fields = [f for f in config.fields if embedded(store, frame, f)]
+    score_cols = list(scores.columns) if scores is not None and config.use_scores else []
+    key = (store.path, _digest(frame["id"]), config.params().__repr__(), tuple(fields),
+           _scores_signature(scores if score_cols else None))
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return _FEATURES[key]
+    sparse = _lexical(store, frame) if config.lexical else None
+    vectors = {f: _vectors(store, frame, f) for f in fields}
+    dense = L.dense_features(vectors, scores[score_cols] if score_cols else None,
+                             frame["prompt"].str.len().to_numpy(),
+                             frame["response"].str.len().to_numpy())
+    names = (["words"] if config.lexical else []) + [f"embedding:{f}" for f in fields] + \
+        (["prompt-response cosine"] if {"user", "assistant"} <= set(fields) else []) + \
+        score_cols + ["lengths"]
+    result = (L.Features(sparse, dense, config.dense_weight), names)
+    _FEATURES[key] = result
+    while len(_FEATURES) > _FEATURES_MAX:
+        _FEATURES.popitem(last=False)
+    return result
+
+
+def _member(values: pd.Series, pool) -> np.ndarray:
+    """Return values.isin(pool) as a bool array; pandas' isin on Arrow strings loops in Python
+    over every value and costs ~1 s at 26k rows."""
+    pool = pool if isinstance(pool, (set, frozenset)) else set(pool)
+    return np.fromiter((v in pool for v in values.tolist()), bool, len(values))
+
+
+def _digest(ids: pd.Series) -> str:
+    digest = xxhash.xxh3_128()
+    for row_id in ids.tolist():
+        digest.update(row_id.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _scores_signature(scores: pd.DataFrame | None) -> str:
+    if scores is None:
+        return ""
+    return params_hash({c: [int(scores[c].notna().sum()), float(np.nansum(scores[c]))]
+                        for c in scores.columns})
+
+
+def embedded(store: Store, frame: pd.DataFrame, field: str, model: str = "default") -> bool:
+    """Return whether every row of the frame has a cached embedding of this field."""
+    ids = list(set(frame["id"]))
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(ids, pa.string())}))
+        n = con.execute("""SELECT count(DISTINCT id) FROM embeddings SEMI JOIN _ids USING (id)
+                           WHERE model = ? AND field = ?""", [model, field]).fetchall()[0][0]
+        con.unregister("_ids")
+    return n == len(ids) and n > 0
+
+
+def _vectors(store: Store, frame: pd.DataFrame, field: str) -> np.ndarray:
+    cached = get_embeddings(store, frame["id"].tolist(), "default", field)
+    return np.stack([cached[i] for i in frame["id"]])
+
+
+def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
+    path = None if store.path == ":memory:" else \
+        Path(store.path).parent / "cache" / "features" / f"{_digest(frame['id'])}-lex.npz"
+    if path is not None and path.exists():
+        return sp.load_npz(path).tocsr()
+    matrix = L.lexical_features(frame["prompt"].tolist(), frame["response"].tolist())
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.stem + ".partial.npz")
+        sp.save_npz(partial, matrix, compressed=False)
+        partial.replace(path)  # atomic: a reader never sees half a file
+    return matrix
+
+
+def feature_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the frame's cached score columns a learned score may use as features (every
+    ``*_score`` column except learned scores and the combined score, which derive from labels)."""
+    columns = [c for c in frame.columns if str(c).endswith("_score")
+               and not str(c).startswith(LEARNED) and c != "combined_score"]
+    return frame[columns]
+
+
+@dataclass
+class _Fitted:
+    model: L.LearnedModel
+    features: L.Features
+    names: list[str]
+    rows: np.ndarray  # training rows in features' numbering
+    y: np.ndarray
+    outside: int
+
+
+def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConfig,
+         label_set: str) -> _Fitted:
+    """Fit on every labelled row of the dataset; features cover the frame, then extra rows."""
+    labelled = labelled_frame(store, version_id, label_set=label_set)
+    if labelled.empty:
+        total = len(LB.current_labels(store, label_set=label_set))
+        raise ConfigError(
+            f"no labelled rows in this dataset{f' ({total} labels are on other datasets)' if total else ''}: "
+            f"label at least {config.min_per_class} good and {config.min_per_class} bad rows")
+    L.check_labels(labelled["y"].to_numpy(), config.min_per_class)
+    scores = feature_scores(frame) if config.use_scores else None
+    features, names = version_features(store, frame, config, scores=scores)
+    position = pd.Series(np.arange(len(frame)), index=frame["id"]).groupby(level=0).first()
+    known = _member(labelled["id"], position.index)
+    inside, outside = labelled[known], labelled[~known]
+    rows = position[inside["id"]].to_numpy()
+    y = inside["y"].to_numpy()
+    if len(outside):
+        features, extra = _with_extra_rows(store, features, outside, config, frame, scores)
+        rows = np.concatenate([rows, extra])
+        y = np.concatenate([y, outside["y"].to_numpy()])
+    model = L.fit(features, rows, y, config)
+    return _Fitted(model, features, names, rows, y, len(outside))
+
+
+def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
+                     config: L.LearnConfig, frame: pd.DataFrame,
+                     scores: pd.DataFrame | None) -> tuple[L.Features, np.ndarray]:
+    """Append labelled rows that are not in the version (dropped since, say) to the features."""
+    from .embed import embed_frame
+
+    n = len(features)
+    sparse = None
+    if features.sparse is not None:
+        sparse = sp.vstack([features.sparse, L.lexical_features(
+            extra["prompt"].tolist(), extra["response"].tolist())], format="csr")
+    dense = features.dense
+    if dense is not None:
+        fields = [f for f in config.fields if embedded(store, frame, f)]
+        # A handful of rows: embed them now if they were never embedded.
+        vectors = {f: embed_frame(store, extra, field=f) for f in fields}
+        from .quality import with_cached_scores
+
+        extra_scores = None
+        if scores is not None and len(scores.columns):
+            extra_scores = with_cached_scores(store, extra).reindex(columns=scores.columns)
+        block = L.dense_features(vectors, extra_scores, extra["prompt"].str.len().to_numpy(),
+                                 extra["response"].str.len().to_numpy())
+        dense = np.vstack([dense, block])
+    return L.Features(sparse, dense, features.dense_weight), np.arange(n, n + len(extra))
+
+
+def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
+                  label_set: str = LB.DEFAULT_SET, config: L.LearnConfig = L.LearnConfig()
+                  ) -> LearnedResult:
+    """Fit the learned score on the labels, score every row of the version into the score
+    cache and return what was trained, with its cross-validated AUROC."""
+    return _train(store, version_id, frame, label_set, config)[0]
+
+
+def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
+           config: L.LearnConfig) -> tuple[LearnedResult, np.ndarray, np.ndarray]:
+    """Train and cache the learned score; return the result, P(bad) and the decision values."""
+    start = time.perf_counter()
+    fitted = _fit(store, version_id, frame, config, label_set)
+    rows = np.arange(len(frame))
+    decision = fitted.model.linear.decision(fitted.features, rows)
+    p_bad = fitted.model.predict(fitted.features, rows)
+    auc, low, high = fitted.model.auroc()
+    _save_scores(store, frame, p_bad, label_set, config)
+    result = LearnedResult(label_set, learned_column(label_set), fitted.model.n_good,
+                           fitted.model.n_bad, fitted.outside, auc, low, high, fitted.names,
+                           fitted.model.calibrated, round(time.perf_counter() - start, 3),
+                           len(frame), time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "" if fitted.model.calibrated else
+                           "P(bad) is not calibrated yet: it needs 3 labels of each class "
+                           "and held-out rows ranked the right way round")
+    _write_result(store, result)
+    return result, p_bad, decision
+
+
+def _save_scores(store: Store, frame: pd.DataFrame, p_bad: np.ndarray, label_set: str,
+                 config: L.LearnConfig) -> None:
+    # A retrained score replaces the old one for these rows: older values came from fewer
+    # labels, and keeping every round would grow the cache by a version's rows each time.
+    key = learned_key(label_set)
+    latest = LB.actions(store, label_set=label_set, limit=1)
+    params = {"label_set": label_set, "config": config.params(),
+              "labels_at": int(latest["action_id"].iloc[0]) if len(latest) else 0,
+              "trained": time.time()}
+    ids = frame["id"].tolist()
+    first = pd.Series(p_bad, index=ids).groupby(level=0).first()
+    table = pa.table({"id": pa.array(first.index.tolist(), pa.string()),
+                      "value": pa.array(first.to_numpy(dtype=np.float64), pa.float64())})
+    with store.transaction() as con:
+        con.register("_new", table)
+        con.execute("DELETE FROM scores WHERE scorer = ? AND id IN (SELECT id FROM _new)", [key])
+        con.execute("""INSERT INTO scores (id, scorer, params_hash, value, detail)
+                       SELECT id, ?, ?, value, NULL FROM _new""", [key, params_hash(params)])
+        con.unregister("_new")
+
+
+def _result_file(store: Store, label_set: str) -> Path | None:
+    if store.path == ":memory:":
+        return None
+    return Path(store.path).parent / "cache" / "learned" / f"{label_set}.json"
+
+
+def _write_result(store: Store, result: LearnedResult) -> None:
+    path = _result_file(store, result.label_set)
+    _MEMORY_RESULTS[(store.path, result.label_set)] = result
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result.as_dict(), indent=1))
+    partial.replace(path)
+
+
+_MEMORY_RESULTS: dict = {}
+
+
+def last_result(store: Store, label_set: str = LB.DEFAULT_SET) -> LearnedResult | None:
+    """Return the newest training result of a label set's learned score, if any."""
+    path = _result_file(store, label_set)
+    if path is not None and path.exists():
+        data = json.loads(path.read_text())
+        return LearnedResult(**{k: (float("nan") if v is None and k in ("auroc", "low", "high")
+                                    else v) for k, v in data.items()})
+    return _MEMORY_RESULTS.get((store.path, label_set))
+
+
+# --- the review queue ------------------------------------------------------------------------------
+
+@dataclass
+class QueueOptions:
+    """What feeds the queue: how many rows, a search, rows to leave out, the model config."""
+
+    n: int = 20
+    search: str = ""
+    skip: Sequence[str] = ()
+    label_set: str = LB.DEFAULT_SET
+    config: L.LearnConfig = field(default_factory=L.LearnConfig)
+    mix: L.QueueMix = field(default_factory=L.QueueMix)
+    seed: int = 0
+
+
+@dataclass
+class Queue:
+    """The next rows to label and why, the stage (seeds or model) and the model's result."""
+
+    rows: pd.DataFrame
+    stage: Literal["seeds", "model"]
+    result: LearnedResult | None
+    good: int
+    bad: int
+    message: str = ""
+
+
+def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
+              options: QueueOptions = QueueOptions()) -> Queue:
+    """Return the next rows to label: seeds before there is a model, then active learning."""
+    if options.n < 1:
+        raise ConfigError(f"n={options.n}: ask for at least one row")
+    current = LB.current_labels(store, frame["id"].tolist(), label_set=options.label_set)
+    done = set(current["id"]) | {str(s) for s in options.skip}
+    candidates = np.flatnonzero(~_member(frame["id"], done))
+    all_labels = labelled_frame(store, version_id, label_set=options.label_set)
+    good, bad = int((all_labels["y"] == 0).sum()), int((all_labels["y"] == 1).sum())
+    vectors = _diversity_vectors(store, frame)
+    if min(good, bad) >= options.config.min_per_class:
+        result, p_bad, decision = _train(store, version_id, frame, options.label_set,
+                                         options.config)
+        picks = L.pick_queue(p_bad, candidates, options.n, decision=decision, vectors=vectors,
+                             mix=options.mix, seed=options.seed + len(done))
+        return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)
+    sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed)
+    labelled_rows = set(range(len(frame))) - set(candidates.tolist())
+    picks = L.pick_seeds(sources, labelled_rows, options.n, vectors=vectors,
+                         seed=options.seed + len(done))
+    need = options.config.min_per_class
+    message = (f"{good} good and {bad} bad labels so far: the learned score starts at {need} "
+               f"of each; until then rows come from cleaning-rule hits, extreme scores, your "
+               "search and random rows")
+    return Queue(_queue_frame(frame, picks, None), "seeds", None, good, bad, message)
+
+
+def _cached_learned(store: Store, frame: pd.DataFrame, label_set: str) -> np.ndarray:
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(frame["id"])), pa.string())}))
+        values = dict(con.execute("""SELECT id, value FROM scores SEMI JOIN _ids USING (id)
+                                     WHERE scorer = ?""", [learned_key(label_set)]).fetchall())
+        con.unregister("_ids")
+    return frame["id"].map(values).to_numpy(dtype=np.float64)
+
+
+def _diversity_vectors(store: Store, frame: pd.DataFrame) -> np.ndarray | None:
+    # Near-identical rows are judged once: any embedded field tells them apart.
+    for field_name in ("conversation", "user", "assistant"):
+        if embedded(store, frame, field_name):
+            return _vectors(store, frame, field_name)
+    return None
+
+
+def _queue_frame(frame: pd.DataFrame, picks: list[L.Pick], p_bad: np.ndarray | None
+                 ) -> pd.DataFrame:
+    idx = [p.index for p in picks]
+    out = frame.iloc[idx][["row_key", "id", "messages", "prompt", "response"]].copy()
+    out["source"] = [p.source for p in picks]
+    out["why"] = [p.why for p in picks]
+    out["p_bad"] = p_bad[idx] if p_bad is not None else np.nan
+    return out.reset_index(drop=True)
+
+
+def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: str = "",
+                 seed: int = 0) -> list[L.SeedSource]:
+    """Return the sources the queue draws from before there is a model: each cleaning rule's
+    hits, extreme values of each cached score, the user's search, and random rows."""
+    position = pd.Series(np.arange(len(frame)), index=frame["row_key"].astype(int))
+    sources = []
+    hits = rule_hits(store, frame)
+    for rule, group in hits.groupby("rule", sort=False):
+        at = position.reindex(group["row_key"].astype(int)).dropna().astype(int).to_numpy()
+        sources.append(L.SeedSource(f"rule:{rule}", at,
+                                    [f"cleaning rule {rule}: {d}" for d in group["detail"]]))
+    from .quality import with_cached_scores
+
+    scored = feature_scores(with_cached_scores(store, frame))
+    if len(scored.columns):
+        sources.append(_extremes(scored))
+    if search.strip():
+        keys = bulk_rows(store, version_id, frame, "search", search)
+        at = position.reindex(keys).dropna().astype(int).to_numpy()
+        sources.append(L.SeedSource("search", at, [f"matches your search {search!r}"] * len(at)))
+    rng = np.random.default_rng(seed)
+    sources.append(L.SeedSource("random", rng.permutation(len(frame))[:5000],
+                                ["a random row"] * min(len(frame), 5000)))
+    return sources
+
+
+def _extremes(scores: pd.DataFrame) -> L.SeedSource:
+    rows, why = [], []
+    for column in scores.columns:
+        x = scores[column].to_numpy(dtype=np.float64)
+        ok = np.isfinite(x)
+        if ok.sum() < 10:
+            continue
+        lo, hi = np.quantile(x[ok], [SEED_EXTREME_SHARE, 1 - SEED_EXTREME_SHARE])
+        for i in np.flatnonzero(ok & ((x <= lo) | (x >= hi))):
+            rows.append(i)
+            why.append(f"{column} {x[i]:.3g} is among the {'lowest' if x[i] <= lo else 'highest'}"
+                       f" {SEED_EXTREME_SHARE:.0%}")
+    return L.SeedSource("extreme scores", np.array(rows, dtype=int), why)
+
+
+# --- rule hits and agreement with labels ---------------------------------------------------------
+
+def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
+              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Return (row_key, rule, detail) for every row a drop or flag rule hits (default rules),
+    plus rows a cleaning step flagged for review; cached on disk by content ids."""
+    from . import clean
+
+    rules = [r for r in (rules if rules is not None else clean.default_rules())
+             if r.action != "change"]
+    key = params_hash([r.params() for r in rules])
+    path = None if store.path == ":memory:" else \
+        Path(store.path).parent / "cache" / "rules" / f"{_digest(frame['id'])}-{key}.parquet"
+    if path is not None and path.exists():
+        by_id = pd.read_parquet(path)
+    else:
+        by_id = _scan_rules(frame, rules, progress)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            by_id.to_parquet(partial, index=False)
+            partial.replace(path)
+    keys = frame.drop_duplicates("id").set_index("id")["row_key"]
+    hits = by_id.assign(row_key=by_id["id"].map(keys)).dropna(subset=["row_key"])
+    return hits[["row_key", "rule", "detail"]].astype({"row_key": int}).reset_index(drop=True)
+
+
+def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], None] | None
+                ) -> pd.DataFrame:
+    convs = [list(m) for m in frame["messages"]]
+    metas = frame["metadata"].tolist() if "metadata" in frame.columns else [{}] * len(convs)
+    parts = []
+    for rule in rules:
+        if progress:
+            progress(rule.name)
+        hits = rule.scan(convs, metas)
+        at = [i for i, h in enumerate(hits) if h is not None]
+        parts.append(pd.DataFrame({"id": frame["id"].to_numpy()[at], "rule": rule.name,
+                                   "detail": [hits[i].detail for i in at]}))
+    return pd.concat(parts, ignore_index=True) if parts else \
+        pd.DataFrame(columns=["id", "rule", "detail"])
+
+
+def rule_table(store: Store, frame: pd.DataFrame, preview: Any, *,
+               label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
+    """Return, per rule of a cleaning preview: rows it hits, labelled bad and good among them,
+    and the precision (share of labelled hits that are bad) with a 95% Wilson interval."""
+    labels = LB.label_column(store, frame["id"].tolist(), label_set=label_set)
+    by_key = pd.Series(labels.to_numpy(), index=frame["row_key"].astype(int))
+    rows = []
+    for report in preview.rules:
+        hit = by_key.reindex([int(k) for k in getattr(report, "row_keys", [])])
+        bad, good = int((hit == "bad").sum()), int((hit == "good").sum())
+        p, lo, hi = L.wilson(bad, bad + good)
+        rows.append({"rule": report.name, "action": report.action, "rows": report.rows,
+                     "labelled_bad": bad, "labelled_good": good, "precision": p, "low": lo,
+                     "high": hi})
+    return pd.DataFrame(rows, columns=["rule", "action", "rows", "labelled_bad",
+                                       "labelled_good", "precision", "low", "high"])
+
+
+def signal_table(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAULT_SET
+                 ) -> pd.DataFrame:
+    """Return each score column's AUROC against the labels on this frame (with a 95% CI), in
+    its declared direction, and the direction that actually separates bad rows."""
+    from .score import direction_of
+
+    labelled = with_labels(store, frame, label_set=label_set)
+    labelled = labelled[labelled["label"] != ""]
+    columns = [c for c in frame.columns if str(c).endswith("_score")]
+    if labelled.empty or not columns:
+        return pd.DataFrame(columns=["score", "declared", "labelled", "auroc", "low", "high",
+                                     "bad_rows_score"])
+    y = (labelled["label"] == "bad").astype(int).to_numpy()
+    better = {c: direction_of(c) or "higher" for c in columns}
+    return L.signal_agreement(labelled[columns], y, better)
+
+
+def fitted_weights(store: Store, frame: pd.DataFrame, columns: Sequence[str], *,
+                   label_set: str = LB.DEFAULT_SET) -> tuple[dict[str, float], dict[str, str]]:
+    """Return combined-score weights and directions fitted to the labels on this frame."""
+    labelled = with_labels(store, frame, label_set=label_set)
+    labelled = labelled[labelled["label"] != ""]
+    if labelled.empty:
+        raise ConfigError("no labelled rows in this version: label rows first")
+    y = (labelled["label"] == "bad").astype(int).to_numpy()
+    return L.fit_weights(labelled[list(columns)], y)
