@@ -29,6 +29,7 @@ PAGES = [
     st.Page("pages/clean.py", title="Clean", icon=":material/cleaning_services:"),
     st.Page("pages/dedup.py", title="Deduplicate", icon=":material/content_copy:"),
     st.Page("pages/score.py", title="Score & select", icon=":material/insights:"),
+    st.Page("pages/label.py", title="Label", icon=":material/thumbs_up_down:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("pages/errors.py", title="Errors", icon=":material/bug_report:"),

@@ -1,21 +1,38 @@
-"""Clean: switch rules on, tune them, preview what they drop or change, apply as a version."""
+"""Clean: switch rules on, tune them, preview what they drop, flag or change, apply as a version.
+
+A rule either drops the rows it hits or flags them for review (they stay, listed with the rule
+and fed to the Label page's queue); each rule starts in the mode its measured precision on
+real cleaning labels earns. With labels, the preview shows each rule's precision on them.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from pages.common import curation_header, flash, show_error, store
-from workbench import clean, curate
+from workbench import clean, curate, labelling
 from workbench.exceptions import WorkbenchError
+from workbench.views import md_escape
 
 dataset, version_id, frame = curation_header(
     "Clean", " · rules run in the order listed; a row dropped by one rule is not checked by "
     "later ones")
 ROLES = ["system", "user", "assistant"]
+DEFAULTS = {r.name: r for r in clean.default_rules()}
+VERBS = {"drop": "dropped", "flag": "flagged for review", "change": "changed"}
 
 
 def roles(key: str, default: tuple) -> tuple:
     return tuple(st.multiselect("Roles checked", ROLES, list(default), key=f"{key}_roles"))
+
+
+def mode(key: str, name: str) -> str:
+    """A drop/flag switch that starts where the shared default set has the rule."""
+    start = DEFAULTS[name].mode if name in DEFAULTS else "drop"
+    return st.radio("When it hits a row", ["drop", "flag"], index=["drop", "flag"].index(start),
+                    key=f"{key}_mode", horizontal=True,
+                    format_func=lambda m: {"drop": "drop it",
+                                           "flag": "keep it, flagged for review"}[m])
 
 
 @st.cache_resource(show_spinner="Loading the default tokenizer…")
@@ -33,9 +50,10 @@ def length_options(key: str, label: str, default: int, scope: str):
     return dict(unit=unit, scope=scope, count_tokens=counter), limit
 
 
-def rule(key: str, title: str, on: bool, build):
+def rule(key: str, name: str, title: str, build):
     """Show one rule's switch and options; return the rule when switched on."""
-    enabled = st.checkbox(title, value=on, key=f"{key}_on")
+    enabled = st.checkbox(f"{title} · {DEFAULTS[name].action if name in DEFAULTS else 'off'} "
+                          "by default", value=name in DEFAULTS, key=f"{key}_on")
     if not enabled:
         return None
     with st.expander(f"{title}: options"):
@@ -53,41 +71,49 @@ def contamination(key: str):
     n = st.number_input("n-gram size", 4, 30, 13, key=f"{key}_n")
     texts, ids = curate.eval_texts(store(), store().active_version(name))  # eval prompts
     st.session_state["cl_eval_version"] = store().active_version(name)
-    return clean.Contamination(eval_texts=texts, eval_ids=ids, n=n, roles=roles(key, ("user",)))
+    return clean.Contamination(eval_texts=texts, eval_ids=ids, n=n, roles=roles(key, ("user",)),
+                               mode=mode(key, "contamination"))
 
 
 def rules_form() -> list:
     rules = [
-        rule("cl_norm", "Unicode and whitespace normalisation (mojibake repair)", True,
+        rule("cl_norm", "normalize", "Unicode and whitespace normalisation (mojibake repair)",
              lambda k: clean.Normalize(form=st.radio("Unicode form", ["NFC", "NFKC", "none"],
                                                      key=f"{k}_form", horizontal=True),
                                        roles=roles(k, clean.ALL_ROLES))),
-        rule("cl_pii", "PII: emails, phones, cards, IPs, secrets", True,
-             lambda k: clean.PII(mode=st.radio("Action", ["redact", "drop"], key=f"{k}_mode",
-                                               horizontal=True),
+        rule("cl_pii", "pii", "PII: emails, phones, cards, IPs, secrets",
+             lambda k: clean.PII(mode=st.radio("Action", ["redact", "drop", "flag"],
+                                               key=f"{k}_mode", horizontal=True),
                                  kinds=tuple(st.multiselect("Kinds", clean.PII_KINDS,
                                                             list(clean.PII_KINDS),
                                                             key=f"{k}_kinds")),
                                  roles=roles(k, clean.ALL_ROLES))),
-        rule("cl_ph", "Empty or placeholder responses", True,
-             lambda k: clean.Placeholder(roles=roles(k, ("assistant",)))),
-        rule("cl_short", "Too short", True, lambda k: _short(k)),
-        rule("cl_long", "Too long", False, lambda k: _long(k)),
-        rule("cl_lang", "Language not allowed", False,
+        rule("cl_ph", "placeholder", "Empty or placeholder responses",
+             lambda k: clean.Placeholder(roles=roles(k, ("assistant",)),
+                                         mode=mode(k, "placeholder"))),
+        rule("cl_phin", "placeholder_input", "Placeholder input ('No input', 'N/A')",
+             lambda k: clean.PlaceholderInput(mode=mode(k, "placeholder_input"))),
+        rule("cl_url", "url_input", "Input that is only a link", 
+             lambda k: clean.UrlInput(mode=mode(k, "url_input"))),
+        rule("cl_short", "too_short", "Too short", lambda k: _short(k)),
+        rule("cl_long", "too_long", "Too long", lambda k: _long(k)),
+        rule("cl_lang", "language", "Language not allowed",
              lambda k: clean.Language(allowed=tuple(st.multiselect(
                  "Allowed languages", list(clean.DEFAULT_CANDIDATES), ["en"], key=f"{k}_allowed")),
-                 roles=roles(k, ("user", "assistant")))),
-        rule("cl_ref", "Refusals and canned AI disclaimers", True,
-             lambda k: clean.Refusal(roles=roles(k, ("assistant",)))),
-        rule("cl_ctx", "Refers to content the row lacks (image, link, attachment)", True,
-             lambda k: clean.MissingContext(roles=roles(k, ("user", "assistant")))),
-        rule("cl_rep", "Repetition (Gopher line and n-gram fractions)", True,
+                 roles=roles(k, ("user", "assistant")), mode=mode(k, "language"))),
+        rule("cl_ref", "refusal", "Refusals and canned AI disclaimers",
+             lambda k: clean.Refusal(roles=roles(k, ("assistant",)), mode=mode(k, "refusal"))),
+        rule("cl_ctx", "missing_context",
+             "Refers to content the row lacks (image, link, attachment)",
+             lambda k: clean.MissingContext(roles=roles(k, ("user", "assistant")),
+                                            mode=mode(k, "missing_context"))),
+        rule("cl_rep", "repetition", "Repetition (repeated lines, paragraphs, n-grams)",
              lambda k: clean.Repetition(min_words=st.number_input(
                  "Only check turns with at least this many words", 10, 500, 50, key=f"{k}_w"),
-                 roles=roles(k, ("assistant",)))),
-        rule("cl_trunc", "Cut off mid-sentence", True,
-             lambda k: clean.Truncated(roles=roles(k, ("assistant",)))),
-        rule("cl_cont", "Overlap with an evaluation set (n-gram contamination)", False,
+                 roles=roles(k, ("assistant",)), mode=mode(k, "repetition"))),
+        rule("cl_trunc", "truncated", "Cut off mid-sentence",
+             lambda k: clean.Truncated(roles=roles(k, ("assistant",)), mode=mode(k, "truncated"))),
+        rule("cl_cont", "contamination", "Overlap with an evaluation set (n-gram contamination)",
              contamination),
     ]
     return [r for r in rules if r is not None]
@@ -95,32 +121,77 @@ def rules_form() -> list:
 
 def _short(key: str):
     kwargs, limit = length_options(key, "Minimum length", 2, "turn")
-    return clean.TooShort(min_length=limit, roles=roles(key, ("assistant",)), **kwargs)
+    return clean.TooShort(min_length=limit, roles=roles(key, ("assistant",)),
+                          mode=mode(key, "too_short"), **kwargs)
 
 
 def _long(key: str):
     kwargs, limit = length_options(key, "Maximum length", 20_000, "conversation")
-    return clean.TooLong(max_length=limit, roles=roles(key, clean.ALL_ROLES), **kwargs)
+    return clean.TooLong(max_length=limit, roles=roles(key, clean.ALL_ROLES),
+                         mode=mode(key, "too_long"), **kwargs)
 
 
 def show_preview(report) -> None:
-    a, b, c = st.columns(3)
+    a, b, c, d = st.columns(4)
     a.metric("Rows", f"{report.total_rows:,}")
     b.metric("Rows dropped", f"{report.dropped_rows:,}")
-    c.metric("Rows kept", f"{report.total_rows - report.dropped_rows:,}")
-    st.dataframe(report.to_frame(), hide_index=True, key="cl_summary")
+    c.metric("Rows flagged for review", f"{report.flagged_rows:,}")
+    d.metric("Rows kept", f"{report.total_rows - report.dropped_rows:,}")
+    table = labelling.rule_table(store(), frame, report)
+    labelled = int(table["labelled_bad"].sum() + table["labelled_good"].sum())
+    if labelled:
+        st.caption("With your labels: of the labelled rows each rule hits, how many you marked "
+                   "bad (precision, 95% Wilson interval). A drop rule with low precision throws "
+                   "good rows away: switch it to flag.")
+        st.dataframe(table, hide_index=True, key="cl_summary", column_config={
+            "precision": st.column_config.NumberColumn(format="%.2f"),
+            "low": st.column_config.NumberColumn("95% CI low", format="%.2f"),
+            "high": st.column_config.NumberColumn("95% CI high", format="%.2f")})
+    else:
+        st.dataframe(report.to_frame(), hide_index=True, key="cl_summary")
+        st.caption("Label rows (Label page) to see each rule's precision on your own data.")
     for r in report.rules:
         if not r.rows:
             continue
-        with st.expander(f"{r.name}: {r.rows:,} rows would be {r.action}d — samples"):
+        with st.expander(f"{r.name}: {r.rows:,} rows would be {VERBS[r.action]} — samples"):
             for s in r.samples:
-                st.caption(f"row {s['row_key']} · turn {s['turn']} · {s['detail']}")
+                st.caption(f"row {s['row_key']} · turn {s['turn']} · {md_escape(s['detail'])}")
                 if r.action == "change":
                     before, after = st.columns(2)
                     before.text(str(s["before"])[:1500])  # text, never markdown
                     after.text(str(s["after"])[:1500])
                 else:
                     st.text(str(s["before"])[:1500])
+
+
+def flagged_section() -> None:
+    """Rows flagged for review in this version: per rule, label them or drop them at once."""
+    flagged = store().flagged(version_id)
+    if flagged.empty:
+        return
+    st.subheader(f"Flagged for review ({flagged['row_key'].nunique():,} rows)")
+    st.page_link("pages/label.py", label="Review them one at a time in the queue",
+                 icon=":material/thumbs_up_down:")
+    labels = labelling.with_labels(store(), flagged)["label"]
+    summary = flagged.assign(label=labels.to_numpy()).groupby("reason").agg(
+        rows=("row_key", "nunique"), labelled_bad=("label", lambda s: int((s == "bad").sum())),
+        labelled_good=("label", lambda s: int((s == "good").sum()))).reset_index()
+    st.dataframe(summary, hide_index=True, key="cl_flag_summary")
+    reason = st.selectbox("Rule", summary["reason"].tolist(), key="cl_flag_rule")
+    keep_good = st.checkbox("Keep the rows you labelled good", value=True, key="cl_flag_keep")
+    chosen = flagged[flagged["reason"] == reason].assign(
+        label=labels[flagged["reason"] == reason].to_numpy())
+    if keep_good:
+        chosen = chosen[chosen["label"] != "good"]
+    keys = chosen["row_key"].drop_duplicates().tolist()
+    if st.button(f"Drop {len(keys):,} rows flagged by {reason}", key="cl_flag_drop",
+                 disabled=not keys):
+        version = store().drop_rows(version_id, keys, reason=reason,
+                                    details=chosen.drop_duplicates("row_key")["detail"]
+                                    .fillna("").tolist(), operation="drop_flagged",
+                                    params={"rule": reason, "kept_good": keep_good})
+        flash(f"Dropped {len(keys):,} reviewed rows into version v{version.version_id}.")
+        st.rerun()
 
 
 try:
@@ -131,10 +202,13 @@ except WorkbenchError as e:
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
     with st.spinner("Checking every row…"):
-        st.session_state["cl_report"] = (version_id, curate.clean_preview(frame, rules))
+        st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(frame, rules))
 report = st.session_state.get("cl_report")
 if report and report[0] == version_id:
-    show_preview(report[1])
+    if report[1] != rules:
+        st.warning("The rules changed since this preview: preview again to see their effect.",
+                   icon=":material/warning:")
+    show_preview(report[2])
 if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules):
     extra = {"eval_version": st.session_state.get("cl_eval_version")} \
         if any(r.name == "contamination" for r in rules) else {}
@@ -145,7 +219,9 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
         show_error(e)
     else:
         st.session_state.pop("cl_report", None)
-        flash(f"Cleaned into version v{version.version_id}: "
-              f"{version.n_rows:,} rows kept, {len(frame) - version.n_rows:,} dropped "
-              "(see them with their reasons under Datasets → History).")
+        flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
+        flash(f"Cleaned into version v{version.version_id}: {version.n_rows:,} rows kept, "
+              f"{len(frame) - version.n_rows:,} dropped, {flagged:,} flags for review "
+              "(dropped rows with their reasons are under Datasets → History).")
         st.rerun()
+flagged_section()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import current_dataset, flash, show_error, show_flash, store
+from workbench import labelling
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
@@ -110,7 +111,7 @@ def filters_form(version_id: int) -> RowFilter:
                                 disabled=field == "(any)", on_change=first_page)
     # The rarer filters fold away so the table starts near the top of the screen.
     with st.expander("More filters"):
-        lo_col, hi_col, turns_col, tag_col = st.columns(4)
+        lo_col, hi_col, turns_col, tag_col, label_col = st.columns(5)
         min_chars = lo_col.number_input("Min characters", min_value=0, key="browse_min",
                                         on_change=first_page)
         max_chars = hi_col.number_input("Max characters (0 = no limit)", min_value=0,
@@ -118,10 +119,13 @@ def filters_form(version_id: int) -> RowFilter:
         min_turns = turns_col.number_input("Min turns", min_value=0, key="browse_turns",
                                            on_change=first_page)
         tag = tag_col.text_input("Tag", key="browse_tag", on_change=first_page)
+        label = label_col.selectbox("Label", [None, "good", "bad", "labelled", "unlabelled"],
+                                    key="browse_label", on_change=first_page,
+                                    format_func=lambda v: "(any)" if v is None else v)
     metadata = ((field, value),) if field != "(any)" and value is not None else ()
     return RowFilter(search=search, metadata=metadata, min_chars=min_chars or None,
                      max_chars=max_chars or None, min_turns=min_turns or None,
-                     tag=tag.strip() or None)
+                     tag=tag.strip() or None, label=label)
 
 
 def browse_section(dataset: str) -> None:
@@ -158,6 +162,8 @@ def browse_section(dataset: str) -> None:
 # visible without scrolling sideways.
 BROWSE_COLUMN_CONFIG = {
     "row_key": st.column_config.NumberColumn("row", width=60),
+    "label": st.column_config.TextColumn("label", width=55,
+                                         help="good / bad: your label (Label page)"),
     "user": st.column_config.TextColumn("last user turn", width=250),
     "response": st.column_config.TextColumn("response", width=250),
     "system": st.column_config.TextColumn("system", width=55,
@@ -182,6 +188,7 @@ def row_detail(version_id: int, row_key: int) -> None:
         with st.expander("Metadata"):
             st.json(row.example.metadata)
     with edit_col:
+        label_rows_form(version_id, [row_key], f"row_label_{row_key}")
         edit_form(version_id, row_key, row)
 
 
@@ -211,8 +218,28 @@ def save_edit(version_id: int, row_key: int, messages: list[dict], tags: str, no
     st.rerun()
 
 
+def label_rows_form(version_id: int, row_keys: list[int], key: str) -> None:
+    """Good / Bad / Clear buttons for the selected rows (labels live by content, not version)."""
+    good, bad, clear = st.columns(3)
+    chosen = ("good" if good.button("Label good", key=f"{key}_good", icon=":material/thumb_up:")
+              else "bad" if bad.button("Label bad", key=f"{key}_bad",
+                                       icon=":material/thumb_down:")
+              else "clear" if clear.button("Clear label", key=f"{key}_clear") else None)
+    if chosen is None:
+        return
+    try:
+        action = labelling.label_rows(store(), version_id, row_keys,
+                                      None if chosen == "clear" else chosen)
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    flash(f"{action.description} (undo on the Label page).")
+    st.rerun()
+
+
 def tag_rows_form(version_id: int, row_keys: list[int]) -> None:
     st.subheader(f"{len(row_keys)} rows selected")
+    label_rows_form(version_id, row_keys, "bulk_label")
     tag = st.text_input("Tag", key="bulk_tag").strip()
     add_col, remove_col = st.columns(2)
     add = add_col.button("Add tag", disabled=not tag, key="bulk_add")

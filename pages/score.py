@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import curation_header, flash, job_panel, show_error, store
-from workbench import curate, quality
+from workbench import curate, labelling, quality
 from workbench.exceptions import WorkbenchError
 from workbench.judge import DEFAULT_RUBRIC
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
@@ -169,12 +169,74 @@ def show_row(frame, row_key: int) -> None:
     st.text(row["response"][:4000])
 
 
-def weights_form(columns: list[str]) -> dict[str, float]:
-    with st.expander("Combined score: weights (0 = ignore; directions come from each scorer)"):
+def weights_form(frame, columns: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    fitted = st.session_state.get("sc_fitted_directions", {})
+    with st.expander("Combined score: weights (0 = ignore; directions come from each scorer, "
+                     "or from your labels once fitted)"):
+        if st.button("Fit weights to my labels", key="sc_fit_weights",
+                     help="A logistic regression of your good/bad labels on the scores: each "
+                          "weight is a score's pull, its direction the way it separates"):
+            fit_weights(frame, columns)
         grid = st.columns(min(4, len(columns)))
-        weights = {c: grid[i % len(grid)].number_input(c, 0.0, 10.0, 0.0, 0.5, key=f"sc_w_{c}")
-                   for i, c in enumerate(columns)}
-    return {c: w for c, w in weights.items() if w > 0}
+        weights = {c: grid[i % len(grid)].number_input(
+            f"{c} ({fitted[c]} = better)" if c in fitted else c, 0.0, 10.0, 0.0, 0.5,
+            key=f"sc_w_{c}") for i, c in enumerate(columns)}
+    weights = {c: w for c, w in weights.items() if w > 0}
+    return weights, {c: d for c, d in fitted.items() if c in weights}
+
+
+def fit_weights(frame, columns: list[str]) -> None:
+    usable = [c for c in columns if not c.startswith("learned")]
+    try:
+        weights, better = labelling.fitted_weights(store(), frame, usable)
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    for column in columns:
+        st.session_state[f"sc_w_{column}"] = float(weights.get(column, 0.0))
+    st.session_state["sc_fitted_directions"] = better
+    flash("Weights fitted to your labels: " + ", ".join(f"{c} {w:g} ({better[c]} = better)"
+                                                        for c, w in weights.items()))
+    st.rerun()
+
+
+def labels_section(frame) -> None:
+    """Each score's agreement with the user's labels, and the learned score."""
+    st.subheader("Scores against your labels")
+    st.page_link("pages/label.py", label="Label rows in the review queue",
+                 icon=":material/thumbs_up_down:")
+    info = labelling.summary(store(), base)
+    if info.good + info.bad == 0:
+        st.caption("No labels on this version yet: mark rows good or bad on the Label page, "
+                   "and every score here is checked against them (AUROC with a CI).")
+        return
+    st.caption(f"{info.good:,} good and {info.bad:,} bad labels on this version. AUROC: how "
+               "often a bad row scores worse than a good one in the score's declared "
+               "direction (0.5 = chance; below 0.5 = the declared direction is wrong here).")
+    table = labelling.signal_table(store(), frame)
+    if len(table):
+        st.dataframe(table, hide_index=True, key="sc_agreement", column_config={
+            "auroc": st.column_config.NumberColumn("AUROC", format="%.3f"),
+            "low": st.column_config.NumberColumn("95% CI low", format="%.3f"),
+            "high": st.column_config.NumberColumn("95% CI high", format="%.3f"),
+            "bad_rows_score": st.column_config.TextColumn("bad rows score", width=220)})
+    result = labelling.last_result(store())
+    a, b = st.columns([1, 3], vertical_alignment="center")
+    if a.button("Train the learned score", key="sc_learn", icon=":material/school:"):
+        try:
+            with st.spinner("Training on your labels…"):
+                result = labelling.train_learned(store(), version_id, frame)
+        except WorkbenchError as e:
+            show_error(e)
+            return
+        flash(f"Learned score trained on {result.n_good} good + {result.n_bad} bad labels: "
+              f"cross-validated AUROC {result.auroc:.3f} ({result.low:.3f}–{result.high:.3f}).")
+        st.rerun()
+    if result is not None:
+        b.caption(f"learned_score = P(bad) from {result.n_good} good + {result.n_bad} bad "
+                  f"labels, trained {result.trained_at}; cross-validated AUROC "
+                  f"{result.auroc:.3f} (95% CI {result.low:.3f}–{result.high:.3f}) on the "
+                  "labelled rows.")
 
 
 def thresholds_form(frame, columns: list[str]) -> dict[str, tuple]:
@@ -197,7 +259,7 @@ def thresholds_form(frame, columns: list[str]) -> dict[str, tuple]:
     return bounds
 
 
-def selection_form(columns: list[str], weights: dict, bounds: dict
+def selection_form(columns: list[str], weights: dict, bounds: dict, directions: dict
                    ) -> quality.SelectOptions | None:
     st.subheader("Select a subset")
     labels = {"top_k": "top-k by a score", "diverse": "diverse top-k (embeddings)",
@@ -215,7 +277,7 @@ def selection_form(columns: list[str], weights: dict, bounds: dict
         st.info("This method ranks rows by a score: score the rows first.")
         return None
     return quality.SelectOptions(method=method, k=int(k), score=score, bounds=bounds,
-                                 weights=weights, similarity=similarity,
+                                 weights=weights, directions=directions, similarity=similarity,
                                  n_clusters=int(clusters))
 
 
@@ -247,10 +309,11 @@ if columns:
 else:
     st.info("No scores yet: pick scorers above and press Score now.")
 try:
+    labels_section(frame)
     embedding_section(frame, columns)
-    weights = weights_form(columns) if columns else {}
+    weights, directions = weights_form(frame, columns) if columns else ({}, {})
     bounds = thresholds_form(frame, columns) if columns else {}
-    options = selection_form(columns, weights, bounds)
+    options = selection_form(columns, weights, bounds, directions)
     if options is not None:
         preview_and_apply(frame, options)
 except WorkbenchError as e:

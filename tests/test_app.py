@@ -188,6 +188,24 @@ def test_selecting_several_rows_tags_them(store):
     assert [list(t) for t in tagged["tags"].iloc[:3]] == [["check"], [], ["check"]]
 
 
+def test_selected_rows_are_labelled_and_the_grid_shows_and_filters_labels(store):
+    at = select_rows(start(Path(store.path)), 0, 2)
+    at = no_exception(at.button(key="bulk_label_bad").click().run())
+    assert any("-> bad" in s for s in texts(at.success))
+    table = browse_table(at).value
+    assert table["label"].tolist()[:3] == ["bad", "", "bad"]
+    at = no_exception(at.selectbox(key="browse_label").set_value("bad").run())
+    assert browse_table(at).value["label"].tolist() == ["bad", "bad"]
+    assert "2 matching rows" in browse_caption(at)
+
+
+def test_one_selected_row_can_be_labelled_next_to_its_edit_form(store):
+    at = select_rows(start(Path(store.path)), 1)
+    row_key = int(browse_table(at).value["row_key"].iloc[1])
+    at = no_exception(at.button(key=f"row_label_{row_key}_good").click().run())
+    assert browse_table(at).value["label"].tolist()[1] == "good"
+
+
 # --- history ----------------------------------------------------------------------------------
 def drop_first_row(store: Store):
     frame = store.frame(1)

@@ -276,11 +276,18 @@ def test_clean_and_dedup_commands_make_versions(store_path):
     assert "contamination" in preview.output and "would be dropped" in preview.output
     store = Store(store_path)
     assert len(store.versions("train")) == 1  # preview changes nothing
-    run("clean", "train", "--rules", "placeholder,refusal")
+    run("clean", "train", "--rules", "placeholder,refusal")  # their default mode: flag
+    flagged = store.versions("train")[-1]
+    assert flagged.counts["flagged:placeholder"] == 10 and flagged.n_rows == 400
+    assert len(store.flagged(flagged.version_id)) == 20
+    run("clean", "train", "--rules", "placeholder,refusal", "--drop", "placeholder")
     cleaned = store.versions("train")[-1]
     assert cleaned.operation == "clean" and cleaned.counts["placeholder"] == 10
+    assert cleaned.counts["flagged:refusal"] == 10 and cleaned.n_rows == 390
+    listed = run("clean", "--list").output
+    assert "placeholder_input" in listed and "flag" in listed
     out = run("dedup", "train", "--dry-run").output
-    assert "rows to drop" in out and len(store.versions("train")) == 2
+    assert "rows to drop" in out and len(store.versions("train")) == 3
     run("dedup", "train", "--keep", "longest")
     assert store.versions("train")[-1].operation == "dedup"
     bad = run("clean", "train", "--rules", "nope", ok=False)

@@ -27,30 +27,71 @@ def metrics(at: AppTest) -> dict[str, int]:
     return {m.label: int(m.value.replace(",", "")) for m in at.metric}
 
 
-def test_preview_counts_then_apply_makes_a_version_with_reasons(store):
+def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
     at = open_page()
     at = ok(at.button(key="cl_preview").click().run())
     shown = metrics(at)
-    assert shown["Rows"] == 400 and 0 < shown["Rows dropped"] < 400
+    # The measured defaults drop only placeholder inputs (none in the sample): the rest flag.
+    assert shown["Rows"] == 400 and shown["Rows dropped"] == 0
+    assert 40 <= shown["Rows flagged for review"] < 400
     summary = at.dataframe[0].value
     by_rule = dict(zip(summary["rule"], summary["rows"]))
     assert by_rule["placeholder"] >= 10 and by_rule["refusal"] >= 10 and by_rule["pii"] >= 10
+    assert any("would be flagged for review" in e.label for e in at.expander)
+    at = ok(at.radio(key="cl_ph_mode").set_value("drop").run())
+    assert any("rules changed since this preview" in w.value for w in at.warning)
+    at = ok(at.button(key="cl_preview").click().run())
+    dropped = metrics(at)["Rows dropped"]
+    assert 10 <= dropped < 400
     at = ok(at.button(key="cl_apply").click().run())
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and latest.parent_id == store.versions("train")[0].version_id
-    assert latest.n_rows == 400 - shown["Rows dropped"]
+    assert latest.n_rows == 400 - dropped and latest.counts["placeholder"] == dropped
     removed = store.removed(latest.version_id)
-    assert len(removed) == shown["Rows dropped"] and removed["reason"].notna().all()
+    assert len(removed) == dropped and set(removed["reason"]) == {"placeholder"}
     assert any("Cleaned into version" in s.value for s in at.success)
+    assert len(store.flagged(latest.version_id)) >= 30  # the flags travel with the version
+
+
+def test_flagged_rows_are_dropped_after_review_keeping_rows_labelled_good(store):
+    from workbench import labelling
+
+    at = ok(open_page().button(key="cl_apply").click().run())
+    latest = store.versions("train")[-1].version_id
+    flagged = store.flagged(latest)
+    refusals = flagged[flagged["reason"] == "refusal"]["row_key"].tolist()
+    labelling.label_rows(store, latest, refusals[:2], "good")
+    at = ok(open_page())
+    assert at.dataframe[-1].value.set_index("reason").loc["refusal", "labelled_good"] == 2
+    at = ok(at.selectbox(key="cl_flag_rule").set_value("refusal").run())
+    at = ok(at.button(key="cl_flag_drop").click().run())
+    newest = store.versions("train")[-1]
+    assert newest.operation == "drop_flagged" and newest.counts["refusal"] == len(refusals) - 2
+    assert set(refusals[:2]) <= set(store.frame(newest.version_id)["row_key"])
+
+
+def test_with_labels_the_preview_shows_each_rules_precision(store):
+    from workbench import labelling
+
+    vid = store.active_version("train")
+    frame = store.frame(vid)
+    placeholders = frame[frame["response"].str.len() < 12]["row_key"].tolist()
+    labelling.label_rows(store, vid, placeholders, "bad")
+    labelling.label_rows(store, vid, frame["row_key"][:50].tolist(), "good")
+    at = ok(open_page().button(key="cl_preview").click().run())
+    table = at.dataframe[0].value.set_index("rule")
+    assert {"labelled_bad", "labelled_good", "precision", "low", "high"} <= set(table.columns)
+    assert table.loc["placeholder", "labelled_bad"] >= 5
+    assert table.loc["placeholder", "precision"] > 0.8
 
 
 def test_switching_a_rule_off_changes_the_preview(store):
     at = open_page()
     at = ok(at.button(key="cl_preview").click().run())
-    before = metrics(at)["Rows dropped"]
+    before = metrics(at)["Rows flagged for review"]
     at = ok(at.checkbox(key="cl_ref_on").uncheck().run())
     at = ok(at.button(key="cl_preview").click().run())
-    assert metrics(at)["Rows dropped"] < before
+    assert metrics(at)["Rows flagged for review"] < before
 
 
 def test_contamination_against_the_eval_set(store):
@@ -59,7 +100,7 @@ def test_contamination_against_the_eval_set(store):
         at.checkbox(key=key).uncheck()
     at = ok(at.checkbox(key="cl_cont_on").check().run())
     at = ok(at.button(key="cl_preview").click().run())
-    assert metrics(at)["Rows dropped"] >= 8  # the planted copies of eval prompts
+    assert metrics(at)["Rows dropped"] >= 8  # the planted copies of eval prompts (drop mode)
     at = ok(at.button(key="cl_apply").click().run())
     latest = store.versions("train")[-1]
     assert latest.params["eval_version"] == store.active_version("eval")

@@ -169,3 +169,44 @@ def test_judge_reasons_and_unscored_rows_are_shown(store, tmp_path):
     assert any("1 rows were not scored by the judge" in w.value for w in at.warning)
     errors = next(d.value for d in at.dataframe if "error" in d.value.columns)
     assert errors.to_dict("records") == [{"row_key": 4, "error": "HTTP 429: rate limited"}]
+
+
+def label_short_answers(store: Store) -> int:
+    """Label the sample's placeholder-like short answers bad and 60 others good."""
+    from workbench import labelling
+
+    version = store.active_version("train")
+    frame = store.frame(version)
+    short = frame["response"].str.len() < 15
+    labelling.label_rows(store, version, frame["row_key"][short].tolist(), "bad")
+    labelling.label_rows(store, version, frame["row_key"][~short].tolist()[:60], "good")
+    return int(short.sum())
+
+
+def test_with_labels_every_score_shows_its_auroc_and_the_learned_score_trains(store):
+    bad = label_short_answers(store)
+    at = scored_page()
+    table = next(d.value for d in at.dataframe if "bad_rows_score" in d.value.columns)
+    table = table.set_index("score")
+    assert {"auroc", "low", "high", "bad_rows_score"} <= set(table.columns)
+    assert table.loc["length_score", "auroc"] > 0.9  # short answers were labelled bad
+    assert table.loc["length_score", "bad_rows_score"] == "lower (as declared)"
+    at = ok(at.button(key="sc_learn").click().run())
+    assert any("Learned score trained" in s.value for s in at.success)
+    frame = quality.with_cached_scores(store, store.frame(store.active_version("train")))
+    assert frame["learned_score"].notna().all()
+    assert any(h.proto.spec and "learned_score" in h.proto.spec for h in at.get("plotly_chart"))
+    assert bad >= 5
+
+
+def test_weights_fitted_to_labels_fill_the_weight_inputs(store):
+    label_short_answers(store)
+    at = scored_page()
+    at = ok(at.button(key="sc_fit_weights").click().run())
+    assert at.number_input(key="sc_w_length_score").value > 0
+    assert any("Weights fitted to your labels" in s.value for s in at.success)
+
+
+def test_without_labels_the_page_points_to_the_queue(store):
+    at = scored_page()
+    assert any("No labels on this version yet" in c.value for c in at.caption)

@@ -257,48 +257,68 @@ def export_cmd(ctx: click.Context, ref: str, out: str, fmt: str) -> None:
     click.echo(f"wrote {store.version(vid).n_rows} rows to {path} ({fmt})")
 
 
-def _clean_rules(names: list[str], pii: str, eval_texts: tuple | None) -> list:
+def _clean_rules(names: list[str] | None, pii: str | None, eval_texts: tuple | None,
+                 modes: dict[str, str]) -> list:
+    """Return the rules to run: the shared defaults, or the named ones (default options and
+    modes), with modes overridden by --drop/--flag."""
     from . import clean
 
-    factories = {"normalize": clean.Normalize, "pii": lambda: clean.PII(mode=pii),
-                 "placeholder": clean.Placeholder, "too_short": clean.TooShort,
-                 "too_long": clean.TooLong, "language": clean.Language,
-                 "refusal": clean.Refusal, "missing_context": clean.MissingContext,
-                 "repetition": clean.Repetition, "truncated": clean.Truncated}
-    unknown = [n for n in names if n not in factories]
+    rules = clean.rules_by_name(names) if names is not None else clean.default_rules()
+    if pii is not None:
+        rules = [clean.PII(mode=pii) if r.name == "pii" else r for r in rules]
+    unknown = sorted(set(modes) - {r.name for r in rules})
     if unknown:
-        raise WorkbenchError(f"unknown rule {', '.join(unknown)}; use "
-                             f"{', '.join(factories)}")
-    rules = [factories[n]() for n in names]
+        raise WorkbenchError(f"--drop/--flag name {', '.join(unknown)}, which is not among the "
+                             f"rules run ({', '.join(r.name for r in rules)})")
+    rules = [r.with_mode(modes[r.name]) if r.name in modes else r for r in rules]
     if eval_texts is not None:
         rules.append(clean.Contamination(eval_texts=eval_texts[0], eval_ids=eval_texts[1],
                                          roles=("user",)))
     return rules
 
 
+def _split_names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
 @main.command("clean")
-@click.argument("ref")
-@click.option("--rules", default="normalize,pii,placeholder,too_short,refusal,missing_context,"
-              "repetition,truncated", show_default=True, help="Comma-separated rules, in order.")
-@click.option("--pii", type=click.Choice(["redact", "drop"]), default="redact",
-              show_default=True)
+@click.argument("ref", required=False)
+@click.option("--rules", default=None, help="Comma-separated rules, in order (default: the "
+              "shared default set, each in its default mode; `workbench clean --list` shows "
+              "them).")
+@click.option("--drop", "drop_rules", default=None,
+              help="Comma-separated rules that drop the rows they hit.")
+@click.option("--flag", "flag_rules", default=None,
+              help="Comma-separated rules that keep the rows they hit, flagged for review.")
+@click.option("--pii", type=click.Choice(["redact", "drop", "flag"]), default=None,
+              help="What the PII rule does (default: redact).")
 @click.option("--eval", "eval_ref", default=None,
               help="Also drop rows overlapping this eval dataset/version (n-gram check).")
 @click.option("--preview", is_flag=True, help="Only report what would change.")
+@click.option("--list", "list_rules", is_flag=True, help="List the rules and their defaults.")
 @click.pass_context
-def clean_cmd(ctx: click.Context, ref: str, rules: str, pii: str, eval_ref: str | None,
-              preview: bool) -> None:
+def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules: str | None,
+              flag_rules: str | None, pii: str | None, eval_ref: str | None, preview: bool,
+              list_rules: bool) -> None:
     """Apply cleaning rules to a version (REF) as a new version, or preview them."""
-    from . import curate
+    from . import clean, curate
 
+    if list_rules:
+        click.echo(clean.rule_table().to_string(index=False))
+        return
+    if not ref:
+        raise click.UsageError("give the version to clean (REF), or --list")
     store = _store(ctx)
     vid = store.resolve(ref)
     texts = curate.eval_texts(store, store.resolve(eval_ref)) if eval_ref else None
-    chosen = _clean_rules([r.strip() for r in rules.split(",") if r.strip()], pii, texts)
+    modes = {**{n: "drop" for n in _split_names(drop_rules)},
+             **{n: "flag" for n in _split_names(flag_rules)}}
+    chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
     frame = store.frame(vid)
     report = curate.clean_preview(frame, chosen, samples=1)
     click.echo(report.to_frame().to_string(index=False))
-    click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped")
+    click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped, "
+               f"{report.flagged_rows} kept and flagged for review")
     if not preview:
         extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
         version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra)
@@ -362,7 +382,8 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
 @click.argument("ref")
 @click.option("--scorers", default="length,diversity,repetition,readability,overlap",
               show_default=True, help="Comma-separated: length, diversity (lexical_diversity), "
-              "repetition, readability, overlap, format, perplexity, ifd.")
+              "repetition, readability, overlap, format, perplexity, ifd, learned (trained on "
+              "your labels; see `workbench label`).")
 @click.option("--model", default="default", show_default=True,
               help="Language model for perplexity/ifd: 'default' or a local folder.")
 @click.option("--max-length", type=click.IntRange(min=2), default=1024, show_default=True,
@@ -373,10 +394,12 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
 @click.option("--format-prefix", default=None, help="Format check: required response prefix.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar for the model scorers on stderr.")
+@click.option("--label-set", default="quality", show_default=True,
+              help="Labels the learned score trains on.")
 @click.pass_context
 def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
               format_regex: str | None, format_json: bool, format_prefix: str | None,
-              progress: bool) -> None:
+              progress: bool, label_set: str) -> None:
     """Score a version's rows (cached by content) and print score statistics."""
     from tqdm import tqdm
 
@@ -390,7 +413,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     if checks and "format" not in names:
         names.append("format")
     models = [n for n in names if n in ("perplexity", "ifd")]
-    heuristics = [n for n in names if n not in models and n != "judge"]
+    heuristics = [n for n in names if n not in models and n not in ("judge", "learned")]
     if "judge" in names:
         raise WorkbenchError("the judge runs from the app (Score & select page) as a job")
     frame = store.frame(vid)
@@ -406,11 +429,190 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
                   disable=not progress) as bar:
             quality.run_model_scoring(store, vid, scores=models, model=model,
                                       max_length=max_length, progress=_bar_callback(bar))
+    if "learned" in names:  # last: it uses every score cached above as a feature
+        from . import labelling
+
+        result = labelling.train_learned(store, vid, quality.with_cached_scores(store, frame),
+                                         label_set=label_set)
+        click.echo(_learned_line(result))
     scored = quality.with_cached_scores(store, frame)
-    columns = [f"{n}_score" for n in names if f"{n}_score" in scored.columns]
+    columns = [f"{n}_score" if n != "learned" else _learned_column(label_set) for n in names]
+    columns = [c for c in columns if c in scored.columns]
     click.echo(f"version {vid}: {len(frame)} rows scored")
     click.echo(quality.score_summary(scored, columns).to_string(index=False, float_format=
                                                                   lambda v: f"{v:.4g}"))
+
+
+def _learned_column(label_set: str) -> str:
+    from .labelling import learned_column
+
+    return learned_column(label_set)
+
+
+def _learned_line(result: Any) -> str:
+    auroc = "n/a" if result.auroc != result.auroc else \
+        f"{result.auroc:.3f} (95% CI {result.low:.3f}-{result.high:.3f})"
+    return (f"learned score '{result.label_set}': {result.n_good} good + {result.n_bad} bad "
+            f"labels, cross-validated AUROC {auroc} on the labelled rows; features: "
+            f"{', '.join(result.features)}; {result.seconds:.1f} s")
+
+
+def _keys(text: str | None) -> list[int]:
+    """Parse row keys: "3,5,9-12" -> [3, 5, 9, 10, 11, 12]."""
+    keys: list[int] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        try:
+            keys += list(range(int(low), int(high) + 1)) if dash else [int(part)]
+        except ValueError:
+            raise click.UsageError(f"row keys: {part!r} is not a number or a range like "
+                                   "9-12") from None
+    return keys
+
+
+@main.command("label")
+@click.argument("ref")
+@click.option("--good", "good", default=None, help="Row keys to label good: 3,5,9-12.")
+@click.option("--bad", "bad", default=None, help="Row keys to label bad: 3,5,9-12.")
+@click.option("--clear", "clear", default=None, help="Row keys whose label to remove.")
+@click.option("--reason", default="", help="Why (kept with each label of this call).")
+@click.option("--file", "path", type=click.Path(dir_okay=False), default=None,
+              help="A JSONL file of {id or row_key, label, reason}; all lines or none.")
+@click.option("--search", default=None, help="Label every row matching this text (with "
+              "--as-label; prints a sample first unless --yes).")
+@click.option("--rule", default=None, help="Label every row this cleaning rule hits (with "
+              "--as-label).")
+@click.option("--as-label", "as_label", type=click.Choice(["good", "bad"]), default=None,
+              help="The label for --search or --rule.")
+@click.option("--yes", is_flag=True, help="Apply a bulk label without showing the sample.")
+@click.option("--undo", is_flag=True, help="Undo the newest labelling action.")
+@click.option("--label-set", default="quality", show_default=True)
+@click.pass_context
+def label_cmd(ctx: click.Context, ref: str, good: str | None, bad: str | None,
+              clear: str | None, reason: str, path: str | None, search: str | None,
+              rule: str | None, as_label: str | None, yes: bool, undo: bool,
+              label_set: str) -> None:
+    """Label rows of a version good or bad (by key, from a file, or in bulk); or undo."""
+    from . import labelling
+    from . import labels as LB
+
+    store = _store(ctx)
+    LB.check_label_set(label_set)
+    if undo:
+        action = LB.undo_last(store, label_set)
+        click.echo(f"undid action {action.action_id}: {action.description}")
+        return
+    vid = store.resolve(ref)
+    done = []
+    if path:
+        done.append(labelling.import_labels(store, vid, path, label_set=label_set))
+    for label, keys in (("good", good), ("bad", bad), (None, clear)):
+        if keys:
+            done.append(labelling.label_rows(store, vid, _keys(keys), label, reason=reason,
+                                             label_set=label_set))
+    if search or rule:
+        done.append(_bulk_label(store, vid, search, rule, as_label, reason, yes, label_set))
+    if not done:
+        raise click.UsageError("give --good/--bad/--clear row keys, --file, --search or --rule "
+                               "with --as-label, or --undo")
+    for action in (a for a in done if a is not None):
+        click.echo(f"action {action.action_id}: {action.description}")
+
+
+def _bulk_label(store: Store, vid: int, search: str | None, rule: str | None,
+                as_label: str | None, reason: str, yes: bool, label_set: str) -> Any:
+    from . import labelling
+
+    if as_label is None:
+        raise click.UsageError("--search and --rule need --as-label good or bad")
+    frame = store.frame(vid)
+    source, value = ("search", search) if search else ("rule", rule)
+    keys = labelling.bulk_rows(store, vid, frame, source, value)
+    if not keys:
+        raise WorkbenchError(f"no row of version {vid} matches {source} {value!r}")
+    if not yes:
+        click.echo(f"{len(keys)} rows match {source} {value!r}; a sample:")
+        for row in labelling.bulk_preview(frame, keys).itertuples():
+            click.echo(f"  {row.row_key:>8}  {_one_line(row.prompt, 60)}  ->  "
+                       f"{_one_line(row.response, 60)}")
+        click.echo(f"run again with --yes to label all {len(keys)} rows {as_label}")
+        return None
+    return labelling.label_rows(store, vid, keys, as_label, reason=reason, label_set=label_set,
+                                kind="bulk", description=f"{len(keys)} rows matching {source} "
+                                f"{value!r} -> {as_label}")
+
+
+@main.command("labels")
+@click.argument("ref")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Write this version's labels to a JSONL file (refuses to overwrite).")
+@click.option("--label-set", default="quality", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def labels_cmd(ctx: click.Context, ref: str, export_path: str | None, label_set: str,
+               as_json: bool) -> None:
+    """Show label counts on a version and the newest labelling actions; export them."""
+    from . import labelling
+    from . import labels as LB
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    frame = store.frame(vid)
+    if export_path:
+        n = LB.write_label_file(store, export_path, label_set=label_set, frame=frame)
+        click.echo(f"wrote {n} labels to {export_path}")
+        return
+    info = labelling.summary(store, frame, label_set=label_set)
+    result = labelling.last_result(store, label_set)
+    if as_json:
+        _echo_json({"version": vid, "label_set": label_set, "good": info.good, "bad": info.bad,
+                    "unlabelled": info.unlabelled, "all_good": info.total_good,
+                    "all_bad": info.total_bad, "learned": result.as_dict() if result else None,
+                    "actions": info.actions.to_dict("records")})
+        return
+    click.echo(f"version {vid}, label set '{label_set}': {info.good} good, {info.bad} bad, "
+               f"{info.unlabelled} unlabelled (all versions: {info.total_good} good, "
+               f"{info.total_bad} bad)")
+    if result:
+        click.echo(_learned_line(result) + f"; trained {result.trained_at}")
+    if len(info.actions):
+        click.echo("newest actions:")
+        click.echo(info.actions.to_string(index=False))
+
+
+@main.command("queue")
+@click.argument("ref")
+@click.option("--n", "n", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--search", default="", help="Also suggest rows matching this text.")
+@click.option("--label-set", default="quality", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (row_key, id, why, ...).")
+@click.pass_context
+def queue_cmd(ctx: click.Context, ref: str, n: int, search: str, label_set: str,
+              as_json: bool) -> None:
+    """Print the next rows to label and why each was chosen."""
+    from . import labelling
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    frame = store.frame(vid)
+    queue = labelling.next_rows(store, vid, frame, labelling.QueueOptions(
+        n=n, search=search, label_set=label_set))
+    if as_json:
+        rows = queue.rows.drop(columns=["messages"]).assign(
+            p_bad=lambda d: d["p_bad"].astype(object).where(d["p_bad"].notna(), None))
+        _echo_json({"version": vid, "stage": queue.stage, "good": queue.good, "bad": queue.bad,
+                    "learned": queue.result.as_dict() if queue.result else None,
+                    "rows": rows.to_dict("records")})
+        return
+    click.echo(queue.message or _learned_line(queue.result))
+    for row in queue.rows.itertuples():
+        click.echo(f"{row.row_key:>8}  {row.why}")
+        click.echo(f"          {_one_line(row.prompt, 100)}")
+        click.echo(f"          -> {_one_line(row.response, 100)}")
+    click.echo(f"label them: workbench label {ref} --good KEYS --bad KEYS")
 
 
 @main.command("select")

@@ -17,7 +17,8 @@ import pandas as pd
 from .io import ImportReport, export_suffix
 from .store import Diff, Page, Store, VersionInfo
 
-BROWSE_COLUMNS = ["row_key", "user", "response", "system", "n_turns", "n_chars", "tags", "note"]
+BROWSE_COLUMNS = ["row_key", "label", "user", "response", "system", "n_turns", "n_chars", "tags",
+                  "note"]
 
 
 def page_table(page: Page) -> pd.DataFrame:
@@ -34,6 +35,7 @@ def page_table(page: Page) -> pd.DataFrame:
     df["response"] = [_one_line(t) for t in df["response"].fillna("")]
     df["tags"] = [", ".join(t) if t is not None else "" for t in df["tags"]]
     df["note"] = [_one_line(t) for t in df["note"].fillna("")]
+    df["label"] = df["label"].fillna("")
     return df.reset_index(drop=True)
 
 

@@ -1,0 +1,268 @@
+"""Label: mark rows good or bad in a review queue or in bulk; train the learned score on them."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import curation_header, flash, job_panel, show_error, store, version_frame
+from workbench import curate, labelling
+from workbench import labels as LB
+from workbench.exceptions import WorkbenchError
+from workbench.learn import MIN_PER_CLASS
+from workbench.views import md_escape
+
+_, version_id, frame = curation_header(
+    "Label", " · labels are kept by row content, so they survive new versions")
+LABEL_FIELDS = ("user", "assistant")
+
+
+def label_set_picker() -> str:
+    sets = LB.label_sets(store())
+    a, b = st.columns([1, 2])
+    chosen = a.selectbox("Label set", [*sets, "new…"], key="lb_set",
+                         help="One learned score per label set: 'quality' by default, or your "
+                              "own (off-topic, wrong-answer, ...)")
+    if chosen != "new…":
+        return chosen
+    name = b.text_input("New label set name", key="lb_new_set").strip()
+    try:
+        return LB.check_label_set(name) if name else LB.DEFAULT_SET
+    except WorkbenchError as e:
+        show_error(e)
+        return LB.DEFAULT_SET
+
+
+def progress_panel(label_set: str, info: labelling.LabelSummary) -> None:
+    result = labelling.last_result(store(), label_set)
+    a, b, c, d = st.columns(4)
+    a.metric("Good", f"{info.good:,}", help=f"{info.total_good:,} in all versions")
+    b.metric("Bad", f"{info.bad:,}", help=f"{info.total_bad:,} in all versions")
+    c.metric("Unlabelled", f"{info.unlabelled:,}")
+    if result is not None and result.auroc == result.auroc:
+        d.metric("Learned score AUROC", f"{result.auroc:.2f}",
+                 help="Cross-validated on the labelled rows. The queue picks rows on purpose, "
+                      "so this is a guide, not the AUROC on all rows.")
+        st.caption(f"95% CI {result.low:.2f}–{result.high:.2f} · {result.n_good} good + "
+                   f"{result.n_bad} bad labels · features: {', '.join(result.features)} · "
+                   f"trained {result.trained_at} in {result.seconds:.1f} s "
+                   f"{md_escape(result.note)}")
+    else:
+        d.metric("Learned score AUROC", "–", help="Appears once both classes have labels")
+    if len(info.actions) and not bool(info.actions["undone"].iloc[0]) and st.button(
+            f"Undo: {info.actions['description'].iloc[0]}", key="lb_undo",
+            icon=":material/undo:"):
+        action = LB.undo_last(store(), label_set)
+        st.session_state.pop("lb_batch", None)
+        flash(f"Undid: {action.description}")
+        st.rerun()
+
+
+def embeddings_panel() -> None:
+    """Offer the embeddings the learned score and the queue's diversity use, as jobs."""
+    missing = [f for f in LABEL_FIELDS if not labelling.embedded(store(), frame, f)]
+    if not missing:
+        return
+    runs = [j for f in missing for j in curate.embedding_jobs(version_id, f)[:1]]
+    for job in runs:
+        if job.active:
+            job_panel(job.run_id, key=f"lb_embed_{job.config['params']['field']}")
+    st.info("The learned score works from the words of each row now; embeddings of the "
+            "prompts and responses (computed once in the background, cached) usually make it "
+            "better.", icon=":material/lightbulb:")
+    if st.button("Embed prompts and responses in the background", key="lb_embed",
+                 disabled=any(j.active for j in runs)):
+        for f in missing:
+            curate.start_embedding(store(), version_id, field=f)
+        st.rerun()
+
+
+# --- the review queue -------------------------------------------------------------------------
+
+def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
+    """Return this round of the queue, choosing a new one when it is done or out of date.
+
+    Runs before anything is drawn, so the metrics above show the model this round trained.
+    """
+    search = st.session_state.get("lb_search", "")
+    batch = st.session_state.get("lb_batch")
+    # A new round when this one is done, when what feeds it changed, and as soon as both
+    # classes have enough labels for the learned score to take over from the seeds.
+    can_learn = min(info.total_good, info.total_bad) >= MIN_PER_CLASS
+    stale = batch is None or batch["version"] != version_id or batch["set"] != label_set \
+        or batch["search"] != search or batch["at"] >= len(batch["rows"]) \
+        or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False)
+    if not stale:
+        return batch
+    try:
+        with st.spinner("Choosing rows (training the learned score when it can)…"):
+            queue = labelling.next_rows(store(), version_id, frame, labelling.QueueOptions(
+                n=20, search=search, label_set=label_set,
+                skip=st.session_state.get("lb_skipped", [])))
+    except WorkbenchError as e:
+        show_error(e)
+        return None
+    batch = {"version": version_id, "set": label_set, "search": search, "at": 0,
+             "rows": queue.rows.to_dict("records"), "stage": queue.stage,
+             "message": queue.message}
+    st.session_state["lb_batch"] = batch
+    return batch
+
+
+def queue_tab(batch: dict | None, label_set: str) -> None:
+    st.text_input("Also suggest rows matching (optional)", key="lb_search")
+    if st.button("New round", key="lb_refresh", icon=":material/refresh:"):
+        st.session_state["lb_new"] = True
+        st.rerun()
+    if batch is None:
+        return
+    if not batch["rows"]:
+        st.success("Every row of this version is labelled (or skipped).")
+        return
+    st.caption(md_escape(batch["message"]) if batch["stage"] == "seeds" else
+               "Active learning: rows the learned score thinks likely bad, rows it is unsure "
+               "of, and a few random ones; never two near-identical rows in a round.")
+    st.progress(batch["at"] / len(batch["rows"]),
+                text=f"row {batch['at'] + 1} of {len(batch['rows'])} in this round")
+    review(batch, label_set)
+
+
+def review(batch: dict, label_set: str) -> None:
+    row = batch["rows"][batch["at"]]
+    st.markdown(f"**Row {row['row_key']}** · why: {md_escape(row['why'])}")
+    for message in row["messages"]:
+        avatar = ":material/settings:" if message["role"] == "system" else None
+        with st.chat_message(message["role"], avatar=avatar):
+            st.text(message["content"])  # dataset text stays text, never markdown
+    reason = st.text_input("Reason (optional, kept with the label)", key=f"lb_reason_{row['id']}")
+    good, bad, skip = st.columns(3)
+    if good.button("Good", key="lb_good", icon=":material/thumb_up:", shortcut="G",
+                   width="stretch"):
+        record(batch, row, "good", reason, label_set)
+    if bad.button("Bad", key="lb_bad", icon=":material/thumb_down:", shortcut="B",
+                  type="primary", width="stretch"):
+        record(batch, row, "bad", reason, label_set)
+    if skip.button("Skip", key="lb_skip", icon=":material/skip_next:", shortcut="S",
+                   width="stretch"):
+        st.session_state.setdefault("lb_skipped", []).append(row["id"])
+        batch["at"] += 1
+        st.rerun()
+    st.caption("Keys: G good · B bad · S skip")
+
+
+def record(batch: dict, row: dict, label: str, reason: str, label_set: str) -> None:
+    try:
+        LB.set_labels(store(), [row["id"]], label, reasons=reason, label_set=label_set,
+                      kind="queue", description=f"row {row['row_key']} -> {label}")
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    batch["at"] += 1
+    st.rerun()
+
+
+# --- bulk labels ---------------------------------------------------------------------------
+
+def bulk_tab(label_set: str) -> None:
+    sources = {"search": "rows matching a search", "rule": "rows a cleaning rule hits",
+               "cluster": "an embedding cluster"}
+    source = st.radio("Label in bulk", list(sources), format_func=sources.get,
+                      horizontal=True, key="lb_bulk_source")
+    value = bulk_value(source)
+    if value is None:
+        return
+    try:
+        keys = labelling.bulk_rows(store(), version_id, frame, source, value)
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    st.metric("Rows", f"{len(keys):,}")
+    if not keys:
+        return
+    st.caption("A random sample of them: check before labelling them all")
+    st.dataframe(labelling.bulk_preview(frame, keys), hide_index=True, key="lb_bulk_sample")
+    a, b = st.columns([1, 2])
+    label = a.radio("Label", ["bad", "good"], horizontal=True, key="lb_bulk_label")
+    reason = b.text_input("Reason", key="lb_bulk_reason")
+    if st.button(f"Label {len(keys):,} rows {label}", type="primary", key="lb_bulk_apply"):
+        action = labelling.label_rows(store(), version_id, keys, label, reason=reason,
+                                      label_set=label_set, kind="bulk",
+                                      description=f"{len(keys)} rows ({source}: {value}) -> "
+                                                  f"{label}")
+        st.session_state.pop("lb_batch", None)
+        flash(f"Labelled {action.n_rows:,} rows {label}; undo is at the top of the page.")
+        st.rerun()
+
+
+@st.cache_data(max_entries=4, show_spinner="Running the cleaning rules once for this version…")
+def rule_counts(store_path: str, version: int) -> dict[str, int]:
+    from workbench.store import Store
+
+    hits = labelling.rule_hits(Store(store_path), version_frame(store_path, version))
+    return hits["rule"].value_counts().to_dict()
+
+
+def bulk_value(source: str):
+    if source == "search":
+        text = st.text_input("Search text", key="lb_bulk_search").strip()
+        return text or None
+    if source == "rule":
+        counts = rule_counts(str(store().path), version_id)
+        if not counts:
+            st.caption("No cleaning rule hits any row of this version.")
+            return None
+        return st.selectbox("Rule", list(counts), key="lb_bulk_rule",
+                            format_func=lambda r: f"{r} ({counts[r]:,} rows)")
+    k = st.slider("Clusters (k-means on embeddings)", 2, 20, 8, key="lb_bulk_k")
+    return (st.selectbox("Cluster", [str(i) for i in range(k)], key="lb_bulk_cluster"), k)
+
+
+# --- labels: list, import, export ------------------------------------------------------------
+
+def labels_tab(label_set: str) -> None:
+    labelled = labelling.with_labels(store(), frame, label_set=label_set)
+    labelled = labelled[labelled["label"] != ""]
+    st.dataframe(labelled[["row_key", "label", "prompt", "response"]], hide_index=True,
+                 key="lb_table", width="stretch")
+    st.dataframe(LB.actions(store(), label_set=label_set), hide_index=True, key="lb_actions")
+    upload = st.file_uploader("Import labels (JSONL: id or row_key, label, reason)",
+                              type=["jsonl"], key="lb_upload")
+    if upload is not None and st.button("Import", key="lb_import"):
+        import_upload(upload, label_set)
+    st.download_button("Download labels (JSONL)", labelling.labels_jsonl(store(), frame,
+                                                                         label_set),
+                       file_name=f"labels-{label_set}.jsonl", key="lb_download")
+
+
+def import_upload(upload, label_set: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.jsonl"
+        path.write_bytes(upload.getvalue())
+        try:
+            action = labelling.import_labels(store(), version_id, path, label_set=label_set)
+        except LB.LabelFileError as e:
+            show_error(str(e).replace(str(path), upload.name))
+            if e.problems:
+                st.dataframe(e.problems, hide_index=True, key="lb_import_problems")
+            return
+        except WorkbenchError as e:
+            show_error(e)
+            return
+    flash(f"Imported {action.n_rows:,} labels from {upload.name}.")
+    st.rerun()
+
+
+label_set = label_set_picker()
+summary = labelling.summary(store(), frame, label_set=label_set)
+batch = current_batch(label_set, summary)
+progress_panel(label_set, summary)
+embeddings_panel()
+queue_t, bulk_t, list_t = st.tabs(["Review queue", "Bulk label", "Labels"], key="lb_tabs")
+with queue_t:
+    queue_tab(batch, label_set)
+with bulk_t:
+    bulk_tab(label_set)
+with list_t:
+    labels_tab(label_set)
