@@ -93,7 +93,7 @@ def rules_form() -> list:
                                          mode=mode(k, "placeholder"))),
         rule("cl_phin", "placeholder_input", "Placeholder input ('No input', 'N/A')",
              lambda k: clean.PlaceholderInput(mode=mode(k, "placeholder_input"))),
-        rule("cl_url", "url_input", "Input that is only a link", 
+        rule("cl_url", "url_input", "Input that is only a link",
              lambda k: clean.UrlInput(mode=mode(k, "url_input"))),
         rule("cl_short", "too_short", "Too short", lambda k: _short(k)),
         rule("cl_long", "too_long", "Too long", lambda k: _long(k)),
@@ -194,6 +194,8 @@ def flagged_section() -> None:
         st.rerun()
 
 
+st.page_link("pages/label.py", label="Label rows in the review queue: each rule's precision "
+             "on your labels then shows in the preview", icon=":material/thumbs_up_down:")
 try:
     rules = rules_form()
 except WorkbenchError as e:

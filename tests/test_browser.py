@@ -157,21 +157,28 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
         page.goto(url + "/clean")
         expect(page.get_by_role("heading", name="Clean")).to_be_visible()
         page.get_by_role("button", name="Preview").click()
-        expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows dropped")
+        expect(page.get_by_test_id("stMetric").nth(2)).to_contain_text("Rows flagged for review")
         page.get_by_role("button", name="Apply as a new version").click()
         expect(page.get_by_text("Cleaned into version v2")).to_be_visible()
+        # The defaults flag most rules' rows; after review, one rule's rows go at once.
+        expect(page.get_by_role("heading", name=re.compile("Flagged for review"))).to_be_visible()
+        page.get_by_role("button", name=re.compile("Drop .* rows flagged by")).click()
+        expect(page.get_by_text(re.compile(r"Dropped \d+ reviewed rows into version v3"))
+               ).to_be_visible()
 
         page.goto(url + "/dedup")
-        expect(page.get_by_text("Version v2 of train")).to_be_visible()
+        expect(page.get_by_text("Version v3 of train")).to_be_visible()
         page.get_by_role("button", name="Find duplicates").click()
         expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
         page.get_by_role("button", name="Apply: drop").click()
-        expect(page.get_by_text("Deduplicated into version v3")).to_be_visible()
+        expect(page.get_by_text("Deduplicated into version v4")).to_be_visible()
     store = Store(store_path)
     ops = [v.operation for v in store.versions("train")]
-    assert ops == ["import", "clean", "dedup"]
-    assert set(store.removed(store.active_version("train"))["reason"]) >= {
-        "placeholder", "refusal", "exact_duplicate"}
+    assert ops == ["import", "clean", "drop_flagged", "dedup"]
+    removed = set(store.removed(store.active_version("train"))["reason"])
+    assert "exact_duplicate" in removed and len(removed) >= 2
+    assert set(store.flagged(store.versions("train")[1].version_id)["reason"]) >= {
+        "placeholder", "refusal"}
 
 
 def test_score_the_sample_data_and_select_the_top_k(app, page, tmp_path):
@@ -205,6 +212,44 @@ def test_score_the_sample_data_and_select_the_top_k(app, page, tmp_path):
     active = store.version(store.active_version("train"))
     assert (active.version_id, active.operation, active.n_rows) == (2, "select", 5)
     assert len(store.frame(active.version_id)) == 5
+
+
+def test_label_rows_in_the_queue_then_see_the_learned_score_on_score_and_select(app, page,
+                                                                                 tmp_path):
+    """Label a dozen rows one at a time, then train and inspect the learned score."""
+    from workbench import labels as LB
+    from workbench.sample import SAMPLE_DIR
+
+    url, store_path = app
+    Store(store_path).import_file(SAMPLE_DIR / "support_train.jsonl", "train")
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url + "/label")
+        expect(page.get_by_role("heading", name="Label")).to_be_visible()
+        expect(page.get_by_text("why:").first).to_be_visible()
+        shown = page.get_by_text("why:").first
+        for i in range(12):
+            expect(page.get_by_text(re.compile(r"row \d+ of 20 in this round"))).to_be_visible()
+            before = shown.inner_text()
+            if i % 2:
+                page.get_by_role("button", name=re.compile(r"^\S*\s*Bad")).first.click()
+            else:
+                page.keyboard.press("g")  # the Good button's keyboard shortcut
+            expect(shown).not_to_have_text(before)  # the next row is up
+        expect(page.get_by_text("Active learning")).to_be_visible()  # the model took over
+        metric = page.get_by_test_id("stMetric").filter(has_text="Learned score AUROC")
+        expect(metric).to_contain_text(re.compile(r"0\.\d\d|1\.00"))
+
+        page.goto(url + "/score")
+        page.get_by_role("button", name="Score now").click()
+        expect(page.get_by_role("heading", name="Scores against your labels")).to_be_visible()
+        expect(page.get_by_text("6 good and 6 bad labels on this version")).to_be_visible()
+        page.get_by_role("button", name="Train the learned score").click()
+        expect(page.get_by_text(re.compile("Learned score trained on 6 good \\+ 6 bad"))
+               ).to_be_visible()
+        charts = page.get_by_test_id("stPlotlyChart").filter(has_text="learned_score")
+        expect(charts.first).to_be_visible()
+    store = Store(store_path)
+    assert len(LB.current_labels(store)) == 12
 
 
 def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):

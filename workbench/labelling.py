@@ -316,9 +316,9 @@ def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConf
     labelled = labelled_frame(store, version_id, label_set=label_set)
     if labelled.empty:
         total = len(LB.current_labels(store, label_set=label_set))
-        raise ConfigError(
-            f"no labelled rows in this dataset{f' ({total} labels are on other datasets)' if total else ''}: "
-            f"label at least {config.min_per_class} good and {config.min_per_class} bad rows")
+        elsewhere = f" ({total} labels are on other datasets)" if total else ""
+        raise ConfigError(f"no labelled rows in this dataset{elsewhere}: label at least "
+                          f"{config.min_per_class} good and {config.min_per_class} bad rows")
     L.check_labels(labelled["y"].to_numpy(), config.min_per_class)
     scores = feature_scores(frame) if config.use_scores else None
     features, names = version_features(store, frame, config, scores=scores)
@@ -371,13 +371,11 @@ def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
 
 
 def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
-           config: L.LearnConfig) -> tuple[LearnedResult, np.ndarray, np.ndarray]:
-    """Train and cache the learned score; return the result, P(bad) and the decision values."""
+           config: L.LearnConfig) -> tuple[LearnedResult, np.ndarray]:
+    """Train and cache the learned score; return the result and P(bad) of the frame's rows."""
     start = time.perf_counter()
     fitted = _fit(store, version_id, frame, config, label_set)
-    rows = np.arange(len(frame))
-    decision = fitted.model.linear.decision(fitted.features, rows)
-    p_bad = fitted.model.predict(fitted.features, rows)
+    p_bad = fitted.model.predict(fitted.features, np.arange(len(frame)))
     auc, low, high = fitted.model.auroc()
     _save_scores(store, frame, p_bad, label_set, config)
     result = LearnedResult(label_set, learned_column(label_set), fitted.model.n_good,
@@ -388,7 +386,7 @@ def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
                            "P(bad) is not calibrated yet: it needs 3 labels of each class "
                            "and held-out rows ranked the right way round")
     _write_result(store, result)
-    return result, p_bad, decision
+    return result, p_bad
 
 
 def _save_scores(store: Store, frame: pd.DataFrame, p_bad: np.ndarray, label_set: str,
@@ -442,7 +440,7 @@ def last_result(store: Store, label_set: str = LB.DEFAULT_SET) -> LearnedResult 
     return _MEMORY_RESULTS.get((store.path, label_set))
 
 
-# --- the review queue ------------------------------------------------------------------------------
+# --- the review queue ---------------------------------------------------------------------------
 
 @dataclass
 class QueueOptions:
@@ -481,10 +479,9 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     good, bad = int((all_labels["y"] == 0).sum()), int((all_labels["y"] == 1).sum())
     vectors = _diversity_vectors(store, frame)
     if min(good, bad) >= options.config.min_per_class:
-        result, p_bad, decision = _train(store, version_id, frame, options.label_set,
-                                         options.config)
-        picks = L.pick_queue(p_bad, candidates, options.n, decision=decision, vectors=vectors,
-                             mix=options.mix, seed=options.seed + len(done))
+        result, p_bad = _train(store, version_id, frame, options.label_set, options.config)
+        picks = L.pick_queue(p_bad, candidates, options.n, vectors=vectors, mix=options.mix,
+                             seed=options.seed + len(done))
         return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)
     sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed)
     labelled_rows = set(range(len(frame))) - set(candidates.tolist())
