@@ -146,9 +146,11 @@ def test_queue_mixes_likely_bad_unsure_and_random_rows_without_near_duplicates()
     assert len(picks) == 2  # one row of each group, never two near-identical ones
     picks = L.pick_queue(p, np.arange(100), 10)
     sources = [pk.source for pk in picks]
-    assert sources.count("likely_bad") == 5 and sources.count("unsure") == 4
-    assert sources.count("random") == 1
-    assert [pk.index for pk in picks][:5] == [99, 98, 97, 96, 95]
+    assert sources.count("likely_bad") == 3 and sources.count("unsure") == 4
+    assert sources.count("random") == 3
+    assert [pk.index for pk in picks][:3] == [99, 98, 97]
+    unsure = [pk.index for pk in picks if pk.source == "unsure"]
+    assert all(abs(i - 98) <= 5 for i in unsure)  # around the 98th percentile
     assert len({pk.index for pk in picks}) == 10 and all(pk.why for pk in picks)
 
 

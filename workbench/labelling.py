@@ -219,7 +219,7 @@ def version_features(store: Store, frame: pd.DataFrame, config: L.LearnConfig, *
                      scores: pd.DataFrame | None = None) -> tuple[L.Features, list[str]]:
     """Return the features of a frame's rows and their names (fields with every row embedded,
     lexical hashes, score columns); lexical features are cached on disk by content ids."""
-    fields = [f for f in config.fields if embedded(store, frame, f)]
+    fields = [f for f in config.fields if embedded(store, frame, f, config.model)]
     score_cols = list(scores.columns) if scores is not None and config.use_scores else []
     key = (store.path, _digest(frame["id"]), config.params().__repr__(), tuple(fields),
            _scores_signature(scores if score_cols else None))
@@ -227,7 +227,7 @@ def version_features(store: Store, frame: pd.DataFrame, config: L.LearnConfig, *
         _FEATURES.move_to_end(key)
         return _FEATURES[key]
     sparse = _lexical(store, frame) if config.lexical else None
-    vectors = {f: _vectors(store, frame, f) for f in fields}
+    vectors = {f: _vectors(store, frame, f, config.model) for f in fields}
     dense = L.dense_features(vectors, scores[score_cols] if score_cols else None,
                              frame["prompt"].str.len().to_numpy(),
                              frame["response"].str.len().to_numpy())
@@ -273,8 +273,9 @@ def embedded(store: Store, frame: pd.DataFrame, field: str, model: str = "defaul
     return n == len(ids) and n > 0
 
 
-def _vectors(store: Store, frame: pd.DataFrame, field: str) -> np.ndarray:
-    cached = get_embeddings(store, frame["id"].tolist(), "default", field)
+def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "default"
+             ) -> np.ndarray:
+    cached = get_embeddings(store, frame["id"].tolist(), model, field)
     return np.stack([cached[i] for i in frame["id"]])
 
 
@@ -348,9 +349,9 @@ def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
             extra["prompt"].tolist(), extra["response"].tolist())], format="csr")
     dense = features.dense
     if dense is not None:
-        fields = [f for f in config.fields if embedded(store, frame, f)]
+        fields = [f for f in config.fields if embedded(store, frame, f, config.model)]
         # A handful of rows: embed them now if they were never embedded.
-        vectors = {f: embed_frame(store, extra, field=f) for f in fields}
+        vectors = {f: embed_frame(store, extra, field=f, model=config.model) for f in fields}
         from .quality import with_cached_scores
 
         extra_scores = None

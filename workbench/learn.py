@@ -41,6 +41,7 @@ class LearnConfig:
     """How the learned score is built: features, regularisation, calibration, seed."""
 
     fields: tuple[str, ...] = ("user", "assistant")
+    model: str = "default"  # the sentence-transformers model whose cached embeddings are used
     lexical: bool = True
     use_scores: bool = True
     C: float = 1.0
@@ -54,6 +55,8 @@ class LearnConfig:
         bad = [f for f in self.fields if f not in ("conversation", "user", "assistant")]
         if bad:
             raise ConfigError(f"fields: {bad} unknown; use conversation, user, assistant")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model: name an embedding model ('default' or a local folder)")
         if not (isinstance(self.C, (int, float)) and self.C > 0):
             raise ConfigError(f"C={self.C!r}: must be a positive number")
         if not (isinstance(self.min_per_class, int) and self.min_per_class >= 2):
@@ -63,7 +66,7 @@ class LearnConfig:
 
     def params(self) -> dict:
         """Return the options as JSON (recorded with the scores they produced)."""
-        return {"fields": list(self.fields), "lexical": self.lexical,
+        return {"fields": list(self.fields), "model": self.model, "lexical": self.lexical,
                 "use_scores": self.use_scores, "C": self.C, "dense_weight": self.dense_weight,
                 "min_per_class": self.min_per_class, "calibrate": self.calibrate,
                 "seed": self.seed}
@@ -387,9 +390,12 @@ class QueueMix:
     """A model-stage round: shares of likely-bad, unsure and random rows; where "unsure" is
     (the quantile of the scores where bad rows begin); how alike two picks may be."""
 
-    likely_bad: float = 0.5
+    # On the Alpaca dev labels (4 seeded runs, words only) 0.3/0.4/0.3 reached a mean AUROC
+    # of 0.82 on unlabelled rows at 300 labels and 10x random's defects among the first 100;
+    # 0.5/0.4/0.1 found more defects (14x) but taught the model less (0.76).
+    likely_bad: float = 0.3
     unsure: float = 0.4
-    random: float = 0.1
+    random: float = 0.3
     boundary: float = 0.98
     max_similarity: float = 0.9
     pool: int = 400
