@@ -93,14 +93,17 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
         or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False)
     if not stale:
         return batch
+    status = st.status("Choosing rows to label…")
     try:
-        with st.spinner("Choosing rows (training the learned score when it can)…"):
-            queue = labelling.next_rows(store(), version_id, frame, labelling.QueueOptions(
-                n=20, search=search, label_set=label_set,
-                skip=st.session_state.get("lb_skipped", [])))
+        queue = labelling.next_rows(store(), version_id, frame, labelling.QueueOptions(
+            n=20, search=search, label_set=label_set,
+            skip=st.session_state.get("lb_skipped", [])),
+            progress=lambda text: status.update(label=text.capitalize() + "…"))
     except WorkbenchError as e:
+        status.update(state="error")
         show_error(e)
         return None
+    status.update(label=f"{len(queue.rows)} rows chosen", state="complete")
     batch = {"version": version_id, "set": label_set, "search": search, "at": 0,
              "rows": queue.rows.to_dict("records"), "stage": queue.stage,
              "message": queue.message}

@@ -181,3 +181,17 @@ def test_flagged_rows_are_stored_with_the_version_and_can_be_dropped_later(store
         keys[2:3]
     removed = store.removed(dropped.version_id)
     assert removed["reason"].tolist() == ["repetition"] * 2
+
+
+def test_seeds_use_the_flags_a_cleaning_step_stored(store, monkeypatch):
+    from workbench import curate
+
+    vid, _ = dataset(store)
+    frame = store.frame(vid)
+    cleaned = curate.apply_clean(store, vid, frame, [clean.Placeholder(values=("yes",),
+                                                                       mode="flag")])
+    monkeypatch.setattr(labelling, "rule_hits", lambda *a, **k: pytest.fail("rules rerun"))
+    sources = labelling.seed_sources(store, cleaned.version_id, store.frame(cleaned.version_id))
+    rules = [s for s in sources if s.name.startswith("rule:")]
+    assert [s.name for s in rules] == ["rule:placeholder"] and len(rules[0].rows) > 0
+    assert all("placeholder" in why for why in rules[0].why)

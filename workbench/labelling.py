@@ -469,8 +469,10 @@ class Queue:
 
 
 def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
-              options: QueueOptions = QueueOptions()) -> Queue:
-    """Return the next rows to label: seeds before there is a model, then active learning."""
+              options: QueueOptions = QueueOptions(),
+              progress: Callable[[str], None] | None = None) -> Queue:
+    """Return the next rows to label: seeds before there is a model, then active learning.
+    ``progress`` hears what is being done (each cleaning rule the first time, training)."""
     if options.n < 1:
         raise ConfigError(f"n={options.n}: ask for at least one row")
     current = LB.current_labels(store, frame["id"].tolist(), label_set=options.label_set)
@@ -480,11 +482,14 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     good, bad = int((all_labels["y"] == 0).sum()), int((all_labels["y"] == 1).sum())
     vectors = _diversity_vectors(store, frame)
     if min(good, bad) >= options.config.min_per_class:
+        if progress:
+            progress("training the learned score")
         result, p_bad = _train(store, version_id, frame, options.label_set, options.config)
         picks = L.pick_queue(p_bad, candidates, options.n, vectors=vectors, mix=options.mix,
                              seed=options.seed + len(done))
         return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)
-    sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed)
+    sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed,
+                           progress=progress)
     labelled_rows = set(range(len(frame))) - set(candidates.tolist())
     picks = L.pick_seeds(sources, labelled_rows, options.n, vectors=vectors,
                          seed=options.seed + len(done))
@@ -523,12 +528,16 @@ def _queue_frame(frame: pd.DataFrame, picks: list[L.Pick], p_bad: np.ndarray | N
 
 
 def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: str = "",
-                 seed: int = 0) -> list[L.SeedSource]:
+                 seed: int = 0, progress: Callable[[str], None] | None = None
+                 ) -> list[L.SeedSource]:
     """Return the sources the queue draws from before there is a model: each cleaning rule's
-    hits, extreme values of each cached score, the user's search, and random rows."""
+    hits (the flags a cleaning step stored, else the default rules run once and cached),
+    extreme values of each cached score, the user's search, and random rows."""
     position = pd.Series(np.arange(len(frame)), index=frame["row_key"].astype(int))
     sources = []
-    hits = rule_hits(store, frame)
+    flagged = store.flagged(version_id)
+    hits = flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
+        rule_hits(store, frame, progress=progress)
     for rule, group in hits.groupby("rule", sort=False):
         at = position.reindex(group["row_key"].astype(int)).dropna().astype(int).to_numpy()
         sources.append(L.SeedSource(f"rule:{rule}", at,
@@ -595,9 +604,9 @@ def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], 
     convs = [list(m) for m in frame["messages"]]
     metas = frame["metadata"].tolist() if "metadata" in frame.columns else [{}] * len(convs)
     parts = []
-    for rule in rules:
+    for i, rule in enumerate(rules):
         if progress:
-            progress(rule.name)
+            progress(f"cleaning rule {rule.name} ({i + 1} of {len(rules)}), once per version")
         hits = rule.scan(convs, metas)
         at = [i for i, h in enumerate(hits) if h is not None]
         parts.append(pd.DataFrame({"id": frame["id"].to_numpy()[at], "rule": rule.name,
