@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,10 @@ import pytest
 
 from workbench.schema import Example
 from workbench.store import Store
+
+# Tests embed with torch: the ONNX path exports the model once per data folder (5-80 s), and
+# most tests get a fresh folder. tests/test_embed_backend.py clears this to test ONNX itself.
+os.environ.setdefault("WORKBENCH_EMBED_BACKEND", "torch")
 
 
 def chat(*turns: tuple[str, str], **metadata: Any) -> Example:

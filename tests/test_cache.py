@@ -84,6 +84,31 @@ def test_embed_frame_embeds_identical_rows_once():
     assert len(enc.seen) == 1 and out.shape == (3, 8)
 
 
+class FakeOnnxEncoder(FakeEncoder):
+    """The same stand-in, reporting the ONNX backend like models.OnnxEmbedder does."""
+
+    backend = "onnx"
+
+
+def test_int8_onnx_vectors_never_mix_with_torch_ones(monkeypatch):
+    from workbench import models
+
+    store = Store(":memory:")
+    frame = _frame(["apple", "banana"])
+    ids = frame["id"].tolist()
+    embed_frame(store, frame, encoder=FakeEncoder(), field="assistant")
+    monkeypatch.setattr(models, "ONNX_INT8", False)
+    fp32 = FakeOnnxEncoder()
+    embed_frame(store, frame, encoder=fp32, field="assistant")
+    assert fp32.seen == [], "fp32 ONNX reads the torch vectors: they are the same numbers"
+    monkeypatch.setattr(models, "ONNX_INT8", True)
+    int8 = FakeOnnxEncoder()
+    embed_frame(store, frame, encoder=int8, field="assistant")
+    assert len(int8.seen) == 2, "int8 ONNX never reuses torch vectors"
+    for backend in ("torch", "onnx"):
+        assert len(get_embeddings(store, ids, "default", "assistant", backend=backend)) == 2
+
+
 @pytest.mark.slow
 def test_default_embedder_through_cache():
     store = Store(":memory:")

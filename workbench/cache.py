@@ -3,6 +3,11 @@
 A row's ``id`` hashes its conversation, so an embedding or a score computed once is found
 again for the same text in any dataset or version. Writes are short transactions, so a
 background job can fill the cache while the app reads.
+
+Embeddings are keyed by (id, model, field), where the stored model is
+``models.embedding_key(model, backend)``: callers pass the model name ("default") and read or
+write the vectors of the backend that embeds here. Torch and fp32 ONNX vectors are the same
+numbers and share a key; int8 ONNX ones (models.ONNX_INT8) get their own, so none are mixed.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ def params_hash(params: dict) -> str:
                            digest_size=8).hexdigest()
 
 
-def get_embeddings(store: Store, ids: Sequence[str], model: str, field: str
-                   ) -> dict[str, np.ndarray]:
-    """Return the cached vectors for those ids that have one."""
+def get_embeddings(store: Store, ids: Sequence[str], model: str, field: str, *,
+                   backend: str = "auto") -> dict[str, np.ndarray]:
+    """Return the cached vectors (of model as backend makes them) for those ids that have one."""
     if not len(ids):
         return {}
+    model = _embedding_key(model, backend)
     with store.connect() as con:
         con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
         table = con.sql("""SELECT e.id, e.vector FROM embeddings e SEMI JOIN _ids USING (id)
@@ -41,11 +47,28 @@ def get_embeddings(store: Store, ids: Sequence[str], model: str, field: str
     return dict(zip(table.column("id").to_pylist(), vectors))
 
 
-def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model: str,
-                   field: str) -> int:
-    """Store vectors for ids not cached yet; return how many were added."""
+def count_embedded(store: Store, ids: Sequence[str], model: str, field: str, *,
+                   backend: str = "auto") -> int:
+    """Return how many of the distinct ids have a cached vector (of model as backend makes
+    them), without reading the vectors."""
     if not len(ids):
         return 0
+    model = _embedding_key(model, backend)
+    with store.connect() as con:
+        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
+        n = con.execute("""SELECT count(DISTINCT id) FROM embeddings SEMI JOIN _ids USING (id)
+                           WHERE model = ? AND field = ?""", [model, field]).fetchall()[0][0]
+        con.unregister("_ids")
+    return int(n)
+
+
+def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model: str,
+                   field: str, *, backend: str = "auto") -> int:
+    """Store vectors (made by backend; "auto": as loaded here) for ids not cached yet; return
+    how many were added."""
+    if not len(ids):
+        return 0
+    model = _embedding_key(model, backend)
     vectors = np.asarray(vectors, dtype=np.float32)
     table = pa.table({"id": pa.array(list(ids), pa.string()),
                       "vector": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1),
@@ -59,6 +82,12 @@ def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model:
         after = con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
         con.unregister("_new")
     return after - before
+
+
+def _embedding_key(model: str, backend: str) -> str:
+    from .models import embedding_key  # imports torch: only once embeddings are touched
+
+    return embedding_key(model, backend)
 
 
 def get_scores(store: Store, ids: Sequence[str], scorer: str, params: dict

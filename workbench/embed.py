@@ -38,20 +38,30 @@ def embed_texts(texts: Sequence[str], encoder, *, batch_size: int = 64,
 def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
                 model: str = "default", encoder=None, chunk: int = 1024,
                 progress: Progress | None = None) -> np.ndarray:
-    """Return one vector per frame row, from the cache or the model (then cached)."""
+    """Return one vector per frame row, from the cache or the model (then cached).
+
+    Vectors are cached under the key of the backend that makes them (models.embedding_key):
+    the given encoder's, else the one load_embedder picks here (ONNX on a CPU, else torch).
+    """
+    from .models import embed_backend, encoder_backend, load_embedder
+
     ids = frame["id"].tolist()
-    cached = get_embeddings(store, ids, model, field)
+    backend = embed_backend("auto", model) if encoder is None else encoder_backend(encoder)
+    cached = get_embeddings(store, ids, model, field, backend=backend)
     texts = dict(zip(ids, field_texts(frame, field)))
     missing = [i for i in dict.fromkeys(ids) if i not in cached]
+    if missing and encoder is None:
+        encoder = load_embedder(model)
+        if encoder_backend(encoder) != backend:  # ONNX fell back to torch: another cache key
+            backend = encoder_backend(encoder)
+            cached = get_embeddings(store, ids, model, field, backend=backend)
+            missing = [i for i in dict.fromkeys(ids) if i not in cached]
     if missing:
-        if encoder is None:
-            from .models import load_embedder
-
-            encoder = load_embedder(model)
         for start in range(0, len(missing), chunk):
             part = missing[start:start + chunk]
             vectors = embed_texts([texts[i] for i in part], encoder)
-            put_embeddings(store, part, vectors, model, field)  # short write: others can work
+            # A short write per chunk, so others can work meanwhile.
+            put_embeddings(store, part, vectors, model, field, backend=backend)
             cached.update(zip(part, vectors))
             if progress:
                 progress(min(start + chunk, len(missing)), len(missing))

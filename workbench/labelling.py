@@ -32,7 +32,7 @@ import xxhash
 
 from . import labels as LB
 from . import learn as L
-from .cache import get_embeddings, params_hash
+from .cache import count_embedded, get_embeddings, params_hash
 from .exceptions import ConfigError, NotFoundError
 from .store import RowFilter, Store
 
@@ -264,13 +264,8 @@ def _scores_signature(scores: pd.DataFrame | None) -> str:
 
 def embedded(store: Store, frame: pd.DataFrame, field: str, model: str = "default") -> bool:
     """Return whether every row of the frame has a cached embedding of this field."""
-    ids = list(set(frame["id"]))
-    with store.connect() as con:
-        con.register("_ids", pa.table({"id": pa.array(ids, pa.string())}))
-        n = con.execute("""SELECT count(DISTINCT id) FROM embeddings SEMI JOIN _ids USING (id)
-                           WHERE model = ? AND field = ?""", [model, field]).fetchall()[0][0]
-        con.unregister("_ids")
-    return n == len(ids) and n > 0
+    ids = set(frame["id"])
+    return len(ids) > 0 and count_embedded(store, list(ids), model, field) == len(ids)
 
 
 def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "default"
