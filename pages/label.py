@@ -62,17 +62,16 @@ def embeddings_panel() -> None:
     missing = [f for f in LABEL_FIELDS if not labelling.embedded(store(), frame, f)]
     if not missing:
         return
-    runs = [j for f in missing for j in curate.embedding_jobs(version_id, f)[:1]]
-    for job in runs:
+    runs = {j.run_id: j for f in missing for j in curate.embedding_jobs(version_id, f)[:1]}
+    for job in runs.values():
         if job.active:
-            job_panel(job.run_id, key=f"lb_embed_{job.config['params']['field']}")
+            job_panel(job.run_id, key=f"lb_embed_{job.run_id}")
     st.info("The learned score works from the words of each row now; embeddings of the "
             "prompts and responses (computed once in the background, cached) usually make it "
             "better.", icon=":material/lightbulb:")
     if st.button("Embed prompts and responses in the background", key="lb_embed",
-                 disabled=any(j.active for j in runs)):
-        for f in missing:
-            curate.start_embedding(store(), version_id, field=f)
+                 disabled=any(j.active for j in runs.values())):
+        curate.start_embedding(store(), version_id, fields=missing)
         st.rerun()
 
 

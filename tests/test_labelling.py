@@ -195,3 +195,23 @@ def test_seeds_use_the_flags_a_cleaning_step_stored(store, monkeypatch):
     rules = [s for s in sources if s.name.startswith("rule:")]
     assert [s.name for s in rules] == ["rule:placeholder"] and len(rules[0].rows) > 0
     assert all("placeholder" in why for why in rules[0].why)
+
+
+@pytest.mark.slow
+def test_one_embedding_job_embeds_prompts_and_responses_and_the_score_uses_them(file_store,
+                                                                                  tmp_path):
+    from workbench import jobs
+
+    vid, truth = dataset(file_store, n=60)
+    frame = file_store.frame(vid)
+    job = jobs.run_inline("workbench.embed.embed_task",
+                          {"store": file_store.path, "version_id": vid,
+                           "fields": ["user", "assistant"]}, kind="embed", home=tmp_path)
+    assert job.state == "done" and job.result["fields"] == ["user", "assistant"]
+    assert (job.step, job.total) == (120, 120)  # one bar over both fields
+    assert labelling.embedded(file_store, frame, "user")
+    assert labelling.embedded(file_store, frame, "assistant")
+    oracle(file_store, vid, truth, frame["row_key"].tolist())
+    result = labelling.train_learned(file_store, vid, frame)
+    assert result.features[:4] == ["words", "embedding:user", "embedding:assistant",
+                                   "prompt-response cosine"]

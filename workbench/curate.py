@@ -64,18 +64,22 @@ def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conve
 
 
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
-                    model: str = "default") -> jobs.JobStatus:
-    """Start a background job that fills the embedding cache for a version."""
-    return jobs.start("workbench.embed.embed_task",
-                      {"store": str(store.path), "version_id": version_id, "field": field,
-                       "model": model}, kind="embed")
+                    model: str = "default", fields: Sequence[str] | None = None
+                    ) -> jobs.JobStatus:
+    """Start a background job that fills the embedding cache for a version's field (or, with
+    ``fields``, several fields one after the other)."""
+    params = {"store": str(store.path), "version_id": version_id, "field": field,
+              "model": model}
+    if fields:
+        params.update(field=fields[0], fields=list(fields))
+    return jobs.start("workbench.embed.embed_task", params, kind="embed")
 
 
 def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:
-    """Return the embedding jobs started for a version and field, newest first."""
+    """Return the embedding jobs started for a version that embed this field, newest first."""
     return [j for j in jobs.list_runs("embed")
             if j.config["params"].get("version_id") == version_id
-            and j.config["params"].get("field") == field]
+            and field in (j.config["params"].get("fields") or [j.config["params"].get("field")])]
 
 
 def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) -> pd.DataFrame:

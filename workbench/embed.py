@@ -69,14 +69,22 @@ def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation
 
 
 def embed_task(params: dict, ctx) -> dict:
-    """Job task: embed a dataset version into the store's cache; return counts."""
+    """Job task: embed a dataset version's field(s) into the store's cache; return counts.
+
+    ``params["fields"]`` (a list) embeds several fields one after the other in one job, with
+    one progress bar over all of them; ``params["field"]`` names a single one.
+    """
     store = Store(params["store"])
     frame = store.frame(int(params["version_id"]))
-    field, model = params.get("field", "conversation"), params.get("model", "default")
-    ctx.log(f"embedding {len(frame)} rows ({field}) with {model}")
+    fields = params.get("fields") or [params.get("field", "conversation")]
+    model = params.get("model", "default")
+    dim = 0
+    for i, field in enumerate(fields):
+        ctx.log(f"embedding {len(frame)} rows ({field}, {i + 1} of {len(fields)}) with {model}")
 
-    def report(done: int, total: int) -> None:
-        ctx.progress(done, total)
+        def report(done: int, total: int, i: int = i) -> None:
+            ctx.progress(i * total + done, len(fields) * total)
 
-    vectors = embed_frame(store, frame, field=field, model=model, progress=report)
-    return {"rows": len(frame), "dim": int(vectors.shape[1]) if len(vectors) else 0}
+        vectors = embed_frame(store, frame, field=field, model=model, progress=report)
+        dim = int(vectors.shape[1]) if len(vectors) else 0
+    return {"rows": len(frame), "fields": fields, "dim": dim}
