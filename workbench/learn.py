@@ -6,11 +6,11 @@ Pure functions over arrays and DataFrames (no store, no cache, no jobs):
   pick out from a handful of examples); ``dense_features`` joins row embeddings, the
   prompt-response cosine, every cached score (rank-normalized, with a missing flag) and lengths.
 - ``fit`` trains a class-balanced logistic regression (scikit-learn) and, when each class has
-  enough labels, calibrates it with Platt scaling over cross-validation folds, so the output
+  enough labels, calibrates it with Platt scaling on its out-of-fold decisions, so the output
   ``learned_score`` reads as P(bad) among rows like the labelled ones (higher = more likely bad).
-- ``cross_validated_auroc`` says how well the model ranks held-out labelled rows, with a
-  DeLong interval; ``signal_agreement`` does the same for every score column, in its
-  declared direction and in the direction that actually separates.
+- ``LearnedModel.auroc`` says how well the model ranks held-out labelled rows (those same
+  out-of-fold decisions), with a DeLong interval; ``signal_agreement`` does the same for every
+  score column, in its declared direction and in the direction that actually separates.
 - ``pick_queue`` chooses the next rows to show a person: most-likely-bad rows, rows the model
   is least sure of, and a few random ones, never two near-identical rows in one round.
 
@@ -129,8 +129,9 @@ class Features:
             self.dense = None
         if self.sparse is None and self.dense is None:
             raise ConfigError("no features: switch on lexical features or embed the rows")
-        self._spread = None if self.dense is None else \
+        self.spread = None if self.dense is None else \
             self.dense.std(0) * math.sqrt(self.dense.shape[1]) + 1e-6
+        self.centre = None if self.dense is None else self.dense.mean(0)
 
     def __len__(self) -> int:
         return self.sparse.shape[0] if self.sparse is not None else len(self.dense)
@@ -141,13 +142,7 @@ class Features:
         if self.dense is None:
             return None
         part = self.dense if rows is None else self.dense[rows]
-        return (part - self._centre) / self._spread * self.dense_weight
-
-    @property
-    def _centre(self) -> np.ndarray:
-        if not hasattr(self, "_mean"):
-            self._mean = self.dense.mean(0)
-        return self._mean
+        return (part - self.centre) / self.spread * self.dense_weight
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -182,9 +177,9 @@ class Linear:
         if self.dense_coef is not None:
             # The standardizing of dense_block folded into the weights: no scaled copy of
             # every row's dense features (52k x ~800 floats) is made to score them.
-            weights = self.dense_coef / features._spread * features.dense_weight
+            weights = self.dense_coef / features.spread * features.dense_weight
             part = features.dense if rows is None else features.dense[rows]
-            out += part @ weights.astype(np.float32) - float(features._centre @ weights)
+            out += part @ weights.astype(np.float32) - float(features.centre @ weights)
         return out
 
 
