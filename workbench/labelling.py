@@ -288,6 +288,32 @@ def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
     return matrix
 
 
+def _cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the scores cached for the frame's rows that may be features (the frame's own
+    score columns when it has them, else the store's newest of each scorer)."""
+    if any(str(c).endswith("_score") for c in frame.columns):
+        return feature_scores(frame)
+    from .quality import with_cached_scores
+
+    # Reading 50k rows' scores takes about a second; a retrain after a round of labels must
+    # not pay it again while no score (other than the learned ones) changed.
+    key = (store.path, _digest(frame["id"]), _scores_state(store))
+    if key not in _SCORES:
+        _SCORES.clear()
+        _SCORES[key] = feature_scores(with_cached_scores(store, frame[["id"]]))
+    return _SCORES[key]
+
+
+_SCORES: dict = {}
+
+
+def _scores_state(store: Store) -> tuple:
+    """Return a cheap fingerprint of the score cache, learned scores left out."""
+    with store.connect() as con:
+        return tuple(con.execute("""SELECT count(*), max(created_at) FROM scores
+                                    WHERE NOT starts_with(scorer, 'learned')""").fetchall()[0])
+
+
 def feature_scores(frame: pd.DataFrame) -> pd.DataFrame:
     """Return the frame's cached score columns a learned score may use as features (every
     ``*_score`` column except learned scores and the combined score, which derive from labels)."""
@@ -316,7 +342,7 @@ def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConf
         raise ConfigError(f"no labelled rows in this dataset{elsewhere}: label at least "
                           f"{config.min_per_class} good and {config.min_per_class} bad rows")
     L.check_labels(labelled["y"].to_numpy(), config.min_per_class)
-    scores = feature_scores(frame) if config.use_scores else None
+    scores = _cached_scores(store, frame) if config.use_scores else None
     features, names = version_features(store, frame, config, scores=scores)
     position = pd.Series(np.arange(len(frame)), index=frame["id"]).groupby(level=0).first()
     known = _member(labelled["id"], position.index)

@@ -90,33 +90,47 @@ def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     """Return the frame plus one ``<scorer>_score`` column per scorer cached for its rows
     (the most recently used parameters of each; NaN where a row has no value)."""
     out = frame.copy()
-    values = _newest_scores(store, frame["id"].tolist())
-    if values.empty:
-        return out
-    table = values.pivot_table(index="id", columns="scorer", values="value", aggfunc="first")
+    pos, code, keys, value, reasons = _newest_scores(store, frame["id"].tolist())
     order = list(S.SCORERS)
-    for scorer in sorted(table.columns, key=lambda k: (order.index(k.split(":")[0]), k)):
-        out[_column_of(scorer)] = frame["id"].map(table[scorer]).astype("float64")
-    reasons = values[values["scorer"] == "judge"].set_index("id")["detail"]
-    if len(reasons):  # the judge's one-line reason travels with its score
+    known = sorted((k for k in keys if k.split(":")[0] in S.SCORERS),
+                   key=lambda k: (order.index(k.split(":")[0]), k))
+    for key in known:
+        # Values land by row position: no per-column join of 50k string ids in pandas.
+        column = np.full(len(frame), np.nan)
+        at = code == keys.index(key)
+        column[pos[at]] = value[at]
+        out[_column_of(key)] = column
+    if reasons is not None:  # the judge's one-line reason travels with its score
         out["judge_reason"] = frame["id"].map(reasons).fillna("")
     return out
 
 
-def _newest_scores(store: Store, ids: Sequence[str]) -> pd.DataFrame:
+_NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
+                           SEMI JOIN (SELECT DISTINCT id FROM _ids) USING (id) GROUP BY ALL),
+                  best AS (SELECT scorer, arg_max(params_hash, t) AS h FROM used GROUP BY scorer)"""
+
+
+def _newest_scores(store: Store, ids: Sequence[str]) -> tuple:
+    """Return (row position, scorer code, scorer keys, value, judge reasons by id or None) of
+    the newest cached scores of rows; a code indexes the keys."""
     if not len(ids):
-        return pd.DataFrame(columns=["id", "scorer", "value", "detail"])
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros(0), None
     with store.connect() as con:
-        con.register("_ids", pa.table({"id": pa.array(list(set(ids)), pa.string())}))
-        df = con.sql("""
-            WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
-                          SEMI JOIN _ids USING (id) GROUP BY ALL),
-                 best AS (SELECT scorer, arg_max(params_hash, t) AS h FROM used GROUP BY scorer)
-            SELECT s.id, s.scorer, s.value, s.detail FROM scores s
-            JOIN best b ON s.scorer = b.scorer AND s.params_hash = b.h
-            SEMI JOIN _ids USING (id)""").df()
+        con.register("_ids", pa.table({"pos": pa.array(np.arange(len(ids), dtype=np.int64)),
+                                       "id": pa.array(list(ids), pa.string())}))
+        table = con.sql(f"""{_NEWEST} SELECT i.pos, s.scorer, s.value FROM _ids i
+            JOIN scores s USING (id) JOIN best b ON s.scorer = b.scorer
+            AND s.params_hash = b.h""").to_arrow_table()
+        reasons = None
+        if "judge" in set(con.sql(f"{_NEWEST} SELECT scorer FROM best").fetchnumpy()["scorer"]):
+            reasons = con.sql(f"""{_NEWEST} SELECT s.id, s.detail FROM scores s JOIN best b
+                ON s.scorer = b.scorer AND s.params_hash = b.h WHERE s.scorer = 'judge'
+                AND s.id IN (SELECT id FROM _ids)""").df().set_index("id")["detail"]
         con.unregister("_ids")
-    return df[df["scorer"].isin(S.SCORERS) | df["scorer"].str.startswith("learned:")]
+    scorer = table.column("scorer").combine_chunks().dictionary_encode()
+    return (table.column("pos").to_numpy(), scorer.indices.to_numpy(zero_copy_only=False),
+            scorer.dictionary.to_pylist(),
+            table.column("value").to_numpy(zero_copy_only=False).astype(np.float64), reasons)
 
 
 def _column_of(scorer_key: str) -> str:
