@@ -131,12 +131,12 @@ def test_heuristics_are_finite_aligned_deterministic_and_batchable(pairs, cut):
 def test_registry_lists_every_scorer_with_its_direction():
     table = S.scorer_table()
     assert set(table["name"]) == {"length", "lexical_diversity", "repetition", "readability",
-                                  "overlap", "format", "perplexity", "ifd", "judge"}
+                                  "overlap", "format", "perplexity", "ifd", "judge", "learned"}
     assert (table["column"] == table["name"] + "_score").all()
     assert set(table["better"]) == {"higher", "lower"}
     for scorer in S.SCORERS.values():
         assert scorer.meaning.startswith("higher = ")
-        if scorer.name != "judge":
+        if scorer.name not in ("judge", "learned"):
             assert "higher =" in (scorer.fn.__doc__ or ""), scorer.name
     assert S.direction_of("perplexity_score") == "lower" and S.direction_of("nope") is None
 
