@@ -1,6 +1,8 @@
 """Streamlit entry: navigation over pages/ and a sidebar with the active dataset.
 
 `python app.py [streamlit options]` starts the server (that is what `workbench app` runs).
+Its defaults come from `.streamlit/config.toml` next to this file, read from any working
+folder: 127.0.0.1 only, no usage statistics, no error details in the browser.
 """
 
 import sys

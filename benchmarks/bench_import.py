@@ -1,11 +1,17 @@
-"""Import and browse speed against a plain pandas read of the same file, in the same process.
+"""Import and browse speed against a plain pandas read of the same file, in the same process;
+then a big import through the CLI: its peak memory and how long other processes wait.
 
-    python benchmarks/bench_import.py [--rows 1000000] [--repeat 3]
+    python benchmarks/bench_import.py [--rows 1000000] [--repeat 3] [--big-mb 160] [--only-big]
 
 Prints, does not assert. Times are the best of ``--repeat`` runs (the machine is shared, so
-compare the ratios, not the seconds). Needs /work/shared/data/alpaca/alpaca_data.json (or
-$ALPACA_JSON); skips with a message when it is absent. Nothing is written outside a
-temporary folder.
+compare the ratios, not the seconds). Needs ../shared/data/alpaca/alpaca_data.json next to the
+repository (or $ALPACA_JSON); skips with a message when it is absent. Nothing is written
+outside a temporary folder.
+
+The big import writes a JSONL of the Alpaca rows repeated to at least --big-mb MB, imports it
+with `workbench import` in a subprocess (peak RSS from the kernel's accounting of that child;
+target: within 2x the file size), while another subprocess runs the `list` command in a loop
+and records how long each call takes (target: a few seconds at most, however big the file).
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,13 +30,16 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import orjson
 import pandas as pd
 
 from workbench.io import read_dataset
 from workbench.schema import Example
 from workbench.store import RowFilter, Store
 
-ALPACA = Path(os.environ.get("ALPACA_JSON", "/work/shared/data/alpaca/alpaca_data.json"))
+ROOT = Path(__file__).resolve().parent.parent
+ALPACA = Path(os.environ.get("ALPACA_JSON",
+                             ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_data.json"))
 
 
 def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -119,10 +131,94 @@ def bench_million(folder: Path, rows: int, repeat: int) -> None:
     bench_pages(store, version_id, f"{rows // 1000}k", repeat, (("copy", "3"),))
 
 
+def big_jsonl(folder: Path, megabytes: float) -> tuple[Path, int]:
+    """Write the Alpaca rows as JSONL, repeated until the file has ``megabytes`` MB (10**6
+    bytes); return it and its row count."""
+    records = orjson.loads(ALPACA.read_bytes())
+    block = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    path, copies = folder / "big.jsonl", 0
+    with path.open("wb") as f:
+        while f.tell() < megabytes * 1e6:
+            f.write(block)
+            copies += 1
+    return path, copies * len(records)
+
+
+# Runs the `list` command in a loop until the stop file appears; prints one line per call:
+# the wall-clock time it started and how long it took (a process start costs seconds here,
+# so one process polls, as the app does, rather than a new process per call).
+LIST_POLLER = """
+import contextlib, io, os, sys, time
+from workbench.cli import main
+stop = sys.argv[1]
+while not os.path.exists(stop):
+    start, t = time.time(), time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(["list"], standalone_mode=False)
+        except SystemExit:
+            pass
+    print(start, time.perf_counter() - t, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def _command() -> list[str]:
+    exe = shutil.which("workbench")
+    return [exe] if exe else [sys.executable, "-c", "from workbench.cli import main; main()"]
+
+
+def bench_big_import(folder: Path, megabytes: float) -> None:
+    """Import a big JSONL with `workbench import` while `list` polls the same store."""
+    path, rows = big_jsonl(folder, megabytes)
+    size = path.stat().st_size
+    env = {**os.environ, "WORKBENCH_STORE": str(folder / "big-cli.duckdb"),
+           "WORKBENCH_HOME": str(folder)}
+    stop = folder / "stop-polling"
+    poller = subprocess.Popen([sys.executable, "-c", LIST_POLLER, str(stop)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # let it start and time a few calls on an idle store
+    start = time.time()
+    importer = subprocess.Popen([*_command(), "import", str(path), "-d", "big", "--no-progress",
+                                 "--no-show-rejects"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(importer.pid, 0)  # this child's own peak RSS
+    seconds, end = time.time() - start, time.time()
+    out, err = importer.stdout.read(), importer.stderr.read()
+    time.sleep(1)
+    stop.touch()
+    polled, poll_err = poller.communicate(timeout=120)
+    if status != 0:
+        print(f"big import FAILED: {err.strip()[-500:]}")
+        return
+    calls = [tuple(map(float, line.split())) for line in polled.splitlines() if line.strip()]
+    before = [d for t, d in calls if t < start]
+    during = [d for t, d in calls if start <= t <= end]
+    worst_at = max(((d, t) for t, d in calls if start <= t <= end), default=(0, start))[1]
+    peak = usage.ru_maxrss * 1024  # Linux reports KiB
+    print(f"big file            {size / 1e6:.0f} MB, {rows:,} rows ({path.name}, Alpaca "
+          "repeated)")
+    print(f"workbench import    {seconds:.1f} s, {rows / seconds:,.0f} rows/s: "
+          f"{out.strip().splitlines()[0]}")
+    print(f"peak RSS of import  {peak / 1e6:.0f} MB = {peak / size:.2f}x the file "
+          f"(target: within 2x) {'OK' if peak <= 2 * size else 'OVER'}")
+    if not during:
+        print(f"list while importing: no call finished ({poll_err.strip()[-300:]})")
+        return
+    idle = statistics.median(before) if before else float("nan")
+    print(f"`list` on an idle store  median {idle:.2f} s ({len(before)} calls)")
+    print(f"`list` during the import longest {max(during):.2f} s, median "
+          f"{statistics.median(during):.2f} s ({len(during)} calls); longest wait "
+          f"{max(during) - idle:.2f} s, from {worst_at - start:.1f} s into the import")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--big-mb", type=float, default=160,
+                        help="Size of the big JSONL import (MB); 0 skips it.")
+    parser.add_argument("--only-big", action="store_true", help="Run only the big import.")
     args = parser.parse_args()
     if not ALPACA.exists():
         print(f"skipped: {ALPACA} not found (set ALPACA_JSON to the Alpaca JSON file)")
@@ -131,11 +227,14 @@ def main() -> None:
           f"python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        store, version_id = bench_import(folder, args.repeat)
-        bench_pages(store, version_id, "52k", args.repeat, (("copy", "3"),))
-        bench_million(folder, args.rows, args.repeat)
+        if not args.only_big:
+            store, version_id = bench_import(folder, args.repeat)
+            bench_pages(store, version_id, "52k", args.repeat, (("copy", "3"),))
+            bench_million(folder, args.rows, args.repeat)
+        if args.big_mb > 0:
+            bench_big_import(folder, args.big_mb)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of the whole run {peak:.0f} MB")
+    print(f"peak RSS of this process {peak:.0f} MB")
 
 
 if __name__ == "__main__":

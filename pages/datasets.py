@@ -14,9 +14,9 @@ from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
 from workbench.store import RowFilter
-from workbench.views import (dataset_name_for, diff_tables, export_bytes, import_source,
-                             lineage_table, md_escape, page_count, page_table, plural,
-                             selected_row_keys)
+from workbench.views import (ALLOW_ANY_PATH_ENV, dataset_name_for, diff_tables, export_bytes,
+                             import_source, lineage_table, md_escape, page_count, page_table,
+                             path_import_root, plural, selected_row_keys)
 
 EXPORT_LABELS = {"openai": "OpenAI chat JSONL", "alpaca_json": "Alpaca JSON",
                  "alpaca_jsonl": "Alpaca JSONL", "sharegpt": "ShareGPT JSON",
@@ -29,8 +29,8 @@ def import_section() -> None:
     st.subheader("Import a dataset")
     upload = st.file_uploader("File", type=["jsonl", "ndjson", "json", "csv", "tsv", "parquet",
                                             "txt"], key="import_upload")
-    local = st.text_input("…or a path on this machine (a file or a HF `save_to_disk` folder)",
-                          key="import_path")
+    label, why = path_label()
+    local = st.text_input(label, key="import_path", help=why)
     suggest_name(upload.name if upload else local)
     name = st.text_input("Dataset name (new, or existing to add a version)", key="import_name")
     shape = st.selectbox("Shape", ["auto", *SHAPES], key="import_shape",
@@ -41,6 +41,20 @@ def import_section() -> None:
         run_import(upload, local, name.strip(), shape)
     if "import_report" in st.session_state:
         show_report(st.session_state["import_report"])
+
+
+def path_label() -> tuple[str, str]:
+    """Return the path box's label and help: where the app may read files from, and why."""
+    root = path_import_root()
+    if root is None:
+        return ("…or a path on this machine (a file or a HF `save_to_disk` folder)",
+                f"Any path is allowed: `{ALLOW_ANY_PATH_ENV}=1` is set where the app runs.")
+    label = (f"…or a path in the data folder {md_escape(root)} (a file or a HF "
+             "`save_to_disk` folder; a relative path starts there)")
+    why = ("Whoever opens this app can import what the server can read, so paths outside the "
+           f"data folder are refused. To allow any path, start the app with "
+           f"`{ALLOW_ANY_PATH_ENV}=1` set.")
+    return label, why
 
 
 def suggest_name(source: str) -> None:
@@ -132,6 +146,7 @@ def browse_section(dataset: str) -> None:
     if st.session_state.get("browse_dataset") != dataset:  # another dataset: start afresh
         st.session_state["browse_dataset"] = dataset
         new_field()
+    offer_active(dataset)
     version_id = store().active_version(dataset)
     filters = filters_form(version_id)
     size_col, page_col, info_col = st.columns([1, 1, 2], vertical_alignment="bottom")
@@ -214,8 +229,32 @@ def save_edit(version_id: int, row_key: int, messages: list[dict], tags: str, no
     except WorkbenchError as e:
         show_error(e)
         return
-    flash(f"Saved row {row_key} as version v{version.version_id}.")
+    saved_message(version, f"Saved row {row_key}")
     st.rerun()
+
+
+def saved_message(version, what: str) -> None:
+    """Say which version an edit saved; if it did not become the active one (it was made from
+    an older version), say which stays active and offer to switch."""
+    active = store().active_version(version.dataset)
+    if active == version.version_id:
+        flash(f"{what} as version v{version.version_id}, now the active version.")
+        return
+    flash(f"{what} as version v{version.version_id}; v{active} stays the active version.")
+    st.session_state["offer_active"] = (version.dataset, version.version_id)
+
+
+def offer_active(dataset: str) -> None:
+    offer = st.session_state.get("offer_active")
+    if not offer or offer[0] != dataset or offer[1] == store().active_version(dataset):
+        return
+    text_col, button_col = st.columns([3, 1], vertical_alignment="center")
+    text_col.info(f"Version v{offer[1]} holds your edit but is not the active version.")
+    if button_col.button(f"Make v{offer[1]} active", key="offer_make_active"):
+        store().set_active(offer[1])
+        st.session_state.pop("offer_active")
+        flash(f"Version v{offer[1]} is now active for '{dataset}'.")
+        st.rerun()
 
 
 def label_rows_form(version_id: int, row_keys: list[int], key: str) -> None:
@@ -252,7 +291,7 @@ def tag_rows_form(version_id: int, row_keys: list[int]) -> None:
     except WorkbenchError as e:
         show_error(e)
         return
-    flash(f"Tagged {len(row_keys)} rows as version v{version.version_id}.")
+    saved_message(version, f"Tagged {len(row_keys)} rows")
     st.rerun()
 
 
@@ -316,6 +355,9 @@ def export_section(dataset: str) -> None:
     version_id = store().active_version(dataset)
     fmt = st.selectbox("Format", EXPORT_FORMATS, key="export_format",
                        format_func=EXPORT_LABELS.__getitem__)
+    # A download: the browser saves it where the user says (and asks before replacing a
+    # file); the server keeps nothing.
+    st.caption(f"Exports the active version v{version_id} as a download.")
     if st.button("Prepare download", key="export_prepare"):
         try:
             name, data = export_bytes(store(), version_id, fmt)

@@ -3,6 +3,8 @@ for the next training run (retrain and re-evaluate in the background, then befor
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -33,6 +35,11 @@ failed = all_rows[[bool(t) for t in all_rows["tags"]]].reset_index(drop=True)
 
 def tag_text(tags) -> str:
     return ", ".join(tags)
+
+
+def plot_text(value) -> str:
+    """Return a string plotly shows as it is: its labels and hovers take HTML-like markup."""
+    return html.escape(str(value))
 
 
 def failures_section() -> list[int]:
@@ -147,7 +154,9 @@ def slice_section() -> None:
     except WorkbenchError as e:
         show_error(e)
         return
-    fig = px.bar(table, x="slice", y="mean", hover_data=["n"], title=f"{metric} by {by}",
+    # Slice names are metadata values from the data: escaped, like every plot label here.
+    fig = px.bar(table.assign(slice=table["slice"].map(plot_text)), x="slice", y="mean",
+                 hover_data=["n"], title=f"{plot_text(metric)} by {plot_text(by)}",
                  error_y=table["hi"] - table["mean"], error_y_minus=table["mean"] - table["lo"])
     st.plotly_chart(fig, key="er_slice_chart")
     st.dataframe(table, hide_index=True)
@@ -277,18 +286,20 @@ def before_after_view(loop_run: str) -> None:
         show_error(e)
         return
     st.subheader("Before / after")
-    st.caption(f"{report.metric}: {report.counts['win']} better, {report.counts['loss']} worse, "
+    st.caption(f"{md_escape(report.metric)}: {report.counts['win']} better, "
+               f"{report.counts['loss']} worse, "
                f"{report.counts['tie']} same; {len(report.excluded_rows)} rows left out "
                "(their prompts were trained on).")
     if report.regressed:
         st.warning("Regressed beyond the interval: " + md_escape(", ".join(report.regressed)))
     tags = report.tags.melt(id_vars="tag", value_vars=["rate_a", "rate_b"], var_name="run",
                             value_name="rate").replace({"rate_a": "before", "rate_b": "after"})
+    tags["tag"] = tags["tag"].map(plot_text)  # manual tags are typed by users
     st.plotly_chart(px.bar(tags, x="tag", y="rate", color="run", barmode="group",
                            title="Failure tag rates"), key="er_tag_chart")
     st.dataframe(report.tags, hide_index=True, key="er_tags_table")
     for name, table in report.slices.items():
-        st.caption(f"{report.metric} per slice by {name}")
+        st.caption(f"{md_escape(report.metric)} per slice by {md_escape(name)}")
         st.dataframe(table, hide_index=True)
 
 

@@ -3,6 +3,8 @@ the results row by row, and compare two runs (wins, regressions, slices, trainin
 
 from __future__ import annotations
 
+import html
+
 import plotly.express as px
 import streamlit as st
 
@@ -11,6 +13,11 @@ from workbench import evaluation
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError
 from workbench.views import diff_tables, md_escape
+
+
+def plot_text(value) -> str:
+    """Return a string plotly shows as it is: its labels and hovers take HTML-like markup."""
+    return html.escape(str(value))
 
 
 def version_picker() -> int:
@@ -142,7 +149,7 @@ def results_section() -> None:
 def row_view(detail: dict) -> None:
     st.subheader(f"Row {detail['row_key']}")
     for turn in detail["prompt_messages"]:
-        st.caption(turn["role"])
+        st.caption(md_escape(turn["role"]))
         st.text(turn["content"])  # dataset text stays text
     left, right = st.columns(2)
     left.caption("reference")
@@ -186,17 +193,21 @@ def comparison_view(result: evaluation.RunComparison) -> None:
     win.metric("B wins", c.counts["win"])
     loss.metric("B loses", c.counts["loss"])
     tie.metric("Ties", c.counts["tie"])
-    delta.metric(f"Mean Δ {c.metric}", f"{c.delta['mean']:+.3f}",
+    delta.metric(f"Mean Δ {md_escape(c.metric)}", f"{c.delta['mean']:+.3f}",
                  help=f"95% CI [{c.delta['lo']:+.3f}, {c.delta['hi']:+.3f}]")
     st.subheader(f"Regressions ({len(c.regressions)})")
     st.dataframe(evaluation.regressions_table(result), hide_index=True, key="ev_regressions")
     deltas = evaluation.slice_deltas(result)
     if len(deltas):
+        # Slice names and slice kinds (metadata keys) come from the data; plotly labels,
+        # facet titles and hovers take HTML-like markup, so they are escaped.
         fig = px.bar(deltas.assign(plus=deltas["delta_hi"] - deltas["delta"],
-                                   minus=deltas["delta"] - deltas["delta_lo"]),
+                                   minus=deltas["delta"] - deltas["delta_lo"],
+                                   slice=deltas["slice"].map(plot_text),
+                                   by=deltas["by"].map(plot_text)),
                      x="slice", y="delta", color="regressed", facet_col="by",
                      error_y="plus", error_y_minus="minus", hover_data=["n", "mean_a", "mean_b"],
-                     title=f"Δ {c.metric} per slice (B − A, 95% CI)")
+                     title=f"Δ {plot_text(c.metric)} per slice (B − A, 95% CI)")
         fig.update_xaxes(matches=None)
         st.plotly_chart(fig, key="ev_slices")
     st.subheader("Training data")

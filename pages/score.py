@@ -10,7 +10,7 @@ import streamlit as st
 from pages.common import curation_header, flash, job_panel, show_error, store
 from workbench import curate, labelling, quality
 from workbench.exceptions import WorkbenchError
-from workbench.judge import DEFAULT_RUBRIC
+from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, allowed_key_vars
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
 
 _, version_id, base = curation_header("Score & select")
@@ -82,13 +82,24 @@ def judge_form() -> None:
                                         "default", key="sc_jmodel"),
                   "base_url": b.text_input("Base URL", "http://127.0.0.1:8000/v1",
                                            key="sc_jurl", disabled=not remote) if remote else None,
-                  "api_key_env": c.text_input("Environment variable holding the key",
-                                              "OPENAI_API_KEY", key="sc_jkey",
-                                              disabled=not remote) if remote else None,
+                  "api_key_env": key_variable(c) if remote else None,
                   "rubric": st.text_area("Rubric ({prompt} and {response} are filled in)",
                                          DEFAULT_RUBRIC, height=240, key="sc_rubric")}
         if st.button("Start judging", key="sc_jstart"):
             start(lambda: quality.start_judge(store(), version_id, config))
+
+
+def key_variable(column) -> str | None:
+    """Pick the environment variable whose value is sent as the key: only allowed names.
+
+    Whoever opens the app fills this form, so it offers only the names the person running
+    the app allowed; a free text box would send any secret of the server to any URL.
+    """
+    return column.selectbox(
+        "Environment variable holding the key", [*allowed_key_vars(), None], key="sc_jkey",
+        format_func=lambda n: "(no key)" if n is None else n,
+        help=f"Only the names in `{KEY_VARS_ENV}` (comma-separated, default `OPENAI_API_KEY`), "
+             "set where the app runs, can be sent; add a name there to offer it here.")
 
 
 def start(launch) -> None:

@@ -373,3 +373,108 @@ def test_md_escape_escapes_every_markdown_character(text):
     escaped = md_escape(text)
     assert plain(escaped) == text
     assert not re.findall(r"(?<!\\)[!\[\]()<>*_#`$:]", escaped)
+
+
+# --- exposure: what the app reads, sends and listens on -----------------------------------------
+def import_by_path(at: AppTest, typed: str, name: str) -> AppTest:
+    at.text_input(key="import_path").input(typed).run()
+    at.text_input(key="import_name").input(name).run()
+    return at.button(key="import_button").click().run()
+
+
+def test_import_by_path_reads_only_the_data_folder_unless_allowed(store_path, tmp_path_factory,
+                                                                   monkeypatch):
+    monkeypatch.delenv("WORKBENCH_ALLOW_ANY_PATH", raising=False)
+    home = store_path.parent  # WORKBENCH_HOME, the data folder
+    outside = chat_file(tmp_path_factory.mktemp("outside") / "secret.jsonl", 3)
+    (home / "link.jsonl").symlink_to(outside)
+    chat_file(home / "inside.jsonl", 2)
+    at = start(store_path)
+    box = at.text_input(key="import_path")
+    assert "data folder" in plain(box.label) and str(home.resolve()) in plain(box.label)
+    assert "WORKBENCH_ALLOW_ANY_PATH=1" in box.help  # the page says how to allow any path
+    for typed in (str(outside), f"../{outside.parent.name}/secret.jsonl", "link.jsonl",
+                  "/etc/hostname"):
+        at = import_by_path(at, typed, "stolen")
+        assert not at.exception
+        assert any("only from the data folder" in t and "WORKBENCH_ALLOW_ANY_PATH=1" in t
+                   for t in texts(at.error)), (typed, texts(at.error))
+    assert Store(store_path).datasets().empty
+    at = no_exception(import_by_path(at, "inside.jsonl", "inside"))  # relative to the folder
+    assert {m.label: m.value for m in at.metric}["Imported"] == "2"
+
+    monkeypatch.setenv("WORKBENCH_ALLOW_ANY_PATH", "1")
+    at = start(store_path)
+    assert "path on this machine" in at.text_input(key="import_path").label
+    at = no_exception(import_by_path(at, str(outside), "outside"))
+    assert Store(store_path).active_version("outside") == 2
+
+
+def test_the_judge_form_offers_only_allowed_key_variables(store, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_JUDGE_KEY_VARS", raising=False)
+    at = no_exception(start(Path(store.path)).switch_page("pages/score.py").run())
+    at = no_exception(at.radio(key="sc_jbackend").set_value("openai").run())
+    key = at.selectbox(key="sc_jkey")
+    assert key.options == ["OPENAI_API_KEY", "(no key)"]  # no free text: no other secret
+    assert "WORKBENCH_JUDGE_KEY_VARS" in key.help
+    monkeypatch.setenv("WORKBENCH_JUDGE_KEY_VARS", "MY_JUDGE_KEY")
+    at = no_exception(at.run())
+    assert at.selectbox(key="sc_jkey").options == ["MY_JUDGE_KEY", "(no key)"]
+
+
+def test_the_app_listens_on_loopback_only_from_any_folder(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from helpers_app import free_port, stop_server, wait_until_up
+
+    port = free_port()
+    # `python app.py`, as its docstring says, started from another folder and with no
+    # address given: the shipped .streamlit/config.toml must still apply.
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMLIT_")}
+    env.update(HOME=str(tmp_path), WORKBENCH_STORE=str(tmp_path / "s.duckdb"),
+               WORKBENCH_HOME=str(tmp_path))
+    server = subprocess.Popen([sys.executable, str(APP), "--server.port", str(port),
+                               "--server.headless", "true", "--server.fileWatcherType", "none"],
+                              cwd=tmp_path, env=env, stdout=(tmp_path / "log").open("wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", server)
+        with pytest.raises(ConnectionRefusedError):  # another address of this machine
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+    finally:
+        stop_server(server)
+
+
+def test_the_shipped_streamlit_config_is_private(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import streamlit.config as c; c._main_script_path = {app!r}; "
+            "c.get_config_options(force_reparse=True); print(*[c.get_option(k) for k in "
+            "('server.address', 'browser.gatherUsageStats', 'client.showErrorDetails')])")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMLIT_")}
+    out = subprocess.run([sys.executable, "-c", code.format(app=str(APP))], cwd=tmp_path,
+                         env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True,
+                         check=True)
+    # Loopback only; no usage statistics; tracebacks stay in the server's log.
+    assert out.stdout.split() == ["127.0.0.1", "False", "none"]
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False),
+                                          ("::1", False), ("0.0.0.0", True),
+                                          ("192.168.1.5", True), ("myhost.lan", True)])
+def test_workbench_app_warns_when_it_listens_beyond_this_machine(tmp_path, monkeypatch, host,
+                                                                  warned):
+    from click.testing import CliRunner
+
+    from workbench import cli
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: commands.append(cmd) or 0)
+    result = CliRunner().invoke(cli.main, ["--store", str(tmp_path / "s.duckdb"), "app",
+                                           "--host", host, "--no-sample"])
+    assert result.exit_code == 0, result.stderr
+    assert ("is not a loopback address" in result.stderr) == warned, result.stderr
+    assert commands[0][commands[0].index("--server.address") + 1] == host

@@ -64,10 +64,14 @@ def test_latin1_bytes_in_a_utf8_csv_reject_only_that_row(write_bytes):
     assert rejected(parsed) == {3: ("(row)", "not valid UTF-8")}
 
 
-def test_latin1_bytes_in_a_json_array_name_the_line(write_bytes):
-    data = b'[\n{"text": "ok"},\n' + '{"text": "café"}\n]'.encode("latin-1")
-    with pytest.raises(ImportFormatError, match="line 3: not valid UTF-8 .byte 0xe9"):
-        read_dataset(write_bytes("x.json", data))
+def test_latin1_bytes_in_a_json_array_reject_only_that_item(write_bytes):
+    data = b'[\n{"text": "ok"},\n' + '{"text": "café"}\n, {"text": "fine"}]'.encode("latin-1")
+    parsed = read_dataset(write_bytes("x.json", data))
+    accounted(parsed)
+    assert rejected(parsed) == {2: ("(item)", "not valid UTF-8")}
+    assert parsed.lines == [1, 3]
+    with pytest.raises(ImportFormatError, match=r"not valid JSON \(line 4: Expecting"):
+        read_dataset(write_bytes("y.json", data.replace(b", {", b", {{")))
 
 
 @pytest.mark.parametrize("encoding, bom", [("utf-16", b""), ("utf-16-be", codecs.BOM_UTF16_BE),

@@ -404,3 +404,102 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
     assert targeted.params["eval_run"] == eval_job.run_id
     [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
     assert retrain.state == "done"
+
+
+EVIL_IMAGE = "![x](http://evil.example/a.png)"
+EVIL_SCRIPT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+EVIL = f"{EVIL_IMAGE} {EVIL_SCRIPT}"
+
+
+def hostile_store(store_path: Path, tmp_path: Path) -> str:
+    """Fill the store and the runs folder with hostile text everywhere; return the run id."""
+    from workbench import evaluation, loop
+
+    # The last list item below is cut off, so the truncation rule quotes its last words, the
+    # hostile ones, in its detail; "N/A" is a placeholder the placeholder rule hits.
+    truncated = f"Steps:\n1. Open the page.\n2. see {EVIL_SCRIPT} {EVIL_IMAGE} then"
+    rows = [{"messages": [{"role": "user", "content": f"How do I see {EVIL}?"},
+                          {"role": "assistant", "content": truncated}],
+             EVIL_IMAGE: EVIL_SCRIPT, "topic": EVIL},
+            {"messages": [{"role": "user", "content": f"Question {EVIL}"},
+                          {"role": "assistant", "content": "N/A"}], "topic": EVIL_IMAGE}]
+    rows += [rows[0]]  # a duplicate, so Deduplicate shows a hostile cluster
+    rows += [chat_record(i, topic=EVIL if i % 2 else "plain") for i in range(12)]
+    store = Store(store_path)
+    store.import_file(write_jsonl(tmp_path / "evil.jsonl", rows), f"d {EVIL}")
+    predictions = [{"prompt": f"Q{i} {EVIL}", "reference": "yes", "prediction": f"no {EVIL}",
+                    "model": f"m {EVIL_IMAGE}", EVIL_IMAGE: EVIL_SCRIPT,
+                    "topic": EVIL if i % 2 else "plain"} for i in range(4)]
+    job, _ = evaluation.import_run(write_jsonl(tmp_path / "p.jsonl", predictions), store=store,
+                                   similarity=False, home=tmp_path / "runs")
+    loop.annotate(job.run_id, 1, tags=[f"tag {EVIL_IMAGE}", EVIL_SCRIPT, "<b>bold tag</b>"],
+                  note=EVIL, home=tmp_path / "runs")
+    return job.run_id
+
+
+def test_hostile_rows_metadata_and_rule_details_fetch_nothing_and_run_nothing_anywhere(
+        app, page, tmp_path):
+    """Every page, with hostile text in rows, metadata, a dataset name, rule details, run
+    labels, manual tags and slice names: no request leaves the app, no script runs."""
+    url, store_path = app
+    hostile_store(store_path, tmp_path)
+    requests: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda message: console.append(message.text))
+
+    def settle(name: str) -> None:
+        page.wait_for_load_state("networkidle")
+        page.evaluate("() => new Promise(done => setTimeout(done, 500))")  # late redraws
+        assert page.evaluate("() => window.__pwned") is None, f"a script ran on {name}"
+        assert page.locator("img[src*='evil.example'], img[src='x']").count() == 0, name
+
+    with screenshot_on_failure(page, tmp_path):
+        page.goto(url)
+        expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+        select_first_grid_row(page, grid(page))
+        expect(page.get_by_test_id("stText").first).to_contain_text("evil.example")
+        page.get_by_text("Metadata", exact=True).click()
+        expect(page.get_by_test_id("stJson")).to_contain_text("evil.example")
+        settle("Datasets")
+
+        page.goto(url + "/clean")
+        expect(page.get_by_role("heading", name="Clean")).to_be_visible()
+        page.get_by_role("button", name="Preview").click()
+        samples = page.get_by_text(re.compile(r"^truncated: .* samples$"))
+        samples.click()
+        detail = page.get_by_text(re.compile("last list item stops mid-sentence at"))
+        expect(detail.first).to_contain_text(EVIL_IMAGE)  # the detail, shown as text
+        expect(page.get_by_text(re.compile(r"^placeholder: "))).to_be_visible()
+        settle("Clean preview")
+
+        page.goto(url + "/dedup")
+        expect(page.get_by_role("heading", name="Deduplicate")).to_be_visible()
+        page.get_by_role("button", name="Find duplicates").click()
+        expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
+        settle("Deduplicate")
+
+        page.goto(url + "/score")
+        expect(page.get_by_role("heading", name="Score & select")).to_be_visible()
+        page.get_by_role("button", name="Score now").click()
+        expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
+        settle("Score & select")
+
+        for path, heading in (("/label", "Label"), ("/train", "Train"),
+                              ("/evaluate", "Evaluate"), ("/errors", "Errors"),
+                              ("/loop", "Iterations")):
+            page.goto(url + path)
+            expect(page.get_by_role("heading", name=heading)).to_be_visible()
+            if path == "/errors":  # the slice chart's labels are the hostile manual tags
+                chart = page.get_by_test_id("stPlotlyChart").first
+                expect(chart.locator(".main-svg").first).to_be_attached()
+                expect(chart).to_contain_text(EVIL_IMAGE)
+                # shown as written: plotly would otherwise read them as its HTML-like markup
+                expect(chart).to_contain_text("<b>bold tag</b>")
+                expect(chart).to_contain_text("<script>window.__pwned = 1</script>")
+            settle(heading)
+
+    outside = [u for u in requests if not u.startswith((url, "data:", "blob:"))]
+    assert not outside, outside
+    assert not [u for u in requests if u.rstrip("/").endswith("/x")], "an <img src=x> loaded"
+    assert not [m for m in console if "pwned" in m], console

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from workbench.exceptions import ExportError, ImportFormatError
 from workbench.io import (EXPORT_FORMATS, RowBatch, _fast_alpaca, batch_examples, detect_kind,
-                          encode_metadata, encode_row, export_suffix, read_batches,
+                          encode_metadata, encode_row, export_suffix, hf_splits, read_batches,
                           read_dataset, to_alpaca, to_openai, to_sharegpt, user_metadata,
                           write_dataset)
 from workbench.schema import Example, RowError, convert
@@ -107,17 +107,27 @@ def test_parquet_from_another_tool(tmp_path):
     assert parsed.report.rejected[0].field == "completion"
 
 
-def test_hf_dataset_dict_keeps_the_split(tmp_path):
+def test_hf_dataset_dict_splits_are_never_merged(tmp_path):
     import datasets
 
     ds = datasets.DatasetDict({
         "train": datasets.Dataset.from_list([{"text": "a"}, {"text": "b"}]),
         "test": datasets.Dataset.from_list([{"text": "c"}])})
     ds.save_to_disk(str(tmp_path / "hf"))
-    parsed = read_dataset(tmp_path / "hf")
+    assert hf_splits(tmp_path / "hf") == ["train", "test"]
+    with pytest.raises(ImportFormatError, match=r"2 splits \(train, test\).*--split"):
+        read_dataset(tmp_path / "hf")  # the old reader merged them: test rows became training
+    parsed = read_dataset(tmp_path / "hf", split="test")
     accounted(parsed)
-    assert [e.metadata["split"] for e in parsed.examples] == ["train", "train", "test"]
-    assert parsed.lines == [1, 2, 3]
+    assert [e.messages[0]["content"] for e in parsed.examples] == ["c"]
+    assert parsed.report.split == "test" and "split 'test'" in parsed.report.summary()
+    assert "split" not in parsed.examples[0].metadata
+    with pytest.raises(ImportFormatError, match="no split 'dev'; the folder has train, test"):
+        read_dataset(tmp_path / "hf", split="dev")
+    datasets.DatasetDict({"train": ds["train"]}).save_to_disk(str(tmp_path / "one"))
+    assert read_dataset(tmp_path / "one").report.split == "train"  # the only split
+    with pytest.raises(ImportFormatError, match="Hugging Face dataset folders only"):
+        read_dataset(_write_csv(tmp_path / "x.csv", [["text"], ["a"]]), split="train")
 
 
 def test_shape_override(write_jsonl):

@@ -87,3 +87,93 @@ def _wait_for_step(run_id, home, step, timeout=30):
         assert job.active, job.error
         time.sleep(0.05)
     raise AssertionError("job made no progress")
+
+
+# --- hardening: run ids, the start race, shared temp files ------------------------------------
+
+@pytest.mark.parametrize("bad", ["/etc", "../other", "a/b", "..", ".hidden", "", "x" * 200])
+def test_a_run_id_is_a_plain_name_never_a_path(tmp_path, bad):
+    with pytest.raises(NotFoundError, match="plain name"):
+        jobs.status(bad, home=tmp_path)
+    with pytest.raises(NotFoundError, match="plain name"):
+        jobs.cancel(bad, home=tmp_path)
+
+
+def test_a_real_run_folder_given_as_a_path_string_is_refused(tmp_path):
+    # `workbench cancel /some/dir` used to act on any folder holding a config.json.
+    job = jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=tmp_path / "runs")
+    with pytest.raises(NotFoundError, match="plain name"):
+        jobs.status(str(job.run_dir), home=tmp_path / "elsewhere")
+    assert jobs.status(job.run_id, home=tmp_path / "runs").state == "done"
+    assert jobs.status(job.run_dir).state == "done"  # the library's own handle still works
+    with pytest.raises(NotFoundError, match="plain name"):
+        jobs.start("tests.jobtasks.count", {"n": 1}, home=tmp_path, run_id="../escape")
+
+
+def test_the_launcher_never_overwrites_the_workers_state(tmp_path, monkeypatch):
+    # Make the worker finish before Popen returns: the old launcher then wrote "queued" over
+    # the worker's "done", and status called the finished job dead.
+    real = jobs.subprocess.Popen
+
+    def popen_and_wait(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        proc.wait(timeout=60)
+        return proc
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", popen_and_wait)
+    job = jobs.start("tests.jobtasks.count", {"n": 2}, home=tmp_path)
+    assert job.state == "done", job.error + jobs.log_tail(job.run_dir, 30)
+    assert job.result == {"counted": 2}
+
+
+def test_a_worker_that_dies_before_writing_a_word_is_failed_not_queued(tmp_path, monkeypatch):
+    # A worker that cannot even start (here: an interpreter that exits at once) holds the
+    # lock for no time at all; the run must not stay "queued" forever.
+    monkeypatch.setattr(jobs.sys, "executable", "/bin/false")
+    job = jobs.start("tests.jobtasks.count", {"n": 2}, home=tmp_path)
+    final = jobs.wait(job.run_id, home=tmp_path, timeout=10)
+    assert final.state == "failed" and "died" in final.error
+
+
+def test_concurrent_writers_of_one_json_file_do_not_collide(tmp_path):
+    target, errors = tmp_path / "status.json", []
+
+    def write(tag: str) -> None:
+        for i in range(300):
+            try:
+                jobs._write_json(target, {"writer": tag, "i": i})
+            except OSError as e:  # the old shared temp name: one writer renamed the other's
+                errors.append(e)
+
+    import threading
+    threads = [threading.Thread(target=write, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert jobs._read_json(target)["i"] == 299
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_second_worker_on_a_running_run_is_refused(tmp_path, monkeypatch):
+    job = jobs.start("tests.jobtasks.count", {"n": 1000, "sleep": 0.02}, home=tmp_path)
+    _wait_for_step(job.run_id, tmp_path, 1)
+    monkeypatch.setattr(jobs, "LOCK_WAIT_S", 0.3)
+    with pytest.raises(WorkbenchError, match="already running"):
+        jobs.execute(job.run_dir)
+    jobs.cancel(job.run_id, home=tmp_path)
+    assert jobs.wait(job.run_id, home=tmp_path, timeout=30).state == "cancelled"
+
+
+def test_a_worker_that_ignores_the_cancel_flag_is_terminated_and_reads_cancelled(tmp_path):
+    job = jobs.start("tests.jobtasks.count", {"n": 2, "sleep": 60}, home=tmp_path)
+    deadline = time.monotonic() + 30
+    while jobs.status(job.run_id, home=tmp_path).state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    jobs.cancel(job.run_id, home=tmp_path, grace_s=0.5)  # it sleeps: no progress, no check
+    final = jobs.status(job.run_id, home=tmp_path)
+    assert final.state == "cancelled" and final.error == ""
+    assert time.monotonic() - started < 10

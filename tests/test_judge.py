@@ -113,9 +113,42 @@ def make_handler(script: Script):
             finally:
                 script.done()
 
+        def do_GET(self):  # only a followed redirect (POST turned GET) would come here
+            script.record("GET " + self.path, dict(self.headers))
+            script.done()
+            self._send(404, b'{"error": "not found"}')
+
         def _answer(self, case: str, attempt: int, body: dict) -> None:
             if self.path != "/v1/chat/completions":
                 return self._send(404, b'{"error": "not found"}')
+            if case.startswith("redirect"):  # e.g. redirect302: to the same server as "localhost"
+                port = self.server.server_address[1]
+                return self._send(int(case[8:]), b"", {
+                    "Location": f"http://localhost:{port}/v1/chat/completions"})
+            if case == "trickle":  # a byte every 50 ms: each read is quick, the whole is not
+                payload = _chat(OK_ANSWER)
+                self._send(200, b"", {"Content-Length": str(len(payload))}, length=False)
+                for byte in payload:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                return None
+            if case == "huge":
+                return self._send(200, _chat("Score: 8\nReason: " + "x" * (2 << 20)))
+            if case == "hugestream":  # no Content-Length: the body ends when the server closes
+                self._send(200, b"", length=False)
+                self.wfile.write(_chat("Score: 8\nReason: " + "x" * (2 << 20)))
+                return None
+            if case == "drop" or (case == "dropfirst" and attempt == 1):
+                self.close_connection = True  # hang up without a word
+                return None
+            if case == "truncate":  # promise 500 bytes, send 20, hang up
+                self._send(200, b"", {"Content-Length": "500"}, length=False)
+                self.wfile.write(_chat(OK_ANSWER)[:20])
+                self.close_connection = True
+                return None
+            if case == "dropfirst":
+                return self._send(200, _chat("Score: 5\nReason: Second try."))
             if case == "ok":
                 time.sleep(0.05)  # long enough for concurrent requests to overlap
                 return self._send(200, _chat(OK_ANSWER))
@@ -138,10 +171,12 @@ def make_handler(script: Script):
                 return self._send(200, _chat("Looks fine to me."))
             raise AssertionError(case)
 
-        def _send(self, code: int, payload: bytes, headers: dict | None = None) -> None:
+        def _send(self, code: int, payload: bytes, headers: dict | None = None, *,
+                  length: bool = True) -> None:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
+            if length:
+                self.send_header("Content-Length", str(len(payload)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
@@ -181,6 +216,7 @@ def remote(url: str, **options) -> JudgeConfig:
 
 def test_ok_rows_get_score_and_reason_and_the_request_is_openai_shaped(server, monkeypatch):
     url, script = server
+    monkeypatch.setenv("WORKBENCH_JUDGE_KEY_VARS", "JUDGE_TEST_KEY")
     monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test")
     out = J.judge_frame(cases_frame(["ok", "ok"]), remote(url, api_key_env="JUDGE_TEST_KEY"))
     assert out["judge_score"].tolist() == [8.0, 8.0]
@@ -237,6 +273,7 @@ def test_unreachable_server_is_a_row_error():
 
 def test_missing_key_variable_stops_before_any_request(server, monkeypatch):
     url, script = server
+    monkeypatch.setenv("WORKBENCH_JUDGE_KEY_VARS", "JUDGE_TEST_KEY")
     monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
     with pytest.raises(ConfigError, match="JUDGE_TEST_KEY"):
         J.judge_frame(cases_frame(["ok"]), remote(url, api_key_env="JUDGE_TEST_KEY"))
@@ -323,3 +360,84 @@ def tiny_lm_pair():
     from workbench.models import tiny_lm
 
     return tiny_lm()
+
+
+# --- hardening: where the key goes, how long a row may take, how much is read ---------------------
+
+def test_a_prompt_holding_the_text_response_field_is_not_filled_twice():
+    rubric = "Q: {prompt}\nA: {response}"
+    assert J.render_rubric(rubric, "Explain {response} in Python", "It is a field.") == (
+        "Q: Explain {response} in Python\nA: It is a field.")
+    assert J.render_rubric(rubric, "{prompt}?", "{prompt}!") == "Q: {prompt}?\nA: {prompt}!"
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_host_is_refused_and_never_gets_the_key(server, monkeypatch, code):
+    url, script = server
+    monkeypatch.setenv("WORKBENCH_JUDGE_KEY_VARS", "JUDGE_TEST_KEY")
+    monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret")
+    out = J.judge_frame(cases_frame([f"redirect{code}", "ok"]),
+                        remote(url, api_key_env="JUDGE_TEST_KEY"))
+    assert np.isnan(out["judge_score"].iloc[0]) and out["judge_score"].iloc[1] == 8.0
+    assert f"HTTP {code}: the server redirects to http://localhost:" in out["judge_error"].iloc[0]
+    assert "not followed" in out["judge_error"].iloc[0]
+    to_localhost = [h for h in script.headers if h.get("Host", "").startswith("localhost")]
+    assert not to_localhost, to_localhost  # nothing, key or not, went to the other host
+    assert len(script.calls[f"redirect{code}"]) == 1  # refused, not retried
+
+
+def test_a_server_trickling_bytes_hits_the_overall_deadline(server):
+    url, _ = server
+    started = time.monotonic()
+    out = J.judge_frame(cases_frame(["trickle"]), remote(url, timeout_s=0.5, max_retries=0))
+    elapsed = time.monotonic() - started
+    assert np.isnan(out["judge_score"].iloc[0])
+    assert out["judge_error"].iloc[0] == "timed out after 0.5 s (gave up after 1 attempts)"
+    assert elapsed < 2.0, elapsed  # the whole answer would take about 4 s
+
+
+@pytest.mark.parametrize("case", ["huge", "hugestream"])
+def test_an_oversized_answer_is_refused(server, case):
+    url, script = server
+    out = J.judge_frame(cases_frame([case, "ok"]), remote(url))
+    assert np.isnan(out["judge_score"].iloc[0]) and out["judge_score"].iloc[1] == 8.0
+    assert "byte limit; refused" in out["judge_error"].iloc[0]
+    assert len(script.calls[case]) == 1
+
+
+def test_dropped_connections_are_retried_then_fail_only_their_row(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["ok", "drop", "dropfirst", "truncate", "ok"]),
+                        remote(url, max_retries=2))
+    assert out["judge_score"].iloc[[0, 2, 4]].tolist() == [8.0, 5.0, 8.0]
+    assert out["judge_error"].iloc[1] == (
+        "the server dropped the connection (RemoteDisconnected) (gave up after 3 attempts)")
+    assert out["judge_error"].iloc[3] == (
+        "the server dropped the connection (IncompleteRead) (gave up after 3 attempts)")
+    assert len(script.calls["drop"]) == 3 and len(script.calls["dropfirst"]) == 2
+
+
+def test_only_allowed_variables_can_be_sent_as_a_key(monkeypatch):
+    monkeypatch.delenv("WORKBENCH_JUDGE_KEY_VARS", raising=False)
+    assert J.allowed_key_vars() == ("OPENAI_API_KEY",)
+    JudgeConfig(backend="openai", base_url="http://127.0.0.1:1/v1", api_key_env="OPENAI_API_KEY")
+    with pytest.raises(ConfigError, match="WORKBENCH_JUDGE_KEY_VARS"):
+        JudgeConfig(backend="openai", base_url="http://127.0.0.1:1/v1", api_key_env="HOME")
+    monkeypatch.setenv("WORKBENCH_JUDGE_KEY_VARS", " MY_KEY , OTHER_KEY ")
+    assert J.allowed_key_vars() == ("MY_KEY", "OTHER_KEY")
+    JudgeConfig(backend="openai", base_url="http://127.0.0.1:1/v1", api_key_env="MY_KEY")
+    with pytest.raises(ConfigError, match="api_key_env='OPENAI_API_KEY'"):
+        JudgeConfig(backend="openai", base_url="http://127.0.0.1:1/v1",
+                    api_key_env="OPENAI_API_KEY")
+
+
+def test_a_judge_job_cannot_name_a_variable_outside_the_allow_list(monkeypatch):
+    from workbench import quality
+
+    monkeypatch.delenv("WORKBENCH_JUDGE_KEY_VARS", raising=False)
+    store = Store(":memory:")
+    vid = store.add_examples("d", [Example(({"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": "a"}))])
+    with pytest.raises(ConfigError, match="api_key_env='AWS_SECRET_ACCESS_KEY'"):
+        quality.judge_params(store, vid, {"backend": "openai", "base_url": "http://x.test/v1",
+                                          "api_key_env": "AWS_SECRET_ACCESS_KEY"})

@@ -27,7 +27,9 @@ from .store import RowFilter, Store, default_store_path
 class _Group(click.Group):
     """Turns library errors, file errors and usage errors into one line on stderr and exit 1.
 
-    Bad input is the user's to fix, so they get the message, never a traceback.
+    Bad input is the user's to fix, so they get the message, never a traceback. Anything else
+    (a bug, an unforeseen failure) is one line too, naming its type; WORKBENCH_DEBUG=1 shows
+    the traceback instead.
     """
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
@@ -47,6 +49,13 @@ class _Group(click.Group):
             _fail(e.format_message())
         except (WorkbenchError, OSError) as e:
             _fail(str(e))
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own ways out print their own message
+        except Exception as e:
+            if os.environ.get("WORKBENCH_DEBUG"):
+                raise
+            _fail(f"unexpected {type(e).__name__}: {e} (run again with WORKBENCH_DEBUG=1 for "
+                  "the traceback)")
 
 
 def _fail(message: str) -> NoReturn:
@@ -78,26 +87,32 @@ def _echo_json(value: Any) -> None:
               "version is added).")
 @click.option("--shape", type=click.Choice(["auto", *SHAPES]), default="auto", show_default=True,
               help="Record shape; auto detects it per row.")
-@click.option("--max-chars", type=int, default=None, help="Reject messages longer than this.")
+@click.option("--max-chars", type=click.IntRange(min=1), default=None,
+              help="Reject messages longer than this.")
+@click.option("--split", default=None, help="Import only this split of a HF DatasetDict folder "
+              "(default: each split as its own dataset, DATASET-SPLIT).")
 @click.option("--show-rejects/--no-show-rejects", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar on stderr.")
 @click.pass_context
 def import_cmd(ctx: click.Context, path: str, dataset: str, shape: str, max_chars: int | None,
-               show_rejects: bool, progress: bool) -> None:
+               split: str | None, show_rejects: bool, progress: bool) -> None:
     """Import a JSONL, JSON, CSV, Parquet or text file, or a HF dataset folder."""
     with _progress_bar("reading", enabled=progress) as update:
-        version, report = _store(ctx).import_file(path, dataset, shape=shape,
-                                                  max_chars=max_chars, progress=update)
-        update(report.rows_read)
-    click.echo(report.summary())
-    click.echo(f"version {version.version_id} of '{dataset}': {version.n_rows} rows")
-    if show_rejects:
-        for r in report.rejected[:50]:
-            click.echo(f"  rejected {r}")
-        if len(report.rejected) > 50:
-            click.echo(f"  ... {len(report.rejected) - 50} more: workbench rejects "
-                       f"{version.version_id}")
+        imported = _store(ctx).import_splits(path, dataset, shape=shape, split=split,
+                                             max_chars=max_chars, progress=update)
+        update(sum(report.rows_read for _, report in imported))
+    for version, report in imported:
+        click.echo(report.summary())
+        click.echo(f"version {version.version_id} of '{version.dataset}': {version.n_rows} rows")
+        for n in report.notes[:50]:
+            click.echo(f"  note {n}")
+        if show_rejects:
+            for r in report.rejected[:50]:
+                click.echo(f"  rejected {r}")
+            if len(report.rejected) > 50:
+                click.echo(f"  ... {len(report.rejected) - 50} more: workbench rejects "
+                           f"{version.version_id}")
 
 
 @contextmanager
@@ -248,12 +263,16 @@ def rejects_cmd(ctx: click.Context, ref: str) -> None:
 @click.argument("out", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="openai",
               show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.pass_context
-def export_cmd(ctx: click.Context, ref: str, out: str, fmt: str) -> None:
-    """Export a version to OpenAI chat, Alpaca, ShareGPT, Parquet or a HF dataset folder."""
+def export_cmd(ctx: click.Context, ref: str, out: str, fmt: str, force: bool) -> None:
+    """Export a version to OpenAI chat, Alpaca, ShareGPT, Parquet or a HF dataset folder.
+
+    An existing OUT is refused unless --force; the store and the data folder are never written.
+    """
     store = _store(ctx)
     vid = store.resolve(ref)
-    path = store.export(vid, out, fmt)
+    path = store.export(vid, out, fmt, overwrite=force)
     click.echo(f"wrote {store.version(vid).n_rows} rows to {path} ({fmt})")
 
 
@@ -968,6 +987,11 @@ def app_cmd(ctx: click.Context, host: str, port: int, sample: bool) -> None:
     """Start the Streamlit app (bound to 127.0.0.1 unless told otherwise)."""
     from .sample import ensure_sample_data
 
+    if not _loopback(host):
+        # Whoever reaches the app can read, change and export every dataset, and start jobs.
+        click.echo(f"warning: --host {host} is not a loopback address: anyone who can reach "
+                   f"port {port} on it can use this workbench and its data; there is no login",
+                   err=True)
     store = _store(ctx)
     if sample:
         added = ensure_sample_data(store)
@@ -979,6 +1003,18 @@ def app_cmd(ctx: click.Context, host: str, port: int, sample: bool) -> None:
            "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     raise SystemExit(subprocess.call(cmd, env=env))
+
+
+def _loopback(host: str) -> bool:
+    """Return whether a listen address only accepts connections from this machine."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 if __name__ == "__main__":

@@ -808,13 +808,19 @@ def _read_text(path: Path) -> str:
 
 
 def _jsonl(path: Path, report: ImportReport) -> Iterator[tuple[int, Any]]:
-    text = _read_text(path)
-    if text.lstrip().startswith("["):  # a JSON array: positions count items, not lines
-        yield from enumerate(_json_array(path, text), start=1)
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    if data.lstrip().startswith(b"["):  # a JSON array: positions count items, not lines
+        yield from enumerate(_json_array(path, _read_text(path)), start=1)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Line by line, like a dataset import: one line that is not UTF-8 is that line's problem.
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             report.blank_lines += 1
+            continue
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield number, _BadUtf8(f"byte {line[err.start]:#x} at column {err.start + 1}")
             continue
         try:
             yield number, orjson.loads(line)
@@ -835,18 +841,55 @@ class _BadJson(str):
     """A line that is not JSON; carries the parser's message."""
 
 
+class _BadUtf8(str):
+    """A line (or CSV row) that is not UTF-8; says where the first bad byte is."""
+
+
+class _BadCsv(str):
+    """A CSV row the csv module cannot read; carries its message."""
+
+
+# Bytes that were not UTF-8, as decoded with errors="surrogateescape".
+_BAD_BYTES = re.compile("[\udc80-\udcff]")
+
+
 def _csv(path: Path, report: ImportReport) -> Iterator[tuple[int, Any]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    if reader.fieldnames is None:
+    # Undecodable bytes become lone surrogates, so only the row holding them is rejected.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as err:
+        raise ImportFormatError(f"{path.name}: unreadable CSV header ({err})") from None
+    if fieldnames is None:
         raise ImportFormatError(f"{path.name}: empty file; expected a header row with "
                                 f"{', '.join(IMPORT_FIELDS)}")
-    for record in reader:
+    if _BAD_BYTES.search("".join(fieldnames)):
+        raise ImportFormatError(f"{path.name}: the header row is not UTF-8; save the file as "
+                                "UTF-8")
+    rows = iter(reader)
+    while True:
+        try:
+            record = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield reader.line_num, _BadCsv(str(err))
+            continue
         # Header is line 1; a quoted field may span lines, so ask the reader where it is.
-        yield reader.line_num, {k: v for k, v in record.items() if k is not None}
+        values = {k: v for k, v in record.items() if k is not None}
+        if any(isinstance(v, str) and _BAD_BYTES.search(v) for v in values.values()):
+            yield reader.line_num, _BadUtf8("in this row")
+            continue
+        yield reader.line_num, values
 
 
 def _prediction_problem(record: Any, model: str | None) -> tuple[str, str, str] | None:
+    if isinstance(record, _BadUtf8):
+        return "(line)", f"not valid UTF-8 ({record})", "re-save the file as UTF-8"
+    if isinstance(record, _BadCsv):
+        return "(row)", f"bad CSV ({record})", "fix the quoting of this row"
     if isinstance(record, _BadJson):
         return "(line)", f"not valid JSON ({record})", "write one JSON object per line"
     if not isinstance(record, dict):

@@ -23,6 +23,18 @@ class StoreBusyError(WorkbenchError):
     """Another process held the store's write lock for longer than we were willing to wait."""
 
 
+class StoreError(WorkbenchError):
+    """The store file could not be read or written (an I/O failure, a fatal database error)."""
+
+
+class DiskFullError(StoreError):
+    """The disk (or the file size limit) is full; a write that failed left nothing half-done."""
+
+
+class PathNotAllowedError(WorkbenchError):
+    """A path the app may not read: outside the data folder while any-path imports are off."""
+
+
 class ConfigError(WorkbenchError):
     """An option or a combination of options is invalid; the message names the fields."""
 

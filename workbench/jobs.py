@@ -9,12 +9,24 @@ read them back (``status``), so progress survives a page reload. Cancel is a fla
 task polls; a process that dies without writing a final state (SIGKILL, out of memory) is
 reported as failed by ``status``. Jobs never hold the store open: they write results into the
 run folder and the caller ingests them.
+
+Only the worker writes ``status.json`` once it runs. Whether it still runs is told by a lock,
+not by its pid: the worker holds an exclusive ``flock`` on ``worker.lock`` for its whole life
+(the launcher takes it before starting the worker and hands it over), and the kernel drops it
+when the process dies, however it dies. A pid can be reused by an unrelated process; the lock
+cannot. ``cancel`` signals a process only if the lock is held and the pid still belongs to the
+process that recorded it (same start time), so it never kills a stranger.
+
+A run is named by its id, a plain name inside the runs folder; a path from a user is refused.
+A ``Path`` (a ``JobStatus.run_dir``) is the library's own handle and is used as it is.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +43,9 @@ from .exceptions import NotFoundError, WorkbenchError
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+LOCK_FILE = "worker.lock"
+LOCK_WAIT_S = 5.0  # how long a worker that was not handed the lock waits for it
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class Cancelled(Exception):
@@ -44,8 +59,25 @@ def runs_dir(home: str | Path | None = None) -> Path:
     return Path(home) if home is not None else default_home() / "runs"
 
 
+def check_run_id(run_id: str) -> str:
+    """Return run_id if it is a plain name (letters, digits, '.', '_', '-'); else NotFoundError."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise NotFoundError(f"no run {run_id!r}: a run id is a plain name such as "
+                            "20250101-120000-000-ab12 (see `workbench runs`), never a path")
+    return run_id
+
+
+def run_folder(run: str | Path, *, home: str | Path | None = None) -> Path:
+    """Return a run's folder: a run id (checked) in the runs folder, or a run_dir Path as is."""
+    if isinstance(run, os.PathLike):
+        return Path(run)
+    return runs_dir(home) / check_run_id(run)
+
+
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # A temp name of its own per writer: two writers sharing one would publish each other's
+    # half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_bytes(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
@@ -122,14 +154,67 @@ def start(task: str, params: dict, *, kind: str | None = None,
     config = {"task": task, "kind": kind or task.rsplit(".", 1)[-1], "params": params,
               "created": time.time()}
     _write_json(run_dir / "config.json", config)
-    _write_json(run_dir / "status.json", {"state": "queued"})
-    with open(run_dir / "log.txt", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "workbench.jobs", str(run_dir)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ,
-                                                             "PYTHONUNBUFFERED": "1"})
-    _write_json(run_dir / "status.json", {"state": "queued", "pid": proc.pid})
+    launch(run_dir)
     return status(run_dir)
+
+
+def launch(run_dir: Path) -> None:
+    """Start the worker of a prepared run folder (config.json written) in its own session.
+
+    The lock is taken here, before the worker exists, and handed to it: there is no moment
+    at which a reader could take a starting job for a dead one. After this call only the
+    worker writes status.json, so the launcher never overwrites the worker's state.
+    """
+    lock = _take_lock(run_dir, wait_s=LOCK_WAIT_S)
+    try:
+        # "locked": written under the lock the worker inherits, so from now on a free lock
+        # means the worker is gone, even if it died before writing a word.
+        _write_json(run_dir / "status.json", {"state": "queued", "locked": True})
+        try:
+            with open(run_dir / "log.txt", "ab") as log:
+                subprocess.Popen([sys.executable, "-m", "workbench.jobs", str(run_dir),
+                                  str(lock)], pass_fds=(lock,), stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except OSError as e:  # no worker exists, so writing its state here races with nobody
+            _write_json(run_dir / "status.json", {"state": "failed", "finished": time.time(),
+                                                  "error": f"cannot start the job: {e}"})
+            raise WorkbenchError(f"cannot start the job in {run_dir.name}: {e}") from None
+    finally:
+        os.close(lock)  # the worker keeps its inherited copy (the same open file)
+
+
+def _take_lock(run_dir: Path, *, wait_s: float) -> int:
+    """Return a descriptor holding the run's exclusive lock; WorkbenchError if busy too long."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            # A reader's probe holds it for microseconds; a live worker holds it for good.
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise WorkbenchError(f"run {run_dir.name} is already running in another "
+                                     "process") from None
+            time.sleep(0.02)
+
+
+def _lock_held(run_dir: Path) -> bool:
+    """Return whether a live worker holds the run's lock."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the shared lock this probe may have taken
+    return False
 
 
 def _new_run_dir(root: Path, run_id: str | None) -> Path:
@@ -137,7 +222,8 @@ def _new_run_dir(root: Path, run_id: str | None) -> Path:
     # within the same second, as a test or a quick double start does.
     now = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    run_id = run_id or f"{stamp}-{int(now * 1000) % 1000:03d}-{uuid.uuid4().hex[:4]}"
+    run_id = check_run_id(run_id) if run_id is not None else \
+        f"{stamp}-{int(now * 1000) % 1000:03d}-{uuid.uuid4().hex[:4]}"
     run_dir = root / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
@@ -161,11 +247,26 @@ def run_inline(task: str, params: dict, *, kind: str | None = None,
     return status(run_dir)
 
 
-def execute(run_dir: Path) -> None:
-    """Run the task described by a run folder and record its final state."""
+def execute(run_dir: Path, *, lock_fd: int | None = None) -> None:
+    """Run the task described by a run folder and record its final state.
+
+    ``lock_fd`` is the run's lock handed over by ``launch``; without it the lock is taken here
+    (an inline run, or a worker started by other code), and refused while another holds it.
+    """
+    fd = lock_fd if lock_fd is not None else _take_lock(run_dir, wait_s=LOCK_WAIT_S)
+    # A program this task starts must not inherit the lock and keep a dead run "running".
+    os.set_inheritable(fd, False)
+    try:
+        _execute(run_dir)
+    finally:
+        os.close(fd)
+
+
+def _execute(run_dir: Path) -> None:
     config = _read_json(run_dir / "config.json")
     ctx = JobContext(run_dir)
-    base = {"pid": os.getpid(), "started": time.time()}
+    # The start time pairs with the pid: a later process reusing the pid has another one.
+    base = {"pid": os.getpid(), "pid_start": _start_time(os.getpid()), "started": time.time()}
     _write_json(run_dir / "status.json", {**base, "state": "running"})
     try:
         result = _resolve(config["task"])(config["params"], ctx) or {}
@@ -197,22 +298,78 @@ def _reason(error: BaseException) -> str:
 
 def status(run: str | Path, *, home: str | Path | None = None) -> JobStatus:
     """Return a job's state, progress, ETA and result, read from its run folder."""
-    run_dir = Path(run) if Path(run).is_dir() else runs_dir(home) / str(run)
+    run_dir = run_folder(run, home=home)
     config = _read_json(run_dir / "config.json")
     if config is None:
         raise NotFoundError(f"no run '{run}' (no config.json in {run_dir})")
     st = _read_json(run_dir / "status.json", {"state": "queued"})
     state, error = st.get("state", "queued"), st.get("error", "")
-    if state not in FINAL and st.get("pid") and not _alive(st["pid"]):
-        state, error = "failed", "the job process died without finishing (killed, or out of memory)"
+    evs = events(run_dir)
+    if state not in FINAL:
+        state, error = _live_state(run_dir, st, bool(evs))
     job = JobStatus(run_dir.name, run_dir, config.get("kind", ""), state, config, error=error,
                     started=st.get("started"), finished=st.get("finished"),
                     result=_read_json(run_dir / "result.json", {}) if state == "done" else {})
-    _add_progress(job, events(run_dir))
+    _add_progress(job, evs)
     return job
 
 
-def _alive(pid: int) -> bool:
+def _live_state(run_dir: Path, st: dict, has_events: bool) -> tuple[State, str]:
+    """Return (state, error) of a job whose status.json names no final state."""
+    state = st.get("state", "queued")
+    pid = st.get("pid")
+    if pid:
+        _reap(pid)
+    if _lock_held(run_dir):
+        return ("running" if has_events else state), ""
+    if st.get("locked"):
+        pass  # launched with the lock handed over: a free lock means the worker is gone
+    elif state == "queued" and (not pid or _alive(pid, st.get("pid_start"))):
+        return state, ""  # launched by code that does not hand over the lock: still starting
+    elif state == "running" and pid and not (run_dir / LOCK_FILE).exists() \
+            and _alive(pid, st.get("pid_start")):
+        return state, ""  # a run folder written before workers held a lock
+    if (run_dir / "cancel").exists():
+        return "cancelled", ""  # stopped after the user asked it to
+    return "failed", "the job process died without finishing (killed, or out of memory)"
+
+
+def _reap(pid: int) -> None:
+    # A finished child of this process stays a zombie until someone waits for it.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _start_time(pid: int) -> str | None:
+    """Return when a process started (clock ticks since boot), or None if unknown or gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return _ps_start_time(pid)
+    try:
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime, counted after "comm)"
+    except IndexError:
+        return None
+
+
+def _ps_start_time(pid: int) -> str | None:
+    # Where there is no /proc (macOS), ps says when a process started.
+    if sys.platform.startswith("linux"):
+        return None  # no /proc entry on Linux: the process is gone
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _alive(pid: int, start: str | None = None) -> bool:
+    """Return whether pid runs (and, given its recorded start time, is the same process)."""
+    if start is not None and _start_time(pid) != start:
+        return False
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)  # reap our own finished child, if it is one
         if waited == pid:
@@ -265,7 +422,7 @@ def _add_progress(job: JobStatus, evs: list[dict]) -> None:
 
 def log_tail(run: str | Path, lines: int = 20, *, home: str | Path | None = None) -> str:
     """Return the last lines of a job's log."""
-    run_dir = Path(run) if Path(run).is_dir() else runs_dir(home) / str(run)
+    run_dir = run_folder(run, home=home)
     try:
         text = (run_dir / "log.txt").read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -274,19 +431,39 @@ def log_tail(run: str | Path, lines: int = 20, *, home: str | Path | None = None
 
 
 def cancel(run: str | Path, *, home: str | Path | None = None, grace_s: float = 10.0) -> None:
-    """Ask a job to stop; terminate its process if it has not stopped after a grace period."""
+    """Ask a job to stop; SIGTERM its worker (never another process) after a grace period.
+
+    The worker records its own final state; one that dies of the signal reads as cancelled.
+    """
     job = status(run, home=home)
     if not job.active:
         return
     (job.run_dir / "cancel").touch()
-    pid = (_read_json(job.run_dir / "status.json", {}) or {}).get("pid")
     deadline = time.monotonic() + grace_s
-    while pid and _alive(pid) and time.monotonic() < deadline:
+    while _lock_held(job.run_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if pid and _alive(pid):
-        os.killpg(os.getpgid(pid), signal.SIGTERM)
-        _write_json(job.run_dir / "status.json", {"state": "cancelled", "pid": pid,
-                                                  "finished": time.time()})
+    st = _read_json(job.run_dir / "status.json", {}) or {}
+    pid = st.get("pid")
+    if not (pid and _lock_held(job.run_dir) and _is_worker(pid, st.get("pid_start"))):
+        return
+    # The worker leads its own session (start_new_session), so its group is its pid and
+    # holds the programs it started; a worker started otherwise gets the signal alone.
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return  # it ended by itself a moment ago
+    deadline = time.monotonic() + grace_s  # let it record its state before we report it
+    while _lock_held(job.run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _is_worker(pid: int, start: str | None) -> bool:
+    # Only a pid whose start time matches the one the worker recorded is that worker; without a
+    # recorded start time nothing proves it, so nothing is signalled.
+    return start is not None and pid != os.getpid() and _start_time(pid) == start
 
 
 def list_runs(kind: str | None = None, *, home: str | Path | None = None) -> list[JobStatus]:
@@ -314,6 +491,7 @@ def wait(run: str | Path, *, home: str | Path | None = None, timeout: float = 60
 
 if __name__ == "__main__":
     # Import by package name so tasks and this worker share one Cancelled class.
-    from workbench.jobs import execute as _execute
+    from workbench.jobs import execute as _run
 
-    _execute(Path(sys.argv[1]))
+    # argv: the run folder, then the descriptor of the run's lock when the launcher handed it.
+    _run(Path(sys.argv[1]), lock_fd=int(sys.argv[2]) if len(sys.argv) > 2 else None)

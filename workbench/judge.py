@@ -4,24 +4,33 @@ The judge runs on the local model (bundled default or any local folder) or on an
 OpenAI-compatible chat endpoint (``{base_url}/chat/completions``; the key is read from the
 environment variable ``api_key_env``, never stored). Remote requests run ``max_concurrency``
 at a time, spaced to at most ``requests_per_minute``, and retried on 429 (honouring
-Retry-After), 5xx, timeouts and refused connections. A row whose request or answer fails gets
-a NaN score and the reason in ``judge_error``: it is never given a made-up score.
+Retry-After), 5xx, timeouts, refused and dropped connections. A row whose request or answer
+fails gets a NaN score and the reason in ``judge_error``: it is never given a made-up score,
+and the other rows go on.
 
-Only the standard library is used for HTTP (urllib + a thread pool), so nothing is added to
-the dependencies.
+The key goes only where the user pointed: a redirect is never followed (it could carry the
+key to another host), ``timeout_s`` bounds each attempt from connect to last byte (a server
+trickling bytes cannot hold a row forever), and an answer over ``MAX_RESPONSE_BYTES`` is
+refused. Which environment variables may be sent as a key at all is the user's choice:
+``WORKBENCH_JUDGE_KEY_VARS`` (comma-separated names, default ``OPENAI_API_KEY``), so a form
+in the app cannot send any other secret of the server's environment.
+
+Only the standard library is used for HTTP (http.client + a thread pool), so nothing is added
+to the dependencies. Proxy variables are not used: requests go straight to ``base_url``.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
 import re
 import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
@@ -35,6 +44,11 @@ from .exceptions import ConfigError
 Backend = Literal["local", "openai"]
 JUDGE_COLUMNS = ("judge_score", "judge_reason", "judge_error")
 MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause gets retried after this
+# A verdict is two short lines; even a verbose server's JSON around it is a few KB. A larger
+# answer is a misbehaving server, and reading it all would only cost memory.
+MAX_RESPONSE_BYTES = 1 << 20
+KEY_VARS_ENV = "WORKBENCH_JUDGE_KEY_VARS"
+DEFAULT_KEY_VARS = ("OPENAI_API_KEY",)
 DEFAULT_RUBRIC = """\
 You are grading one example from a dataset used to fine-tune an AI assistant.
 Rate the RESPONSE to the INSTRUCTION for helpfulness, correctness and clarity, from 1 (useless, \
@@ -83,6 +97,11 @@ class JudgeConfig:
                               "http(s) URL such as http://127.0.0.1:8000/v1")
         if "{response}" not in self.rubric:
             raise ConfigError("rubric: must contain {response} (and usually {prompt})")
+        if self.api_key_env and self.api_key_env not in allowed_key_vars():
+            raise ConfigError(f"api_key_env={self.api_key_env!r}: not an allowed key variable "
+                              f"({', '.join(allowed_key_vars()) or 'none'}); to send it, add its "
+                              f"name to {KEY_VARS_ENV} (comma-separated) where the app or job "
+                              "runs")
         for name in ("max_concurrency", "max_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
@@ -120,9 +139,14 @@ class _Retryable(JudgeError):
 
 # --- prompts and answers ----------------------------------------------------------------------
 
+_FIELD = re.compile(r"\{(prompt|response)\}")
+
+
 def render_rubric(rubric: str, prompt: str, response: str) -> str:
     """Return the rubric with {prompt} and {response} filled in (other braces left alone)."""
-    return rubric.replace("{prompt}", prompt).replace("{response}", response)
+    # One pass over the rubric: a prompt that contains the text "{response}" stays as it is.
+    values = {"prompt": prompt, "response": response}
+    return _FIELD.sub(lambda m: values[m.group(1)], rubric)
 
 
 def parse_verdict(text: str) -> tuple[float, str]:
@@ -189,9 +213,19 @@ class RateLimiter:
             time.sleep(at - now)
 
 
+def allowed_key_vars() -> tuple[str, ...]:
+    """Return the environment variables the judge may send as a key ($WORKBENCH_JUDGE_KEY_VARS)."""
+    value = os.environ.get(KEY_VARS_ENV)
+    if value is None:
+        return DEFAULT_KEY_VARS
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def _api_key(config: JudgeConfig) -> str | None:
     if not config.api_key_env:
         return None
+    if config.api_key_env not in allowed_key_vars():  # the allow-list may change after a start
+        raise ConfigError(f"api_key_env={config.api_key_env!r}: not in {KEY_VARS_ENV}")
     key = os.environ.get(config.api_key_env)
     if not key:
         raise ConfigError(f"api_key_env={config.api_key_env!r}: that environment variable is "
@@ -200,15 +234,21 @@ def _api_key(config: JudgeConfig) -> str | None:
     return key
 
 
-def _request(config: JudgeConfig, key: str | None, prompt: str) -> urllib.request.Request:
+@dataclass(frozen=True)
+class _Request:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def _request(config: JudgeConfig, key: str | None, prompt: str) -> _Request:
     body = {"model": config.model, "messages": [{"role": "user", "content": prompt}],
             "temperature": config.temperature, "max_tokens": config.max_tokens}
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     url = str(config.base_url).rstrip("/") + "/chat/completions"
-    return urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers,
-                                  method="POST")
+    return _Request(url, json.dumps(body).encode(), headers)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -224,25 +264,107 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def _post(request: urllib.request.Request, timeout_s: float) -> bytes:
-    """Return the body of a 200 answer; raise _Retryable for passing trouble, else JudgeError."""
+class _Deadline:
+    """Shuts a socket when the wall-clock limit passes, which ends any read blocked on it."""
+
+    def __init__(self, seconds: float):
+        self.expired, self.sock = False, None
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Guard this socket (shut it at once if the time is already up)."""
+        self.sock = sock
+        if self.expired:
+            self._fire()
+
+    def _fire(self) -> None:
+        self.expired = True
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def cancel(self) -> None:
+        """Stop the timer (the exchange is over)."""
+        self._timer.cancel()
+
+
+def _connection(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    parts = urllib.parse.urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s,
+                                           context=ssl.create_default_context()), target
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s), target
+
+
+def _post(request: _Request, timeout_s: float) -> bytes:
+    """Return the body of a 200 answer; raise _Retryable for passing trouble, else JudgeError.
+
+    ``timeout_s`` bounds the whole exchange, from connect to the last byte.
+    """
+    conn, target = _connection(request.url, timeout_s)
+    deadline = _Deadline(timeout_s)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
-            return answer.read()
-    except urllib.error.HTTPError as e:
-        detail = _clip(e.read().decode("utf-8", "replace").strip(), 200)
-        if e.code == 429:
-            raise _Retryable("HTTP 429 (rate limited)", _retry_after(e.headers.get(
-                "Retry-After"))) from None
-        if e.code >= 500:
-            raise _Retryable(f"HTTP {e.code} {detail}".strip()) from None
-        raise JudgeError(f"HTTP {e.code} {detail}".strip()) from None
-    except (TimeoutError, socket.timeout):
+        conn.connect()  # bounded by the socket timeout; then the deadline guards the socket
+        # The socket itself, not conn.sock: a response that closes the connection takes the
+        # socket over and conn.sock becomes None.
+        deadline.watch(conn.sock)
+        conn.request("POST", target, body=request.body, headers=request.headers)
+        answer = conn.getresponse()
+        return _read_answer(answer, request.url)
+    except TimeoutError:  # socket.timeout is TimeoutError
         raise _Retryable(f"timed out after {timeout_s:g} s") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+    except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError,
+            BrokenPipeError) as e:
+        if deadline.expired:
             raise _Retryable(f"timed out after {timeout_s:g} s") from None
-        raise _Retryable(f"cannot reach {request.full_url}: {e.reason}") from None
+        raise _Retryable(f"the server dropped the connection ({type(e).__name__})") from None
+    except http.client.HTTPException as e:
+        if deadline.expired:
+            raise _Retryable(f"timed out after {timeout_s:g} s") from None
+        raise JudgeError(f"not a valid HTTP answer ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        if deadline.expired:
+            raise _Retryable(f"timed out after {timeout_s:g} s") from None
+        raise _Retryable(f"cannot reach {request.url}: {e.strerror or e}") from None
+    finally:
+        deadline.cancel()
+        conn.close()
+
+
+def _read_answer(answer: http.client.HTTPResponse, url: str) -> bytes:
+    if 300 <= answer.status < 400:
+        # Following would send the request, key included, wherever the server says.
+        raise JudgeError(f"HTTP {answer.status}: the server redirects to "
+                         f"{answer.getheader('Location') or '?'}; redirects are not followed "
+                         "(the key goes only to the base URL): set the base URL to the final "
+                         "address")
+    body = _read_capped(answer)
+    if answer.status == 200:
+        return body
+    detail = _clip(body.decode("utf-8", "replace").strip(), 200)
+    if answer.status == 429:
+        raise _Retryable("HTTP 429 (rate limited)", _retry_after(answer.getheader("Retry-After")))
+    if answer.status >= 500:
+        raise _Retryable(f"HTTP {answer.status} {detail}".strip())
+    raise JudgeError(f"HTTP {answer.status} {detail}".strip())
+
+
+def _read_capped(answer: http.client.HTTPResponse) -> bytes:
+    declared = answer.getheader("Content-Length")
+    if declared and declared.strip().isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise JudgeError(f"the answer is {int(declared):,} bytes, over the "
+                         f"{MAX_RESPONSE_BYTES:,}-byte limit; refused")
+    body = answer.read(MAX_RESPONSE_BYTES + 1)
+    if answer.length:  # a read of a set size stops quietly where the server hung up
+        raise http.client.IncompleteRead(body, answer.length)
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise JudgeError(f"the answer is over the {MAX_RESPONSE_BYTES:,}-byte limit; refused")
+    return body
 
 
 def _content(body: bytes) -> str:

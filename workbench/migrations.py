@@ -48,4 +48,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         """CREATE TABLE flagged (version_id INTEGER NOT NULL, row_key BIGINT NOT NULL,
             reason VARCHAR NOT NULL, detail VARCHAR)""",
     ]),
+    (4, "ids are never reused; imports are staged until published", [
+        # The next version id and row key to hand out. A deleted dataset's ids stay used, so
+        # a run folder that recorded v2 can never point at other data.
+        "CREATE TABLE id_counters (name VARCHAR PRIMARY KEY, next_id BIGINT NOT NULL)",
+        "INSERT INTO id_counters SELECT 'version', coalesce(max(version_id), 0) + 1 FROM versions",
+        "INSERT INTO id_counters SELECT 'row', coalesce(max(row_key), 0) + 1 FROM rows",
+        # A big import commits its rows in chunks under a version id that has no `versions`
+        # row yet, so nobody sees it; this records which process owns it, so the leftovers of
+        # a killed import can be removed.
+        """CREATE TABLE staged_versions (version_id INTEGER PRIMARY KEY, dataset VARCHAR NOT NULL,
+            pid INTEGER, host VARCHAR, started_at TIMESTAMP DEFAULT current_timestamp)""",
+    ]),
 ]

@@ -40,6 +40,14 @@ RESERVED_KEYS: frozenset[str] = frozenset(
     {"messages", "conversations", "text", "metadata", *_ALPACA_KEYS, *PROMPT_KEYS,
      *COMPLETION_KEYS})
 
+# Size caps of one row, checked on import and on every edit, so that no single row can make
+# the store, a page or a training batch unusable (a 50 MB metadata value, 50,000 turns).
+MAX_CHARS = 1_000_000  # characters of one turn's content
+MAX_TURNS = 1_000  # turns of one conversation
+MAX_METADATA_BYTES = 1_000_000  # bytes of one row's metadata as JSON
+# Integers a 64-bit column (DuckDB, Parquet, Arrow) holds exactly; wider ones become strings.
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
 
 @dataclass(frozen=True)
 class RowError(Exception):
@@ -293,6 +301,30 @@ def _from_text(record: dict) -> tuple[list[dict], dict]:
 
 _CONVERTERS = {"alpaca": _from_alpaca, "openai": _from_openai, "sharegpt": _from_sharegpt,
                "prompt_completion": _from_prompt_completion, "text": _from_text}
+
+
+def check_size(messages: list[dict], max_chars: int = MAX_CHARS) -> None:
+    """Raise RowError if a conversation has more turns, or a turn more characters, than allowed."""
+    if len(messages) > MAX_TURNS:
+        raise RowError("messages", f"too many turns ({len(messages):,} > {MAX_TURNS:,})",
+                       "split the conversation into several rows")
+    for i, m in enumerate(messages):
+        if len(m["content"]) > max_chars:
+            raise RowError(f"messages[{i}].content",
+                           f"field too large ({len(m['content']):,} characters > {max_chars:,})",
+                           "split the text, or raise the limit with max_chars / --max-chars")
+
+
+def check_metadata_size(encoded: bytes, metadata: dict) -> None:
+    """Raise RowError naming the biggest key if metadata JSON is over MAX_METADATA_BYTES."""
+    if len(encoded) <= MAX_METADATA_BYTES:
+        return
+    sizes = {k: len(orjson.dumps(v, default=str, option=orjson.OPT_NON_STR_KEYS))
+             for k, v in metadata.items()}
+    key = max(sizes, key=sizes.__getitem__)
+    raise RowError(f"metadata.{key}", f"metadata too large ({len(encoded):,} bytes of JSON > "
+                   f"{MAX_METADATA_BYTES:,}; '{key}' alone is {sizes[key]:,})",
+                   "keep large payloads out of metadata (store a path or id instead)")
 
 
 def check_messages(messages: list[dict]) -> None:

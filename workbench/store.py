@@ -17,7 +17,10 @@ already has the file open reuses that connection.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,10 +36,13 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from .exceptions import NotFoundError, StoreBusyError, WorkbenchError
-from .io import ImportReport, RowBatch, batch_examples, read_batches, write_dataset
+from .exceptions import (DiskFullError, ExportError, NotFoundError, StoreBusyError, StoreError,
+                         WorkbenchError)
+from .io import (ImportReport, Rejection, RowBatch, batch_examples, encode_metadata, hf_splits,
+                 read_batches, write_dataset)
 from .migrations import MIGRATIONS
-from .schema import (Example, RowError, StepResult, check_messages, id_of_encoded, prompt_text,
+from .schema import (Example, RowError, StepResult, check_messages, check_size, id_of_encoded,
+                     prompt_text,
                      response_text)
 
 DEFAULT_HOME = Path("storage")
@@ -48,6 +54,31 @@ ROW_GROUP_ROWS = 16_384
 # Alpaca: 13 MB and ~0.32 s of CPU against 27 MB and ~0.14 s); imports must stay near the
 # speed of a plain pandas read, so by default text is stored as it is.
 COMPRESS_TEXT = False
+# An import (or any big add) commits its rows in chunks of about this much work, each in its
+# own short transaction, under a version nobody sees until a last short transaction publishes
+# it: other processes (the app, `workbench list`, jobs) wait for one chunk at most, and a
+# killed import leaves nothing half-visible.
+IMPORT_CHUNK_SECONDS = 0.5
+# ... and at most about this many bytes of encoded rows, which bounds an import's memory (one
+# chunk is parsed while the one before it is inserted) whatever the machine's speed.
+IMPORT_CHUNK_BYTES = 16 << 20
+# Dataset names become file names (exports, downloads): letters, digits, space, - _ and .,
+# starting with a letter or digit, not ending with a space or a dot.
+DATASET_NAME_MAX = 64
+_DATASET_NAME = re.compile(r"[^\W_](?:[\w .-]*[\w-])?")
+
+
+def check_dataset_name(name: Any) -> str:
+    """Return ``name`` if a new dataset may have it; raise WorkbenchError saying what is allowed."""
+    if not isinstance(name, str) or not name.strip():
+        raise WorkbenchError("a dataset needs a non-empty name")
+    if len(name) > DATASET_NAME_MAX or not _DATASET_NAME.fullmatch(name):
+        shown = name if len(name) <= 70 else name[:69] + "…"
+        raise WorkbenchError(
+            f"dataset name {shown!r} is not allowed: use up to {DATASET_NAME_MAX} letters, "
+            "digits, spaces, '-', '_' and '.', starting with a letter or digit and not ending "
+            "with a space or '.' (for example 'support-eval')")
+    return name
 
 
 def default_home() -> Path:
@@ -139,10 +170,11 @@ _HOST: list = []  # [pid, connection]
 _HOST_GUARD = threading.Lock()
 _PATH_LOCKS: dict[str, threading.RLock] = {}
 _OPEN = threading.local()  # store key -> [connection, in_transaction] for the current thread
+_LOG = logging.getLogger(__name__)
 
 
-def _host_cursor() -> duckdb.DuckDBPyConnection:
-    """Return a new connection to this process's host DuckDB (one per call and thread)."""
+def _host() -> duckdb.DuckDBPyConnection:
+    """Return this process's host DuckDB, creating it on first use (or after a reset)."""
     with _HOST_GUARD:
         if not _HOST or _HOST[0] != os.getpid():  # a forked child needs its own instance
             con = duckdb.connect(":memory:")
@@ -152,7 +184,59 @@ def _host_cursor() -> duckdb.DuckDBPyConnection:
             if not COMPRESS_TEXT:
                 con.execute("SET disabled_compression_methods = 'dict_fsst'")
             _HOST[:] = [os.getpid(), con]
-        return _HOST[1].cursor()
+        return _HOST[1]
+
+
+def _host_cursor() -> duckdb.DuckDBPyConnection:
+    """Return a new connection to this process's host DuckDB (one per call and thread)."""
+    return _host().cursor()
+
+
+def _reset_host(broken: duckdb.DuckDBPyConnection | None) -> None:
+    """Close a host DuckDB that hit a fatal error; the next call starts a fresh one.
+
+    A fatal error invalidates the whole instance: every later query on it fails, and the
+    files it has attached stay locked against other processes until it is closed.
+    """
+    with _HOST_GUARD:
+        if broken is None or not _HOST or _HOST[1] is not broken:
+            return  # another thread replaced it already
+        _HOST.clear()
+    try:
+        broken.close()  # closes its cursors too, which releases every attached file
+    except duckdb.Error:
+        pass
+
+
+# DuckDB words a full disk differently per operation; the OS error text is always in it.
+_DISK_FULL = ("No space left on device", "File too large", "Disk quota exceeded",
+              "not enough space")
+_WRITE_FAILED = re.compile(r'Could not write file "([^"]+)": ([^\n.]+)')
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return any(s in str(error) for s in _DISK_FULL)
+
+
+def _is_fatal(error: BaseException) -> bool:
+    return isinstance(error, duckdb.FatalException) or \
+        "has been invalidated because of a previous fatal error" in str(error)
+
+
+def _store_error(error: duckdb.Error, path: str) -> Exception:
+    """Return the WorkbenchError a DuckDB failure means for the user, or the error itself."""
+    text = str(error)
+    found = _WRITE_FAILED.search(text)
+    detail = f"could not write {found.group(1)}: {found.group(2)}" if found else \
+        text.strip().splitlines()[0][:300]
+    if _is_disk_full(error):
+        return DiskFullError(f"{path}: disk full: free space and retry ({detail})")
+    if _is_fatal(error):
+        return StoreError(f"{path}: the database hit a fatal error and was closed; nothing "
+                          f"was saved by this step: retry ({detail})")
+    if isinstance(error, duckdb.IOException):
+        return StoreError(f"{path}: {detail}")
+    return error
 
 
 def _path_lock(path: str) -> threading.RLock:
@@ -194,7 +278,12 @@ class Store:
     # --- connections ---------------------------------------------------------------------
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Yield a connection that is closed (and the file lock released) afterwards."""
+        """Yield a connection that is closed (and the file lock released) afterwards.
+
+        A DuckDB failure that the user can act on (a full disk, an unreadable file, a fatal
+        error) comes out as a StoreError naming the file; after a fatal one the process's
+        DuckDB is recreated, so the next call works and other processes can open the file.
+        """
         held = self._held()
         if held is not None:  # a nested call in this thread: share its connection
             yield held[0]
@@ -202,15 +291,26 @@ class Store:
         if not self._lock.acquire(timeout=self.lock_timeout):
             raise StoreBusyError(f"{self.path}: busy in this process for {self.lock_timeout:.0f} "
                                  "s; retry when the running operation ends")
+        host = None
         try:
-            con = self._con if self._memory else self._attach()
+            if self._memory:
+                con = self._con
+            else:
+                host, con = self._attach()
             self._open_map()[self._key] = [con, False]
             try:
                 yield con
             finally:
                 del self._open_map()[self._key]
                 if not self._memory:
-                    self._detach(con)
+                    self._detach(con, host)
+        except duckdb.Error as e:
+            if _is_fatal(e) and host is not None:
+                _reset_host(host)
+            translated = _store_error(e, self.path)
+            if translated is e:
+                raise
+            raise translated from e
         finally:
             self._lock.release()
 
@@ -222,34 +322,74 @@ class Store:
     def _held(self) -> list | None:
         return self._open_map().get(self._key)
 
-    def _attach(self) -> duckdb.DuckDBPyConnection:
+    def _attach(self) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
+        """Return (host, a cursor of it with the store file attached and in use)."""
         deadline, wait = time.monotonic() + self.lock_timeout, 0.005
         while True:
-            con = _host_cursor()
+            host = _host()
+            try:
+                con = host.cursor()
+            except duckdb.ConnectionException:  # another thread just closed a broken host
+                continue
             try:
                 con.execute(f"ATTACH '{_sql_str(self.path)}' AS {self._alias} "
                             f"(ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
                 con.execute(f"USE {self._alias}")
-                return con
+                return host, con
             except duckdb.Error as e:
                 con.close()
+                if _is_fatal(e):
+                    _reset_host(host)
+                    raise _store_error(e, self.path) from None
+                if _is_disk_full(e):  # replaying the write-ahead log needs room too
+                    raise _store_error(e, self.path) from None
                 if not _is_lock_conflict(e):
                     raise WorkbenchError(f"{self.path}: cannot open the store ({e})") from None
+                # We hold this file's lock in this process, so our own alias still attached
+                # is a leftover of a call whose DETACH failed: let go of it, then retry.
+                self._release_leftover(host)
             if time.monotonic() > deadline:
                 raise StoreBusyError(f"{self.path}: another process kept the store locked for "
                                      f"{self.lock_timeout:.0f} s; close it or retry")
             time.sleep(wait)
             wait = min(wait * 2, 0.1)
 
-    def _detach(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _attached(self, cursor: duckdb.DuckDBPyConnection) -> bool:
+        return bool(cursor.execute("SELECT 1 FROM duckdb_databases() WHERE database_name = ?",
+                                   [self._alias]).fetchall())
+
+    def _release_leftover(self, host: duckdb.DuckDBPyConnection) -> None:
+        cursor = host.cursor()
+        try:
+            if self._attached(cursor):
+                cursor.execute(f"DETACH {self._alias}")
+        except duckdb.Error:
+            _reset_host(host)  # it cannot be detached: only closing the instance frees the file
+        finally:
+            cursor.close()
+
+    def _detach(self, con: duckdb.DuckDBPyConnection,
+                host: duckdb.DuckDBPyConnection | None = None) -> None:
         # Closing the cursor ends its transaction and drops its temp tables and views;
         # DETACH then checkpoints and lets go of the file.
         con.close()
-        host = _host_cursor()
+        cursor = (host or _host()).cursor()
         try:
-            host.execute(f"DETACH {self._alias}")
+            cursor.execute(f"DETACH {self._alias}")
+        except duckdb.Error as e:
+            if self._attached(cursor):
+                _reset_host(host)  # never keep the file locked against other processes
+                raise
+            if _is_fatal(e) or "CHECKPOINT during DETACH failed" not in str(e):
+                raise
+            # Committed changes are safe in the write-ahead log, and the next ATTACH replays
+            # them; only folding them into the file failed (a full disk, typically), and the
+            # file is released. So the call stands; a write that does not fit fails loudly.
+            _LOG.warning("%s: could not checkpoint the store (%s); its changes stay in the "
+                         "write-ahead log until there is room", self.path,
+                         _store_error(e, self.path))
         finally:
-            host.close()
+            cursor.close()
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -264,7 +404,10 @@ class Store:
             try:
                 yield con
             except BaseException:
-                con.execute("ROLLBACK")
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a failed write may have ended it already; keep the first error
                 raise
             finally:
                 state[1] = False
@@ -307,8 +450,7 @@ class Store:
         if not create:
             known = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
             raise NotFoundError(f"no dataset named '{name}'; known: {', '.join(known) or 'none'}")
-        if not isinstance(name, str) or not name.strip():
-            raise WorkbenchError("a dataset needs a non-empty name")
+        check_dataset_name(name)
         new_id = _one(con, "SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets")[0]
         con.execute("INSERT INTO datasets (dataset_id, name) VALUES (?, ?)", [new_id, name])
         return new_id
@@ -371,41 +513,69 @@ class Store:
         return chain[::-1]
 
     def _new_version(self, con: Any, dataset_id: int, parent: int | None, operation: str,
-                     params: dict, counts: dict, message: str = "") -> int:
-        vid = _one(con, "SELECT coalesce(max(version_id), 0) + 1 FROM versions")[0]
+                     params: dict, counts: dict, message: str = "", vid: int | None = None
+                     ) -> int:
+        vid = _new_version_id(con) if vid is None else vid
         con.execute("""INSERT INTO versions (version_id, dataset_id, parent_id, operation, params,
                        counts, message) VALUES (?, ?, ?, ?, ?, ?, ?)""",
                     [vid, dataset_id, parent, operation, _json(params), _json(counts), message])
         return vid
 
-    def _finish_version(self, con: Any, vid: int) -> None:
+    def _finish_version(self, con: Any, vid: int, *, activate: bool = True) -> None:
         n = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?", [vid])[0]
         con.execute("UPDATE versions SET n_rows = ? WHERE version_id = ?", [n, vid])
-        con.execute("UPDATE datasets SET active_version = ? WHERE dataset_id = (SELECT "
-                    "dataset_id FROM versions WHERE version_id = ?)", [vid, vid])
+        if activate:
+            con.execute("UPDATE datasets SET active_version = ? WHERE dataset_id = (SELECT "
+                        "dataset_id FROM versions WHERE version_id = ?)", [vid, vid])
 
     # --- import ----------------------------------------------------------------------------
     def import_file(self, path: str | Path, dataset: str, *, shape: str = "auto",
                     display_name: str | None = None, max_chars: int | None = None,
-                    progress: Callable[[int], None] | None = None
+                    progress: Callable[[int], None] | None = None, split: str | None = None
                     ) -> tuple[VersionInfo, ImportReport]:
         """Import a file as a new version of a dataset; return it and the import report.
 
-        A file that is no dataset raises ImportFormatError and leaves the store unchanged.
+        A file that is no dataset raises ImportFormatError and leaves the store unchanged. The
+        file is streamed and committed in short chunks (see IMPORT_CHUNK_SECONDS), so other
+        processes can use the store meanwhile; the version appears only once complete.
+        ``split`` picks one split of a Hugging Face DatasetDict folder (recorded in params).
         """
         kwargs = {"max_chars": max_chars} if max_chars else {}
         report, batches = read_batches(path, shape=shape, display_name=display_name,
-                                       progress=progress, **kwargs)
+                                       progress=progress, split=split, **kwargs)
         params = {"file": report.file, "kind": report.kind, "shape": shape}
+        if report.split is not None:
+            params["split"] = report.split
 
         def finish() -> tuple[dict, dict]:
             counts = {"rows_read": report.rows_read, "imported": report.imported,
                       "rejected": len(report.rejected)}
-            return {**params, "kind": report.kind, "shapes": dict(report.shapes)}, counts
+            final = {**params, "kind": report.kind, "shapes": dict(report.shapes)}
+            if report.notes:
+                final["kept_as_text"] = len(report.notes)
+            return final, counts
 
         info = self._add_batches(dataset, batches, operation="import", params=params,
                                  finish=finish, report=report)
         return info, report
+
+    def import_splits(self, path: str | Path, dataset: str, *, split: str | None = None,
+                      **options: Any) -> list[tuple[VersionInfo, ImportReport]]:
+        """Import a file; a Hugging Face DatasetDict folder gives one dataset per split, named
+        DATASET-SPLIT (or only ``split``, into DATASET). Return each version and its report."""
+        splits = hf_splits(path) if split is None and Path(path).is_dir() else None
+        if not splits or len(splits) == 1:
+            return [self.import_file(path, dataset, split=split, **options)]
+        names = {s: f"{dataset}-{s}" for s in splits}
+        with self.connect() as con:  # every name is checked before any split is imported
+            for s, name in names.items():
+                if _one(con, "SELECT 1 FROM datasets WHERE name = ?", [name]) is None:
+                    try:
+                        check_dataset_name(name)
+                    except WorkbenchError as e:
+                        raise WorkbenchError(f"split '{s}': {e}; import it alone with --split "
+                                             f"{s} and a dataset name of your own") from None
+        return [self.import_file(path, name, split=s, **options) for s, name in names.items()]
 
     def add_examples(self, dataset: str, examples: Iterable[Example], *,
                      operation: str = "import", params: dict | None = None,
@@ -430,32 +600,101 @@ class Store:
                      params: dict, finish: Callable[[], tuple[dict, dict]],
                      parent: int | None = None, report: ImportReport | None = None,
                      message: str = "", added: list[int] | None = None) -> VersionInfo:
-        with self.transaction() as con:
+        """Store batches as a new version. Input that fits in one chunk is one transaction;
+        a longer one is staged chunk by chunk under a version id with no `versions` row (so
+        invisible), then published in one short transaction. On failure the staged rows go.
+
+        Each chunk is read and parsed before its transaction opens, so the store is held only
+        while rows are inserted, and other processes get their turn between chunks.
+        """
+        chunks = _Chunks(batches, report)
+
+        def publish(con: Any, staged: _Staged) -> VersionInfo:
             dataset_id = self._dataset_id(con, dataset, create=True)
             if parent is not None:
-                self._check_parent(con, parent, dataset_id)
-            vid = self._new_version(con, dataset_id, parent, operation, params, {}, message)
-            first = _next_row_key(con)
-            n = _insert_batches(con, batches, first)
-            if added is not None:
-                added.append(n)
-            start = 0
-            if parent is not None:
+                self._check_parent(con, parent, dataset_id)  # again: it may have changed
                 con.execute("""INSERT INTO version_rows SELECT ?, pos, row_key FROM version_rows
-                               WHERE version_id = ? ORDER BY pos""", [vid, parent])
-                start = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?",
-                             [vid])[0]
-            con.execute("INSERT INTO version_rows SELECT ?, ? + i, ? + i FROM range(?) t(i)",
-                        [vid, start, first, n])
-            if report is not None:
-                _insert_rejects(con, vid, report)
+                               WHERE version_id = ? ORDER BY pos""", [staged.vid, parent])
+            if added is not None:
+                added.append(staged.n)
+            staged.save_rejects(con)
             final_params, counts = finish()
-            con.execute("UPDATE versions SET params = ?, counts = ? WHERE version_id = ?",
-                        [_json(final_params), _json(counts), vid])
-            self._finish_version(con, vid)
-            return self.version(vid)
+            self._new_version(con, dataset_id, parent, operation, final_params, counts,
+                              message, vid=staged.vid)
+            self._finish_version(con, staged.vid)
+            con.execute("DELETE FROM staged_versions WHERE version_id = ?", [staged.vid])
+            return self.version(staged.vid)
 
-    def _check_parent(self, con: Any, parent: int, dataset_id: int) -> None:
+        chunk = chunks.take()
+        with self.transaction() as con:
+            self._discard_abandoned(con)
+            staged = _Staged(_new_version_id(con), self._start_rows(con, dataset, parent), report)
+            if chunks.done:  # it all fits in one chunk: nothing is staged
+                staged.add(con, chunk)
+                return publish(con, staged)
+            con.execute("INSERT INTO staged_versions (version_id, dataset, pid, host) VALUES "
+                        "(?, ?, ?, ?)", [staged.vid, dataset, os.getpid(), socket.gethostname()])
+        try:
+            return self._add_chunks(staged, chunk, chunks, publish)
+        except BaseException:
+            self._drop_staged(staged.vid)
+            raise
+
+    def _add_chunks(self, staged: _Staged, chunk: _Chunk, chunks: _Chunks,
+                    publish: Callable[[Any, _Staged], VersionInfo]) -> VersionInfo:
+        """Insert chunks, each in its own transaction, and publish with the last one. A worker
+        thread inserts one chunk while this thread parses the next (two cores overlap)."""
+        def insert(part: _Chunk, last: bool) -> VersionInfo | None:
+            with self.transaction() as con:
+                staged.add(con, part)
+                return publish(con, staged) if last else None
+
+        if self._held() is not None:  # inside the caller's transaction: stay on its thread
+            while not chunks.done:
+                insert(chunk, False)
+                chunk = chunks.take()
+            return insert(chunk, True)
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending = worker.submit(insert, chunk, False)
+            while not chunks.done:
+                chunk = chunks.take()
+                pending.result()  # one chunk in flight: memory stays bounded
+                pending = worker.submit(insert, chunk, chunks.done)
+            return pending.result()
+
+    def _start_rows(self, con: Any, dataset: str, parent: int | None) -> int:
+        """Check a new version may be added (name, parent); return the parent's row count."""
+        found = _one(con, "SELECT dataset_id FROM datasets WHERE name = ?", [dataset])
+        if found is None:
+            check_dataset_name(dataset)
+        if parent is None:
+            return 0
+        self._check_parent(con, parent, found[0] if found else None)
+        return _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?", [parent])[0]
+
+    def _drop_staged(self, vid: int) -> None:
+        try:
+            with self.transaction() as con:
+                _drop_staged(con, [vid])
+        except Exception as e:  # the process is alive, so a later import cannot tell; say it
+            _LOG.warning("%s: could not remove the rows of the failed import of version %s "
+                         "(%s); they stay invisible and are removed once this process ends",
+                         self.path, vid, e)
+
+    def discard_unfinished(self) -> int:
+        """Remove what imports that were killed left staged; return how many there were."""
+        with self.transaction() as con:
+            return self._discard_abandoned(con)
+
+    def _discard_abandoned(self, con: Any) -> int:
+        staged = con.execute("""SELECT version_id, pid, host, started_at <
+            CAST(current_timestamp AS TIMESTAMP) - INTERVAL 1 DAY FROM staged_versions""").fetchall()
+        gone = [vid for vid, pid, host, old in staged if _abandoned(pid, host, old)]
+        if gone:
+            _drop_staged(con, gone)
+        return len(gone)
+
+    def _check_parent(self, con: Any, parent: int, dataset_id: int | None) -> None:
         found = _one(con, "SELECT dataset_id FROM versions WHERE version_id = ?", [parent])
         if found is None:
             raise NotFoundError(f"no version {parent}")
@@ -667,7 +906,11 @@ class Store:
     def edit_row(self, version_id: int, row_key: int, *, messages: list[dict] | None = None,
                  metadata: dict | None = None, tags: list[str] | None = None,
                  note: str | None = None) -> VersionInfo:
-        """Make a child version in which one row is replaced by its edited copy; return it."""
+        """Make a child version in which one row is replaced by its edited copy; return it.
+
+        The child becomes the dataset's active version only if ``version_id`` was: an edit of
+        an older version never silently replaces newer work as the default.
+        """
         current = self.row(row_key)
         new_messages = list(messages) if messages is not None else list(current.example.messages)
         _validate_edit(new_messages, metadata, tags, note)
@@ -720,6 +963,8 @@ class Store:
                 raise NotFoundError(f"row {frame['row_key'].iloc[0]} is not in version "
                                     f"{version_id}")
             counts = {f"changed:{operation}": len(frame)}
+            active = _one(con, """SELECT d.active_version FROM datasets d JOIN versions v
+                USING (dataset_id) WHERE v.version_id = ?""", [version_id])
             vid = self._child(con, version_id, operation, params, counts, "")
             mapping = self._store_changed(con, vid, frame, changed)
             con.register("_map", pa.table({"row_key": pa.array(list(mapping), pa.int64()),
@@ -729,7 +974,7 @@ class Store:
                 vr.row_key) FROM version_rows vr LEFT JOIN _map m USING (row_key)
                 WHERE vr.version_id = ? ORDER BY vr.pos""", [vid, version_id])
             con.unregister("_map")
-            self._finish_version(con, vid)
+            self._finish_version(con, vid, activate=active is not None and active[0] == version_id)
         return self.version(vid)
 
     def removed(self, version_id: int) -> pd.DataFrame:
@@ -817,12 +1062,32 @@ class Store:
             con.execute("DROP TABLE _a; DROP TABLE _b")
         return Diff(_with_previews(added), _with_previews(removed), changed)
 
-    def export(self, version_id: int, path: str | Path, fmt: str) -> Path:
-        """Write a version in an export format; return the path written."""
-        return write_dataset(self.examples(version_id), path, fmt)
+    def export(self, version_id: int, path: str | Path, fmt: str, *,
+               overwrite: bool = False) -> Path:
+        """Write a version in an export format; return the path written.
+
+        Never writes the store itself or anything in the data folder; an existing target is
+        refused unless ``overwrite``, and replaced atomically when it is (see write_dataset).
+        """
+        self._check_export_target(Path(path))
+        return write_dataset(self.examples(version_id), path, fmt, overwrite=overwrite)
+
+    def _check_export_target(self, path: Path) -> None:
+        target = path.expanduser().resolve()
+        if not self._memory and target in (Path(self.path), Path(self.path + ".wal")):
+            raise ExportError(f"{path}: that is the store itself; export to a file outside the "
+                              "data folder")
+        home = default_home().expanduser().resolve()
+        if target.is_relative_to(home):
+            raise ExportError(f"{path}: inside the data folder {home}, which holds the store "
+                              "and run folders; export to a path outside it")
 
     def delete_dataset(self, name: str) -> None:
-        """Remove a dataset's name and versions (rows stay until unreferenced)."""
+        """Remove a dataset's name and versions, and every row no other version references.
+
+        Version ids and row keys are never handed out again, and labels, scores and
+        embeddings stay (they are keyed by content, not by row).
+        """
         with self.transaction() as con:
             dataset_id = self._dataset_id(con, name)
             ids = [r[0] for r in con.execute("SELECT version_id FROM versions WHERE dataset_id = ?",
@@ -832,6 +1097,9 @@ class Store:
                             [ids])
             con.execute("DELETE FROM versions WHERE dataset_id = ?", [dataset_id])
             con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
+            # Staged rows of running imports are in version_rows too, so they stay.
+            con.execute("""DELETE FROM rows r WHERE NOT EXISTS
+                (SELECT 1 FROM version_rows vr WHERE vr.row_key = r.row_key)""")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -870,7 +1138,102 @@ def _version_info(row: tuple) -> VersionInfo:
 
 
 def _next_row_key(con: Any) -> int:
-    return _one(con, "SELECT coalesce(max(row_key), 0) + 1 FROM rows")[0]
+    # The counter, not max + 1: rows of a deleted dataset are removed, and their keys must
+    # not come back for other data.
+    return _one(con, """SELECT greatest(next_id, (SELECT coalesce(max(row_key), 0) + 1
+        FROM rows)) FROM id_counters WHERE name = 'row'""")[0]
+
+
+def _new_version_id(con: Any) -> int:
+    """Return a version id never handed out before (in this transaction's store)."""
+    vid = _one(con, """SELECT greatest(next_id, (SELECT coalesce(max(version_id), 0) + 1
+        FROM versions)) FROM id_counters WHERE name = 'version'""")[0]
+    con.execute("UPDATE id_counters SET next_id = ? WHERE name = 'version'", [vid + 1])
+    return vid
+
+
+def _abandoned(pid: int | None, host: str | None, old: bool) -> bool:
+    """Return whether the process that staged an import is gone (or, elsewhere, a day old)."""
+    if host != socket.gethostname() or not pid:
+        return bool(old)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _drop_staged(con: Any, ids: list[int]) -> None:
+    """Remove staged versions: their new rows, memberships, rejects and records."""
+    con.execute("""DELETE FROM rows WHERE row_key IN (SELECT row_key FROM version_rows
+        WHERE version_id IN (SELECT unnest(?::INTEGER[])))""", [ids])
+    for table in ("version_rows", "import_rejects", "staged_versions"):
+        con.execute(f"DELETE FROM {table} WHERE version_id IN (SELECT unnest(?::INTEGER[]))",
+                    [ids])
+
+
+@dataclass
+class _Chunk:
+    """Rows (keyless tables) to insert in one transaction, and how many rejects the report
+    had by then."""
+
+    tables: list[pa.Table]
+    rejects: int
+
+
+class _Chunks:
+    """Cuts a stream of row batches into chunks of about IMPORT_CHUNK_SECONDS of reading."""
+
+    def __init__(self, batches: Iterable[RowBatch], report: ImportReport | None):
+        self._batches = iter(batches)
+        self._report = report
+        self.done = False
+
+    def take(self) -> _Chunk:
+        """Read and return the next chunk (at least one batch, unless the stream has ended)."""
+        deadline = time.monotonic() + IMPORT_CHUNK_SECONDS
+        taken: list[pa.Table] = []
+        size = 0
+        for batch in self._batches:
+            # Arrow right away: a row as Python objects takes about twice its bytes.
+            taken.append(_rows_table(batch))
+            size += taken[-1].nbytes
+            if time.monotonic() >= deadline or size >= IMPORT_CHUNK_BYTES:
+                break
+        else:
+            self.done = True
+        return _Chunk(taken, len(self._report.rejected) if self._report is not None else 0)
+
+
+@dataclass
+class _Staged:
+    """A version being written: its id, the rows before its own (a parent's) and its rows."""
+
+    vid: int
+    start: int
+    report: ImportReport | None
+    n: int = 0
+    rejects_saved: int = 0
+
+    def add(self, con: Any, chunk: _Chunk) -> None:
+        """Insert a chunk's rows at the end of this version, and the rejects read with them."""
+        first = _next_row_key(con)
+        n = _insert_tables(con, chunk.tables, first)
+        con.execute("INSERT INTO version_rows SELECT ?, ? + i, ? + i FROM range(?) t(i)",
+                    [self.vid, self.start + self.n, first, n])
+        self.n += n
+        self.save_rejects(con, chunk.rejects)
+
+    def save_rejects(self, con: Any, upto: int | None = None) -> None:
+        """Insert the report's rejects (up to number ``upto``) not saved yet."""
+        if self.report is None:
+            return
+        upto = len(self.report.rejected) if upto is None else upto
+        if upto > self.rejects_saved:
+            _insert_rejects(con, self.vid, self.report.rejected[self.rejects_saved:upto])
+            self.rejects_saved = upto
 
 
 class _Counted:
@@ -904,26 +1267,43 @@ def _encoded(examples: Iterable[Example], lines: Iterable[int] | None = None,
 def _batch_table(batch: RowBatch, first: int, origin: Sequence[int] | None = None,
                  tags: Sequence[list[str]] | None = None,
                  notes: Sequence[str] | None = None) -> pa.Table:
-    n = len(batch)
+    return _with_keys(_rows_table(batch), first, origin, tags, notes)
+
+
+# The system allocator gives freed batches back; Arrow's default pool (mimalloc) keeps them,
+# which added ~50 MB to an import's peak memory.
+_POOL = pa.system_memory_pool()
+
+
+def _rows_table(batch: RowBatch) -> pa.Table:
+    """Return a batch's rows as a compact Arrow table, without keys (given at insert time)."""
     messages, metadata, n_turns, n_chars, response_chars, lines = batch.columns()
-    keys = pa.array(np.arange(first, first + n, dtype=np.int64))
-    columns = {
-        "row_key": keys,
-        "origin_key": pa.array(origin, pa.int64()) if origin is not None else keys,
+    return pa.table({
         # orjson wrote UTF-8 already: take the bytes as strings without re-encoding them.
-        "id": pa.array(list(map(id_of_encoded, messages)), pa.string()),
-        "messages": pa.array(messages, pa.binary()).view(pa.string()),
-        "metadata": pa.array(metadata, pa.binary()).view(pa.string()),
-        "n_turns": pa.array(n_turns, pa.int32()),
-        "n_chars": pa.array(n_chars, pa.int64()),
-        "response_chars": pa.array(response_chars, pa.int64()),
-        "source_line": pa.array(lines, pa.int64()),
-    }
+        "id": pa.array(list(map(id_of_encoded, messages)), pa.string(), memory_pool=_POOL),
+        "messages": pa.array(messages, pa.binary(), memory_pool=_POOL).view(pa.string()),
+        "metadata": pa.array(metadata, pa.binary(), memory_pool=_POOL).view(pa.string()),
+        "n_turns": pa.array(n_turns, pa.int32(), memory_pool=_POOL),
+        "n_chars": pa.array(n_chars, pa.int64(), memory_pool=_POOL),
+        "response_chars": pa.array(response_chars, pa.int64(), memory_pool=_POOL),
+        "source_line": pa.array(lines, pa.int64(), memory_pool=_POOL),
+    })
+
+
+def _with_keys(table: pa.Table, first: int, origin: Sequence[int] | None = None,
+               tags: Sequence[list[str]] | None = None,
+               notes: Sequence[str] | None = None) -> pa.Table:
+    """Return the table with row keys from ``first`` (and origin keys, tags, notes if given)."""
+    keys = pa.array(np.arange(first, first + table.num_rows, dtype=np.int64), memory_pool=_POOL)
+    table = table.append_column("row_key", keys).append_column(
+        "origin_key", pa.array(origin, pa.int64(), memory_pool=_POOL) if origin is not None
+        else keys)
     if tags is not None:
-        columns["tags"] = pa.array(tags, pa.list_(pa.string()))
+        table = table.append_column("tags", pa.array(tags, pa.list_(pa.string()),
+                                                     memory_pool=_POOL))
     if notes is not None:
-        columns["note"] = pa.array(notes, pa.string())
-    return pa.table(columns)
+        table = table.append_column("note", pa.array(notes, pa.string(), memory_pool=_POOL))
+    return table
 
 
 def _insert_table(con: Any, table: pa.Table) -> None:
@@ -961,13 +1341,29 @@ def _insert_batches(con: Any, batches: Iterable[RowBatch], first: int, *,
         finally:
             if pending is not None:
                 pending.result()  # never leave a write running on a connection we give back
+    _used_row_keys(con, first + n)
     return n
 
 
-def _insert_rejects(con: Any, vid: int, report: ImportReport) -> None:
-    if not report.rejected:
+def _insert_tables(con: Any, tables: list[pa.Table], first: int) -> int:
+    """Insert keyless row tables with consecutive row keys from ``first``; return how many."""
+    n = 0
+    for table in tables:
+        _insert_table(con, _with_keys(table, first + n))
+        n += table.num_rows
+    _used_row_keys(con, first + n)
+    return n
+
+
+def _used_row_keys(con: Any, upto: int) -> None:
+    con.execute("UPDATE id_counters SET next_id = greatest(next_id, ?) WHERE name = 'row'",
+                [upto])
+
+
+def _insert_rejects(con: Any, vid: int, rejected: Sequence[Rejection]) -> None:
+    if not rejected:
         return
-    df = pd.DataFrame([r.__dict__ for r in report.rejected]).assign(version_id=vid)
+    df = pd.DataFrame([r.__dict__ for r in rejected]).assign(version_id=vid)
     _insert_frame(con, "import_rejects", df,
                   ["version_id", "file", "line", "field", "reason", "fix", "raw"])
 
@@ -1042,12 +1438,15 @@ def _note(by_key: pd.DataFrame, old: pd.DataFrame, key: int) -> str:
 
 
 def _validate_edit(messages: list, metadata: Any, tags: Any, note: Any) -> None:
-    try:
-        check_messages(messages)
-    except RowError as e:
-        raise WorkbenchError(f"edit rejected: {e}") from None
     if metadata is not None and not isinstance(metadata, dict):
         raise WorkbenchError("edit rejected: metadata must be a dict")
+    try:  # the same checks and size caps as an import
+        check_messages(messages)
+        check_size(messages)
+        if metadata is not None:
+            encode_metadata(metadata)
+    except RowError as e:
+        raise WorkbenchError(f"edit rejected: {e}") from None
     if tags is not None:
         _validate_tags(tags)
     if note is not None and not isinstance(note, str):

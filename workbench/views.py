@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import tempfile
 import zipfile
@@ -14,8 +15,9 @@ from typing import Iterator
 import orjson
 import pandas as pd
 
-from .io import ImportReport, export_suffix
-from .store import Diff, Page, Store, VersionInfo
+from .exceptions import PathNotAllowedError
+from .io import ImportReport, export_data, export_suffix, write_dataset
+from .store import DATASET_NAME_MAX, Diff, Page, Store, VersionInfo, default_home
 
 BROWSE_COLUMNS = ["row_key", "label", "user", "response", "system", "n_turns", "n_chars", "tags",
                   "note"]
@@ -83,15 +85,28 @@ def _last_turn(messages_json: str) -> str:
 
 
 def export_bytes(store: Store, version_id: int, fmt: str) -> tuple[str, bytes]:
-    """Return a download file name and its bytes; a HF dataset folder comes zipped."""
+    """Return a download file name and its bytes; a HF dataset folder comes zipped.
+
+    Nothing is written on the server but a HF folder, in a private temporary folder that is
+    removed afterwards; the dataset name only shapes the download's name, made safe first.
+    """
     info = store.version(version_id)
-    stem = f"{info.dataset}-v{version_id}"
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / (stem + export_suffix(fmt))
-        store.export(version_id, target, fmt)
-        if target.is_dir():
-            return stem + "-hf.zip", _zip_folder(target)
-        return target.name, target.read_bytes()
+    stem = f"{safe_file_stem(info.dataset)}-v{version_id}"
+    if fmt != "hf":
+        return stem + export_suffix(fmt), export_data(store.examples(version_id), fmt)
+    with tempfile.TemporaryDirectory(prefix="workbench-export-") as tmp:
+        folder = write_dataset(store.examples(version_id), Path(tmp) / stem, "hf")
+        return stem + "-hf.zip", _zip_folder(folder)
+
+
+_UNSAFE_FILE_CHARS = re.compile(r"[^\w.-]+")
+
+
+def safe_file_stem(name: str, limit: int = 64) -> str:
+    """Return a file name stem from a dataset name: letters, digits, '.', '_' and '-' only, so
+    never a path, at most ``limit`` characters ("dataset" if nothing is left)."""
+    stem = _UNSAFE_FILE_CHARS.sub("_", str(name)).strip("._-")[:limit].strip("._-")
+    return stem or "dataset"
 
 
 def _zip_folder(folder: Path) -> bytes:
@@ -117,19 +132,51 @@ def uploaded_file(name: str, data: bytes) -> Iterator[Path]:
         yield target
 
 
+ALLOW_ANY_PATH_ENV = "WORKBENCH_ALLOW_ANY_PATH"
+
+
+def path_import_root() -> Path | None:
+    """Return the folder that app imports by path must lie in; None if any path is allowed.
+
+    Whoever reaches the app types the path, and the server reads it: by default only files in
+    the data folder ($WORKBENCH_HOME, else ./storage), unless $WORKBENCH_ALLOW_ANY_PATH=1.
+    """
+    if os.environ.get(ALLOW_ANY_PATH_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return None
+    return default_home().expanduser().resolve()
+
+
+def allowed_import_path(path: str) -> Path:
+    """Return the path an app import may read (relative: to the data folder), or refuse it."""
+    root, given = path_import_root(), Path(path.strip()).expanduser()
+    if root is None:
+        return given
+    # resolve() follows symlinks and "..", so neither can lead out of the folder.
+    target = (given if given.is_absolute() else root / given).resolve()
+    if not target.is_relative_to(root):
+        raise PathNotAllowedError(f"{path.strip()}: the app imports only from the data folder "
+                                  f"{root}; copy the file there or upload it, or start the app "
+                                  f"with {ALLOW_ANY_PATH_ENV}=1 to allow any path")
+    return target
+
+
 def import_source(store: Store, dataset: str, *, upload: tuple[str, bytes] | None = None,
                   path: str = "", shape: str = "auto") -> tuple[VersionInfo, ImportReport]:
-    """Import an upload (name, bytes) if given, else a local path; return version and report."""
+    """Import an upload (name, bytes) if given, else a path the app may read; return both."""
     if upload is not None:
         name, data = upload
         with uploaded_file(name, data) as saved:
             return store.import_file(saved, dataset, shape=shape, display_name=name)
-    return store.import_file(path.strip(), dataset, shape=shape)
+    return store.import_file(allowed_import_path(path), dataset, shape=shape)
 
 
 def dataset_name_for(source: str) -> str:
-    """Return a dataset name suggested by an uploaded file name or a local path."""
-    return Path(source.strip().rstrip("/\\")).stem if source.strip() else ""
+    """Return a valid dataset name suggested by an uploaded file name or a local path ("" if
+    none): the file's stem with characters names may not hold replaced by '-'."""
+    stem = Path(source.strip().replace("\\", "/").rstrip("/")).stem if source.strip() else ""
+    name = re.sub(r"[^\w .-]+", "-", stem)
+    name = re.sub(r"^[\W_]+", "", name)[:DATASET_NAME_MAX]
+    return name.rstrip(" .-")
 
 
 def plural(n: int, word: str) -> str:
