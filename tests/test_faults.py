@@ -202,8 +202,8 @@ import sys, time
 from workbench.store import Store
 
 finish = Store._finish_version
-def stall(self, con, vid):
-    finish(self, con, vid)
+def stall(self, con, vid, **kw):
+    finish(self, con, vid, **kw)
     print("inside the transaction", flush=True)
     time.sleep(600)
 Store._finish_version = stall
