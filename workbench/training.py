@@ -44,13 +44,21 @@ def build_config(values: Mapping[str, Any]) -> TrainConfig:
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the options of a JSON config file, naming the file when it is not a JSON object."""
+    """Return the options of a JSON config file; a file that is not UTF-8 JSON, not an object,
+    or holds an option that is invalid on its own raises ConfigError naming the file."""
     try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        values = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset "
+                          f"{err.start}); save the config as UTF-8 JSON") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a training config must be a JSON object of options")
+    try:  # checked alone, so that an error names the file it is in
+        build_config(values)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return values
 
 
