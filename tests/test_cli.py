@@ -292,3 +292,39 @@ def test_clean_and_dedup_commands_make_versions(store_path):
     assert store.versions("train")[-1].operation == "dedup"
     bad = run("clean", "train", "--rules", "nope", ok=False)
     assert bad.exit_code == 1 and "unknown rule nope" in bad.stderr
+
+
+def one_line(result) -> str:
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_export_refuses_existing_files_and_the_store_unless_forced(store_path, data, tmp_path):
+    run("import", data, "-d", "d", "--no-progress")
+    out = tmp_path / "out.jsonl"
+    out.write_text("mine\n")
+    assert "already exists" in one_line(run("export", "d", out, ok=False))
+    assert out.read_text() == "mine\n"
+    assert "wrote 5 rows" in run("export", "d", out, "--force").stdout
+    assert len(out.read_text().splitlines()) == 5
+    # the audit's case: exporting over the store turned it into JSONL; --force does not help
+    assert "the store itself" in one_line(run("export", "d", store_path, "--force", ok=False))
+    assert "d " in run("list").stdout  # and the store still works
+
+
+def test_a_dataset_dict_folder_imports_each_split_as_its_own_dataset(store_path, tmp_path):
+    import datasets
+
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"text": f"t{i}"} for i in range(50)]),
+        "test": datasets.Dataset.from_list([{"text": f"e{i}"} for i in range(5)]),
+    }).save_to_disk(str(tmp_path / "hf"))
+    out = run("import", tmp_path / "hf", "-d", "qa", "--no-progress").stdout
+    assert "split 'train': read 50 rows" in out and "split 'test': read 5 rows" in out
+    store = Store(store_path)
+    assert sorted(store.datasets()["name"]) == ["qa-test", "qa-train"]
+    assert store.version(store.active_version("qa-test")).params["split"] == "test"
+    run("import", tmp_path / "hf", "-d", "held-out", "--split", "test", "--no-progress")
+    assert store.version(store.active_version("held-out")).n_rows == 5

@@ -277,3 +277,70 @@ def test_row_batch_add():
 def test_example_is_hashable_data():
     ex = Example(({"role": "assistant", "content": "x"},))
     assert ex.metadata == {} and ex.response == "x"
+
+
+# --- hardening (issue 12) -------------------------------------------------------------------------
+
+def _meta_examples() -> list[Example]:
+    return [Example(({"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}),
+                    {"source": "x", "n": i, "tags": ["t"], "only_some": 1} if i else
+                    {"source": "x", "n": i, "tags": ["t"]}) for i in range(3)]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "parquet"])
+def test_columnar_exports_write_metadata_as_native_columns(tmp_path, fmt):
+    import datasets
+    import pyarrow.parquet as pq
+
+    path = write_dataset(_meta_examples(), tmp_path / ("out" + export_suffix(fmt)), fmt)
+    table = (datasets.load_from_disk(str(path)).data.table if fmt == "hf"
+             else pq.read_table(path))
+    assert table.column("source").to_pylist() == ["x", "x", "x"]  # not '{"source": "x"}'
+    assert table.column("n").type == "int64" and table.column("tags").to_pylist()[0] == ["t"]
+    # a key missing in some rows cannot be a column without inventing values: kept in JSON
+    assert table.column("metadata").to_pylist() == [None, '{"only_some":1}', '{"only_some":1}']
+    assert read_dataset(path).examples == _meta_examples()  # and it reads back the same
+
+
+def test_export_refuses_an_existing_file_and_replaces_it_only_when_asked(tmp_path):
+    out = tmp_path / "mine.jsonl"
+    out.write_bytes(b"precious")
+    with pytest.raises(ExportError, match="already exists"):
+        write_dataset(_meta_examples(), out, "openai")
+    assert out.read_bytes() == b"precious"
+    with pytest.raises(ExportError, match="is a folder"):
+        write_dataset(_meta_examples(), tmp_path, "openai", overwrite=True)
+    write_dataset(_meta_examples(), out, "openai", overwrite=True)
+    assert len(out.read_bytes().splitlines()) == 3 and sorted(p.name for p in tmp_path.iterdir()) \
+        == ["mine.jsonl"]  # no temporary file left beside it
+
+
+def test_integers_beyond_64_bits_stay_exact_and_are_noted(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes(b'{"text": "a", "id": 123456789012345678901234567890, "small": 7}\n')
+    parsed = read_dataset(path)
+    accounted(parsed)
+    assert user_metadata(parsed.examples[0].metadata) == {"id": "123456789012345678901234567890",
+                                                          "small": 7}
+    assert [n.field for n in parsed.report.notes] == ["id"]
+    assert "1 integers beyond 64 bits kept as strings" in parsed.report.summary()
+
+
+def test_a_nul_byte_rejects_its_row_wherever_it_is(tmp_path):
+    good = b'{"text": "fine"}\n'
+    path = tmp_path / "nul.jsonl"
+    path.write_bytes(b'{"text": "a\x00b"}\n' + good * 1000 + b'{"text": "c\x00d"}\n' + good)
+    parsed = read_dataset(path)
+    accounted(parsed)
+    assert [(r.line, r.field) for r in parsed.report.rejected] == [(1, "(line)"), (1002, "(line)")]
+    assert all("NUL" in r.reason for r in parsed.report.rejected)
+    assert len(parsed.examples) == 1001
+
+
+def test_oversized_rows_are_rejected_one_by_one(write_jsonl):
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 600
+    parsed = read_dataset(write_jsonl([{"text": "ok"}, {"messages": turns},
+                                       {"text": "m", "blob": "x" * 1_100_000}]))
+    accounted(parsed)
+    assert {r.line: r.field for r in parsed.report.rejected} == {2: "messages",
+                                                                  3: "metadata.blob"}

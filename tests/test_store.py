@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench.exceptions import NotFoundError, StoreBusyError, WorkbenchError
+from workbench import store as store_module
+from workbench.exceptions import ExportError, NotFoundError, StoreBusyError, WorkbenchError
 from workbench.migrations import MIGRATIONS
-from workbench.schema import StepResult, content_id
+from workbench.schema import MAX_CHARS, MAX_METADATA_BYTES, MAX_TURNS, StepResult, content_id
 from workbench.store import RowFilter, Store, default_home, default_store_path
 
 from conftest import chat
+from helpers_app import chat_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -491,3 +493,99 @@ def test_a_file_that_is_no_store_is_refused(tmp_path):
     with pytest.raises(WorkbenchError, match="cannot open the store"):
         Store(path)
     assert path.read_text().startswith("these are my notes")
+
+
+# --- hardening (issue 12) -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../../../x/ESCAPED", "a" * 300, "a/b", "-x", "x.", " ",
+                                  "con\x00", "tab\there"])
+def test_dataset_names_are_checked_on_creation(store, examples, name):
+    with pytest.raises(WorkbenchError, match="not allowed|non-empty"):
+        store.add_examples(name, examples)
+    assert store.datasets().empty  # nothing was created
+
+
+def test_a_valid_name_is_accepted(store, examples):
+    vid = store.add_examples("support-eval v2.1_x", examples)
+    assert store.version(vid).n_rows == len(examples)
+
+
+def _count(store, table: str) -> int:
+    with store.connect() as con:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_version_ids_and_row_keys_are_never_reused_after_a_delete(store, examples):
+    store.add_examples("a", examples[:2])
+    gone = store.add_examples("b", examples[2:])
+    gone_keys = set(store.frame(gone)["row_key"])
+    store.delete_dataset("b")
+    assert _count(store, "rows") == 2  # the deleted dataset's rows are cleaned up
+    new = store.add_examples("c", examples[2:])
+    assert new > gone  # a run folder that recorded v2 keeps meaning it
+    assert not set(store.frame(new)["row_key"]) & gone_keys
+    with pytest.raises(NotFoundError):
+        store.version(gone)
+
+
+def test_an_edit_of_an_old_version_does_not_replace_the_active_one(store, v1):
+    key = int(store.frame(v1)["row_key"].iloc[0])
+    newer = store.edit_row(v1, key, note="newer work")
+    assert store.active_version("d") == newer.version_id  # an edit of the active one moves it
+    branch = store.edit_row(v1, key, note="a branch of v1")
+    assert store.active_version("d") == newer.version_id  # the newer work stays the default
+    store.set_active(branch.version_id)
+    assert store.active_version("d") == branch.version_id
+
+
+def test_edits_have_the_same_size_caps_as_an_import(store, v1):
+    key = int(store.frame(v1)["row_key"].iloc[0])
+    with pytest.raises(WorkbenchError, match=r"metadata\.blob.*metadata too large"):
+        store.edit_row(v1, key, metadata={"blob": "m" * (MAX_METADATA_BYTES + 1)})
+    with pytest.raises(WorkbenchError, match="too many turns"):
+        store.edit_row(v1, key, messages=[{"role": "user", "content": "q"},
+                                          {"role": "assistant", "content": "a"}] * MAX_TURNS)
+    with pytest.raises(WorkbenchError, match="field too large"):
+        store.edit_row(v1, key, messages=[{"role": "user", "content": "q"},
+                                          {"role": "assistant", "content": "a" * (MAX_CHARS + 1)}])
+    assert [v.operation for v in store.versions("d")] == ["import"]
+
+
+def test_export_never_writes_the_store_or_the_data_folder_nor_replaces_without_consent(
+        tmp_path, monkeypatch, examples):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    store = Store(tmp_path / "home" / "workbench.duckdb")
+    vid = store.add_examples("d", examples)
+    for target in (tmp_path / "home" / "workbench.duckdb", tmp_path / "home" / "runs" / "x.jsonl"):
+        with pytest.raises(ExportError, match="store itself|inside the data folder"):
+            store.export(vid, target, "openai")
+    assert store.version(vid).n_rows == len(examples)  # the store still works
+    out = tmp_path / "out.jsonl"
+    out.write_text("the user's own file\n")
+    with pytest.raises(ExportError, match="already exists.*--force"):
+        store.export(vid, out, "openai")
+    assert out.read_text() == "the user's own file\n"
+    store.export(vid, out, "openai", overwrite=True)
+    assert len(out.read_text().splitlines()) == len(examples)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_a_big_import_is_staged_invisibly_and_a_failed_one_leaves_nothing(file_store, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setattr(store_module, "IMPORT_CHUNK_BYTES", 1)  # every batch its own chunk
+    path = chat_file(tmp_path / "big.jsonl", 40_000)
+    seen = []
+
+    def progress(n: int) -> None:  # runs between chunks, while earlier ones are committed
+        if n >= 30_000 and not seen:
+            seen.append((file_store.datasets()["name"].tolist(), _count(file_store, "rows")))
+            raise KeyboardInterrupt  # the user presses Ctrl-C mid-import
+
+    with pytest.raises(KeyboardInterrupt):
+        file_store.import_file(path, "big", progress=progress)
+    assert seen[0][0] == [] and seen[0][1] >= 16_384  # rows committed, no dataset visible
+    assert _count(file_store, "rows") == 0 and _count(file_store, "staged_versions") == 0
+    version, report = file_store.import_file(path, "big")
+    assert version.n_rows == report.imported == 40_000
+    questions = [m[0]["content"] for m in file_store.frame(version.version_id)["messages"]]
+    assert questions == [f"question {i}: how do I reset item {i}?" for i in range(40_000)]
