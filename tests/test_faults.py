@@ -22,7 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_app import ROOT, chat_file
-from workbench import jobs, training
+from test_train import rows, tiny_config
+from workbench.schema import Example
+from workbench import evaluation, jobs, train, training
 from workbench import store as store_module
 from workbench.cli import main
 from workbench.exceptions import StoreError
@@ -210,6 +212,12 @@ Store._finish_version = stall
 store = Store(sys.argv[1])
 if sys.argv[2] == "import":
     store.import_file(sys.argv[3], "killed")
+elif sys.argv[2] == "dedup":
+    from workbench import curate
+    options = curate.DedupOptions(near=False)
+    vid = store.active_version("train")
+    frame = store.frame(vid)
+    curate.apply_dedup(store, vid, frame, curate.find_duplicates(store, frame, options), options)
 else:
     store.edit_row(int(sys.argv[3]), int(sys.argv[4]), note="a half-made edit")
 """
@@ -228,13 +236,14 @@ def kill_inside_a_write(tmp_path: Path, path: Path, *args: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_kill_9_during_an_import_and_an_edit_leaves_a_consistent_store(tmp_path, train_store):
+def test_kill_9_during_an_import_an_edit_and_a_dedup_leaves_a_consistent_store(tmp_path, train_store):
     path, ids = train_store
     version = Store(path).active_version("train")
     row_key = int(Store(path).frame(version)["row_key"].iloc[0])
 
     kill_inside_a_write(tmp_path, path, "import", str(chat_file(tmp_path / "k.jsonl", 3000)))
     kill_inside_a_write(tmp_path, path, "edit", str(version), str(row_key))
+    kill_inside_a_write(tmp_path, path, "dedup")
 
     listed = cli(path, "list")
     assert listed.returncode == 0, listed.stderr
@@ -344,3 +353,94 @@ def test_an_unexpected_error_is_one_line_in_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DEBUG", "1")
     result = CliRunner().invoke(main, ["--store", str(tmp_path / "s.duckdb"), "list"])
     assert isinstance(result.exception, duckdb.InternalException)  # the traceback on request
+
+
+# --- training and evaluation jobs -------------------------------------------------------------------
+
+# Trains inline in this process under a file size limit (the job's own process, as a worker is),
+# and prints the final state as JSON.
+LIMITED_TRAINING = r"""
+import json, resource, sys
+import torch
+from workbench import jobs, training
+torch.set_num_threads(1)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]),
+                                           resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+job = jobs.run_inline(training.TASK, json.loads(sys.argv[2]), home=sys.argv[1])
+print(json.dumps({"run_id": job.run_id, "state": job.state, "error": job.error}), flush=True)
+"""
+# Room for the run's small files (config, events, the data snapshot), not for the adapter
+# weights (15 KB for the tiny model): the first checkpoint hits the full disk.
+TRAIN_LIMIT = 10_000
+
+
+@pytest.fixture
+def train_version(tmp_path) -> tuple[Path, int]:
+    path = tmp_path / "wb.duckdb"
+    return path, Store(path).add_examples("chats", [Example(tuple(c)) for c in rows()])
+
+
+def test_disk_full_during_a_training_checkpoint_then_the_run_resumes(tmp_path, train_version):
+    path, version = train_version
+    script = tmp_path / "limited.py"
+    script.write_text(LIMITED_TRAINING)
+    params = {"store": str(path), "version_id": version,
+              "config": tiny_config(max_steps=4, eval_every=0).to_dict()}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "runs"), json.dumps(params),
+                           str(TRAIN_LIMIT)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=_env(), check=False)
+    job = json.loads(done.stdout.strip().splitlines()[-1])
+    assert job["state"] == "failed" and job["error"].startswith("disk full: free space"), job
+    run_dir = tmp_path / "runs" / job["run_id"]
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # no half checkpoint left
+    assert train.last_checkpoint(run_dir) is None
+    listed = cli(path, "list")  # the store was never touched
+    assert listed.returncode == 0 and "chats" in listed.stdout, listed.stderr
+
+    resumed = train.resume(job["run_id"], home=tmp_path / "runs", inline=True)  # space is back
+    assert resumed.state == "done", resumed.error
+    assert resumed.result["steps"] == 4 and train.last_checkpoint(run_dir).name == "step-000004"
+    assert Store(path).version(version).n_rows == len(rows())
+
+
+def kill_worker(job: jobs.JobStatus, home: Path, ready) -> jobs.JobStatus:
+    """Wait until ``ready(status)``, kill -9 the job's worker, return the status it then has."""
+    deadline = time.monotonic() + 120
+    while not ready(jobs.status(job.run_id, home=home)):
+        assert time.monotonic() < deadline, jobs.log_tail(job.run_id, 20, home=home)
+        time.sleep(0.05)
+    os.kill(jobs._read_json(job.run_dir / "status.json")["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (killed := jobs.status(job.run_id, home=home)).active:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return killed
+
+
+def test_kill_9_during_training_and_evaluation_then_commands_see_a_consistent_store(
+        tmp_path, train_version):
+    path, version = train_version
+    home = tmp_path / "runs"
+    store = Store(path)
+    before = store.frame(version)["id"].tolist()
+    trained = train.start(path, version, tiny_config(max_steps=200, checkpoint_every=2,
+                                                     eval_every=0), home=home)
+    killed = kill_worker(trained, home, lambda j: train.last_checkpoint(j.run_dir) is not None)
+    assert killed.state == "failed" and "died" in killed.error
+
+    store.import_file(chat_file(tmp_path / "eval.jsonl", 60), "evalset")
+    generation = {"max_new_tokens": 16, "batch_size": 1}
+    evaluating = evaluation.start_eval(store, "evalset", model="tiny", similarity=False,
+                                       generation=evaluation.ev.GenerationConfig(**generation),
+                                       home=home)
+    killed = kill_worker(evaluating, home, lambda j: j.step >= 1)
+    assert killed.state == "failed" and "died" in killed.error
+
+    env = {"WORKBENCH_HOME": str(tmp_path)}
+    listed = cli(path, "list", **env)
+    assert listed.returncode == 0 and "chats" in listed.stdout and "evalset" in listed.stdout
+    runs = cli(path, "runs", **env)
+    assert runs.returncode == 0 and trained.run_id in runs.stdout and "failed" in runs.stdout
+    assert [v.operation for v in store.versions("chats")] == ["import"]
+    assert store.frame(version)["id"].tolist() == before  # no row lost or half-written
+    assert store.import_file(chat_file(tmp_path / "more.jsonl", 3), "more")[0].n_rows == 3

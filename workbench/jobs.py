@@ -23,6 +23,7 @@ A ``Path`` (a ``JobStatus.run_dir``) is the library's own handle and is used as 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import os
@@ -286,7 +287,13 @@ def _execute(run_dir: Path) -> None:
     _write_json(run_dir / "status.json", {**base, "state": "done", "finished": time.time()})
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 def _reason(error: BaseException) -> str:
+    if _disk_full(error):
+        return (f"disk full: free space and resume the run ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]})")
     if isinstance(error, MemoryError):
         return "out of memory: use a smaller batch size or max sequence length"
     if "out of memory" in str(error).lower():
@@ -294,6 +301,19 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, WorkbenchError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    # Libraries wrap the OSError (safetensors, torch.save: RuntimeError), so follow the chain.
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        if any(s in str(error) for s in ("No space left on device", "File too large",
+                                         "Disk quota exceeded")):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def status(run: str | Path, *, home: str | Path | None = None) -> JobStatus:

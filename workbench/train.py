@@ -557,16 +557,22 @@ def _save_checkpoint(run: _Run, rng: torch.Tensor) -> Path:
     final = folder / f"step-{run.state['step']:06d}"
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    run.model.save_pretrained(tmp)
-    torch.save(
-        {
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "torch_rng": rng,
-        },
-        tmp / "trainer_state.pt",
-    )
-    _write_json(tmp / "state.json", run.state)  # written last: it marks a complete folder
+    try:
+        run.model.save_pretrained(tmp)
+        torch.save(
+            {
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "torch_rng": rng,
+            },
+            tmp / "trainer_state.pt",
+        )
+        _write_json(tmp / "state.json", run.state)  # written last: it marks a complete folder
+    except BaseException:
+        # A full disk (or a kill of the job's thread) must not leave half a checkpoint taking
+        # the space that a resume needs; the earlier checkpoints stay as they were.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)  # a kill leaves either the old set of checkpoints or the new one
