@@ -426,7 +426,8 @@ def hostile_store(store_path: Path, tmp_path: Path) -> str:
     rows += [rows[0]]  # a duplicate, so Deduplicate shows a hostile cluster
     rows += [chat_record(i, topic=EVIL if i % 2 else "plain") for i in range(12)]
     store = Store(store_path)
-    store.import_file(write_jsonl(tmp_path / "evil.jsonl", rows), f"d {EVIL}")
+    # (dataset names cannot hold such text any more: they are checked on creation)
+    store.import_file(write_jsonl(tmp_path / "evil.jsonl", rows), "hostile")
     predictions = [{"prompt": f"Q{i} {EVIL}", "reference": "yes", "prediction": f"no {EVIL}",
                     "model": f"m {EVIL_IMAGE}", EVIL_IMAGE: EVIL_SCRIPT,
                     "topic": EVIL if i % 2 else "plain"} for i in range(4)]
@@ -439,8 +440,8 @@ def hostile_store(store_path: Path, tmp_path: Path) -> str:
 
 def test_hostile_rows_metadata_and_rule_details_fetch_nothing_and_run_nothing_anywhere(
         app, page, tmp_path):
-    """Every page, with hostile text in rows, metadata, a dataset name, rule details, run
-    labels, manual tags and slice names: no request leaves the app, no script runs."""
+    """Every page, with hostile text in rows, metadata, rule details, run labels, manual tags
+    and slice names: no request leaves the app, no script runs."""
     url, store_path = app
     hostile_store(store_path, tmp_path)
     requests: list[str] = []
