@@ -62,8 +62,9 @@ IMPORT_CHUNK_SECONDS = 0.5
 # ... and at most about this many bytes of encoded rows, which bounds an import's memory (one
 # chunk is parsed while the one before it is inserted) whatever the machine's speed. Measured on
 # a 165 MB JSONL (benchmarks/bench_import.py): 16 MB chunks peaked at 340 MB RSS (2.06x the
-# file), 8 MB at 311 MB (1.88x) at the same speed, 4 MB at 289 MB but ~15% slower.
-IMPORT_CHUNK_BYTES = 8 << 20
+# file), 8 MB at 311-323 MB (1.88-1.95x, too close to 2x on a loaded machine), 6 MB at 288 MB
+# (1.74x) at the same speed; 4 MB saved little more and was ~15% slower.
+IMPORT_CHUNK_BYTES = 6 << 20
 # Dataset names become file names (exports, downloads): letters, digits, space, - _ and .,
 # starting with a letter or digit, not ending with a space or a dot.
 DATASET_NAME_MAX = 64
