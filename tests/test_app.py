@@ -335,8 +335,9 @@ def test_dataset_text_renders_literally(store_path):
     record = {"messages": [{"role": "user", "content": HOSTILE},
                            {"role": "assistant", "content": "<img src=http://example.com/b.png>"}],
               "source": "![m](http://example.com/m.png)"}
+    # (a dataset name cannot hold markdown any more: names are checked on creation)
     Store(store_path).import_file(write_jsonl(store_path.parent / "evil[1].jsonl", [record]),
-                                  "![d](http://example.com/d.png)")
+                                  "evil")
     at = select_rows(start(store_path), 0)
     assert texts(at.text) == [HOSTILE, "<img src=http://example.com/b.png>"]
     # Whatever else shows dataset-derived strings through markdown escapes them.
@@ -478,3 +479,20 @@ def test_workbench_app_warns_when_it_listens_beyond_this_machine(tmp_path, monke
     assert result.exit_code == 0, result.stderr
     assert ("is not a loopback address" in result.stderr) == warned, result.stderr
     assert commands[0][commands[0].index("--server.address") + 1] == host
+
+
+@pytest.mark.parametrize("legacy", ["../../../../x/ESCAPED", "a" * 300, "<b>x</b>/..", "..."])
+def test_a_download_name_from_a_legacy_dataset_name_is_never_a_path(tmp_path, legacy,
+                                                                     monkeypatch):
+    from workbench.views import export_bytes
+
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "s.duckdb")
+    store.import_file(chat_file(tmp_path / "d.jsonl", 2), "d")
+    with store.connect() as con:  # a name from before names were checked
+        con.execute("UPDATE datasets SET name = ? WHERE name = 'd'", [legacy])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for fmt in ("openai", "hf"):
+        name, data = export_bytes(store, store.active_version(legacy), fmt)
+        assert "/" not in name and ".." not in name and len(name) <= 80 and data
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written on the server
