@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import current_dataset, flash, show_error, show_flash, store
+from pages.common import current_dataset, flash, show_error, show_flash, store, switch_dataset
 from workbench import labelling
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
@@ -65,8 +65,8 @@ def run_import(upload, local: str, name: str, shape: str) -> None:
         show_error(str(e))
         return
     st.session_state["import_report"] = report
-    st.session_state["pending_dataset"] = name
-    flash(f"Imported {report.imported:,} rows into '{name}' as version v{version.version_id}.")
+    switch_dataset(name)
+    flash(f"Imported {report.imported:,} rows as {version.ref}.")
     st.rerun()
 
 
@@ -143,7 +143,8 @@ def browse_section(dataset: str) -> None:
         number = page_count(page.total, size)
         page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
     info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
-                     f"{page_count(page.total, size)} · version v{version_id}")
+                     f"{page_count(page.total, size)} · "
+                     f"{md_escape(store().version(version_id).ref)}")
     # The key names the view, so a selection made on one page never picks rows of another.
     event = st.dataframe(page_table(page), hide_index=True, on_select="rerun",
                          selection_mode="multi-row", width="stretch",
@@ -214,7 +215,7 @@ def save_edit(version_id: int, row_key: int, messages: list[dict], tags: str, no
     except WorkbenchError as e:
         show_error(e)
         return
-    flash(f"Saved row {row_key} as version v{version.version_id}.")
+    flash(f"Saved row {row_key} as {version.ref}.")
     st.rerun()
 
 
@@ -252,36 +253,52 @@ def tag_rows_form(version_id: int, row_keys: list[int]) -> None:
     except WorkbenchError as e:
         show_error(e)
         return
-    flash(f"Tagged {len(row_keys)} rows as version v{version.version_id}.")
+    flash(f"Tagged {len(row_keys)} rows as {version.ref}.")
     st.rerun()
 
 
 # --- history --------------------------------------------------------------------------------
+ROLE_LABELS = {"": "not said", "train": "training data", "eval": "eval set (Evaluate picks it)",
+               "pool": "pool to draw rows from"}
+
+
+def role_form(dataset: str) -> None:
+    roles = store().datasets().set_index("name")["role"]
+    current = roles.get(dataset) or ""
+    role = st.selectbox("This dataset is", list(ROLE_LABELS), index=list(ROLE_LABELS)
+                        .index(current), format_func=ROLE_LABELS.get, key=f"role_{dataset}")
+    if role != current:
+        store().set_role(dataset, role)
+        flash(f"{dataset} is now marked as {ROLE_LABELS[role]}.")
+        st.rerun()
+
+
 def history_section(dataset: str) -> None:
+    role_form(dataset)
     active = store().active_version(dataset)
     versions = store().versions(dataset)
     st.dataframe(lineage_table(versions, active), hide_index=True, key="lineage",
                  width="stretch")
-    ids = [v.version_id for v in versions]
+    ids, refs = [v.version_id for v in versions], {v.version_id: v.ref for v in versions}
     pick_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
     pick = pick_col.selectbox("Version", ids, index=ids.index(active), key="history_pick",
-                              format_func=lambda v: f"v{v}")
+                              format_func=refs.get)
     if button_col.button("Make active", disabled=pick == active, key="make_active"):
         store().set_active(pick)
-        flash(f"Version v{pick} is now active for '{dataset}'.")
+        flash(f"{refs[pick]} is now the active version.")
         st.rerun()
-    diff_section(ids, active)
+    diff_section(ids, active, refs)
     removed_section(active)
 
 
-def diff_section(ids: list[int], active: int) -> None:
+def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
     st.subheader("Diff two versions")
     parent = store().version(active).parent_id
     a_col, b_col = st.columns(2)
     a = a_col.selectbox("From", ids, index=ids.index(parent) if parent in ids else 0,
-                        key="diff_a", format_func=lambda v: f"v{v}")
+                        key="diff_a", format_func=refs.get)
     b = b_col.selectbox("To", ids, index=ids.index(active), key="diff_b",
-                        format_func=lambda v: f"v{v}")
+                        format_func=refs.get)
     if a == b:
         st.caption("Pick two different versions to compare.")
         return
@@ -307,7 +324,7 @@ def removed_section(active: int) -> None:
     keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
     if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
-        flash(f"Restored {len(keys)} rows as version v{version.version_id}.")
+        flash(f"Restored {len(keys)} rows as {version.ref}.")
         st.rerun()
 
 

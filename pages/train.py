@@ -5,14 +5,24 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
+from pages.common import (
+    current_dataset,
+    flash,
+    job_panel,
+    show_error,
+    show_flash,
+    store,
+)
 from workbench import training
 from workbench.exceptions import WorkbenchError
+from workbench.models import test_models_offered
 from workbench.train import TrainConfig
 from workbench.views import md_escape
 
-MODELS = {"default": "default (SmolLM2-135M)", "tiny": "tiny (random, for demos and tests)",
+MODELS = {"default": "default (SmolLM2-135M)", "tiny": "tiny (random weights, for tests)",
           "path": "a local model folder"}
+if not test_models_offered():  # it answers noise: not for people
+    MODELS.pop("tiny")
 VALIDATION = {"split": "a seeded split of the training rows", "version": "another version",
               "none": "none"}
 

@@ -48,11 +48,14 @@ def _one_line(text: str, width: int = 300) -> str:
 
 
 def lineage_table(versions: list[VersionInfo], active: int | None = None) -> pd.DataFrame:
-    """Return one row per version: active mark, id, parent, operation, rows, counts, params."""
+    """Return one row per version: active mark, name@N, parent, operation, rows, counts,
+    params."""
+    refs = {v.version_id: v.ref for v in versions}
     return pd.DataFrame({
         "active": ["●" if v.version_id == active else "" for v in versions],
-        "version": [v.version_id for v in versions],
-        "parent": pd.array([v.parent_id for v in versions], dtype="Int64"),
+        "version": [v.ref for v in versions],
+        "parent": [refs.get(v.parent_id, f"id {v.parent_id}") if v.parent_id else ""
+                   for v in versions],
         "operation": [v.operation for v in versions],
         "rows": [v.n_rows for v in versions],
         "counts": [_compact(v.counts) for v in versions],
