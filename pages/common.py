@@ -143,7 +143,7 @@ def job_panel(run_id: str, *, key: str) -> None:
     @st.fragment(run_every=2.0 if jobs.status(run_id).active else None)
     def panel() -> None:
         job = jobs.status(run_id)
-        label = f"{job.kind} · {job.state} · step {job.step}/{job.total or '?'}"
+        label = jobs.progress_text(job)
         if job.active:
             st.progress(job.fraction, text=f"{label} · ETA {_eta(job.eta_s)}")
             if st.button("Cancel", key=f"{key}_cancel", icon=":material/cancel:"):
