@@ -6,14 +6,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import (
-    current_dataset,
-    flash,
-    job_panel,
-    show_error,
-    show_flash,
-    store,
-)
+from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
 from workbench import evaluation
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError

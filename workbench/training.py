@@ -69,9 +69,7 @@ def model_type(model: str) -> str | None:
 
 def default_targets(model: str) -> list[str]:
     """Return the LoRA target modules picked for a model's architecture ([] = every linear)."""
-    from peft.utils.constants import (
-        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT,
-    )
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
 
     kind = model_type(model)
     if kind in train.DEFAULT_TARGET_MODULES:
