@@ -190,7 +190,7 @@ def flagged_section() -> None:
                                     details=chosen.drop_duplicates("row_key")["detail"]
                                     .fillna("").tolist(), operation="drop_flagged",
                                     params={"rule": reason, "kept_good": keep_good})
-        flash(f"Dropped {len(keys):,} reviewed rows into version v{version.version_id}.")
+        flash(f"Dropped {len(keys):,} reviewed rows into {version.ref}.")
         st.rerun()
 
 
@@ -222,7 +222,7 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
     else:
         st.session_state.pop("cl_report", None)
         flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
-        flash(f"Cleaned into version v{version.version_id}: {version.n_rows:,} rows kept, "
+        flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
               f"{len(frame) - version.n_rows:,} dropped, {flagged:,} flags for review "
               "(dropped rows with their reasons are under Datasets → History).")
         st.rerun()

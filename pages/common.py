@@ -41,14 +41,45 @@ def dataset_sidebar() -> None:
             st.session_state.pop("dataset", None)
             return
         pending = st.session_state.pop("pending_dataset", None)
-        if pending in names:
+        before = st.session_state.get("dataset")
+        quiet = st.session_state.pop("pending_quiet", False)
+        if pending in names and pending != before:
             st.session_state["dataset"] = pending
+            if before in names and not quiet:  # say so, and offer the way back
+                st.session_state["switched_from"] = (before, pending)
         if st.session_state.get("dataset") not in names:
             st.session_state["dataset"] = names[0]
         st.selectbox("Dataset", names, key="dataset")
+        switched_notice(names)
         version = store().version(store().active_version(st.session_state["dataset"]))
-        st.caption(f"active version v{version.version_id} · {plural(version.n_rows, 'row')} · "
-                   f"{md_escape(version.operation)}")
+        st.caption(f"active version {md_escape(version.ref)} · "
+                   f"{plural(version.n_rows, 'row')} · {md_escape(version.operation)}")
+
+
+def switch_dataset(name: str) -> None:
+    """Make a dataset the one the pages work on, from the next rerun, with a notice and a way
+    back (the sidebar shows both)."""
+    st.session_state["pending_dataset"] = name
+
+
+def switched_notice(names: list[str]) -> None:
+    switched = st.session_state.get("switched_from")
+    if not switched or st.session_state.get("dataset") != switched[1]:
+        st.session_state.pop("switched_from", None)  # the user moved on
+        return
+    before, now = switched
+    st.info(f"Now working on {md_escape(now)} (was {md_escape(before)}).",
+            icon=":material/swap_horiz:")
+    if before in names and st.button(f"Back to {before}", key="switch_back",
+                                     icon=":material/undo:"):
+        st.session_state.pop("switched_from", None)
+        st.session_state["pending_dataset"], st.session_state["pending_quiet"] = before, True
+        st.rerun()
+
+
+def ref_of(version_id: int) -> str:
+    """Return how people name a version: "name@N" (its dataset and place)."""
+    return store().refs().get(int(version_id), f"deleted version (id {version_id})")
 
 
 def show_error(error: WorkbenchError | str) -> None:
@@ -87,7 +118,8 @@ def curation_header(title: str, detail: str = ""):
         st.info("Import a dataset first (Datasets page).")
         st.stop()
     version_id, frame = active_frame(dataset)
-    st.caption(f"Version v{version_id} of {md_escape(dataset)} · {len(frame):,} rows{detail}")
+    ref = store().version(version_id).ref
+    st.caption(f"Version {md_escape(ref)} · {len(frame):,} rows{detail}")
     return dataset, version_id, frame
 
 
@@ -111,7 +143,7 @@ def job_panel(run_id: str, *, key: str) -> None:
     @st.fragment(run_every=2.0 if jobs.status(run_id).active else None)
     def panel() -> None:
         job = jobs.status(run_id)
-        label = f"{job.kind} · {job.state} · step {job.step}/{job.total or '?'}"
+        label = jobs.progress_text(job)
         if job.active:
             st.progress(job.fraction, text=f"{label} · ETA {_eta(job.eta_s)}")
             if st.button("Cancel", key=f"{key}_cancel", icon=":material/cancel:"):

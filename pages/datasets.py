@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import current_dataset, flash, show_error, show_flash, store
+from pages.common import (current_dataset, flash, ref_of, show_error, show_flash, store,
+                          switch_dataset)
 from workbench import labelling
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
@@ -79,8 +80,8 @@ def run_import(upload, local: str, name: str, shape: str) -> None:
         show_error(str(e))
         return
     st.session_state["import_report"] = report
-    st.session_state["pending_dataset"] = name
-    flash(f"Imported {report.imported:,} rows into '{name}' as version v{version.version_id}.")
+    switch_dataset(name)
+    flash(f"Imported {report.imported:,} rows as {version.ref}.")
     st.rerun()
 
 
@@ -158,7 +159,8 @@ def browse_section(dataset: str) -> None:
         number = page_count(page.total, size)
         page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
     info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
-                     f"{page_count(page.total, size)} · version v{version_id}")
+                     f"{page_count(page.total, size)} · "
+                     f"{md_escape(store().version(version_id).ref)}")
     # The key names the view, so a selection made on one page never picks rows of another.
     event = st.dataframe(page_table(page), hide_index=True, on_select="rerun",
                          selection_mode="multi-row", width="stretch",
@@ -238,9 +240,9 @@ def saved_message(version, what: str) -> None:
     an older version), say which stays active and offer to switch."""
     active = store().active_version(version.dataset)
     if active == version.version_id:
-        flash(f"{what} as version v{version.version_id}, now the active version.")
+        flash(f"{what} as {version.ref}, now the active version.")
         return
-    flash(f"{what} as version v{version.version_id}; v{active} stays the active version.")
+    flash(f"{what} as {version.ref}; {ref_of(active)} stays the active version.")
     st.session_state["offer_active"] = (version.dataset, version.version_id)
 
 
@@ -249,11 +251,12 @@ def offer_active(dataset: str) -> None:
     if not offer or offer[0] != dataset or offer[1] == store().active_version(dataset):
         return
     text_col, button_col = st.columns([3, 1], vertical_alignment="center")
-    text_col.info(f"Version v{offer[1]} holds your edit but is not the active version.")
-    if button_col.button(f"Make v{offer[1]} active", key="offer_make_active"):
+    text_col.info(f"{md_escape(ref_of(offer[1]))} holds your edit but is not the active "
+                  "version.")
+    if button_col.button(f"Make {ref_of(offer[1])} active", key="offer_make_active"):
         store().set_active(offer[1])
         st.session_state.pop("offer_active")
-        flash(f"Version v{offer[1]} is now active for '{dataset}'.")
+        flash(f"{ref_of(offer[1])} is now the active version.")
         st.rerun()
 
 
@@ -296,31 +299,47 @@ def tag_rows_form(version_id: int, row_keys: list[int]) -> None:
 
 
 # --- history --------------------------------------------------------------------------------
+ROLE_LABELS = {"": "not said", "train": "training data", "eval": "eval set (Evaluate picks it)",
+               "pool": "pool to draw rows from"}
+
+
+def role_form(dataset: str) -> None:
+    roles = store().datasets().set_index("name")["role"]
+    current = roles.get(dataset) or ""
+    role = st.selectbox("This dataset is", list(ROLE_LABELS), index=list(ROLE_LABELS)
+                        .index(current), format_func=ROLE_LABELS.get, key=f"role_{dataset}")
+    if role != current:
+        store().set_role(dataset, role)
+        flash(f"{dataset} is now marked as {ROLE_LABELS[role]}.")
+        st.rerun()
+
+
 def history_section(dataset: str) -> None:
+    role_form(dataset)
     active = store().active_version(dataset)
     versions = store().versions(dataset)
     st.dataframe(lineage_table(versions, active), hide_index=True, key="lineage",
                  width="stretch")
-    ids = [v.version_id for v in versions]
+    ids, refs = [v.version_id for v in versions], {v.version_id: v.ref for v in versions}
     pick_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
     pick = pick_col.selectbox("Version", ids, index=ids.index(active), key="history_pick",
-                              format_func=lambda v: f"v{v}")
+                              format_func=refs.get)
     if button_col.button("Make active", disabled=pick == active, key="make_active"):
         store().set_active(pick)
-        flash(f"Version v{pick} is now active for '{dataset}'.")
+        flash(f"{refs[pick]} is now the active version.")
         st.rerun()
-    diff_section(ids, active)
+    diff_section(ids, active, refs)
     removed_section(active)
 
 
-def diff_section(ids: list[int], active: int) -> None:
+def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
     st.subheader("Diff two versions")
     parent = store().version(active).parent_id
     a_col, b_col = st.columns(2)
     a = a_col.selectbox("From", ids, index=ids.index(parent) if parent in ids else 0,
-                        key="diff_a", format_func=lambda v: f"v{v}")
+                        key="diff_a", format_func=refs.get)
     b = b_col.selectbox("To", ids, index=ids.index(active), key="diff_b",
-                        format_func=lambda v: f"v{v}")
+                        format_func=refs.get)
     if a == b:
         st.caption("Pick two different versions to compare.")
         return
@@ -346,7 +365,7 @@ def removed_section(active: int) -> None:
     keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
     if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
-        flash(f"Restored {len(keys)} rows as version v{version.version_id}.")
+        flash(f"Restored {len(keys)} rows as {version.ref}.")
         st.rerun()
 
 
@@ -357,7 +376,7 @@ def export_section(dataset: str) -> None:
                        format_func=EXPORT_LABELS.__getitem__)
     # A download: the browser saves it where the user says (and asks before replacing a
     # file); the server keeps nothing.
-    st.caption(f"Exports the active version v{version_id} as a download.")
+    st.caption(f"Exports the active version {md_escape(ref_of(version_id))} as a download.")
     if st.button("Prepare download", key="export_prepare"):
         try:
             name, data = export_bytes(store(), version_id, fmt)

@@ -91,7 +91,7 @@ def review(clusters, options: curate.DedupOptions) -> None:
             return
         st.session_state.pop("dd_result", None)
         st.session_state.pop("dd_overrides", None)
-        flash(f"Deduplicated into version v{version.version_id} "
+        flash(f"Deduplicated into {version.ref} "
               f"({version.counts.get('kept', version.n_rows):,} rows kept).")
         st.rerun()
 

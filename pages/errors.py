@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import flash, job_panel, show_error, show_flash, store
+from pages.common import flash, job_panel, ref_of, show_error, show_flash, store
 from workbench import loop
 from workbench.exceptions import WorkbenchError
 from workbench.store import Store
@@ -84,7 +84,7 @@ def training_version_picker() -> int | None:
     """Return the training version behind the run's model, or one the user picks."""
     version = loop.train_version_of(run_id)
     if version is not None:
-        st.caption(f"The evaluated model was trained on version v{version}.")
+        st.caption(f"The evaluated model was trained on {md_escape(ref_of(version))}.")
         return version
     names = store().datasets()["name"].tolist()
     choice = st.selectbox("Training data to compare with (the run used a base model)",
@@ -124,11 +124,12 @@ def provenance_view(detail: loop.FailureDetail) -> None:
         return
     if detail.contaminated:
         st.warning(f"Contaminated: {detail.overlap:.0%} of this prompt's word 8-grams occur in "
-                   f"the training data of v{detail.train_version}.", icon=":material/warning:")
+                   f"the training data ({md_escape(ref_of(detail.train_version))}).",
+                   icon=":material/warning:")
         st.text(detail.contaminating_prompt)
     else:
         st.caption(f"Not contaminated ({detail.overlap:.0%} word 8-gram overlap with "
-                   f"v{detail.train_version}).")
+                   f"{md_escape(ref_of(detail.train_version))}).")
     st.caption("Nearest training rows")
     st.dataframe(detail.neighbours, hide_index=True)
 
@@ -229,7 +230,8 @@ def make_version(chosen, answers, pool_version, k, version) -> None:
         show_error(e)
         return
     info = store().version(vid)
-    flash(f"Made targeted version v{vid} of {info.dataset} ({info.n_rows:,} rows).")
+    flash(f"Made targeted version {info.ref} ({info.n_rows:,} rows); it is now the active "
+          f"version of {info.dataset}.")
     st.rerun()
 
 
@@ -238,8 +240,7 @@ def retrain_section() -> None:
     if not versions:
         return
     st.subheader("Retrain and re-evaluate")
-    labels = {v.version_id: f"v{v.version_id} of {v.dataset} · {v.n_rows:,} rows"
-              for v in versions}
+    labels = {v.version_id: f"{v.ref} · {v.n_rows:,} rows" for v in versions}
     vid = st.selectbox("Targeted version", list(labels), key="er_targeted",
                        format_func=lambda v: labels[v])
     config = training_options()

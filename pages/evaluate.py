@@ -20,19 +20,24 @@ def plot_text(value) -> str:
     return html.escape(str(value))
 
 
-def version_picker() -> int:
-    """Pick an eval dataset and one of its versions (the active one first)."""
+def version_picker():
+    """Pick an eval dataset (the one marked eval first) and a version (the active one first);
+    return its VersionInfo."""
     names = store().datasets()["name"].tolist()
-    chosen = current_dataset()
+    marked = store().with_role("eval")
+    chosen = marked[0] if marked else current_dataset()
     left, right = st.columns(2)
     name = left.selectbox("Eval dataset", names, index=names.index(chosen) if chosen in names
                           else 0, key="ev_dataset")
+    if not marked:
+        left.caption("Tip: mark your eval set on the Datasets page (History tab) and it is "
+                     "picked here by default.")
+    elif name != marked[0]:
+        left.caption(f"{md_escape(marked[0])} is marked as the eval set.")
     active = store().active_version(name)
     versions = sorted(store().versions(name), key=lambda v: v.version_id != active)
-    version = right.selectbox("Version", versions, key="ev_version",
-                              format_func=lambda v: f"v{v.version_id} · {v.operation} · "
-                                                    f"{v.n_rows:,} rows")
-    return version.version_id
+    return right.selectbox("Version", versions, key="ev_version",
+                           format_func=lambda v: f"{v.ref} · {v.operation} · {v.n_rows:,} rows")
 
 
 def generation_form() -> GenerationConfig:
@@ -63,27 +68,33 @@ def style_form() -> dict:
 
 
 def run_section() -> None:
+    refs = store().refs()
     for job in evaluation.eval_runs(active=True):
-        st.caption(md_escape(evaluation.run_label(job)))
+        st.caption(md_escape(evaluation.run_label(job, refs)))
         job_panel(job.run_id, key=f"ev_job_{job.run_id}")
     if current_dataset() is None:
         st.info("Import a dataset first (Datasets page) to evaluate a model on it.")
         return
-    version_id = version_picker()
-    choices = evaluation.model_choices()
+    version = version_picker()
+    choices = evaluation.model_choices(store=store())  # the newest trained run first
     model = st.selectbox("Model", list(choices), format_func=choices.get, key="ev_model")
     try:
         generation = generation_form()
     except WorkbenchError as e:
         show_error(e)
         return
-    limit = st.number_input("Rows (0: all)", 0, 1_000_000, 0, key="ev_limit")
+    limit = st.number_input(f"Rows to evaluate (of {version.n_rows:,}; 0: all)", 0,
+                            version.n_rows, min(evaluation.DEFAULT_LIMIT, version.n_rows),
+                            key=f"ev_limit_{version.version_id}",
+                            help="Generation is the slow part: start with a sample, then "
+                                 "evaluate all rows of the runs worth comparing.")
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
     style = style_form()
     if st.button("Run evaluation", type="primary", key="ev_run_start",
                  icon=":material/play_arrow:"):
         try:
-            job = evaluation.start_eval(store(), version_id, model=model, generation=generation,
+            job = evaluation.start_eval(store(), version.version_id, model=model,
+                                        generation=generation,
                                         style=style, similarity=similarity,
                                         limit=int(limit) or None)
         except WorkbenchError as e:
@@ -127,15 +138,19 @@ def show_report(run_id: str, report) -> None:
 
 
 def results_section() -> None:
-    st.dataframe(evaluation.runs_table(), hide_index=True, key="ev_runs_table")
+    st.dataframe(evaluation.runs_table(store=store()), hide_index=True, key="ev_runs_table",
+                 column_config={"run": st.column_config.TextColumn(width="medium")})
     runs = {j.run_id: j for j in evaluation.finished_runs()}
     if not runs:
         st.info("No finished eval runs yet: run an evaluation or import predictions.")
         return
+    refs = store().refs()
     run_id = st.selectbox("Run", list(runs), key="ev_result_run",
-                          format_func=lambda r: evaluation.run_label(runs[r]))
+                          format_func=lambda r: evaluation.run_label(runs[r], refs))
     try:
         predictions = evaluation.run_predictions(run_id)
+        for warning in evaluation.run_warnings(predictions):
+            st.warning(md_escape(warning), icon=":material/warning:")
         st.dataframe(evaluation.summary_table(run_id), hide_index=True, key="ev_summary")
     except WorkbenchError as e:
         show_error(e)
@@ -156,7 +171,11 @@ def row_view(detail: dict) -> None:
     left.text(detail["reference"])
     right.caption(f"prediction · {detail['n_tokens']} tokens"
                   + (" · hit max new tokens" if detail["hit_max"] else ""))
-    right.text(detail["prediction"])
+    if str(detail["prediction"]).strip():
+        right.text(detail["prediction"])
+    else:
+        right.warning("The model's answer is empty (it generated only special or blank "
+                      "tokens).", icon=":material/warning:")
     st.dataframe([{"metric": k, "value": v} for k, v in detail["metrics"].items()],
                  hide_index=True, key="ev_row_metrics")
     if detail["metadata"]:

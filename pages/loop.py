@@ -1,4 +1,5 @@
-"""Iterations: data versions, training runs and eval runs over time, linked by lineage."""
+"""Iterations: every run from the registry, and data versions, training runs and eval runs
+over time, linked by lineage."""
 
 from __future__ import annotations
 
@@ -6,12 +7,30 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import show_error, store
-from workbench import loop
+from workbench import loop, runs
 from workbench.evaluate import METRICS
 from workbench.exceptions import WorkbenchError
 
 st.title("Iterations")
+
+
+def all_runs_section() -> None:
+    """Every run of this store (training, evaluation, imports, loops, scoring, embedding)."""
+    table = runs.table(store())
+    if table.empty:
+        return
+    with st.expander(f"All runs ({len(table):,})", expanded=False):
+        kinds = st.multiselect("Kinds", sorted(table["kind"].unique()), key="it_run_kinds",
+                               placeholder="all kinds")
+        shown = table[table["kind"].isin(kinds)] if kinds else table
+        st.caption("A loop's training and evaluation show their loop under parent; data is "
+                   "the dataset version a run read (name@N).")
+        st.dataframe(shown, hide_index=True, key="it_all_runs", column_config={
+            "run_id": st.column_config.TextColumn(width="medium")})
+
+
 try:
+    all_runs_section()
     overview = loop.iterations(store())
     pending = loop.unevaluated_training_runs(store())
 except WorkbenchError as e:

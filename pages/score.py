@@ -301,7 +301,7 @@ def preview_and_apply(frame, options: quality.SelectOptions) -> None:
     st.dataframe(quality.dropped_sample(frame, selection), hide_index=True, key="sc_dropped")
     if st.button("Apply as a new version", type="primary", key="sc_apply"):
         version = quality.apply_selection(store(), version_id, frame, options)
-        flash(f"Selected {version.n_rows:,} rows into version v{version.version_id}.")
+        flash(f"Selected {version.n_rows:,} rows into {version.ref}.")
         st.rerun()
 
 

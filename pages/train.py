@@ -5,14 +5,24 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
+from pages.common import (
+    current_dataset,
+    flash,
+    job_panel,
+    show_error,
+    show_flash,
+    store,
+)
 from workbench import training
 from workbench.exceptions import WorkbenchError
+from workbench.models import test_models_offered
 from workbench.train import TrainConfig
 from workbench.views import md_escape
 
-MODELS = {"default": "default (SmolLM2-135M)", "tiny": "tiny (random, for demos and tests)",
+MODELS = {"default": "default (SmolLM2-135M)", "tiny": "tiny (random weights, for tests)",
           "path": "a local model folder"}
+if not test_models_offered():  # it answers noise: not for people
+    MODELS.pop("tiny")
 VALIDATION = {"split": "a seeded split of the training rows", "version": "another version",
               "none": "none"}
 
@@ -129,7 +139,9 @@ def new_run_section() -> None:
 def pick_run(runs, table) -> str:
     """Show the run picker (it defaults to ?run= of the address, else the newest run)."""
     ids = [r.run_id for r in runs]
-    labels = {row.run_id: f"{row.run_id} · {row.status} · {row.data} · {row.model}"
+    # No state in the label: the panel below shows it live, a label would go stale.
+    labels = {row.run_id: f"{row.run_id} · {row.data} · {row.model}"
+              + (f" · retrained by loop {row.part_of}" if row.part_of else "")
               for row in table.itertuples()}
     if st.session_state.get("tr_run") not in ids:
         wanted = st.query_params.get("run")
@@ -237,4 +249,14 @@ try:
 except WorkbenchError as e:
     show_error(e)
 st.subheader("All runs")
-st.dataframe(table, hide_index=True, key="tr_runs")
+
+
+@st.fragment(run_every=2.0 if any(r.active for r in runs) else None)
+def all_runs() -> None:
+    """The runs table, refreshed with the progress bars while a run is active."""
+    st.dataframe(training.runs_table(training.training_runs(), store()), hide_index=True,
+                 key="tr_runs", column_config={"run_id": st.column_config.TextColumn(
+                     width="medium")})
+
+
+all_runs()

@@ -15,6 +15,8 @@ from workbench.store import Store
 # Tests embed with torch: the ONNX path exports the model once per data folder (5-80 s), and
 # most tests get a fresh folder. tests/test_embed_backend.py clears this to test ONNX itself.
 os.environ.setdefault("WORKBENCH_EMBED_BACKEND", "torch")
+# Pages offer the tiny random model (fast, answers noise) only to tests.
+os.environ.setdefault("WORKBENCH_TEST_MODELS", "1")
 
 
 def chat(*turns: tuple[str, str], **metadata: Any) -> Example:

@@ -21,3 +21,23 @@ def boom(params: dict, ctx) -> dict:
 def oom(params: dict, ctx) -> dict:
     """Fail the way torch does when memory runs out."""
     raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def phased(params: dict, ctx) -> dict:
+    """Load, then count in a named phase, as training does."""
+    ctx.phase("loading model")
+    ctx.phase("training", params["n"])
+    for i in range(1, params["n"] + 1):
+        ctx.progress(i, params["n"])
+    return {"steps": params["n"], "train_loss": 0.5}
+
+
+def parent(params: dict, ctx) -> dict:
+    """Run a child part (a run of its own), then a phase of its own, as the loop does."""
+    from workbench.jobs import run_child
+
+    child = run_child(ctx, "train", params.get("child", "tests.jobtasks.phased"), {"n": 3},
+                      kind="train")
+    ctx.phase("evaluating", 2)
+    ctx.progress(2, 2)
+    return {"child": child}

@@ -92,7 +92,7 @@ def test_unopenable_store_shows_an_error_not_a_traceback(store_path, monkeypatch
 def test_sidebar_shows_the_active_version(store):
     at = start(Path(store.path))
     assert at.sidebar.selectbox(key="dataset").value == "support"
-    assert "active version v1 · 120 rows · import" in texts(at.sidebar.caption)
+    assert "active version support@1 · 120 rows · import" in texts(at.sidebar.caption)
 
 
 # --- browse ---------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_browse_shows_the_first_page_and_the_total(store):
     assert len(table) == 50
     assert table["user"].iloc[0].startswith("question 0:")
     assert table["user"].iloc[49].startswith("question 49:")
-    assert browse_caption(at) == "120 matching rows · page 1 of 3 · version v1"
+    assert browse_caption(at) == "120 matching rows · page 1 of 3 · support@1"
 
 
 def test_search_filters_rows(store):
@@ -129,7 +129,7 @@ def test_paging_shows_the_next_rows_and_a_filter_goes_back_to_page_1(store):
     at.number_input(key="browse_page").set_value(2).run()
     table = browse_table(no_exception(at)).value
     assert table["user"].iloc[0].startswith("question 50:")
-    assert browse_caption(at) == "120 matching rows · page 2 of 3 · version v1"
+    assert browse_caption(at) == "120 matching rows · page 2 of 3 · support@1"
     at.number_input(key="browse_page").set_value(3).run()
     assert len(browse_table(no_exception(at)).value) == 20
     at.text_input(key="browse_search").input("reset").run()
@@ -140,7 +140,7 @@ def test_paging_shows_the_next_rows_and_a_filter_goes_back_to_page_1(store):
 def test_a_page_past_the_end_shows_the_last_page(store):
     at = start(Path(store.path))
     at.number_input(key="browse_page").set_value(9).run()
-    assert browse_caption(no_exception(at)) == "120 matching rows · page 3 of 3 · version v1"
+    assert browse_caption(no_exception(at)) == "120 matching rows · page 3 of 3 · support@1"
     assert browse_table(at).value["user"].iloc[0].startswith("question 100:")
 
 
@@ -170,8 +170,8 @@ def test_editing_a_row_saves_a_new_version_and_keeps_the_old(store):
     at.button(key=f"FormSubmitter:edit_{old_key}-Save as new version").click().run()
     no_exception(at)
     assert store.active_version("support") == 2
-    assert any("as version v2" in t for t in texts(at.success))
-    assert "active version v2 · 120 rows · edit" in texts(at.sidebar.caption)
+    assert any("as support@2" in t for t in texts(at.success))
+    assert "active version support@2 · 120 rows · edit" in texts(at.sidebar.caption)
     new_first = store.page(2, limit=1).rows.iloc[0]
     assert new_first.response == "a better answer" and list(new_first.tags) == ["reviewed"]
     old_first = store.page(1, limit=1).rows.iloc[0]
@@ -220,15 +220,16 @@ def test_history_shows_lineage_and_diff_and_switches_versions(store):
     drop_first_row(store)
     at = start(Path(store.path))
     lineage = tab(at, "History").dataframe[0].value  # tables without selection have no key
-    assert list(lineage["version"]) == [1, 2] and list(lineage["operation"]) == ["import", "filter"]
-    assert lineage["parent"].iloc[1] == 1 and lineage["active"].iloc[1] == "●"
+    assert list(lineage["version"]) == ["support@1", "support@2"]
+    assert list(lineage["operation"]) == ["import", "filter"]
+    assert lineage["parent"].iloc[1] == "support@1" and lineage["active"].iloc[1] == "●"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"Rows added": "0", "Rows removed": "1", "Rows changed": "0"}
     at.selectbox(key="history_pick").select(1).run()
     at.button(key="make_active").click().run()
     no_exception(at)
     assert store.active_version("support") == 1
-    assert "active version v1 · 120 rows · import" in texts(at.sidebar.caption)
+    assert "active version support@1 · 120 rows · import" in texts(at.sidebar.caption)
 
 
 def test_dropped_rows_show_their_reason_and_can_be_restored(store):
@@ -282,7 +283,7 @@ def test_import_from_a_path_reports_rejected_lines(store_path):
     assert list(rejects["field"]) == ["(line)", "(row)"]
     assert rejects["reason"].iloc[0].startswith("bad JSON")
     assert at.sidebar.selectbox(key="dataset").value == "mixed"
-    assert any("Imported 5 rows into 'mixed' as version v1." in t for t in texts(at.success))
+    assert any("Imported 5 rows as mixed@1." in t for t in texts(at.success))
     assert len(browse_table(at).value) == 5
 
 
@@ -354,7 +355,7 @@ def test_switching_datasets_resets_the_history_pickers(store):
     at.selectbox(key="history_pick").select(1).run()
     at.sidebar.selectbox(key="dataset").select("other").run()
     no_exception(at)
-    assert at.selectbox(key="diff_a").options == ["v3"]
+    assert at.selectbox(key="diff_a").options == ["other@1"]
     assert at.selectbox(key="history_pick").value == 3
     assert browse_caption(at).startswith("3 matching rows")
 
@@ -364,7 +365,7 @@ def test_switching_datasets_starts_browsing_at_page_1(store):
     at = start(Path(store.path))
     at.number_input(key="browse_page").set_value(3).run()
     at.sidebar.selectbox(key="dataset").select("other").run()
-    assert browse_caption(no_exception(at)) == "80 matching rows · page 1 of 2 · version v2"
+    assert browse_caption(no_exception(at)) == "80 matching rows · page 1 of 2 · other@1"  # numbered per dataset
 
 
 @pytest.mark.parametrize("text", [HOSTILE, "a_b*c", "[x](y)", "<script>", "1. item", "# head"])

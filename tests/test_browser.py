@@ -96,18 +96,18 @@ def test_upload_import_and_page_through_rows(app, page, tmp_path):
         expect(metrics.nth(0)).to_contain_text("61")
         expect(metrics.nth(1)).to_contain_text("60")
         expect(metrics.nth(2)).to_contain_text("1")
-        expect(page.get_by_text("Imported 60 rows into 'tickets' as version v1.")).to_be_visible()
+        expect(page.get_by_text("Imported 60 rows as tickets@1.")).to_be_visible()
         expect(page.get_by_test_id("stDataFrame").filter(has_text="bad JSON")).to_have_count(1)
 
         page.get_by_role("tab", name="Browse").click()
-        expect(page.get_by_text("60 matching rows · page 1 of 2 · version v1")).to_be_visible()
+        expect(page.get_by_text("60 matching rows · page 1 of 2 · tickets@1")).to_be_visible()
         expect(grid(page)).to_contain_text("question 0: how do I reset item 0?")
         expect(grid(page)).to_contain_text("question 9: how do I reset item 9?")
 
         page_number = page.get_by_label("Page", exact=True)
         page_number.fill("2")
         page_number.press("Enter")
-        expect(page.get_by_text("60 matching rows · page 2 of 2 · version v1")).to_be_visible()
+        expect(page.get_by_text("60 matching rows · page 2 of 2 · tickets@1")).to_be_visible()
         expect(grid(page)).to_contain_text("question 50: how do I reset item 50?")
         expect(grid(page)).not_to_contain_text("question 0: how do I reset item 0?")
     assert Store(store_path).version(1).n_rows == 60
@@ -159,11 +159,11 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
         page.get_by_role("button", name="Preview").click()
         expect(page.get_by_test_id("stMetric").nth(2)).to_contain_text("Rows flagged for review")
         page.get_by_role("button", name="Apply as a new version").click()
-        expect(page.get_by_text("Cleaned into version v2")).to_be_visible()
+        expect(page.get_by_text("Cleaned into tickets@2")).to_be_visible()
         # The defaults flag most rules' rows; after review, one rule's rows go at once.
         expect(page.get_by_role("heading", name=re.compile("Flagged for review"))).to_be_visible()
         page.get_by_role("button", name=re.compile("Drop .* rows flagged by")).click()
-        expect(page.get_by_text(re.compile(r"Dropped \d+ reviewed rows into version v3"))
+        expect(page.get_by_text(re.compile(r"Dropped \d+ reviewed rows into tickets@3"))
                ).to_be_visible()
 
         page.goto(url + "/dedup")
@@ -171,7 +171,7 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
         page.get_by_role("button", name="Find duplicates").click()
         expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
         page.get_by_role("button", name="Apply: drop").click()
-        expect(page.get_by_text("Deduplicated into version v4")).to_be_visible()
+        expect(page.get_by_text("Deduplicated into tickets@4")).to_be_visible()
     store = Store(store_path)
     ops = [v.operation for v in store.versions("train")]
     assert ops == ["import", "clean", "drop_flagged", "dedup"]
@@ -207,7 +207,7 @@ def test_score_the_sample_data_and_select_the_top_k(app, page, tmp_path):
         expect(metrics.filter(has_text="Rows kept")).to_contain_text("5")
         expect(metrics.filter(has_text="Rows dropped")).to_contain_text("395")
         page.get_by_role("button", name="Apply as a new version").click()
-        expect(page.get_by_text("Selected 5 rows into version v2.")).to_be_visible()
+        expect(page.get_by_text("Selected 5 rows into train@2.")).to_be_visible()
     store = Store(store_path)
     active = store.version(store.active_version("train"))
     assert (active.version_id, active.operation, active.n_rows) == (2, "select", 5)
@@ -284,7 +284,7 @@ def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):
         runs_grid = grid(page)  # the runs table, the page's only grid
         expect(runs_grid).to_contain_text("done")
         expect(runs_grid).to_contain_text("4/4")
-        expect(runs_grid).to_contain_text("chats v1")
+        expect(runs_grid).to_contain_text("chats@1")
     [run] = training.training_runs(home=tmp_path / "runs")
     assert (run.state, run.step, run.total) == ("done", 4, 4)
     assert len(training.loss_frame(run).query("split == 'train'")) == 4
@@ -380,7 +380,7 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
         expect(editor).to_contain_text(str(failures["reference"].iloc[0]))
         pick(page, "Training dataset to extend", "train")
         page.get_by_role("button", name="Make targeted version").click()
-        expect(page.get_by_text("Made targeted version v3 of train (7 rows).")).to_be_visible()
+        expect(page.get_by_text("Made targeted version train@2 (7 rows); it is now the active version of train.")).to_be_visible()
 
         expect(page.get_by_role("heading", name="Retrain and re-evaluate")).to_be_visible()
         expect(page.get_by_label("Base model", exact=True)).to_have_value("tiny")

@@ -136,14 +136,14 @@ def test_versions_activate_and_diff(imported):
                                                  detail="planted")
     imported.apply_step(1, StepResult(kept=frame.iloc[1:], dropped=dropped), operation="filter")
     versions = run("versions", "support").stdout.splitlines()
-    assert versions[0].startswith("  v1    parent=-    import")
-    assert versions[1].startswith("* v2    parent=1    filter     rows=4")
+    assert versions[0].split()[:3] == ["support@1", "parent=-", "import"]
+    assert versions[1].split()[:5] == ["*", "support@2", "parent=support@1", "filter", "rows=4"]
     diff = run("diff", "support@1", "support@2").stdout.splitlines()
     assert diff[0] == "added=0 removed=1 changed=0"
     assert diff[1].startswith("- [1] too_short: question 0")
-    assert "now active" in run("activate", "support@1").stdout
+    assert "support@1 is now the active version" in run("activate", "support@1").stdout
     assert imported.active_version("support") == 1
-    assert run("versions", "support").stdout.startswith("* v1")
+    assert run("versions", "support").stdout.startswith("* support@1")
 
 
 def test_rejects_lists_line_field_reason_and_fix(imported):

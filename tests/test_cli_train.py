@@ -40,8 +40,12 @@ def test_train_runs_to_the_end_then_lists_and_merges(home):
     run_id = next(d.name for d in (home / "runs").iterdir())
     assert f"adapter: {home / 'runs' / run_id / 'adapter'}" in result.stdout
 
-    table = run("runs").stdout
-    assert run_id in table and "done" in table and "chats v1" in table and "2/2" in table
+    table = run("runs", "--kind", "train").stdout  # training detail: config and losses
+    assert run_id in table and "done" in table and "chats@1" in table and "2/2" in table
+    registry = run("runs").stdout.splitlines()  # every run, from the store's registry
+    assert registry[0].split()[:5] == ["run_id", "kind", "state", "parent", "data"]
+    [line] = [row for row in registry if row.startswith(run_id)]
+    assert line.split()[1:3] == ["train", "done"] and "chats@1" in line
     out = home / "merged"
     assert str(out) in run("merge", run_id, out).stdout
     assert (out / "config.json").is_file()

@@ -59,11 +59,11 @@ def tiny_run(store, home) -> jobs.JobStatus:
                                  similarity=False, home=home, inline=True)
 
 
-def test_tiny_eval_run_is_listed_with_metric_intervals(tiny_run, home):
+def test_tiny_eval_run_is_listed_with_metric_intervals(tiny_run, store, home):
     assert tiny_run.state == "done" and tiny_run.result["rows"] == 4
-    table = evaluation.runs_table(home=home)
+    table = evaluation.runs_table(home=home, store=store)
     assert table[["run", "kind", "state", "model", "data", "rows"]].values.tolist() == [
-        [tiny_run.run_id, "eval", "done", "tiny", "v1", 4]]
+        [tiny_run.run_id, "eval", "done", "tiny", "evalset@1", 4]]  # data as people name it
     assert "similarity" not in table.columns  # switched off
     mean, interval = table.at[0, "token_f1"].split(" ", 1)
     assert float(mean) >= 0 and interval.startswith("[")
@@ -98,7 +98,7 @@ def test_background_eval_job_finishes_and_survives_a_reload(store, home):
     assert "fmt_min_words" in evaluation.run_predictions(job.run_id, home=home)
 
 
-def test_model_names_runs_and_folders(tiny_run, home, tmp_path):
+def test_model_names_runs_and_folders(tiny_run, home, tmp_path, monkeypatch):
     assert evaluation.model_spec("default") == "default"
     assert evaluation.model_spec("tiny") == "tiny"
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
@@ -108,7 +108,11 @@ def test_model_names_runs_and_folders(tiny_run, home, tmp_path):
     trained = fake_training_run(home, "20990101-000000-train", version_id=1)
     assert evaluation.model_spec(trained.name, home=home) == {"run_dir": str(trained.resolve())}
     assert evaluation.model_spec(str(trained), home=home) == {"run_dir": str(trained.resolve())}
-    assert list(evaluation.model_choices(home=home)) == ["default", "tiny", trained.name]
+    # Trained runs first (newest first), then the base model; the tiny test model is not
+    # offered to people, though it still works by name.
+    assert list(evaluation.model_choices(home=home)) == [trained.name, "default", "tiny"]
+    monkeypatch.setenv("WORKBENCH_TEST_MODELS", "0")  # as people run the app
+    assert list(evaluation.model_choices(home=home)) == [trained.name, "default"]
 
 
 def test_bad_eval_input_names_the_value(store, home):
@@ -189,7 +193,7 @@ def test_compare_shows_the_diff_of_the_two_training_versions(tiny_run, home, sto
     counts = store.diff(train_v1, train_v2).counts()
     assert result.training["counts"] == counts and counts["added"] >= 2
     assert evaluation.training_summary(result) == (
-        f"training data v{train_v1} → v{train_v2}: added {counts['added']}, "
+        f"training data evalset@1 → evalset@2: added {counts['added']}, "
         f"removed {counts['removed']}, changed {counts['changed']}")
 
 

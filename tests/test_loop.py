@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench import analysis, jobs, loop, models
+from workbench import analysis, evaluation, jobs, loop, models, runs, training
 from workbench import evaluate as ev
 from workbench.exceptions import ConfigError, NotFoundError
 from workbench.schema import Example
@@ -207,7 +207,23 @@ def test_retrain_and_re_evaluate_reports_before_after_and_joins_the_overview(set
     history = loop.metric_history("format_ok", home=home)
     assert history["iteration"].tolist() == [1, 2]
     assert loop.train_version_of(done.run_id, home=home) == vid
-    assert loop.previous_training_run(done.run_id, home=home) == done.run_dir  # next round
+    # The retraining is a training run of its own, part of the loop run: on the Train page,
+    # among the models to evaluate, and in the runs registry with its parent.
+    train_dir = home / f"{done.run_id}-train"
+    assert loop.previous_training_run(done.run_id, home=home) == train_dir  # next round
+    [trained] = training.training_runs(home)
+    assert (trained.run_id, trained.state, trained.parent) == (train_dir.name, "done",
+                                                               done.run_id)
+    assert training.runs_table([trained], store).at[0, "part_of"] == done.run_id
+    assert trained.run_id in evaluation.model_choices(home=home, store=store)
+    registry = runs.table(store, home=home).set_index("run_id")
+    assert registry.loc[trained.run_id, ["kind", "state", "parent"]].tolist() == [
+        "train", "done", done.run_id]
+    assert registry.loc[done.run_id, "kind"] == "loop"
+    assert registry.loc[trained.run_id, "data"] == store.version(vid).ref
+    events = jobs.events(done.run_dir)  # the loop's bar names its phases
+    assert [p for p in dict.fromkeys(e.get("phase") for e in events)] == [
+        "loading model", "training", "evaluating", "scoring the answers"]
     assert [v.version_id for v in loop.targeted_versions(store, "eval-1", home=home)] == [vid]
 
 

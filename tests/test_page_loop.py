@@ -59,6 +59,15 @@ def test_training_runs_not_evaluated_yet_are_listed_apart(store, tmp_path):
     at = open_page()
     pending = next(d.value for d in at.dataframe if "status" in d.value.columns)
     assert pending["run_id"].tolist() == ["train-pending"]
-    assert pending["status"].tolist() == ["done"] and pending["data"].tolist() == ["eval v1"]
+    assert pending["status"].tolist() == ["done"] and pending["data"].tolist() == ["eval@1"]
     overview = next(d.value for d in at.dataframe if "eval_run" in d.value.columns)
     assert overview.iloc[-1]["train_run"] == "train-evaluated"
+    # Every run of the store is in the registry's table, with the data it read.
+    def registry_table(at):  # tables without selection have no key in AppTest
+        return next(d.value for d in at.dataframe if "parent" in d.value.columns)
+
+    registry = registry_table(at).set_index("run_id")
+    assert registry.loc[["train-evaluated", "train-pending"], "kind"].tolist() == ["train"] * 2
+    assert registry.loc["train-pending", "data"] == "eval@1"
+    at = ok(at.multiselect(key="it_run_kinds").set_value(["train"]).run())
+    assert set(registry_table(at)["kind"]) == {"train"}

@@ -69,7 +69,7 @@ def test_start_follow_and_reload_a_short_run(store, tmp_path):
     at = ok(at.run())
     table = at.dataframe[0].value  # the runs table
     assert table.iloc[0]["status"] == "done" and table.iloc[0]["step"] == "3/3"
-    assert table.iloc[0]["data"] == "chats v1" and table.iloc[0]["model"] == "tiny"
+    assert table.iloc[0]["data"] == "chats@1" and table.iloc[0]["model"] == "tiny"
     assert len(at.get("plotly_chart")) == 1  # the loss curves
     assert [m.value for m in at.metric][0] == "3/3"
     assert any(t.value.endswith("adapter") for t in at.text)  # the adapter folder

@@ -93,7 +93,7 @@ def test_runs_table_lists_status_data_config_and_losses(setup, run):
     assert list(table.columns) == training.RUN_COLUMNS and len(table) == 1
     row = table.iloc[0]
     assert (row.run_id, row.status, row.step) == (run.run_id, "done", "3/3")
-    assert row.data == f"chats v{version}" and row.validation == "0.25 split"
+    assert row.data == "chats@1" and row.validation == "0.25 split" and row.part_of == ""
     assert row.model == "tiny" and row.length == "3 steps" and row.batch == "4×1"
     assert row.train_loss == pytest.approx(run.result["train_loss"])
     assert row.val_loss == pytest.approx(run.result["val_loss"])

@@ -207,10 +207,13 @@ def row_cmd(ctx: click.Context, row_key: int) -> None:
 def versions_cmd(ctx: click.Context, dataset: str) -> None:
     """Show a dataset's version history (lineage, operation, counts)."""
     store = _store(ctx)
-    active = store.active_version(dataset)
-    for v in store.versions(dataset):
+    active, refs = store.active_version(dataset), store.refs()
+    versions = store.versions(dataset)
+    width = max(len(v.ref) for v in versions)
+    for v in versions:
         mark = "*" if v.version_id == active else " "
-        click.echo(f"{mark} v{v.version_id:<4} parent={v.parent_id or '-':<4} "
+        parent = refs.get(v.parent_id, "-") if v.parent_id else "-"
+        click.echo(f"{mark} {v.ref:<{width}} parent={parent:<{width}} "
                    f"{v.operation:<10} rows={v.n_rows:<7} {orjson.dumps(v.counts).decode()} "
                    f"{orjson.dumps(v.params).decode()[:80]}")
 
@@ -223,7 +226,17 @@ def activate_cmd(ctx: click.Context, ref: str) -> None:
     store = _store(ctx)
     vid = store.resolve(ref)
     store.set_active(vid)
-    click.echo(f"version {vid} is now active for '{store.version(vid).dataset}'")
+    click.echo(f"{store.version(vid).ref} is now the active version")
+
+
+@main.command("role")
+@click.argument("dataset")
+@click.argument("role", type=click.Choice(["train", "eval", "pool", "none"]))
+@click.pass_context
+def role_cmd(ctx: click.Context, dataset: str, role: str) -> None:
+    """Mark what a dataset is for; Evaluate preselects the one marked eval."""
+    _store(ctx).set_role(dataset, "" if role == "none" else role)
+    click.echo(f"'{dataset}' is now marked {role}")
 
 
 @main.command("diff")
@@ -809,13 +822,25 @@ def _follow_job(run_id: str, desc: str, *, unit: str = " rows", show: tuple[str,
 
 
 @main.command("runs")
+@click.option("--kind", type=click.Choice(["train", "eval", "import", "loop", "score",
+                                           "judge", "embed"]), default=None,
+              help="Only runs of this kind; train also shows each run's config and losses.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records.")
 @click.pass_context
-def runs_cmd(ctx: click.Context) -> None:
-    """List training runs: status, data version, config and final losses."""
-    from . import training
+def runs_cmd(ctx: click.Context, kind: str | None, as_json: bool) -> None:
+    """List the runs from the registry: kind, state, the run it belongs to, data, model."""
+    from . import runs, training
 
-    table = training.runs_table(training.training_runs(), _store(ctx))
-    click.echo(table.to_string(index=False) if len(table) else "no training runs yet")
+    store = _store(ctx)
+    if kind == "train" and not as_json:
+        table = training.runs_table(training.training_runs(), store)
+    else:
+        table = runs.table(store, kind=kind)
+    if as_json:
+        _echo_json(table.to_dict(orient="records"))
+        return
+    click.echo(table.to_string(index=False) if len(table) else
+               f"no {kind + ' ' if kind else ''}runs yet")
 
 
 @main.command("resume")

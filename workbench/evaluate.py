@@ -988,10 +988,16 @@ def eval_task(params: dict, ctx: Any) -> dict:
     spec = params.get("model", "default")
     ctx.log(f"evaluating {model_label(spec)} on version {params['version_id']} "
             f"({len(frame)} rows, {config.to_dict()})")
+    if hasattr(ctx, "phase"):
+        ctx.phase("loading model")
     model, tokenizer = load_eval_model(spec)
+    if hasattr(ctx, "phase"):
+        ctx.phase("evaluating", len(frame))
     generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
     predictions = predictions_frame(frame, generations, model_label(spec))
     ctx.log("scoring the answers")
+    if hasattr(ctx, "phase"):
+        ctx.phase("scoring the answers")
     scored = score_predictions(predictions, checks=checks, store=store,
                                embedder=params.get("embedder", "default"))
     summary = _summary(params, config, scored, generations, seconds)
@@ -1054,10 +1060,12 @@ def loop_task(params: dict, ctx: Any) -> dict:
     params: store, version_id (the version to train on), config (TrainConfig fields) or
     previous_run (a training run folder whose train_config.json is reused), eval (eval_task
     params without store/model: version_id, generation, style, ...), before_run (the eval run
-    folder to compare with; optional). Training and evaluation share this run folder, so the
-    adapter, predictions.parquet, summary.json and before_after.json all land here.
+    folder to compare with; optional). The training is a run of its own, "<this run>-train"
+    (jobs.run_child), listed and usable like any training run; the evaluation of its adapter
+    writes predictions.parquet, summary.json and before_after.json into this run folder.
     """
-    from .train import CONFIG_FILE, train_task
+    from .jobs import run_child
+    from .train import CONFIG_FILE, TASK_NAME
 
     config = params.get("config")
     if config is None and params.get("previous_run"):
@@ -1065,11 +1073,13 @@ def loop_task(params: dict, ctx: Any) -> dict:
     if config is None:
         raise ConfigError("give config (training options) or previous_run (a training run)")
     ctx.log(f"phase 1/2: training on version {params['version_id']}")
-    metrics = train_task({"store": params["store"], "version_id": params["version_id"],
-                          "config": config}, ctx)
+    train_params = {"store": params["store"], "version_id": params["version_id"],
+                    "config": config, "name": f"retrain from {params.get('source_run', '?')}"}
+    metrics = run_child(ctx, "train", TASK_NAME, train_params, kind="train")
+    train_dir = ctx.run_dir.parent / f"{ctx.run_dir.name}-train"
     ctx.log("phase 2/2: evaluating the new adapter")
     eval_params = {**params["eval"], "store": params["store"],
-                   "model": {"run_dir": str(ctx.run_dir)}}
+                   "model": {"run_dir": str(train_dir)}}
     summary = eval_task(eval_params, ctx)
     result = {"train": metrics, "eval": summary}
     if params.get("before_run"):

@@ -30,6 +30,7 @@ LOOP_TASK = "workbench.evaluate.loop_task"
 EVAL_TASKS = {EVAL_TASK: "eval", IMPORT_TASK: "import", LOOP_TASK: "loop"}
 BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
                "tiny": "tiny random model (for tests)"}
+DEFAULT_LIMIT = 100  # rows a page evaluates unless the user asks for more (the count is shown)
 # The per-row columns people read first; the metric columns follow.
 OUTPUT_COLUMNS = ("row_key", "prompt", "reference", "prediction")
 Home = str | Path | None
@@ -43,14 +44,29 @@ def trained_runs(*, home: Home = None) -> list[jobs.JobStatus]:
     return [j for j in training.training_runs(home) if j.state == "done"]
 
 
-def model_choices(*, home: Home = None) -> dict[str, str]:
-    """Return {model value: label}: the base models, then each finished training run."""
-    choices = dict(BASE_MODELS)
+def model_choices(*, home: Home = None, store: Store | None = None) -> dict[str, str]:
+    """Return {model value: label}: each finished training run, newest first, then the base
+    model (the tiny random model is for tests: it stays usable by name but is not offered)."""
+    refs = store.refs() if store is not None else {}
+    choices = {}
     for job in trained_runs(home=home):
         params = job.config.get("params", {})
         base = params.get("config", {}).get("model", "default")
-        choices[job.run_id] = f"trained run {job.run_id} (v{params.get('version_id')}, {base})"
-    return choices
+        data = version_ref(params.get("version_id"), refs)
+        parent = f", retrained by {job.config['parent']}" if job.config.get("parent") else ""
+        choices[job.run_id] = f"trained run {job.run_id} ({data}, {base}{parent})"
+    from .models import test_models_offered
+
+    offered = ("default", "tiny") if test_models_offered() else ("default",)
+    return choices | {k: v for k, v in BASE_MODELS.items() if k in offered}
+
+
+def version_ref(version_id: int | None, refs: Mapping[int, str]) -> str:
+    """Return "name@N" for a version id (refs: Store.refs()), or a plain id without a store."""
+    if version_id is None:
+        return "?"
+    return refs.get(int(version_id)) or ("a deleted version" if refs
+                                          else f"version id {version_id}")
 
 
 def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
@@ -104,7 +120,7 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
               "generation": (generation or ev.GenerationConfig()).to_dict(),
               "style": dict(style) if style else None,
               "embedder": "default" if similarity else None, "limit": limit,
-              "name": name or f"{model} on {version.dataset} v{version.version_id}"}
+              "name": name or f"{model} on {version.ref}"}
     if inline:
         return _finished(jobs.run_inline(EVAL_TASK, params, kind="eval", home=home))
     return jobs.start(EVAL_TASK, params, kind="eval", home=home)
@@ -155,10 +171,11 @@ def finished_runs(*, home: Home = None) -> list[jobs.JobStatus]:
             if j.state == "done" and (j.run_dir / ev.PREDICTIONS_FILE).is_file()]
 
 
-def run_label(job: jobs.JobStatus) -> str:
-    """Return a one-line description of an eval run: id, kind, model and data."""
+def run_label(job: jobs.JobStatus, refs: Mapping[int, str] | None = None) -> str:
+    """Return a one-line description of an eval run: id, kind, model and data (refs:
+    Store.refs(), to name the data version as people read it)."""
     return f"{job.run_id} · {EVAL_TASKS.get(job.config.get('task'), job.kind)} · " \
-           f"{_model_name(job)} · {_data_name(job)}"
+           f"{_model_name(job)} · {_data_name(job, refs or {})}"
 
 
 def _model_name(job: jobs.JobStatus) -> str:
@@ -166,31 +183,31 @@ def _model_name(job: jobs.JobStatus) -> str:
     if job.config.get("task") == IMPORT_TASK:
         return ev.model_label(ev.read_summary(job.run_dir).get("model") or params.get("model")
                               or "?")
-    if job.config.get("task") == LOOP_TASK:
-        return f"run:{job.run_id}"
+    if job.config.get("task") == LOOP_TASK:  # it evaluates its own training run
+        return f"run:{job.run_id}-train"
     return ev.model_label(params.get("model", "default"))
 
 
-def _data_name(job: jobs.JobStatus) -> str:
+def _data_name(job: jobs.JobStatus, refs: Mapping[int, str]) -> str:
     params = job.config.get("params", {})
     if job.config.get("task") == IMPORT_TASK:
         return f"file {Path(str(params.get('path', '?'))).name}"
-    version = (params.get("eval") or params).get("version_id")
-    return f"v{version}" if version is not None else "?"
+    return version_ref((params.get("eval") or params).get("version_id"), refs)
 
 
-def runs_table(*, home: Home = None) -> pd.DataFrame:
+def runs_table(*, home: Home = None, store: Store | None = None) -> pd.DataFrame:
     """Return one row per eval run: id, kind, state, model, data, rows, metric means [95% CI]."""
-    rows = [_run_row(job) for job in eval_runs(home=home)]
+    refs = store.refs() if store is not None else {}
+    rows = [_run_row(job, refs) for job in eval_runs(home=home)]
     names = [m for m in ev.METRICS if any(m in r for r in rows)]
     columns = ["run", "kind", "state", "model", "data", "rows", *names]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _run_row(job: jobs.JobStatus) -> dict[str, Any]:
+def _run_row(job: jobs.JobStatus, refs: Mapping[int, str]) -> dict[str, Any]:
     summary = ev.read_summary(job.run_dir) if job.state == "done" else {}
     row = {"run": job.run_id, "kind": EVAL_TASKS.get(job.config.get("task"), job.kind),
-           "state": job.state, "model": _model_name(job), "data": _data_name(job),
+           "state": job.state, "model": _model_name(job), "data": _data_name(job, refs),
            "rows": summary.get("rows", job.total)}
     for metric, ci in _summary_metrics(summary).items():
         if metric in ev.METRICS:
@@ -228,6 +245,30 @@ def run_predictions(run: str | Path, *, home: Home = None) -> pd.DataFrame:
     if job.config.get("task") not in EVAL_TASKS:
         raise ConfigError(f"run {job.run_id} is a {job.kind} run, not an evaluation")
     return ev.read_predictions(_finished(job).run_dir)
+
+
+EMPTY_WARN = 0.5  # warn when more than this share of predictions are empty
+
+
+def run_warnings(predictions: pd.DataFrame) -> list[str]:
+    """Return what makes a run's metrics hard to trust, worded for people (empty: nothing):
+    mostly empty predictions, or most answers cut off at max new tokens."""
+    n = len(predictions)
+    if not n:
+        return ["the run has no rows"]
+    out = []
+    empty = predictions["prediction"].fillna("").astype(str).str.strip().eq("")
+    if empty.mean() > EMPTY_WARN:
+        out.append(f"{empty.sum():,} of {n:,} predictions ({empty.mean():.0%}) are empty: the "
+                   "model did not answer (a random or base model, a chat template it does not "
+                   "follow, or an end token at once), so every metric of this run is near 0 "
+                   "and says nothing about quality")
+    if "hit_max" in predictions.columns:
+        cut = predictions["hit_max"].fillna(False).astype(bool) & ~empty
+        if cut.mean() > EMPTY_WARN:
+            out.append(f"{cut.sum():,} of {n:,} answers ({cut.mean():.0%}) stopped at max new "
+                       "tokens: they are cut off; raise max new tokens for a fair score")
+    return out
 
 
 def outputs_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -296,9 +337,14 @@ def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict
     if store is None:
         return None
     try:
-        return analysis.training_diff(store, a.run_dir, b.run_dir)
+        diff = analysis.training_diff(store, a.run_dir, b.run_dir)
     except NotFoundError:  # trained on versions of another store
         return None
+    if diff is not None:
+        refs = store.refs()
+        diff["ref_a"], diff["ref_b"] = (version_ref(diff[k], refs)
+                                        for k in ("version_a", "version_b"))
+    return diff
 
 
 def regressions_table(result: RunComparison, limit: int = 200) -> pd.DataFrame:
@@ -328,4 +374,6 @@ def training_summary(result: RunComparison) -> str:
     if training is None:
         return "no training data diff: at least one model is a base model or outside predictions"
     counts = ", ".join(f"{k} {v}" for k, v in training["counts"].items())
-    return f"training data v{training['version_a']} → v{training['version_b']}: {counts}"
+    refs = [training.get(f"ref_{s}") or f"version id {training[f'version_{s}']}"
+            for s in "ab"]
+    return f"training data {refs[0]} → {refs[1]}: {counts}"

@@ -92,31 +92,57 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 @dataclass
 class JobContext:
-    """What a running task uses to report progress, log, and notice a cancel."""
+    """What a running task uses to report progress, log, and notice a cancel.
+
+    A task names its phases ("loading model", "training", "evaluating"); progress events
+    carry the current phase, so a reader shows "training 3/6" and times the ETA within the
+    phase. A child context (``parent`` set) is a run of its own inside a bigger job, such as
+    the training of a loop: its progress also shows on the parent, and a cancel of either
+    stops both.
+    """
 
     run_dir: Path
+    parent: JobContext | None = None
     _started: float = field(default_factory=time.time)
+    _phase: str = ""
+
+    def phase(self, name: str, total: int | None = None, step: int = 0) -> None:
+        """Start a named phase at ``step`` of ``total`` (a resumed training starts past 0)."""
+        self._phase = name
+        self.progress(step, total)
 
     def progress(self, step: int, total: int | None = None, **metrics: Any) -> None:
         """Append a progress event (step of total, plus any metrics such as loss)."""
         event = {"t": time.time(), "step": step, "total": total, **metrics}
-        with open(self.run_dir / "events.jsonl", "ab") as f:
-            f.write(orjson.dumps(event, default=float) + b"\n")
+        if self._phase:
+            event["phase"] = self._phase
+        _append_event(self.run_dir, event)
+        if self.parent is not None:
+            _append_event(self.parent.run_dir, {"t": event["t"], "step": step, "total": total,
+                                                "phase": self._phase or self.parent._phase})
         self.check_cancel()
 
     def log(self, message: str) -> None:
-        """Append a line to the run's log."""
-        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+        """Append a line to the run's log (and the parent's)."""
+        for ctx in (self, self.parent):
+            if ctx is not None:
+                with open(ctx.run_dir / "log.txt", "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
     def cancelled(self) -> bool:
-        """Return whether the user asked this job to stop."""
-        return (self.run_dir / "cancel").exists()
+        """Return whether the user asked this job (or the job it belongs to) to stop."""
+        return (self.run_dir / "cancel").exists() or (
+            self.parent is not None and self.parent.cancelled())
 
     def check_cancel(self) -> None:
         """Raise Cancelled if the user asked this job to stop."""
         if self.cancelled():
             raise Cancelled()
+
+
+def _append_event(run_dir: Path, event: dict) -> None:
+    with open(run_dir / "events.jsonl", "ab") as f:
+        f.write(orjson.dumps(event, default=float) + b"\n")
 
 
 @dataclass
@@ -137,6 +163,12 @@ class JobStatus:
     result: dict = field(default_factory=dict)
     started: float | None = None
     finished: float | None = None
+    phase: str = ""
+
+    @property
+    def parent(self) -> str | None:
+        """The run this one belongs to (a loop's training points to the loop), if any."""
+        return self.config.get("parent")
 
     @property
     def fraction(self) -> float:
@@ -258,14 +290,33 @@ def execute(run_dir: Path, *, lock_fd: int | None = None) -> None:
     # A program this task starts must not inherit the lock and keep a dead run "running".
     os.set_inheritable(fd, False)
     try:
-        _execute(run_dir)
+        _run(JobContext(run_dir))
+    except Exception:  # recorded in the run folder; a worker ends quietly
+        pass
     finally:
         os.close(fd)
 
 
-def _execute(run_dir: Path) -> None:
+def run_child(ctx: JobContext, name: str, task: str, params: dict, *, kind: str) -> dict:
+    """Run a part of a job as a run of its own and return its result.
+
+    The part gets the sibling folder "<run id>-<name>" whose config names its task, kind and
+    parent, so it is listed, opened and used (a loop's training is evaluated, merged, shown
+    with its loss curve) like any run of that task. Its progress shows on the parent too; a
+    failure or cancel is recorded in both and raised on to the parent. It runs in the
+    parent's process, under the parent's lock: its status names that process (pid and start
+    time), so it reads as failed if the process dies.
+    """
+    run_dir = ctx.run_dir.parent / f"{ctx.run_dir.name}-{name}"
+    run_dir.mkdir(exist_ok=False)
+    _write_json(run_dir / "config.json", {"task": task, "kind": kind, "params": params,
+                                          "created": time.time(), "parent": ctx.run_dir.name})
+    return _run(JobContext(run_dir, parent=ctx))
+
+
+def _run(ctx: JobContext) -> dict:
+    run_dir = ctx.run_dir
     config = _read_json(run_dir / "config.json")
-    ctx = JobContext(run_dir)
     # The start time pairs with the pid: a later process reusing the pid has another one.
     base = {"pid": os.getpid(), "pid_start": _start_time(os.getpid()), "started": time.time()}
     _write_json(run_dir / "status.json", {**base, "state": "running"})
@@ -275,16 +326,15 @@ def _execute(run_dir: Path) -> None:
         ctx.log("cancelled by the user")
         _write_json(run_dir / "status.json", {**base, "state": "cancelled",
                                               "finished": time.time()})
-        return
+        raise
     except BaseException as e:  # the run must end in a readable state whatever happened
         ctx.log(traceback.format_exc())
         _write_json(run_dir / "status.json", {**base, "state": "failed", "error": _reason(e),
                                               "finished": time.time()})
-        if not isinstance(e, Exception):
-            raise
-        return
+        raise
     _write_json(run_dir / "result.json", result)
     _write_json(run_dir / "status.json", {**base, "state": "done", "finished": time.time()})
+    return result
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -432,12 +482,32 @@ def _add_progress(job: JobStatus, evs: list[dict]) -> None:
         return
     last = evs[-1]
     job.last, job.step, job.total = last, int(last.get("step", 0)), last.get("total")
-    first = evs[0]
+    job.phase = last.get("phase") or ""
+    start = len(evs) - 1  # rate and ETA are timed within the current phase
+    while start > 0 and (evs[start - 1].get("phase") or "") == job.phase:
+        start -= 1
+    first = evs[start]
     elapsed, done = last["t"] - first["t"], job.step - int(first.get("step", 0))
     if elapsed > 0 and done > 0:
         job.rate = done / elapsed
         if job.total and job.active:
             job.eta_s = max(0.0, (job.total - job.step) / job.rate)
+
+
+def progress_text(job: JobStatus) -> str:
+    """Return what a progress bar says: "train · running · training 3/6", "loading model"
+    while a phase has no count yet, never a bare "0/?"."""
+    head = f"{job.kind} · {job.state}"
+    if job.state == "queued":
+        return f"{head} · waiting to start"
+    if not job.active:
+        count = f" · {job.step}/{job.total}" if job.total else ""
+        return f"{head}{count}"
+    what = job.phase or "step"
+    if not job.total:
+        return f"{head} · {job.phase or 'starting'}…" if not job.step else \
+            f"{head} · {what} {job.step}"
+    return f"{head} · {what} {job.step}/{job.total}"
 
 
 def log_tail(run: str | Path, lines: int = 20, *, home: str | Path | None = None) -> str:

@@ -60,4 +60,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         """CREATE TABLE staged_versions (version_id INTEGER PRIMARY KEY, dataset VARCHAR NOT NULL,
             pid INTEGER, host VARCHAR, started_at TIMESTAMP DEFAULT current_timestamp)""",
     ]),
+    (5, "a registry of runs; datasets carry a role (train, eval, pool)", [
+        # One row per run folder (training, evaluation, imported predictions, loop, scoring,
+        # embedding, labelling). The run folder keeps the bulky outputs and stays the truth
+        # for a run in progress; the registry is what pages and the CLI list and query.
+        """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL,
+            task VARCHAR, state VARCHAR NOT NULL, parent_run VARCHAR, version_id INTEGER,
+            output_version_id INTEGER, model VARCHAR, name VARCHAR, config VARCHAR,
+            device VARCHAR, created_at TIMESTAMP, started_at TIMESTAMP,
+            finished_at TIMESTAMP, summary VARCHAR, error VARCHAR)""",
+        "ALTER TABLE datasets ADD COLUMN role VARCHAR DEFAULT ''",
+    ]),
 ]

@@ -908,6 +908,16 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
     )
 
 
+TEST_MODELS_ENV = "WORKBENCH_TEST_MODELS"
+
+
+def test_models_offered() -> bool:
+    """Return whether pages offer the tiny random model: it answers noise (empty or random
+    text, every metric 0), so only when $WORKBENCH_TEST_MODELS is 1, as the test suite sets.
+    It always works by name ("tiny") in the CLI and library."""
+    return os.environ.get(TEST_MODELS_ENV) == "1"
+
+
 def tiny_lm(seed: int = 0, *, vocab_size: int | None = None) -> LoadedLM:
     """Returns a fresh random 2-layer Llama (hidden 64) and tiny tokenizer; same seed, same weights.
 

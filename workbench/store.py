@@ -46,6 +46,7 @@ from .schema import (Example, RowError, StepResult, check_messages, check_size, 
                      response_text)
 
 DEFAULT_HOME = Path("storage")
+ROLES = ("train", "eval", "pool", "")  # what a dataset is for ("": not said)
 # Small row groups let DuckDB compress and write each one during a bulk insert, on its own
 # threads, instead of compressing everything in one checkpoint when the file is closed.
 ROW_GROUP_ROWS = 16_384
@@ -108,6 +109,12 @@ class VersionInfo:
     n_rows: int
     created_at: Any
     message: str = ""
+    number: int = 0  # the version's place in its dataset: 1 for the first, as in name@N
+
+    @property
+    def ref(self) -> str:
+        """What a person reads and types for this version: "name@N" (N counts per dataset)."""
+        return f"{self.dataset}@{self.number}"
 
 
 @dataclass
@@ -442,7 +449,7 @@ class Store:
             return con.execute("""
                 SELECT d.name, d.description, d.active_version, v.n_rows,
                        (SELECT count(*) FROM versions x WHERE x.dataset_id = d.dataset_id)
-                           AS versions, d.created_at
+                           AS versions, d.created_at, coalesce(d.role, '') AS role
                 FROM datasets d LEFT JOIN versions v ON v.version_id = d.active_version
                 ORDER BY d.dataset_id""").df()
 
@@ -465,6 +472,22 @@ class Store:
         if not found:
             raise NotFoundError(f"no dataset named '{dataset}'")
         return found[0]
+
+    def set_role(self, dataset: str, role: str) -> None:
+        """Mark what a dataset is for: "train", "eval" (pages preselect it to evaluate on),
+        "pool" (rows to draw from) or "" (none)."""
+        if role not in ROLES:
+            raise WorkbenchError(f"unknown role {role!r}: use one of "
+                                 f"{', '.join(repr(r) for r in ROLES)}")
+        with self.connect() as con:
+            self._dataset_id(con, dataset)
+            con.execute("UPDATE datasets SET role = ? WHERE name = ?", [role, dataset])
+
+    def with_role(self, role: str) -> list[str]:
+        """Return the datasets marked with a role, newest first."""
+        with self.connect() as con:
+            return [r[0] for r in con.execute("SELECT name FROM datasets WHERE role = ? "
+                                              "ORDER BY dataset_id DESC", [role]).fetchall()]
 
     def set_active(self, version_id: int) -> None:
         """Make a version its dataset's active one."""
@@ -504,6 +527,14 @@ class Store:
             rows = con.execute(f"{_VERSION_SQL} WHERE d.name = ? ORDER BY v.version_id",
                                [dataset]).fetchall()
         return [_version_info(r) for r in rows]
+
+    def refs(self) -> dict[int, str]:
+        """Return {version id: "name@N"} for every version, to show ids as people read them."""
+        with self.connect() as con:
+            rows = con.execute("""SELECT v.version_id, d.name, row_number() OVER (
+                PARTITION BY v.dataset_id ORDER BY v.version_id) FROM versions v
+                JOIN datasets d USING (dataset_id)""").fetchall()
+        return {vid: f"{name}@{number}" for vid, name, number in rows}
 
     def lineage(self, version_id: int) -> list[VersionInfo]:
         """Return the chain of versions from the root to this one."""
@@ -1117,7 +1148,9 @@ _CHANGED_SQL = """SELECT ra.row_key AS old_row_key, rb.row_key AS new_row_key, r
     FROM _a a JOIN _b b USING (origin_key) JOIN rows ra ON ra.row_key = a.row_key
     JOIN rows rb ON rb.row_key = b.row_key WHERE a.row_key <> b.row_key ORDER BY ra.origin_key"""
 _VERSION_SQL = """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params, v.counts,
-    v.n_rows, v.created_at, v.message FROM versions v JOIN datasets d USING (dataset_id)"""
+    v.n_rows, v.created_at, v.message, (SELECT count(*) FROM versions w
+        WHERE w.dataset_id = v.dataset_id AND w.version_id <= v.version_id) AS number
+    FROM versions v JOIN datasets d USING (dataset_id)"""
 
 
 def _one(con: Any, sql: str, args: Sequence = ()) -> tuple | None:
@@ -1135,9 +1168,9 @@ def _json(value: Any) -> str:
 
 
 def _version_info(row: tuple) -> VersionInfo:
-    vid, name, parent, op, params, counts, n, created, message = row
+    vid, name, parent, op, params, counts, n, created, message, number = row
     return VersionInfo(vid, name, parent, op, orjson.loads(params or "{}"),
-                       orjson.loads(counts or "{}"), n or 0, created, message or "")
+                       orjson.loads(counts or "{}"), n or 0, created, message or "", number)
 
 
 def _next_row_key(con: Any) -> int:

@@ -623,6 +623,9 @@ class _Quiet:
     def log(self, message: str) -> None:
         pass
 
+    def phase(self, name: str, total: int | None = None, step: int = 0) -> None:
+        pass
+
     def cancelled(self) -> bool:
         return False
 
@@ -672,12 +675,18 @@ def train(
     """Trains a LoRA adapter into run_dir, continuing from its last checkpoint; returns metrics.
 
     val_rows None holds out config.val_fraction of rows (seeded). ctx is a jobs.JobContext (or
-    anything with progress/log/cancelled); cancelling saves a checkpoint and raises Cancelled.
+    anything with progress/log/cancelled, and phase to name what it is doing); cancelling
+    saves a checkpoint and raises Cancelled.
     """
     started, run_dir = time.time(), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_json(run_dir / CONFIG_FILE)
-    run = _setup(config, rows, val_rows, run_dir, ctx or _Quiet(run_dir))
+    ctx = ctx or _Quiet(run_dir)
+    if hasattr(ctx, "phase"):
+        ctx.phase("loading model")
+    run = _setup(config, rows, val_rows, run_dir, ctx)
+    if hasattr(ctx, "phase"):
+        ctx.phase("training", run.total, run.state["step"])
     with _readable_memory_errors(run):
         if run.state["step"] == 0 and run.data.val:
             run.state["val_loss_start"] = _validate(run)
@@ -969,6 +978,9 @@ def _save_adapter(model: Any, target: Path) -> Path:
 # ---------------------------------------------------------------- the background job
 
 
+TASK_NAME = "workbench.train.train_task"  # how jobs (and run folders) name train_task
+
+
 def train_task(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Job task: trains on a store version; params = {store, version_id, val_version_id, config}.
 
@@ -1049,7 +1061,7 @@ def start(
         "val_version_id": val_version_id,
         "config": config.to_dict(),
     }
-    return jobs.start("workbench.train.train_task", params, kind="train", home=home)
+    return jobs.start(TASK_NAME, params, kind="train", home=home)
 
 
 def resume(

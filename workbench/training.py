@@ -18,13 +18,13 @@ import pandas as pd
 from . import jobs, models, train
 from .exceptions import ConfigError, NotFoundError
 from .store import Store, default_home
-from .train import TrainConfig
+from .train import TASK_NAME, TrainConfig
 
-TASK = "workbench.train.train_task"  # runs are recognised by their task, started or inline
+TASK = TASK_NAME  # runs are recognised by their task, started or inline
 BUILTIN_MODELS = ("default", "tiny")
 # The architectures of the built-in models, so their LoRA defaults show without loading them.
 _BUILTIN_TYPES = {"default": "llama", "tiny": "llama"}
-RUN_COLUMNS = ["run_id", "status", "step", "data", "validation", "model", "lora", "lr",
+RUN_COLUMNS = ["run_id", "status", "part_of", "step", "data", "validation", "model", "lora", "lr",
                "length", "batch", "train_loss", "val_loss", "started"]
 
 
@@ -103,11 +103,11 @@ def start_run(store: Store, version_id: int, config: TrainConfig, *,
 
 
 def version_choices(store: Store) -> dict[int, str]:
-    """Return every dataset version as {version id: "dataset vN · operation · rows"}."""
+    """Return every dataset version as {version id: "dataset@N · operation · rows"}."""
     out: dict[int, str] = {}
     for name in store.datasets()["name"]:
         for v in store.versions(name):
-            out[v.version_id] = f"{name} v{v.version_id} · {v.operation} · {v.n_rows:,} rows"
+            out[v.version_id] = f"{v.ref} · {v.operation} · {v.n_rows:,} rows"
     return out
 
 
@@ -146,6 +146,7 @@ def _run_row(job: jobs.JobStatus, store: Store | None, labels: dict[int, str]) -
     return {
         "run_id": job.run_id,
         "status": job.state,
+        "part_of": job.parent or "",  # a loop run that retrained this one
         "step": f"{job.step}/{job.total or '?'}",
         "data": _version_label(store, params.get("version_id"), labels),
         "validation": (_version_label(store, params.get("val_version_id"), labels)
@@ -172,13 +173,11 @@ def _config_values(job: jobs.JobStatus) -> dict[str, Any]:
 def _version_label(store: Store | None, version_id: int | None, labels: dict[int, str]) -> str:
     if version_id is None:
         return ""
+    if not labels and store is not None:
+        labels.update(store.refs())
     if version_id not in labels:
-        labels[version_id] = f"v{version_id}"
-        if store is not None:
-            try:
-                labels[version_id] = f"{store.version(version_id).dataset} v{version_id}"
-            except NotFoundError:
-                labels[version_id] = f"v{version_id} (deleted)"
+        labels[version_id] = ("a deleted version" if store is not None
+                              else f"version id {version_id}")
     return labels[version_id]
 
 

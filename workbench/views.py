@@ -50,11 +50,14 @@ def _one_line(text: str, width: int = 300) -> str:
 
 
 def lineage_table(versions: list[VersionInfo], active: int | None = None) -> pd.DataFrame:
-    """Return one row per version: active mark, id, parent, operation, rows, counts, params."""
+    """Return one row per version: active mark, name@N, parent, operation, rows, counts,
+    params."""
+    refs = {v.version_id: v.ref for v in versions}
     return pd.DataFrame({
         "active": ["●" if v.version_id == active else "" for v in versions],
-        "version": [v.version_id for v in versions],
-        "parent": pd.array([v.parent_id for v in versions], dtype="Int64"),
+        "version": [v.ref for v in versions],
+        "parent": [refs.get(v.parent_id, f"id {v.parent_id}") if v.parent_id else ""
+                   for v in versions],
         "operation": [v.operation for v in versions],
         "rows": [v.n_rows for v in versions],
         "counts": [_compact(v.counts) for v in versions],
@@ -91,7 +94,7 @@ def export_bytes(store: Store, version_id: int, fmt: str) -> tuple[str, bytes]:
     removed afterwards; the dataset name only shapes the download's name, made safe first.
     """
     info = store.version(version_id)
-    stem = f"{safe_file_stem(info.dataset)}-v{version_id}"
+    stem = f"{safe_file_stem(info.dataset)}-v{info.number}"  # as support@1 reads
     if fmt != "hf":
         return stem + export_suffix(fmt), export_data(store.examples(version_id), fmt)
     with tempfile.TemporaryDirectory(prefix="workbench-export-") as tmp:

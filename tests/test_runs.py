@@ -1,0 +1,128 @@
+"""The runs registry, child runs, phased progress and per-dataset version names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from workbench import jobs, runs
+from workbench.exceptions import ConfigError, NotFoundError
+from workbench.store import Store
+
+
+def two_datasets(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "wb.duckdb")
+    rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(3)]
+    for name, file, n in (("alpha", "a", 3), ("beta", "b", 2), ("alpha", "c", 1)):
+        path = tmp_path / f"{file}.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[:n]))
+        store.import_file(path, name)
+    return store
+
+
+def test_versions_are_numbered_per_dataset_and_resolve_by_name_at_n(tmp_path):
+    store = two_datasets(tmp_path)
+    alpha, beta = store.versions("alpha"), store.versions("beta")
+    assert [v.ref for v in alpha] == ["alpha@1", "alpha@2"]
+    assert [v.ref for v in beta] == ["beta@1"]  # its own first version, though the 2nd made
+    assert store.resolve("beta@1") == beta[0].version_id
+    assert store.resolve("alpha@2") == alpha[1].version_id
+    assert store.version(beta[0].version_id).number == 1
+    assert store.refs() == {v.version_id: v.ref for v in alpha + beta}
+    with pytest.raises(NotFoundError, match="beta@2"):
+        store.resolve("beta@2")
+
+
+def test_cli_shows_and_takes_per_dataset_names(tmp_path):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    store = two_datasets(tmp_path)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, ["--store", str(store.path), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert run("versions", "beta").split()[:3] == ["*", "beta@1", "parent=-"]
+    assert "alpha@1 is now the active version" in run("activate", "alpha@1")
+    assert store.active_version("alpha") == store.versions("alpha")[0].version_id
+    assert "'beta' is now marked eval" in run("role", "beta", "eval")
+    assert store.with_role("eval") == ["beta"]
+
+
+def test_roles_are_checked(tmp_path):
+    store = two_datasets(tmp_path)
+    store.set_role("alpha", "pool")
+    assert store.datasets().set_index("name")["role"].to_dict() == {"alpha": "pool",
+                                                                     "beta": ""}
+    with pytest.raises(Exception, match="unknown role 'test'"):
+        store.set_role("alpha", "test")
+
+
+def test_registry_records_runs_with_data_parent_and_summary(tmp_path):
+    store, home = two_datasets(tmp_path), tmp_path / "runs"
+    version = store.versions("beta")[0].version_id
+    loop = jobs.run_inline("tests.jobtasks.parent", {"store": str(store.path),
+                                                     "version_id": version}, home=home)
+    assert loop.state == "done"
+    table = runs.table(store, home=home).set_index("run_id")
+    child = f"{loop.run_id}-train"
+    assert table.loc[child, ["kind", "state", "parent"]].tolist() == ["train", "done",
+                                                                      loop.run_id]
+    assert table.loc[child, "train_loss"] == 0.5  # the summary, one column per metric
+    assert table.loc[loop.run_id, "data"] == "beta@1"
+    assert list(runs.children(store, loop.run_id, home=home)["run_id"]) == [child]
+    # Finished runs are read once: the registry keeps them when their folder is unchanged,
+    # and says so when a folder is gone rather than forgetting the run.
+    import shutil
+
+    shutil.rmtree(home / child)
+    again = runs.table(store, home=home).set_index("run_id")
+    assert again.loc[child, "state"] == "missing" and loop.run_id in again.index
+
+
+def test_registry_leaves_out_runs_of_another_store(tmp_path):
+    store, home = two_datasets(tmp_path), tmp_path / "runs"
+    jobs.run_inline("tests.jobtasks.count", {"n": 1, "store": str(tmp_path / "other.duckdb")},
+                    home=home)
+    mine = jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=home)
+    assert runs.table(store, home=home)["run_id"].tolist() == [mine.run_id]
+
+
+def test_a_failing_child_fails_its_parent_and_both_say_why(tmp_path):
+    job = jobs.run_inline("tests.jobtasks.parent", {"child": "tests.jobtasks.boom"},
+                          home=tmp_path)
+    child = jobs.status(f"{job.run_id}-train", home=tmp_path)
+    assert (job.state, child.state) == ("failed", "failed")
+    assert child.error == job.error == "ValueError: bad value for 'lr': must be > 0"
+    assert child.parent == job.run_id
+
+
+def test_progress_names_phases_and_never_reads_0_of_unknown(tmp_path):
+    job = jobs.run_inline("tests.jobtasks.parent", {}, home=tmp_path)
+    phases = [e.get("phase") for e in jobs.events(job.run_dir)]
+    assert list(dict.fromkeys(phases)) == ["loading model", "training", "evaluating"]
+    child = jobs.status(f"{job.run_id}-train", home=tmp_path)
+    assert (child.phase, child.step, child.total) == ("training", 3, 3)
+    # What the bar says, phase by phase, as a reader finds the run folder mid-way.
+    loading = jobs.JobStatus("r", tmp_path, "train", "running", {}, phase="loading model")
+    assert jobs.progress_text(loading) == "train · running · loading model…"
+    training = jobs.JobStatus("r", tmp_path, "loop", "running", {}, step=3, total=6,
+                              phase="training")
+    assert jobs.progress_text(training) == "loop · running · training 3/6"
+    assert jobs.progress_text(jobs.JobStatus("r", tmp_path, "eval", "queued", {})) == \
+        "eval · queued · waiting to start"
+    starting = jobs.JobStatus("r", tmp_path, "eval", "running", {})
+    assert jobs.progress_text(starting) == "eval · running · starting…"
+
+
+def test_run_ids_are_plain_names():
+    assert runs.check_run_id("20261204-101010-123-abcd-train") == \
+        "20261204-101010-123-abcd-train"
+    for bad in ("../x", "/etc", "a/b", "", ".hidden", "a..b"):
+        with pytest.raises(ConfigError, match="bad run id"):
+            runs.check_run_id(bad)
