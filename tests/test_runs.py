@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from workbench import jobs, runs
-from workbench.exceptions import ConfigError, NotFoundError
+from workbench.exceptions import NotFoundError
 from workbench.store import Store
 
 
@@ -120,9 +120,9 @@ def test_progress_names_phases_and_never_reads_0_of_unknown(tmp_path):
     assert jobs.progress_text(starting) == "eval · running · starting…"
 
 
-def test_run_ids_are_plain_names():
-    assert runs.check_run_id("20261204-101010-123-abcd-train") == \
-        "20261204-101010-123-abcd-train"
+def test_children_take_a_run_id_not_a_path(tmp_path):
+    store = two_datasets(tmp_path)
+    assert runs.children(store, "20261204-101010-123-abcd", home=tmp_path / "runs").empty
     for bad in ("../x", "/etc", "a/b", "", ".hidden", "a..b"):
-        with pytest.raises(ConfigError, match="bad run id"):
-            runs.check_run_id(bad)
+        with pytest.raises(NotFoundError, match="never a path"):
+            runs.children(store, bad, home=tmp_path / "runs")

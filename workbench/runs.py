@@ -11,7 +11,6 @@ look, so listing a thousand finished runs reads no folder at all.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,17 @@ import orjson
 import pandas as pd
 
 from . import jobs
-from .exceptions import ConfigError, NotFoundError
+from .exceptions import NotFoundError
 from .store import Store
 
 # Task -> the kind people read (a job started with its own kind keeps it).
 KINDS = {"workbench.train.train_task": "train", "workbench.evaluate.eval_task": "eval",
          "workbench.evaluate.import_task": "import", "workbench.evaluate.loop_task": "loop"}
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Summary values worth a column in a run listing, in this order.
 SUMMARY_KEYS = ("train_loss", "val_loss", "token_f1", "rouge_l", "similarity", "exact_match",
                 "rows", "steps", "tokens_per_s")
 COLUMNS = ["run_id", "kind", "state", "parent", "data", "model", "name", "device", "created",
            "finished", "duration_s", "error"]
-
-
-def check_run_id(run_id: str) -> str:
-    """Return a run id that names a folder inside the runs folder (no paths, no '..')."""
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
-        raise ConfigError(f"bad run id {run_id!r}: a run id is a plain name of letters, digits, "
-                          "'.', '_' and '-' (as `workbench runs` lists them), not a path")
-    return run_id
 
 
 def sync(store: Store, *, home: str | Path | None = None) -> None:
@@ -160,4 +150,4 @@ def table(store: Store, *, kind: str | None = None, parent: str | None = None,
 
 def children(store: Store, run_id: str, *, home: str | Path | None = None) -> pd.DataFrame:
     """Return the runs that belong to a run (a loop's training and evaluation)."""
-    return table(store, parent=check_run_id(run_id), home=home)
+    return table(store, parent=jobs.check_run_id(run_id), home=home)
