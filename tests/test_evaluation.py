@@ -205,3 +205,45 @@ def fake_training_run(home: Path, run_id: str, *, version_id: int) -> Path:
     (run_dir / "data" / "versions.json").write_text(orjson.dumps(
         {"version_id": version_id, "val_version_id": None}).decode())
     return run_dir
+
+
+# --- length-aware comparison (the Dolly-style fixture: four runs that differ in length) -------
+
+
+@pytest.fixture
+def length_runs(tmp_path, home) -> dict[str, str]:
+    """{system: run id} of the four Dolly-style systems imported as the app imports a file."""
+    from length_runs import write_runs
+
+    return {system: evaluation.import_run(path, similarity=False, home=home)[0].run_id
+            for system, path in write_runs(tmp_path / "files").items()}
+
+
+def test_length_controlled_comparison_of_runs_that_differ_in_length(length_runs, home):
+    small, xl = length_runs["flan-t5-small"], length_runs["flan-t5-xl"]
+    result = evaluation.compare(small, xl, metric="token_f1", home=home)
+    lc = result.length
+    assert lc.ratio_b < 0.45 < 0.7 < lc.ratio_a  # xl answers in under half the words
+    assert "favour run A (the longer one)" in lc.warning
+    # Raw, xl loses almost every row; at equal length (the fixture's truth) it is even.
+    assert lc.win_rate["mean"] < 0.2
+    assert lc.lc_win_rate["lo"] < 0.5 < lc.lc_win_rate["hi"]
+    assert lc.lc_win_rate["mean"] > lc.win_rate["mean"] + 0.2
+    similar = lc.by_pair.set_index("b_vs_a").loc["B 0.8–1.25× A"]
+    # Where the two answers are about as long, xl wins about as often as it loses.
+    assert similar["win_rate"] > 2 * lc.win_rate["mean"] and similar["win"] >= 3
+    line = evaluation.length_summary(result)
+    assert line.startswith(f"length: A {lc.ratio_a:.2f}× and B {lc.ratio_b:.2f}×")
+    even = evaluation.compare(small, length_runs["flan-t5-base"], metric="token_f1", home=home)
+    assert even.length.warning == ""  # 0.82x against 0.82x
+
+
+def test_length_check_of_one_run(length_runs, home):
+    warning, table = evaluation.length_check(
+        evaluation.run_predictions(length_runs["flan-t5-xl"], home=home))
+    assert warning.startswith("Answers are 0.38× the reference length on average")
+    assert list(table.columns) == ["length", "n", "exact_match", "token_f1", "rouge_l"]
+    assert table["n"].sum() == 60
+    assert table["token_f1"].is_monotonic_increasing  # longer answers, higher overlap
+    small = evaluation.run_predictions(length_runs["flan-t5-small"], home=home)
+    assert evaluation.length_check(small)[0] == ""

@@ -32,6 +32,8 @@ BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
                "tiny": "tiny random model (for tests)"}
 # The per-row columns people read first; the metric columns follow.
 OUTPUT_COLUMNS = ("row_key", "prompt", "reference", "prediction")
+# The metrics that compare an answer with its reference, and so move with its length.
+LENGTH_METRICS = ("exact_match", "token_f1", "rouge_l", "similarity")
 Home = str | Path | None
 
 
@@ -250,6 +252,14 @@ def row_detail(predictions: pd.DataFrame, position: int) -> dict[str, Any]:
             "metrics": {k: v.item() if hasattr(v, "item") else v for k, v in checks.items()}}
 
 
+def length_check(predictions: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Return (the run's length warning, "" when its answers are about as long as the
+    references; every overlap metric's mean per reference-relative length bucket)."""
+    metrics = [m for m in LENGTH_METRICS if m in predictions.columns]
+    table = analysis.metrics_by_length(predictions, metrics)
+    return analysis.run_length_warning(analysis.mean_length_ratio(predictions)), table
+
+
 # ---------------------------------------------------------------- comparing two runs
 
 
@@ -261,6 +271,7 @@ class RunComparison:
     run_b: str
     comparison: analysis.Comparison
     training: dict[str, Any] | None  # analysis.training_diff; None when a model is a base model
+    length: analysis.LengthControl | None = None  # the comparison with answer length held fixed
 
 
 def common_metrics(run_a: str | Path, run_b: str | Path, *, home: Home = None) -> list[str]:
@@ -281,7 +292,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, metric: str | None = None,
             regression_margin: float = 0.1, store: Store | None = None,
             home: Home = None) -> RunComparison:
     """Return run b versus run a on one metric (default similarity, else token_f1): per-row
-    win/loss/tie, regressions, per-slice deltas, and the diff of their training data."""
+    win/loss/tie, regressions, per-slice deltas, the diff of their training data, and the
+    length-aware view (analysis.length_control: warning, length buckets, controlled win rate)."""
     a_job, b_job = jobs.status(run_a, home=home), jobs.status(run_b, home=home)
     if a_job.run_dir.resolve() == b_job.run_dir.resolve():
         raise ConfigError(f"pick two different runs (both are {a_job.run_id})")
@@ -289,7 +301,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, metric: str | None = None,
     metric = metric or ("similarity" if {"similarity"} <= set(a) & set(b) else "token_f1")
     result = analysis.compare_runs(a, b, metric, margin=margin,
                                    regression_margin=regression_margin, by=tuple(by))
-    return RunComparison(a_job.run_id, b_job.run_id, result, _training(store, a_job, b_job))
+    return RunComparison(a_job.run_id, b_job.run_id, result, _training(store, a_job, b_job),
+                         analysis.length_control(result))
 
 
 def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict | None:
@@ -320,6 +333,19 @@ def slice_deltas(result: RunComparison) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True)
     return table[["by", "slice", "n", "mean_a", "mean_b", "delta", "delta_lo", "delta_hi",
                   "regressed"]]
+
+
+def length_summary(result: RunComparison) -> str:
+    """Return one line: each run's mean length ratio and b's raw and length-controlled win
+    rates with their intervals."""
+    lc = result.length
+    if lc is None:
+        return "no length view"
+    raw, ctl = lc.win_rate, lc.lc_win_rate
+    return (f"length: A {lc.ratio_a:.2f}× and B {lc.ratio_b:.2f}× the reference; B win rate "
+            f"{raw['mean']:.3f} [{raw['lo']:.3f}, {raw['hi']:.3f}] raw, {ctl['mean']:.3f} "
+            f"[{ctl['lo']:.3f}, {ctl['hi']:.3f}] length-controlled ({lc.similar} of "
+            f"{raw['n']} pairs of similar length)")
 
 
 def training_summary(result: RunComparison) -> str:
