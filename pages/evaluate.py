@@ -200,6 +200,7 @@ def comparison_view(result: evaluation.RunComparison) -> None:
                  help=f"95% CI [{c.delta['lo']:+.3f}, {c.delta['hi']:+.3f}]")
     if result.length is not None:
         length_view(result.length)
+    judge_view(result)
     st.subheader(f"Regressions ({len(c.regressions)})")
     st.dataframe(evaluation.regressions_table(result), hide_index=True, key="ev_regressions")
     deltas = evaluation.slice_deltas(result)
@@ -242,6 +243,31 @@ def length_view(lc) -> None:
         st.dataframe(lc.by_pair, hide_index=True, key="ev_len_pairs")
         st.markdown(f"**{md_escape(lc.metric)} by answer length (answer / reference words)**")
         st.dataframe(lc.by_length, hide_index=True, key="ev_len_buckets")
+
+
+def judge_view(result: evaluation.RunComparison) -> None:
+    """Ask the configured judge which answer is better given the reference (a background job)."""
+    with st.expander("Reference-guided judge comparison"):
+        done = evaluation.pairwise_judge_runs(result.run_a, result.run_b)
+        if done:
+            job_panel(done[0].run_id, key="ev_pj_job")
+            if done[0].state == "done":
+                st.text(evaluation.pairwise_summary(done[0]))
+        config = evaluation.judge_config()
+        if config is None:
+            st.info(evaluation.NO_JUDGE)
+            return
+        st.caption(f"Judge: {md_escape(evaluation.judge_label(config))}. Each pair is asked "
+                   "twice, A's answer first and then B's; orders that disagree count as a tie.")
+        if st.button("Ask the judge: A or B, given the reference", key="ev_pj_start",
+                     disabled=bool(done) and done[0].active):
+            try:
+                job = evaluation.start_pairwise_judge(result.run_a, result.run_b)
+            except WorkbenchError as e:
+                show_error(e)
+                return
+            flash(f"Started judge comparison {job.run_id}.")
+            st.rerun()
 
 
 st.title("Evaluate")

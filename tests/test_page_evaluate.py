@@ -18,6 +18,7 @@ from helpers_app import write_jsonl
 from workbench import evaluate as ev
 from workbench import evaluation, jobs
 from workbench.store import Store
+from workbench.views import md_escape
 
 PAGE = "pages/evaluate.py"
 
@@ -171,3 +172,28 @@ def test_results_of_a_run_with_short_answers_carry_the_length_warning(store, tmp
     assert by_length["n"].sum() == 60 and "token_f1" in by_length.columns
     at = ok(at.selectbox(key="ev_result_run").set_value(small.run_id).run())
     assert not any(w.value.startswith("Answers are") for w in at.warning)
+
+
+def test_compare_offers_the_judge_comparison_once_a_judge_is_configured(store, tmp_path):
+    from length_runs import write_runs
+
+    paths = write_runs(tmp_path / "files", n=6)
+    a, _ = evaluation.import_run(paths["flan-t5-small"], similarity=False)
+    b, _ = evaluation.import_run(paths["flan-t5-xl"], similarity=False)
+    at = open_page()
+    assert any(i.value == evaluation.NO_JUDGE for i in at.info)
+    assert not [x for x in at.button if x.key == "ev_pj_start"]
+    config = {"backend": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
+              "max_retries": 0, "requests_per_minute": 6000}
+    jobs.run_inline("jobtasks.count", {"n": 1, "judge": config}, kind="judge")
+    at = ok(open_page())
+    label = "Judge: " + md_escape("openai · gpt-x at http://127.0.0.1:9/v1")
+    assert any(c.value.startswith(label) for c in at.caption)
+    at = ok(at.button(key="ev_pj_start").click().run())
+    [job] = evaluation.pairwise_judge_runs(a.run_id, b.run_id)
+    final = jobs.wait(job.run_id, timeout=120)  # nothing listens on port 9: rows fail, said
+    assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 20)
+    assert final.result["failed"] == 6
+    at = ok(open_page())
+    assert any(t.value.startswith(f"judge comparison {job.run_id}: no pair judged (6 failed)")
+               for t in at.text)

@@ -412,15 +412,21 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, margin: float
                       slices)
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+def pair_rows(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Return run a's rows joined with run b's on id (and occurrence, for repeated ids); b's
+    texts, keys and ``columns`` come with a "_b" suffix."""
     left, right = _keyed(a), _keyed(b)
-    keep = [c for c in ("_key", "row_key", "id", "prompt", "reference", "prediction", "metadata",
-                        "tags", "cluster") if c in right.columns or c == "_key"]
-    b_part = right[keep + [metric]].rename(columns={c: f"{c}_b" for c in keep[1:] + [metric]})
+    keep = [c for c in ("row_key", "id", "prompt", "reference", "prediction", "metadata",
+                        "tags", "cluster", *columns) if c in right.columns]
+    b_part = right[["_key", *keep]].rename(columns={c: f"{c}_b" for c in keep})
     joined = left.merge(b_part, on="_key", how="inner", validate="one_to_one")
     if not len(joined):
         raise ConfigError("the two runs share no eval rows: compare runs on the same eval set")
-    joined = joined.rename(columns={metric: f"{metric}_a"})
+    return joined
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+    joined = pair_rows(a, b, (metric,)).rename(columns={metric: f"{metric}_a"})
     joined["better_a"] = oriented(metric, joined[f"{metric}_a"])
     joined["better_b"] = oriented(metric, joined[f"{metric}_b"])
     return joined.dropna(subset=["better_a", "better_b"]).reset_index(drop=True)

@@ -355,3 +355,102 @@ def training_summary(result: RunComparison) -> str:
         return "no training data diff: at least one model is a base model or outside predictions"
     counts = ", ".join(f"{k} {v}" for k, v in training["counts"].items())
     return f"training data v{training['version_a']} → v{training['version_b']}: {counts}"
+
+
+# ---------------------------------------------------------------- a judge between two runs
+
+PAIRWISE_TASK = "workbench.evaluation.pairwise_judge_task"
+PAIRWISE_KIND = "pairwise_judge"
+PAIRWISE_FILE = "pairwise_judge.parquet"
+NO_JUDGE = ("No judge is configured. Set one up on the Score & select page (LLM judge: a local "
+            "model or an OpenAI-compatible endpoint and its key variable); the judge used there "
+            "most recently is the one asked here.")
+
+
+def judge_config(*, home: Home = None) -> dict | None:
+    """Return the options of the judge configured most recently (the newest judge job's on
+    Score & select), or None when no judge has been set up."""
+    for job in jobs.list_runs(kind="judge", home=home):
+        config = job.config.get("params", {}).get("judge")
+        if config:
+            return dict(config)
+    return None
+
+
+def judge_label(config: Mapping[str, Any]) -> str:
+    """Return a one-line description of a judge: backend, model and endpoint."""
+    where = f" at {config['base_url']}" if config.get("backend") == "openai" else ""
+    return f"{config.get('backend', 'local')} · {config.get('model', 'default')}{where}"
+
+
+def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
+                         config: Mapping[str, Any] | None = None, limit: int | None = None,
+                         home: Home = None, inline: bool = False) -> jobs.JobStatus:
+    """Return the status of a new job asking the judge, per shared row and in both orders,
+    which run's answer is better given the reference (config None: judge_config())."""
+    from .judge import JudgeConfig
+
+    config = dict(config) if config is not None else judge_config(home=home)
+    if config is None:
+        raise ConfigError(NO_JUDGE)
+    JudgeConfig(**config)  # a bad option fails here, naming it
+    a_job, b_job = jobs.status(run_a, home=home), jobs.status(run_b, home=home)
+    if a_job.run_dir.resolve() == b_job.run_dir.resolve():
+        raise ConfigError(f"pick two different runs (both are {a_job.run_id})")
+    analysis.pair_rows(run_predictions(a_job.run_dir), run_predictions(b_job.run_dir))
+    params = {"run_a": str(a_job.run_dir.resolve()), "run_b": str(b_job.run_dir.resolve()),
+              "judge": config, "limit": limit}
+    if inline:
+        return jobs.run_inline(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
+    return jobs.start(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
+
+
+def pairwise_judge_task(params: dict, ctx: Any) -> dict:
+    """Job task: judge run b's answers against run a's given the reference (judge.judge_pairs),
+    write pairwise_judge.parquet and return the counts and b's win rate."""
+    from .judge import JudgeConfig, judge_pairs
+
+    pairs = analysis.pair_rows(ev.read_predictions(params["run_a"]),
+                               ev.read_predictions(params["run_b"]))
+    if params.get("limit"):
+        pairs = pairs.head(int(params["limit"]))
+    config = JudgeConfig(**params["judge"])
+    ctx.log(f"{len(pairs)} pairs, each asked in both orders ({judge_label(params['judge'])})")
+    ctx.progress(0, 2 * len(pairs))
+    judged = judge_pairs(pairs, config, progress=lambda done, total: ctx.progress(done, total))
+    columns = [c for c in ("row_key", "prompt", "reference", "prediction", "prediction_b")
+               if c in pairs.columns]
+    table = pd.concat([pairs[columns], judged], axis=1).reset_index(drop=True)
+    table.to_parquet(ctx.run_dir / PAIRWISE_FILE, index=False)
+    for row in table[table["judge_error"] != ""].itertuples():
+        ctx.log(f"row {getattr(row, 'row_key', '?')}: not judged: {row.judge_error}")
+    return _pairwise_counts(judged)
+
+
+def _pairwise_counts(judged: pd.DataFrame) -> dict[str, Any]:
+    share = judged["judge_b"]
+    ci = ev.bootstrap_ci(share.to_numpy(float))
+    return {"pairs": len(judged), "failed": int(share.isna().sum()),
+            "win": int((share > 0.5).sum()), "loss": int((share < 0.5).sum()),
+            "tie": int((share == 0.5).sum()),
+            "inconsistent": int((share.notna() & ~judged["judge_consistent"]).sum()),
+            "win_rate": ci._asdict()}
+
+
+def pairwise_judge_runs(run_a: str, run_b: str, *, home: Home = None) -> list[jobs.JobStatus]:
+    """Return the judge comparisons of run b against run a, newest first."""
+    return [j for j in jobs.list_runs(kind=PAIRWISE_KIND, home=home)
+            if Path(j.config["params"]["run_a"]).name == run_a
+            and Path(j.config["params"]["run_b"]).name == run_b]
+
+
+def pairwise_summary(job: jobs.JobStatus) -> str:
+    """Return one line on a finished judge comparison: b's win rate given the reference."""
+    r = job.result
+    rate = r.get("win_rate", {})
+    if not r or rate.get("n", 0) == 0:
+        return f"judge comparison {job.run_id}: no pair judged ({r.get('failed', 0)} failed)"
+    return (f"judge (reference-guided, both orders): B win rate {rate['mean']:.3f} "
+            f"[{rate['lo']:.3f}, {rate['hi']:.3f}]; B wins {r['win']}, loses {r['loss']}, "
+            f"ties {r['tie']} ({r['inconsistent']} ties from orders that disagree); "
+            f"{r['failed']} not judged")
