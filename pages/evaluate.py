@@ -155,10 +155,20 @@ def results_section() -> None:
     except WorkbenchError as e:
         show_error(e)
         return
+    length_section(predictions)
     event = st.dataframe(evaluation.outputs_table(predictions), hide_index=True,
                          on_select="rerun", selection_mode="single-row", key="ev_rows")
     if event.selection.rows:
         row_view(evaluation.row_detail(predictions, event.selection.rows[0]))
+
+
+def length_section(predictions) -> None:
+    warning, by_length = evaluation.length_check(predictions)
+    if warning:
+        st.warning(warning, icon=":material/straighten:")
+    with st.expander("Metrics by answer length (answer words / reference words)",
+                     expanded=bool(warning)):
+        st.dataframe(by_length, hide_index=True, key="ev_by_length")
 
 
 def row_view(detail: dict) -> None:
@@ -214,6 +224,9 @@ def comparison_view(result: evaluation.RunComparison) -> None:
     tie.metric("Ties", c.counts["tie"])
     delta.metric(f"Mean Δ {md_escape(c.metric)}", f"{c.delta['mean']:+.3f}",
                  help=f"95% CI [{c.delta['lo']:+.3f}, {c.delta['hi']:+.3f}]")
+    if result.length is not None:
+        length_view(result.length)
+    judge_view(result)
     st.subheader(f"Regressions ({len(c.regressions)})")
     st.dataframe(evaluation.regressions_table(result), hide_index=True, key="ev_regressions")
     deltas = evaluation.slice_deltas(result)
@@ -235,6 +248,56 @@ def comparison_view(result: evaluation.RunComparison) -> None:
         for kind, table in diff_tables(result.training["diff"]).items():
             with st.expander(f"{kind} ({len(table):,})"):
                 st.dataframe(table, hide_index=True, key=f"ev_diff_{kind}")
+
+
+def length_view(lc) -> None:
+    """The length warning, then B's win rate raw and at equal length, and the length buckets."""
+    if lc.warning:
+        st.warning(lc.warning, icon=":material/straighten:")
+    with st.expander("Length-controlled comparison", expanded=bool(lc.warning)):
+        raw, controlled, similar = st.columns(3)
+        raw.metric("B win rate (ties ½)", f"{lc.win_rate['mean']:.3f}",
+                   help=f"95% CI [{lc.win_rate['lo']:.3f}, {lc.win_rate['hi']:.3f}]")
+        controlled.metric("Length-controlled B win rate", f"{lc.lc_win_rate['mean']:.3f}",
+                          help=f"95% CI [{lc.lc_win_rate['lo']:.3f}, "
+                               f"{lc.lc_win_rate['hi']:.3f}]: a logistic regression of B's "
+                               "wins on the log length ratio of B's and A's answers, read at "
+                               "equal length (as AlpacaEval 2's length-controlled win rate)")
+        similar.metric("Pairs of similar length", f"{lc.similar}",
+                       help="answers within 0.8–1.25× of each other's length")
+        st.caption(f"A's answers are {lc.ratio_a:.2f}× the reference length on average, B's "
+                   f"{lc.ratio_b:.2f}×. 95% CI of the controlled rate "
+                   f"[{lc.lc_win_rate['lo']:.3f}, {lc.lc_win_rate['hi']:.3f}]."
+                   + (f" Note: {lc.note}." if lc.note else ""))
+        st.markdown("**B's wins by how long B's answer is next to A's**")
+        st.dataframe(lc.by_pair, hide_index=True, key="ev_len_pairs")
+        st.markdown(f"**{md_escape(lc.metric)} by answer length (answer / reference words)**")
+        st.dataframe(lc.by_length, hide_index=True, key="ev_len_buckets")
+
+
+def judge_view(result: evaluation.RunComparison) -> None:
+    """Ask the configured judge which answer is better given the reference (a background job)."""
+    with st.expander("Reference-guided judge comparison"):
+        done = evaluation.pairwise_judge_runs(result.run_a, result.run_b)
+        if done:
+            job_panel(done[0].run_id, key="ev_pj_job")
+            if done[0].state == "done":
+                st.text(evaluation.pairwise_summary(done[0]))
+        config = evaluation.judge_config()
+        if config is None:
+            st.info(evaluation.NO_JUDGE)
+            return
+        st.caption(f"Judge: {md_escape(evaluation.judge_label(config))}. Each pair is asked "
+                   "twice, A's answer first and then B's; orders that disagree count as a tie.")
+        if st.button("Ask the judge: A or B, given the reference", key="ev_pj_start",
+                     disabled=bool(done) and done[0].active):
+            try:
+                job = evaluation.start_pairwise_judge(result.run_a, result.run_b)
+            except WorkbenchError as e:
+                show_error(e)
+                return
+            flash(f"Started judge comparison {job.run_id}.")
+            st.rerun()
 
 
 st.title("Evaluate")

@@ -420,3 +420,90 @@ def test_closing_the_loop_fixes_the_planted_format_rule(tmp_path, single_thread)
         assert row["mean_b"] >= row["lo_a"], row
     assert not [s for s in report["regressed_slices"] if not s.startswith("tag=")]
     assert an.training_version(after.run_dir) == targeted
+
+
+# ---------------------------------------------------------------- length-aware comparison
+
+REF8 = "one two three four five six seven eight"  # 8 words
+HALF = "one two three four"
+
+
+def answers(predictions: list[str]) -> pd.DataFrame:
+    """A scored predictions frame: each row answers REF8 with the given text."""
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(len(predictions))], "prompt": "q",
+                          "reference": REF8, "prediction": predictions})
+    return ev.score_predictions(frame, embedder=None)
+
+
+def test_length_buckets_are_reference_relative():
+    assert an.length_buckets_ratio([0.2, 0.5, 1.0, 1.25, 3.0]) == [
+        "<0.5×", "0.5–0.8×", "0.8–1.25×", "1.25–2×", "≥2×"]
+    assert an.length_buckets_ratio([0.1], prefix="B ", suffix="× A") == ["B <0.5× A"]
+
+
+def test_length_warning_names_the_run_the_overlap_metrics_favour():
+    short = an.length_warning(1.0, 0.33)
+    assert "run B's 0.33×" in short and "favour run A (the longer one)" in short
+    # Far longer than the reference is penalised too: then the shorter run is favoured.
+    assert "favour run A (the shorter one)" in an.length_warning(1.0, 3.0)
+    assert an.length_warning(1.0, 1.4) == an.length_warning(0.8, 1.1) == ""
+    assert an.length_warning(float("nan"), 0.3) == ""
+    assert "0.33× the reference" in an.run_length_warning(0.33)
+    assert "precision falls" in an.run_length_warning(2.5)
+    assert an.run_length_warning(1.2) == an.run_length_warning(0.7) == ""
+
+
+def test_metrics_by_length_counts_and_means_by_hand():
+    # Token F1 of a correct half answer: precision 1, recall 1/2, F1 2/3.
+    table = an.metrics_by_length(answers([REF8, REF8, HALF]), ["token_f1", "exact_match"])
+    assert table.to_dict("records") == [
+        {"length": "0.5–0.8×", "n": 1, "token_f1": pytest.approx(2 / 3), "exact_match": 0.0},
+        {"length": "0.8–1.25×", "n": 2, "token_f1": 1.0, "exact_match": 1.0}]
+    with pytest.raises(ConfigError, match="no metric column"):
+        an.metrics_by_length(answers([REF8]), ["similarity"])
+
+
+def test_logistic_fit_recovers_log_odds_by_hand():
+    x = np.array([-1.0] * 4 + [1.0] * 4)
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0], float)  # P(y) 1/4 at x = -1, 3/4 at x = +1
+    intercept, slope = an.logistic_fit(x, y, np.ones((1, 8)))[0]
+    assert intercept == pytest.approx(0.0, abs=1e-6)
+    assert slope == pytest.approx(np.log(3), abs=0.01)  # logit(3/4) = log 3; ridge shrinks a hair
+    # Soft labels: ties count half; resample weights give one fit per row of weights.
+    fits = an.logistic_fit(np.zeros(2), np.array([0.5, 0.0]), np.array([[1, 1], [0, 2]], float))
+    assert fits[0, 0] == pytest.approx(np.log(1 / 3), abs=1e-5)  # logit(mean 1/4)
+    assert fits[1, 0] < -10  # all weight on a loss: far down, yet finite
+
+
+def test_length_control_when_length_alone_decides():
+    # B's answer is half of A's three times (B loses), twice as long once (B wins), equal once
+    # (a tie): raw win rate (0 + 0 + 0 + 1 + 0.5) / 5 = 0.3; at equal length, a coin flip.
+    a = answers([REF8, REF8, REF8, HALF, HALF])
+    b = answers([HALF, HALF, HALF, REF8, HALF])
+    lc = an.length_control(an.compare_runs(a, b, "token_f1"), n_boot=50)
+    assert lc.win_rate["mean"] == pytest.approx(0.3)
+    # The slope's weak prior leaves a little of the length effect in the intercept.
+    assert lc.lc_win_rate["mean"] == pytest.approx(0.5, abs=0.05)
+    assert lc.length_effect > 3  # wins follow length
+    assert (lc.ratio_a, lc.ratio_b) == (pytest.approx(0.8), pytest.approx(0.6))
+    assert lc.warning == ""  # 0.8 / 0.6 < 1.5
+    assert lc.similar == 1 and "only 1 of 5 pairs" in lc.note
+    pairs = lc.by_pair.set_index("b_vs_a")
+    # (4 + 1) / (8 + 1) = 0.56: "B 0.5-0.8x A"; (8 + 1) / (4 + 1) = 1.8: "B 1.25-2x A".
+    assert pairs[["n", "win", "loss", "tie"]].to_dict("index") == {
+        "B 0.5–0.8× A": {"n": 3, "win": 0, "loss": 3, "tie": 0},
+        "B 0.8–1.25× A": {"n": 1, "win": 0, "loss": 0, "tie": 1},
+        "B 1.25–2× A": {"n": 1, "win": 1, "loss": 0, "tie": 0}}
+    buckets = lc.by_length.set_index("length")
+    assert buckets.loc["0.5–0.8×", ["n_a", "n_b"]].tolist() == [2, 4]
+    assert buckets.loc["0.8–1.25×", ["mean_a", "mean_b"]].tolist() == [1.0, 1.0]
+
+
+def test_length_control_warns_and_keeps_a_real_quality_gap():
+    # B is a third as long and also wrong: the controlled rate stays low, and the warning is on.
+    a = answers([REF8] * 6)
+    b = answers(["one two nine"] * 3 + ["nine ten"] * 3)
+    lc = an.length_control(an.compare_runs(a, b, "token_f1"), n_boot=50)
+    assert lc.warning.startswith("Run A's answers are 1.00× the reference length")
+    assert lc.win_rate["mean"] == 0.0 and lc.lc_win_rate["mean"] < 0.05
+    assert lc.lc_win_rate["lo"] <= lc.lc_win_rate["mean"] <= lc.lc_win_rate["hi"]

@@ -262,3 +262,21 @@ def test_compare_fails_on_the_same_run_unknown_run_or_metric(store_path, tmp_pat
                           "no metric column 'nope'")
     assert_one_line_error(run("compare", a, b, "--by", "nokey", ok=False),
                           "cannot slice by 'nokey'")
+
+
+def test_compare_runs_that_differ_in_length_prints_the_warning_and_controlled_rate(
+        store_path, tmp_path):
+    from length_runs import write_runs
+
+    paths = write_runs(tmp_path / "files")
+    small, xl = _import(paths["flan-t5-small"]), _import(paths["flan-t5-xl"])
+    lines = run("compare", small, xl).stdout.splitlines()
+    [length] = [line for line in lines if line.startswith("length: ")]
+    assert length.startswith("length: A 0.82× and B 0.38× the reference; B win rate 0.133")
+    assert "length-controlled (7 of 60 pairs of similar length)" in length
+    [warning] = [line for line in lines if line.startswith("warning: ")]
+    assert "favour run A (the longer one)" in warning
+    assert any(line.split()[:3] == ["B", "0.8–1.25×", "A"] for line in lines)  # bucket table
+    assert lines[-1].startswith("no training data diff")
+    even = run("compare", small, _import(paths["flan-t5-base"])).stdout
+    assert "warning: " not in even and "length: A 0.82× and B 0.82×" in even

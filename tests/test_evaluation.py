@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import orjson
+import pandas as pd
 import pytest
 import torch
 
@@ -209,3 +210,82 @@ def fake_training_run(home: Path, run_id: str, *, version_id: int) -> Path:
     (run_dir / "data" / "versions.json").write_text(orjson.dumps(
         {"version_id": version_id, "val_version_id": None}).decode())
     return run_dir
+
+
+# --- length-aware comparison (the Dolly-style fixture: four runs that differ in length) -------
+
+
+@pytest.fixture
+def length_runs(tmp_path, home) -> dict[str, str]:
+    """{system: run id} of the four Dolly-style systems imported as the app imports a file."""
+    from length_runs import write_runs
+
+    return {system: evaluation.import_run(path, similarity=False, home=home)[0].run_id
+            for system, path in write_runs(tmp_path / "files").items()}
+
+
+def test_length_controlled_comparison_of_runs_that_differ_in_length(length_runs, home):
+    small, xl = length_runs["flan-t5-small"], length_runs["flan-t5-xl"]
+    result = evaluation.compare(small, xl, metric="token_f1", home=home)
+    lc = result.length
+    assert lc.ratio_b < 0.45 < 0.7 < lc.ratio_a  # xl answers in under half the words
+    assert "favour run A (the longer one)" in lc.warning
+    # Raw, xl loses almost every row; at equal length (the fixture's truth) it is even.
+    assert lc.win_rate["mean"] < 0.2
+    assert lc.lc_win_rate["lo"] < 0.5 < lc.lc_win_rate["hi"]
+    assert lc.lc_win_rate["mean"] > lc.win_rate["mean"] + 0.2
+    similar = lc.by_pair.set_index("b_vs_a").loc["B 0.8–1.25× A"]
+    # Where the two answers are about as long, xl wins about as often as it loses.
+    assert similar["win_rate"] > 2 * lc.win_rate["mean"] and similar["win"] >= 3
+    line = evaluation.length_summary(result)
+    assert line.startswith(f"length: A {lc.ratio_a:.2f}× and B {lc.ratio_b:.2f}×")
+    even = evaluation.compare(small, length_runs["flan-t5-base"], metric="token_f1", home=home)
+    assert even.length.warning == ""  # 0.82x against 0.82x
+
+
+def test_length_check_of_one_run(length_runs, home):
+    warning, table = evaluation.length_check(
+        evaluation.run_predictions(length_runs["flan-t5-xl"], home=home))
+    assert warning.startswith("Answers are 0.38× the reference length on average")
+    assert list(table.columns) == ["length", "n", "exact_match", "token_f1", "rouge_l"]
+    assert table["n"].sum() == 60
+    assert table["token_f1"].is_monotonic_increasing  # longer answers, higher overlap
+    small = evaluation.run_predictions(length_runs["flan-t5-small"], home=home)
+    assert evaluation.length_check(small)[0] == ""
+
+
+def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs, home,
+                                                                      monkeypatch):
+    from workbench import judge, models
+
+    small, xl = length_runs["flan-t5-small"], length_runs["flan-t5-xl"]
+    assert evaluation.judge_config(home=home) is None
+    with pytest.raises(ConfigError, match="No judge is configured"):
+        evaluation.start_pairwise_judge(small, xl, home=home)
+    # A judge set up on Score & select is a judge job; the newest one's options are used.
+    jobs.run_inline("jobtasks.count", {"n": 1, "judge": {"backend": "local", "model": "m"}},
+                    kind="judge", home=home)
+    assert evaluation.judge_config(home=home) == {"backend": "local", "model": "m"}
+    # The fake judge prefers the answer with more words from the reference, in either order.
+    monkeypatch.setattr(models, "load_lm", lambda name: (None, None))
+
+    def prefer_reference_words(lm, prompts, *, max_new_tokens):
+        def hits(p, n):
+            ref = set(p.split("REFERENCE ANSWER:\n")[1].split("\n\n")[0].split())
+            return len(ref & set(p.split(f"ANSWER {n}:\n")[1].split("\n\n")[0].split()))
+        return [f"Winner: {1 if hits(p, 1) >= hits(p, 2) else 2}" for p in prompts]
+
+    monkeypatch.setattr(judge, "generate", prefer_reference_words)
+    job = evaluation.start_pairwise_judge(small, xl, limit=10, home=home, inline=True)
+    assert job.state == "done", job.error + jobs.log_tail(job.run_dir, 20)
+    assert job.result["pairs"] == 10 and job.result["failed"] == 0
+    assert job.result["win"] + job.result["loss"] + job.result["tie"] == 10
+    table = pd.read_parquet(job.run_dir / evaluation.PAIRWISE_FILE)
+    assert table.columns.tolist() == ["row_key", "prompt", "reference", "prediction",
+                                      "prediction_b", "judge_b", "judge_consistent",
+                                      "judge_error"]
+    assert [j.run_id for j in evaluation.pairwise_judge_runs(small, xl, home=home)] == \
+        [job.run_id]
+    assert evaluation.pairwise_judge_runs(xl, small, home=home) == []
+    assert evaluation.pairwise_summary(job).startswith("judge (reference-guided, both orders)"
+                                                       ": B win rate ")

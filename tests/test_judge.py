@@ -11,6 +11,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from workbench import judge as J
@@ -441,3 +442,53 @@ def test_a_judge_job_cannot_name_a_variable_outside_the_allow_list(monkeypatch):
     with pytest.raises(ConfigError, match="api_key_env='AWS_SECRET_ACCESS_KEY'"):
         quality.judge_params(store, vid, {"backend": "openai", "base_url": "http://x.test/v1",
                                           "api_key_env": "AWS_SECRET_ACCESS_KEY"})
+
+
+# --- reference-guided pairwise comparison --------------------------------------------------------
+
+def pairs_frame(n: int = 2) -> pd.DataFrame:
+    return pd.DataFrame({"prompt": [f"Question {i}" for i in range(n)],
+                         "reference": ["the right answer {reference}"] * n,
+                         "prediction": ["a wrong answer"] * n,
+                         "prediction_b": ["the right answer"] * n})
+
+
+def fake_judge(monkeypatch, decide) -> list[str]:
+    """Make the local judge answer decide(prompt) for every prompt; return the prompts seen."""
+    seen: list[str] = []
+
+    def fake_generate(lm, prompts, *, max_new_tokens):
+        seen.extend(prompts)
+        return [decide(p) for p in prompts]
+
+    monkeypatch.setattr(J, "generate", fake_generate)
+    return seen
+
+
+def answer_text(prompt: str, number: int) -> str:
+    return prompt.split(f"ANSWER {number}:\n", 1)[1].split("\n\n", 1)[0]
+
+
+def test_pairwise_judge_asks_both_orders_and_keeps_the_winner(monkeypatch):
+    seen = fake_judge(monkeypatch, lambda p: "Winner: 1" if "right" in answer_text(p, 1)
+                      else "Winner: 2\nReason: it says what the reference says")
+    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    assert out["judge_b"].tolist() == [1.0, 1.0] and out["judge_consistent"].all()
+    assert len(seen) == 4  # two pairs, two orders each
+    assert answer_text(seen[0], 2) == answer_text(seen[1], 1) == "the right answer"
+    # The user's text is filled in once: braces in it are left alone.
+    assert "REFERENCE ANSWER:\nthe right answer {reference}\n" in seen[0]
+
+
+def test_pairwise_judge_turns_a_position_bias_into_ties(monkeypatch):
+    fake_judge(monkeypatch, lambda p: "**Winner:** 1")  # always the first answer
+    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    assert out["judge_b"].tolist() == [0.5, 0.5] and not out["judge_consistent"].any()
+
+
+def test_pairwise_judge_reports_unusable_answers(monkeypatch):
+    fake_judge(monkeypatch, lambda p: "Both are fine." if "Question 1" in p else "Winner: tie")
+    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    assert out.loc[0, "judge_b"] == 0.5 and bool(out.loc[0, "judge_consistent"])
+    assert np.isnan(out.loc[1, "judge_b"])
+    assert out.loc[1, "judge_error"].startswith("no winner in the judge's answer")

@@ -18,6 +18,7 @@ from helpers_app import write_jsonl
 from workbench import evaluate as ev
 from workbench import evaluation, jobs
 from workbench.store import Store
+from workbench.views import md_escape
 
 PAGE = "pages/evaluate.py"
 
@@ -130,3 +131,69 @@ def test_compare_the_same_run_shows_an_error(store, tmp_path):
     at = at.selectbox(key="ev_cmp_a").set_value(at.selectbox(key="ev_cmp_b").value).run()
     assert not at.exception
     assert any("two different runs" in e.value for e in at.error)
+
+
+def test_compare_runs_that_differ_in_length_shows_the_warning_and_the_controlled_view(
+        store, tmp_path):
+    from length_runs import write_runs
+
+    runs = {system: evaluation.import_run(path, similarity=False)[0].run_id
+            for system, path in write_runs(tmp_path / "files").items()}
+    at = open_page()
+    at.selectbox(key="ev_cmp_a").set_value(runs["flan-t5-small"])
+    at.selectbox(key="ev_cmp_b").set_value(runs["flan-t5-xl"])
+    at = ok(at.selectbox(key="ev_cmp_metric").set_value("token_f1").run())
+    [warning] = [w.value for w in at.warning if w.value.startswith("Run A's answers")]
+    assert "run B's 0.38×" in warning and "favour run A (the longer one)" in warning
+    shown = {m.label: m.value for m in at.metric}
+    raw, controlled = (float(shown[k]) for k in ("B win rate (ties ½)",
+                                                  "Length-controlled B win rate"))
+    assert raw < 0.2 and controlled > raw + 0.2
+    pairs = table(at, "b_vs_a")
+    assert "B 0.8–1.25× A" in pairs["b_vs_a"].tolist() and pairs["n"].sum() == 60
+    buckets = table(at, "n_b")
+    assert list(buckets.columns) == ["length", "n_a", "mean_a", "n_b", "mean_b"]
+    # Runs of the same length: no warning, the view stays available (collapsed).
+    at = ok(at.selectbox(key="ev_cmp_b").set_value(runs["flan-t5-base"]).run())
+    assert not [w for w in at.warning if w.value.startswith("Run A's answers")]
+    assert table(at, "b_vs_a")["n"].sum() == 60
+
+
+def test_results_of_a_run_with_short_answers_carry_the_length_warning(store, tmp_path):
+    from length_runs import write_runs
+
+    paths = write_runs(tmp_path / "files")
+    xl, _ = evaluation.import_run(paths["flan-t5-xl"], similarity=False)
+    small, _ = evaluation.import_run(paths["flan-t5-small"], similarity=False)
+    at = open_page()
+    at = ok(at.selectbox(key="ev_result_run").set_value(xl.run_id).run())
+    assert any(w.value.startswith("Answers are 0.38× the reference length") for w in at.warning)
+    [by_length] = [d.value for d in at.dataframe if list(d.value.columns[:2]) == ["length", "n"]]
+    assert by_length["n"].sum() == 60 and "token_f1" in by_length.columns
+    at = ok(at.selectbox(key="ev_result_run").set_value(small.run_id).run())
+    assert not any(w.value.startswith("Answers are") for w in at.warning)
+
+
+def test_compare_offers_the_judge_comparison_once_a_judge_is_configured(store, tmp_path):
+    from length_runs import write_runs
+
+    paths = write_runs(tmp_path / "files", n=6)
+    a, _ = evaluation.import_run(paths["flan-t5-small"], similarity=False)
+    b, _ = evaluation.import_run(paths["flan-t5-xl"], similarity=False)
+    at = open_page()
+    assert any(i.value == evaluation.NO_JUDGE for i in at.info)
+    assert not [x for x in at.button if x.key == "ev_pj_start"]
+    config = {"backend": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
+              "max_retries": 0, "requests_per_minute": 6000}
+    jobs.run_inline("jobtasks.count", {"n": 1, "judge": config}, kind="judge")
+    at = ok(open_page())
+    label = "Judge: " + md_escape("openai · gpt-x at http://127.0.0.1:9/v1")
+    assert any(c.value.startswith(label) for c in at.caption)
+    at = ok(at.button(key="ev_pj_start").click().run())
+    [job] = evaluation.pairwise_judge_runs(a.run_id, b.run_id)
+    final = jobs.wait(job.run_id, timeout=120)  # nothing listens on port 9: rows fail, said
+    assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 20)
+    assert final.result["failed"] == 6
+    at = ok(open_page())
+    assert any(t.value.startswith(f"judge comparison {job.run_id}: no pair judged (6 failed)")
+               for t in at.text)

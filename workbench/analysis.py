@@ -412,15 +412,21 @@ def compare_runs(a: pd.DataFrame, b: pd.DataFrame, metric: str, *, margin: float
                       slices)
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+def pair_rows(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Return run a's rows joined with run b's on id (and occurrence, for repeated ids); b's
+    texts, keys and ``columns`` come with a "_b" suffix."""
     left, right = _keyed(a), _keyed(b)
-    keep = [c for c in ("_key", "row_key", "id", "prompt", "reference", "prediction", "metadata",
-                        "tags", "cluster") if c in right.columns or c == "_key"]
-    b_part = right[keep + [metric]].rename(columns={c: f"{c}_b" for c in keep[1:] + [metric]})
+    keep = [c for c in ("row_key", "id", "prompt", "reference", "prediction", "metadata",
+                        "tags", "cluster", *columns) if c in right.columns]
+    b_part = right[["_key", *keep]].rename(columns={c: f"{c}_b" for c in keep})
     joined = left.merge(b_part, on="_key", how="inner", validate="one_to_one")
     if not len(joined):
         raise ConfigError("the two runs share no eval rows: compare runs on the same eval set")
-    joined = joined.rename(columns={metric: f"{metric}_a"})
+    return joined
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+    joined = pair_rows(a, b, (metric,)).rename(columns={metric: f"{metric}_a"})
     joined["better_a"] = oriented(metric, joined[f"{metric}_a"])
     joined["better_b"] = oriented(metric, joined[f"{metric}_b"])
     return joined.dropna(subset=["better_a", "better_b"]).reset_index(drop=True)
@@ -473,6 +479,218 @@ def before_after(a: pd.DataFrame, b: pd.DataFrame, *, metric: str = "similarity"
     return {"metric": metric, "counts": result.counts, "delta": result.delta,
             "tags": tag_rate_change(a, b, n_boot=n_boot, seed=seed).to_dict("records"),
             "slices": slices, "regressed_slices": regressed}
+
+
+# ---------------------------------------------------------------- length-aware comparison
+
+# Reference-relative length buckets (answer words / reference words): 0.8-1.25x is "as long".
+LENGTH_EDGES = (0.5, 0.8, 1.25, 2.0)
+# Mean length ratios this many times apart (or one run this far from 1) earn a warning: token
+# F1 of a correct prefix of a third of the reference is 0.5, so ranks then follow length.
+MARKED_LENGTH = 1.5
+OVERLAP_NOTE = ("Reference-overlap metrics (exact match, token F1, ROUGE-L, embedding "
+                "similarity) reward answers as long as the reference")
+
+
+def length_buckets_ratio(ratios: Sequence[float] | np.ndarray, *, prefix: str = "",
+                         suffix: str = "×") -> list[str]:
+    """Return each ratio's bucket label on LENGTH_EDGES, e.g. "0.8–1.25×" or "≥2×"."""
+    labels = _ratio_labels(prefix, suffix)
+    index = np.searchsorted(LENGTH_EDGES, np.asarray(ratios, float), side="right")
+    return [labels[i] for i in index]
+
+
+def _ratio_labels(prefix: str = "", suffix: str = "×") -> list[str]:
+    edges = [f"{e:g}" for e in LENGTH_EDGES]
+    middle = [f"{prefix}{lo}–{hi}{suffix}" for lo, hi in zip(edges, edges[1:])]
+    return [f"{prefix}<{edges[0]}{suffix}", *middle, f"{prefix}≥{edges[-1]}{suffix}"]
+
+
+def mean_length_ratio(frame: pd.DataFrame) -> float:
+    """Return the mean of answer words / reference words over the rows (NaN: no rows)."""
+    ratios = _length_ratios(frame)
+    return float(ratios.mean()) if len(ratios) else math.nan
+
+
+def _length_ratios(frame: pd.DataFrame) -> np.ndarray:
+    if "length_ratio" in frame.columns:
+        return pd.to_numeric(frame["length_ratio"], errors="coerce").to_numpy(float)
+    return np.array([length_ratio(str(p), str(r))
+                     for p, r in zip(frame["prediction"], frame["reference"])], float)
+
+
+def run_length_warning(ratio: float, *, factor: float = MARKED_LENGTH) -> str:
+    """Return a warning when a run's mean length ratio is factor or more away from 1 ("" if
+    not)."""
+    if _missing(ratio) or 1 / factor < ratio < factor:
+        return ""
+    why = ("a short answer scores low even when it is right (recall falls with length)"
+           if ratio < 1 else "a long answer scores low even when it holds the reference "
+                             "(precision falls with length)")
+    return (f"Answers are {ratio:.2f}× the reference length on average. {OVERLAP_NOTE}: "
+            f"{why}. Before ranking this run, compare it with another within length buckets "
+            "(Compare tab).")
+
+
+def length_warning(ratio_a: float, ratio_b: float, *, factor: float = MARKED_LENGTH) -> str:
+    """Return a warning when two runs' mean length ratios are factor or more times apart ("" if
+    not), naming the run the overlap metrics favour."""
+    if _missing(ratio_a) or _missing(ratio_b):
+        return ""
+    if max(ratio_a, ratio_b) < factor * max(min(ratio_a, ratio_b), 1e-9):
+        return ""
+    # Overlap metrics peak at the reference's length: the run nearer to it is favoured.
+    favoured = "A" if abs(math.log(max(ratio_a, 1e-9))) <= abs(math.log(max(ratio_b, 1e-9))) \
+        else "B"
+    longer = "A" if ratio_a > ratio_b else "B"
+    which = "the longer" if favoured == longer else "the shorter"
+    return (f"Run A's answers are {ratio_a:.2f}× the reference length on average, run B's "
+            f"{ratio_b:.2f}×. {OVERLAP_NOTE}, so here they favour run {favoured} ({which} "
+            "one) whatever the quality: read the win rate within length buckets and the "
+            "length-controlled win rate below.")
+
+
+def metrics_by_length(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Return per reference-relative length bucket (LENGTH_EDGES) the row count and each
+    metric's mean, shortest bucket first; empty buckets are left out."""
+    missing = [m for m in metrics if m not in frame.columns]
+    if missing:
+        raise ConfigError(f"no metric column(s) {', '.join(missing)}; have "
+                          f"{', '.join(map(str, frame.columns))}")
+    order = _ratio_labels()
+    buckets = pd.Categorical(length_buckets_ratio(_length_ratios(frame)), categories=order,
+                             ordered=True)
+    values = frame[list(metrics)].apply(pd.to_numeric, errors="coerce")
+    grouped = values.groupby(buckets, observed=True)
+    table = grouped.mean()
+    table.insert(0, "n", grouped.size())
+    return table.rename_axis("length").reset_index().assign(length=lambda t: t["length"]
+                                                            .astype(str))
+
+
+@dataclass
+class LengthControl:
+    """Run b against run a with answer length held fixed (see length_control)."""
+
+    metric: str
+    ratio_a: float
+    ratio_b: float
+    warning: str
+    by_length: pd.DataFrame  # the metric per reference-relative length bucket, run a and b
+    by_pair: pd.DataFrame  # b's win rate per bucket of b's length / a's length
+    win_rate: dict[str, float]  # b's raw win rate (ties count half), mean/lo/hi/n
+    lc_win_rate: dict[str, float]  # b's win rate predicted at equal length, mean/lo/hi
+    length_effect: float  # log-odds of a b win per std of log(b words / a words), tanh scaled
+    similar: int  # pairs whose answers are within 0.8-1.25x of each other
+    note: str  # why the controlled rate is shaky, or ""
+
+
+def length_control(comparison: Comparison, *, factor: float = MARKED_LENGTH,
+                   n_boot: int = 200, seed: int = 0) -> LengthControl:
+    """Return the length-aware view of a comparison: the length warning, the metric per length
+    bucket for each run, b's win rate per relative-length bucket, and a length-controlled win
+    rate in the manner of AlpacaEval 2's: a logistic regression of "b wins" (ties half) on
+    tanh(z / sd(z)), z = log((b words + 1) / (a words + 1)), read at z = 0 (equal length),
+    with a bootstrap interval of n_boot refits.
+    """
+    rows, metric = comparison.rows, comparison.metric
+    a = pd.DataFrame({"prediction": rows["prediction"], "reference": rows["reference"],
+                      metric: rows[f"{metric}_a"]})
+    b = a.assign(prediction=rows["prediction_b"], **{metric: rows[f"{metric}_b"]})
+    ratio_a, ratio_b = mean_length_ratio(a), mean_length_ratio(b)
+    z = np.log((_word_counts(b["prediction"]) + 1) / (_word_counts(a["prediction"]) + 1))
+    won = rows["outcome"].map({"win": 1.0, "tie": 0.5, "loss": 0.0}).to_numpy(float)
+    by_length = metrics_by_length(a, [metric]).merge(
+        metrics_by_length(b, [metric]), on="length", how="outer", suffixes=("_a", "_b"))
+    by_length = _in_bucket_order(by_length.rename(columns={metric + "_a": "mean_a",
+                                                           metric + "_b": "mean_b"}), "length")
+    by_length[["n_a", "n_b"]] = by_length[["n_a", "n_b"]].fillna(0).astype(int)
+    lc, slope = _length_controlled(z, won, n_boot, seed)
+    similar = int((np.abs(z) <= math.log(LENGTH_EDGES[2])).sum())
+    return LengthControl(metric, ratio_a, ratio_b, length_warning(ratio_a, ratio_b,
+                                                                  factor=factor),
+                         by_length, _pair_buckets(z, won, rows["delta"].to_numpy(float)),
+                         bootstrap_ci(won, 1000, seed)._asdict(), lc, slope, similar,
+                         _control_note(z, similar))
+
+
+def _word_counts(texts: pd.Series) -> np.ndarray:
+    return np.array([len(words(str(t))) for t in texts], float)
+
+
+def _in_bucket_order(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    rank = {label: i for i, label in enumerate(_ratio_labels())}
+    order = table[column].map(rank).fillna(len(rank))
+    return table.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _pair_buckets(z: np.ndarray, won: np.ndarray, delta: np.ndarray) -> pd.DataFrame:
+    labels = length_buckets_ratio(np.exp(z), prefix="B ", suffix="× A")
+    frame = pd.DataFrame({"b_vs_a": labels, "won": won, "delta": delta})
+    rows = []
+    for label in _ratio_labels("B ", "× A"):
+        part = frame[frame["b_vs_a"] == label]
+        if len(part):
+            rows.append({"b_vs_a": label, "n": len(part), "win": int((part["won"] == 1).sum()),
+                         "loss": int((part["won"] == 0).sum()),
+                         "tie": int((part["won"] == 0.5).sum()),
+                         "win_rate": float(part["won"].mean()), "delta": float(part["delta"]
+                                                                               .mean())})
+    return pd.DataFrame(rows, columns=["b_vs_a", "n", "win", "loss", "tie", "win_rate",
+                                       "delta"])
+
+
+def _control_note(z: np.ndarray, similar: int) -> str:
+    if not len(z):
+        return "no paired rows"
+    if similar < max(5, 0.05 * len(z)):
+        return (f"only {similar} of {len(z)} pairs have answers of similar length (within "
+                f"{LENGTH_EDGES[1]:g}–{LENGTH_EDGES[2]:g}×): the length-controlled rate "
+                "extrapolates the regression to equal length, so read it as a rough guide")
+    return ""
+
+
+def _length_controlled(z: np.ndarray, won: np.ndarray, n_boot: int, seed: int
+                       ) -> tuple[dict[str, float], float]:
+    if not len(z):
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan}, math.nan
+    spread = float(z.std())
+    x = np.tanh(z / spread) if spread > 1e-9 else np.zeros_like(z)
+    beta = logistic_fit(x, won, np.ones((1, len(z))))[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(z))  # bounds the (resamples x rows) weight matrix
+    parts = [logistic_fit(x, won, rng.multinomial(len(z), np.full(len(z), 1 / len(z)),
+                                                  size=min(chunk, n_boot - s)))
+             for s in range(0, n_boot, chunk)]
+    lo, hi = np.quantile(_sigmoid(np.concatenate(parts)[:, 0]), [0.025, 0.975])
+    return {"mean": float(_sigmoid(beta[0])), "lo": float(lo), "hi": float(hi)}, \
+        float(beta[1])
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray, *, ridge: float = 0.01,
+                 iterations: int = 50) -> np.ndarray:
+    """Return (intercept, slope) per row of weights (resamples x rows) of a logistic regression
+    of y in [0, 1] (soft labels allowed) on x, by Newton's method.
+
+    The slope carries an L2 penalty ``ridge`` (a weak prior: it keeps the fit finite when
+    length separates wins from losses); the intercept a negligible one, for the same reason.
+    """
+    design = np.stack([np.ones_like(x), x], axis=1)  # rows x 2
+    penalty = np.diag([1e-6, ridge])
+    beta = np.zeros((len(weights), 2))
+    for _ in range(iterations):
+        p = _sigmoid(beta @ design.T)  # resamples x rows
+        grad = (weights * (y - p)) @ design - beta @ penalty
+        hess = np.einsum("bn,ni,nj->bij", weights * p * (1 - p), design, design) + penalty
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        beta += np.clip(step, -5, 5)  # damped: a first step from a flat start can overshoot
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
 
 
 # ---------------------------------------------------------------- provenance and contamination

@@ -999,7 +999,22 @@ def compare_cmd(ctx: click.Context, run_a: str, run_b: str, metric: str | None, 
     deltas = evaluation.slice_deltas(result)
     if len(deltas):
         click.echo(deltas.to_string(index=False, float_format="%.3f"))
+    _length_lines(result)
     click.echo(evaluation.training_summary(result))
+
+
+def _length_lines(result: Any) -> None:
+    """Print the length line; when lengths differ markedly, the warning and the win rate per
+    bucket of B's length next to A's."""
+    from . import evaluation
+
+    click.echo(evaluation.length_summary(result))
+    lc = result.length
+    if lc is not None and lc.note:
+        click.echo(f"note: {lc.note}")
+    if lc is not None and lc.warning:
+        click.echo(f"warning: {lc.warning}")
+        click.echo(lc.by_pair.to_string(index=False, float_format="%.3f"))
 
 
 @main.command("app")

@@ -33,6 +33,8 @@ BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
 DEFAULT_LIMIT = 100  # rows a page evaluates unless the user asks for more (the count is shown)
 # The per-row columns people read first; the metric columns follow.
 OUTPUT_COLUMNS = ("row_key", "prompt", "reference", "prediction")
+# The metrics that compare an answer with its reference, and so move with its length.
+LENGTH_METRICS = ("exact_match", "token_f1", "rouge_l", "similarity")
 Home = str | Path | None
 
 
@@ -291,6 +293,14 @@ def row_detail(predictions: pd.DataFrame, position: int) -> dict[str, Any]:
             "metrics": {k: v.item() if hasattr(v, "item") else v for k, v in checks.items()}}
 
 
+def length_check(predictions: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Return (the run's length warning, "" when its answers are about as long as the
+    references; every overlap metric's mean per reference-relative length bucket)."""
+    metrics = [m for m in LENGTH_METRICS if m in predictions.columns]
+    table = analysis.metrics_by_length(predictions, metrics)
+    return analysis.run_length_warning(analysis.mean_length_ratio(predictions)), table
+
+
 # ---------------------------------------------------------------- comparing two runs
 
 
@@ -302,6 +312,7 @@ class RunComparison:
     run_b: str
     comparison: analysis.Comparison
     training: dict[str, Any] | None  # analysis.training_diff; None when a model is a base model
+    length: analysis.LengthControl | None = None  # the comparison with answer length held fixed
 
 
 def common_metrics(run_a: str | Path, run_b: str | Path, *, home: Home = None) -> list[str]:
@@ -322,7 +333,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, metric: str | None = None,
             regression_margin: float = 0.1, store: Store | None = None,
             home: Home = None) -> RunComparison:
     """Return run b versus run a on one metric (default similarity, else token_f1): per-row
-    win/loss/tie, regressions, per-slice deltas, and the diff of their training data."""
+    win/loss/tie, regressions, per-slice deltas, the diff of their training data, and the
+    length-aware view (analysis.length_control: warning, length buckets, controlled win rate)."""
     a_job, b_job = jobs.status(run_a, home=home), jobs.status(run_b, home=home)
     if a_job.run_dir.resolve() == b_job.run_dir.resolve():
         raise ConfigError(f"pick two different runs (both are {a_job.run_id})")
@@ -330,7 +342,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, metric: str | None = None,
     metric = metric or ("similarity" if {"similarity"} <= set(a) & set(b) else "token_f1")
     result = analysis.compare_runs(a, b, metric, margin=margin,
                                    regression_margin=regression_margin, by=tuple(by))
-    return RunComparison(a_job.run_id, b_job.run_id, result, _training(store, a_job, b_job))
+    return RunComparison(a_job.run_id, b_job.run_id, result, _training(store, a_job, b_job),
+                         analysis.length_control(result))
 
 
 def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict | None:
@@ -368,6 +381,19 @@ def slice_deltas(result: RunComparison) -> pd.DataFrame:
                   "regressed"]]
 
 
+def length_summary(result: RunComparison) -> str:
+    """Return one line: each run's mean length ratio and b's raw and length-controlled win
+    rates with their intervals."""
+    lc = result.length
+    if lc is None:
+        return "no length view"
+    raw, ctl = lc.win_rate, lc.lc_win_rate
+    return (f"length: A {lc.ratio_a:.2f}× and B {lc.ratio_b:.2f}× the reference; B win rate "
+            f"{raw['mean']:.3f} [{raw['lo']:.3f}, {raw['hi']:.3f}] raw, {ctl['mean']:.3f} "
+            f"[{ctl['lo']:.3f}, {ctl['hi']:.3f}] length-controlled ({lc.similar} of "
+            f"{raw['n']} pairs of similar length)")
+
+
 def training_summary(result: RunComparison) -> str:
     """Return one line on how the two models' training data differ (or why there is no diff)."""
     training = result.training
@@ -377,3 +403,102 @@ def training_summary(result: RunComparison) -> str:
     refs = [training.get(f"ref_{s}") or f"version id {training[f'version_{s}']}"
             for s in "ab"]
     return f"training data {refs[0]} → {refs[1]}: {counts}"
+
+
+# ---------------------------------------------------------------- a judge between two runs
+
+PAIRWISE_TASK = "workbench.evaluation.pairwise_judge_task"
+PAIRWISE_KIND = "pairwise_judge"
+PAIRWISE_FILE = "pairwise_judge.parquet"
+NO_JUDGE = ("No judge is configured. Set one up on the Score & select page (LLM judge: a local "
+            "model or an OpenAI-compatible endpoint and its key variable); the judge used there "
+            "most recently is the one asked here.")
+
+
+def judge_config(*, home: Home = None) -> dict | None:
+    """Return the options of the judge configured most recently (the newest judge job's on
+    Score & select), or None when no judge has been set up."""
+    for job in jobs.list_runs(kind="judge", home=home):
+        config = job.config.get("params", {}).get("judge")
+        if config:
+            return dict(config)
+    return None
+
+
+def judge_label(config: Mapping[str, Any]) -> str:
+    """Return a one-line description of a judge: backend, model and endpoint."""
+    where = f" at {config['base_url']}" if config.get("backend") == "openai" else ""
+    return f"{config.get('backend', 'local')} · {config.get('model', 'default')}{where}"
+
+
+def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
+                         config: Mapping[str, Any] | None = None, limit: int | None = None,
+                         home: Home = None, inline: bool = False) -> jobs.JobStatus:
+    """Return the status of a new job asking the judge, per shared row and in both orders,
+    which run's answer is better given the reference (config None: judge_config())."""
+    from .judge import JudgeConfig
+
+    config = dict(config) if config is not None else judge_config(home=home)
+    if config is None:
+        raise ConfigError(NO_JUDGE)
+    JudgeConfig(**config)  # a bad option fails here, naming it
+    a_job, b_job = jobs.status(run_a, home=home), jobs.status(run_b, home=home)
+    if a_job.run_dir.resolve() == b_job.run_dir.resolve():
+        raise ConfigError(f"pick two different runs (both are {a_job.run_id})")
+    analysis.pair_rows(run_predictions(a_job.run_dir), run_predictions(b_job.run_dir))
+    params = {"run_a": str(a_job.run_dir.resolve()), "run_b": str(b_job.run_dir.resolve()),
+              "judge": config, "limit": limit}
+    if inline:
+        return jobs.run_inline(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
+    return jobs.start(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
+
+
+def pairwise_judge_task(params: dict, ctx: Any) -> dict:
+    """Job task: judge run b's answers against run a's given the reference (judge.judge_pairs),
+    write pairwise_judge.parquet and return the counts and b's win rate."""
+    from .judge import JudgeConfig, judge_pairs
+
+    pairs = analysis.pair_rows(ev.read_predictions(params["run_a"]),
+                               ev.read_predictions(params["run_b"]))
+    if params.get("limit"):
+        pairs = pairs.head(int(params["limit"]))
+    config = JudgeConfig(**params["judge"])
+    ctx.log(f"{len(pairs)} pairs, each asked in both orders ({judge_label(params['judge'])})")
+    ctx.progress(0, 2 * len(pairs))
+    judged = judge_pairs(pairs, config, progress=lambda done, total: ctx.progress(done, total))
+    columns = [c for c in ("row_key", "prompt", "reference", "prediction", "prediction_b")
+               if c in pairs.columns]
+    table = pd.concat([pairs[columns], judged], axis=1).reset_index(drop=True)
+    table.to_parquet(ctx.run_dir / PAIRWISE_FILE, index=False)
+    for row in table[table["judge_error"] != ""].itertuples():
+        ctx.log(f"row {getattr(row, 'row_key', '?')}: not judged: {row.judge_error}")
+    return _pairwise_counts(judged)
+
+
+def _pairwise_counts(judged: pd.DataFrame) -> dict[str, Any]:
+    share = judged["judge_b"]
+    ci = ev.bootstrap_ci(share.to_numpy(float))
+    return {"pairs": len(judged), "failed": int(share.isna().sum()),
+            "win": int((share > 0.5).sum()), "loss": int((share < 0.5).sum()),
+            "tie": int((share == 0.5).sum()),
+            "inconsistent": int((share.notna() & ~judged["judge_consistent"]).sum()),
+            "win_rate": ci._asdict()}
+
+
+def pairwise_judge_runs(run_a: str, run_b: str, *, home: Home = None) -> list[jobs.JobStatus]:
+    """Return the judge comparisons of run b against run a, newest first."""
+    return [j for j in jobs.list_runs(kind=PAIRWISE_KIND, home=home)
+            if Path(j.config["params"]["run_a"]).name == run_a
+            and Path(j.config["params"]["run_b"]).name == run_b]
+
+
+def pairwise_summary(job: jobs.JobStatus) -> str:
+    """Return one line on a finished judge comparison: b's win rate given the reference."""
+    r = job.result
+    rate = r.get("win_rate", {})
+    if not r or rate.get("n", 0) == 0:
+        return f"judge comparison {job.run_id}: no pair judged ({r.get('failed', 0)} failed)"
+    return (f"judge (reference-guided, both orders): B win rate {rate['mean']:.3f} "
+            f"[{rate['lo']:.3f}, {rate['hi']:.3f}]; B wins {r['win']}, loses {r['loss']}, "
+            f"ties {r['tie']} ({r['inconsistent']} ties from orders that disagree); "
+            f"{r['failed']} not judged")

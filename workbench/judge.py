@@ -34,7 +34,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ import pandas as pd
 from .exceptions import ConfigError
 
 Backend = Literal["local", "openai"]
+T = TypeVar("T")
 JUDGE_COLUMNS = ("judge_score", "judge_reason", "judge_error")
 MAX_RETRY_AFTER_S = 60.0  # a server asking for a longer pause gets retried after this
 # A verdict is two short lines; even a verbose server's JSON around it is a few KB. A larger
@@ -402,57 +403,98 @@ def chat_completion(config: JudgeConfig, prompt: str, *, key: str | None = None,
 
 # --- backends ----------------------------------------------------------------------------------
 
+# read(answer) -> a row's result (raising JudgeError when the answer says nothing usable);
+# failed(message) -> the result of a row whose request or answer failed.
+Read = Callable[[str], T]
+Failed = Callable[[str], T]
+
+
 def _verdict(text: str) -> Verdict:
-    try:
-        score, reason = parse_verdict(text)
-    except JudgeError as e:
-        return Verdict(error=str(e))
+    score, reason = parse_verdict(text)
     return Verdict(score, reason)
 
 
-def _judge_remote(prompt: str, config: JudgeConfig, key: str | None,
-                  limiter: RateLimiter) -> Verdict:
+def _ask_remote(prompt: str, config: JudgeConfig, key: str | None, limiter: RateLimiter,
+                read: Read, failed: Failed) -> T:
     try:
-        return _verdict(chat_completion(config, prompt, key=key, limiter=limiter))
+        return read(chat_completion(config, prompt, key=key, limiter=limiter))
     except JudgeError as e:
-        return Verdict(error=str(e))
+        return failed(str(e))
 
 
-def judge_openai(prompts: Sequence[str], config: JudgeConfig, *,
-                 progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
-    """Return one Verdict per prompt from an OpenAI-compatible endpoint, in input order."""
+def ask_openai(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
+               progress: Callable[[int, int], None] | None = None) -> list[T]:
+    """Return read(answer) (failed(message) on failure) per prompt from an OpenAI-compatible
+    endpoint, in input order."""
     key, limiter = _api_key(config), RateLimiter(config.requests_per_minute)
-    verdicts: list[Verdict] = [Verdict()] * len(prompts)
+    results: list[T] = [failed("not asked")] * len(prompts)
     with ThreadPoolExecutor(max_workers=config.max_concurrency) as pool:
-        futures = {pool.submit(_judge_remote, p, config, key, limiter): i
+        futures = {pool.submit(_ask_remote, p, config, key, limiter, read, failed): i
                    for i, p in enumerate(prompts)}
         try:
             for done, future in enumerate(as_completed(futures), 1):
-                verdicts[futures[future]] = future.result()
+                results[futures[future]] = future.result()
                 if progress:
                     progress(done, len(prompts))
         except BaseException:  # a cancel from progress(): drop the requests not yet sent
             for future in futures:
                 future.cancel()
             raise
-    return verdicts
+    return results
+
+
+def ask_local(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
+              lm: tuple[Any, Any] | None = None, batch_size: int = 8,
+              progress: Callable[[int, int], None] | None = None) -> list[T]:
+    """Return read(answer) (failed(message) when unusable) per prompt from a local model
+    (greedy, batched, left padded)."""
+    if lm is None:
+        from .models import load_lm
+
+        lm = load_lm(config.model)
+    results: list[T] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = generate(lm, prompts[start:start + batch_size], max_new_tokens=config.max_tokens)
+        results += [_read_or_fail(t, read, failed) for t in texts]
+        if progress:
+            progress(len(results), len(prompts))
+    return results
+
+
+def _read_or_fail(text: str, read: Read, failed: Failed) -> T:
+    try:
+        return read(text)
+    except JudgeError as e:
+        return failed(str(e))
+
+
+def ask(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
+        lm: tuple[Any, Any] | None = None,
+        progress: Callable[[int, int], None] | None = None) -> list[T]:
+    """Return one result per prompt from the configured backend (see ask_openai, ask_local)."""
+    if not prompts:
+        return []
+    if config.backend == "openai":
+        return ask_openai(prompts, config, read, failed, progress=progress)
+    return ask_local(prompts, config, read, failed, lm=lm, progress=progress)
+
+
+def _failed_verdict(message: str) -> Verdict:
+    return Verdict(error=message)
+
+
+def judge_openai(prompts: Sequence[str], config: JudgeConfig, *,
+                 progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+    """Return one Verdict per prompt from an OpenAI-compatible endpoint, in input order."""
+    return ask_openai(prompts, config, _verdict, _failed_verdict, progress=progress)
 
 
 def judge_local(prompts: Sequence[str], config: JudgeConfig, *,
                 lm: tuple[Any, Any] | None = None, batch_size: int = 8,
                 progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
     """Return one Verdict per prompt from a local model (greedy, batched, left padded)."""
-    if lm is None:
-        from .models import load_lm
-
-        lm = load_lm(config.model)
-    verdicts: list[Verdict] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = generate(lm, prompts[start:start + batch_size], max_new_tokens=config.max_tokens)
-        verdicts += [_verdict(t) for t in texts]
-        if progress:
-            progress(len(verdicts), len(prompts))
-    return verdicts
+    return ask_local(prompts, config, _verdict, _failed_verdict, lm=lm, batch_size=batch_size,
+                     progress=progress)
 
 
 def generate(lm: tuple[Any, Any], prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
@@ -477,12 +519,87 @@ def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any]
     columns aligned with the frame's rows."""
     prompts = [render_rubric(config.rubric, str(p), str(r))
                for p, r in zip(frame["prompt"].tolist(), frame["response"].tolist())]
-    if not prompts:
-        verdicts: list[Verdict] = []
-    elif config.backend == "openai":
-        verdicts = judge_openai(prompts, config, progress=progress)
-    else:
-        verdicts = judge_local(prompts, config, lm=lm, progress=progress)
+    verdicts = ask(prompts, config, _verdict, _failed_verdict, lm=lm, progress=progress)
     return pd.DataFrame({"judge_score": np.array([v.score for v in verdicts], dtype=np.float64),
                          "judge_reason": [v.reason for v in verdicts],
                          "judge_error": [v.error for v in verdicts]}, index=frame.index)
+
+
+# --- reference-guided pairwise comparison -------------------------------------------------------
+
+PAIRWISE_PROMPT = """\
+You are comparing two answers to the same instruction. A reference answer written by a person \
+is given: use it to decide which answer is correct and complete. Do not prefer an answer for \
+being longer or shorter; judge what it says.
+
+INSTRUCTION:
+{prompt}
+
+REFERENCE ANSWER:
+{reference}
+
+ANSWER 1:
+{first}
+
+ANSWER 2:
+{second}
+
+Which answer is better? Answer in exactly two lines:
+Winner: <1, 2 or tie>
+Reason: <one short sentence>"""
+_WINNER = re.compile(r"winner\W{0,6}?\s*(1|2|tie|one|two|answer\s*[12])\b", re.I)
+PAIRWISE_COLUMNS = ("judge_b", "judge_consistent", "judge_error")
+
+
+def render_pairwise(prompt: str, reference: str, first: str, second: str) -> str:
+    """Return PAIRWISE_PROMPT filled in with the instruction, reference and both answers."""
+    fields = {"{prompt}": prompt, "{reference}": reference, "{first}": first,
+              "{second}": second}
+    return re.sub(r"\{(?:prompt|reference|first|second)\}", lambda m: fields[m.group(0)],
+                  PAIRWISE_PROMPT)
+
+
+def parse_preference(text: str) -> float:
+    """Return the share of the win the judge gives answer 2: 0.0 (answer 1), 0.5 (tie) or 1.0
+    (answer 2), from "Winner: 1|2|tie"; raise JudgeError when it names none."""
+    found = _WINNER.search(text)
+    if found is None:
+        raise JudgeError(f"no winner in the judge's answer: {_clip(text)!r}")
+    choice = found.group(1).lower()
+    if choice == "tie":
+        return 0.5
+    return 0.0 if choice.endswith(("1", "one")) else 1.0
+
+
+def _failed_preference(message: str) -> str:
+    return message
+
+
+def judge_pairs(pairs: pd.DataFrame, config: JudgeConfig, *,
+                lm: tuple[Any, Any] | None = None,
+                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Return per row of pairs (prompt, reference, prediction = run a's answer, prediction_b)
+    judge_b: b's share of the win given the reference, 0, 0.5 or 1 (NaN on failure);
+    judge_consistent: both orders agree; judge_error.
+
+    Each pair is asked twice, a's answer first and then b's, and the two verdicts are
+    averaged, so a judge that always prefers the first position gives a tie, not a winner.
+    """
+    rows = list(zip(*(pairs[c].astype(str).tolist()
+                      for c in ("prompt", "reference", "prediction", "prediction_b"))))
+    prompts = [render_pairwise(p, r, first, second) for p, r, a, b in rows
+               for first, second in ((a, b), (b, a))]
+    answers = ask(prompts, config, parse_preference, _failed_preference, lm=lm,
+                  progress=progress)
+    b_as_second, b_as_first = answers[0::2], answers[1::2]
+    out = [_combine(x, y) for x, y in zip(b_as_second, b_as_first)]
+    return pd.DataFrame(out, columns=list(PAIRWISE_COLUMNS), index=pairs.index)
+
+
+def _combine(b_second: float | str, b_first: float | str) -> tuple[float, bool, str]:
+    # b_second: b's share when b was answer 2; b_first: answer 2's share when b was answer 1.
+    errors = [x for x in (b_second, b_first) if isinstance(x, str)]
+    if errors:
+        return math.nan, False, "; ".join(errors)
+    b_share = (float(b_second) + 1.0 - float(b_first)) / 2
+    return b_share, float(b_second) == 1.0 - float(b_first), ""
