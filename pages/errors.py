@@ -293,15 +293,19 @@ def before_after_view(loop_run: str) -> None:
                "(their prompts were trained on).")
     if report.regressed:
         st.warning("Regressed beyond the interval: " + md_escape(", ".join(report.regressed)))
-    tags = report.tags.melt(id_vars="tag", value_vars=["rate_a", "rate_b"], var_name="run",
-                            value_name="rate").replace({"rate_a": "before", "rate_b": "after"})
-    tags["tag"] = tags["tag"].map(plot_text)  # manual tags are typed by users
-    st.plotly_chart(px.bar(tags, x="tag", y="rate", color="run", barmode="group",
-                           title="Failure tag rates"), key="er_tag_chart")
-    st.dataframe(report.tags, hide_index=True, key="er_tags_table")
+    readable = {"rate_a": "before", "rate_b": "after", "mean_a": "before", "mean_b": "after"}
+    tags = report.tags.rename(columns=readable)
+    bars = tags.melt(id_vars="tag", value_vars=["before", "after"], var_name="run",
+                     value_name="rate")
+    bars["tag"] = bars["tag"].map(plot_text)  # manual tags are typed by users
+    fig = px.bar(bars, x="tag", y="rate", color="run", barmode="group",
+                 title="Share of rows with each failure tag")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title="rows with the tag")
+    st.plotly_chart(fig, key="er_tag_chart")
+    st.dataframe(tags, hide_index=True, key="er_tags_table")
     for name, table in report.slices.items():
         st.caption(f"{md_escape(report.metric)} per slice by {md_escape(name)}")
-        st.dataframe(table, hide_index=True)
+        st.dataframe(table.rename(columns=readable), hide_index=True)
 
 
 selected = failures_section()

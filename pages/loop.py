@@ -59,5 +59,7 @@ else:
                   error_y=history["hi"] - history["mean"],
                   error_y_minus=history["mean"] - history["lo"])
 fig.update_layout(title=f"{metric} per iteration", yaxis_title=metric)
+if metric == "failure_rate":  # a share: 0 to 100%, never past it
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
 fig.update_xaxes(dtick=1)
 st.plotly_chart(fig, key="it_chart")

@@ -156,6 +156,19 @@ def test_clusters_are_found_and_named_by_their_terms():
         an.cluster_failures(frame, vectors[:3])
 
 
+def test_cluster_names_ignore_text_most_rows_share():
+    system = "You are Northwind's cloud support assistant. Answer politely."
+    texts = [f"{system} My refund for invoice {i} has not arrived" for i in range(6)] + \
+            [f"{system} Reset my password, the login code {i} fails" for i in range(6)]
+    vectors = np.vstack([np.eye(4, dtype=np.float32)[i // 6] for i in range(12)])
+    clusters = an.cluster_failures(pd.DataFrame({"prompt": texts}), vectors, k=2)
+    names = " ".join(clusters.table["name"])
+    assert not {"northwind", "cloud", "support"} & set(names.replace(",", "").split())
+    named = {tuple(t) for t in clusters.table["terms"]}
+    assert all(set(t) <= {"refund", "invoice", "arrived"} or
+               set(t) <= {"reset", "password", "login", "code", "fails"} for t in named)
+
+
 def test_kmeans_handles_more_clusters_than_points():
     labels, centers = an.kmeans(np.eye(3, dtype=np.float32), 10)
     assert sorted(labels.tolist()) == [0, 1, 2] and centers.shape == (3, 3)

@@ -321,13 +321,25 @@ def _recenter(x: np.ndarray, labels: np.ndarray, old: np.ndarray) -> np.ndarray:
     return _unit(centers)
 
 
+SHARED_TERM_SHARE = 0.5  # a term in more rows than this share names no cluster
+
+
 def characteristic_terms(texts: Sequence[str], labels: Sequence[int], *, n_terms: int = 3
                          ) -> dict[int, list[str]]:
-    """Return each cluster's top terms by class-based TF-IDF (frequent here, rare elsewhere)."""
+    """Return each cluster's top terms by class-based TF-IDF (frequent here, rare elsewhere).
+
+    Terms in more than half of all rows are left out: text most rows share, such as a system
+    prompt, says nothing about what sets a cluster apart."""
+    tokens = [{w for w in words(text) if len(w) > 2 and not w.isdigit() and w not in STOPWORDS}
+              for text in texts]
+    rows_with = Counter(w for row in tokens for w in row)
+    shared = {w for w, n in rows_with.items() if n > SHARED_TERM_SHARE * len(tokens)} \
+        if len(tokens) >= 4 else set()
     counts: dict[int, Counter] = {}
     for text, label in zip(texts, labels):
         counts.setdefault(int(label), Counter()).update(
-            w for w in words(text) if len(w) > 2 and not w.isdigit() and w not in STOPWORDS)
+            w for w in words(text) if len(w) > 2 and not w.isdigit() and w not in STOPWORDS
+            and w not in shared)
     totals = Counter()
     for c in counts.values():
         totals.update(c)

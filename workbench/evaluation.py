@@ -316,9 +316,13 @@ class RunComparison:
 
 
 def common_metrics(run_a: str | Path, run_b: str | Path, *, home: Home = None) -> list[str]:
-    """Return the metric columns both runs have (METRICS order, then format checks)."""
+    """Return the metric columns both runs have, the most telling first: similarity, then
+    token F1 and the rest in METRICS order (exact match ties almost every free-text row),
+    then format checks."""
     a, b = run_predictions(run_a, home=home), run_predictions(run_b, home=home)
-    return [m for m in ev.metric_columns(a) if m in b.columns]
+    shared = [m for m in ev.metric_columns(a) if m in b.columns]
+    first = [m for m in ("similarity", "token_f1") if m in shared]
+    return first + [m for m in shared if m not in first]
 
 
 def slice_options(run: str | Path, *, home: Home = None) -> list[str]:
