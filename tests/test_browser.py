@@ -329,6 +329,7 @@ def select_first_grid_row(page, table) -> None:
 def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page, tmp_path):
     """The loop on the tiny model: evaluate, tag a failure, correct it into a targeted version
     of the training data, retrain (2 steps) and re-evaluate, then read the before/after."""
+    from workbench import evaluate as ev
     from workbench import jobs, loop
 
     url, store_path = app
@@ -363,7 +364,8 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
 
         page.goto(url + "/errors")
         expect(page.get_by_role("heading", name="Errors")).to_be_visible()
-        expect(page.get_by_test_id("stMetric").filter(has_text="Eval rows")).to_contain_text("4")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Eval rows")).to_contain_text(
+            "4", timeout=30_000)  # the first run of the page reads the run and its checks
         failures = loop.failures(eval_job.run_id, home=tmp_path / "runs")
         assert len(failures), "the tiny random model should fail the automatic checks"
         worst = int(failures["row_key"].iloc[0])  # the Failure picker starts on the worst one
@@ -394,8 +396,35 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
             timeout=150_000)
         expect(page.get_by_text("1 rows left out (their prompts were trained on)")
                ).to_be_visible()
-        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Failure tag rates")
+        expect(page.get_by_test_id("stPlotlyChart").filter(
+            has_text="Share of rows with each failure tag")).to_be_visible()
+
+        # The retrained model is a training run like any other: on Train with its loss
+        # curve, and first among Evaluate's models, where it is evaluated.
+        [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
+        child = f"{retrain.run_id}-train"
+        page.goto(url + "/train")
+        expect(page.get_by_role("heading", name="Train")).to_be_visible()
+        expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(
+            re.compile(re.escape(child) + ".*retrained by loop " + re.escape(retrain.run_id)))
+        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Loss per step")
                ).to_be_visible()
+        page.goto(url + "/evaluate")
+        expect(page.get_by_role("combobox", name="Model")).to_have_value(
+            re.compile(f"trained run {re.escape(child)} \\(train@2, tiny"))
+        max_new = page.get_by_label("Max new tokens", exact=True)
+        max_new.fill("2")
+        max_new.press("Enter")
+        page.get_by_text("Embedding similarity to the reference").click()
+        expect(max_new).to_have_value("2")
+        page.get_by_role("button", name="Run evaluation").click()
+        expect(page.get_by_text("Started eval run")).to_be_visible()
+        second = next(j for j in jobs.list_runs("eval", home=tmp_path / "runs")
+                      if j.run_id != eval_job.run_id)
+        expect(page.get_by_text(second.run_id)).to_have_count(0, timeout=90_000)
+    assert jobs.status(second.run_id, home=tmp_path / "runs").state == "done"
+    assert ev.read_summary(second.run_dir)["model"] == {
+        "run_dir": str((tmp_path / "runs" / child).resolve())}
     tagged = loop.failures(eval_job.run_id, home=tmp_path / "runs").set_index("row_key")
     assert tagged.at[worst, "manual_tags"] == ["tone"]
     targeted = store.version(store.active_version("train"))
@@ -404,6 +433,10 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
     assert targeted.params["eval_run"] == eval_job.run_id
     [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
     assert retrain.state == "done"
+    from workbench import runs
+
+    registry = runs.table(store, home=tmp_path / "runs").set_index("run_id")
+    assert registry.loc[child, "parent"] == retrain.run_id
 
 
 EVIL_IMAGE = "![x](http://evil.example/a.png)"
