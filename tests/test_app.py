@@ -287,6 +287,21 @@ def test_import_from_a_path_reports_rejected_lines(store_path):
     assert len(browse_table(at).value) == 5
 
 
+def test_an_import_switches_the_dataset_visibly_with_a_way_back(store_path):
+    Store(store_path).import_file(chat_file(store_path.parent / "first.jsonl", 2), "first")
+    at = start(store_path)
+    source = chat_file(store_path.parent / "second.jsonl", 3)
+    at.text_input(key="import_path").input(str(source)).run()
+    at.button(key="import_button").click().run()
+    no_exception(at)
+    assert at.sidebar.selectbox(key="dataset").value == "second"
+    assert "Now working on second (was first)." in texts(at.sidebar.info)
+    at.sidebar.button(key="switch_back").click().run()
+    no_exception(at.run())  # the switch back lands on the next run, quietly
+    assert at.sidebar.selectbox(key="dataset").value == "first"
+    assert not at.sidebar.info and not [b for b in at.sidebar.button if b.key == "switch_back"]
+
+
 def test_import_an_uploaded_file(store_path):
     at = start(store_path)
     data = "\n".join(json.dumps(chat_record(i)) for i in range(3)).encode()

@@ -197,3 +197,42 @@ def test_compare_offers_the_judge_comparison_once_a_judge_is_configured(store, t
     at = ok(open_page())
     assert any(t.value.startswith(f"judge comparison {job.run_id}: no pair judged (6 failed)")
                for t in at.text)
+
+
+def test_the_eval_set_its_version_count_and_the_models_people_get(store, tmp_path,
+                                                                  monkeypatch):
+    """Evaluate preselects the dataset marked as the eval set (not the sidebar's training
+    data), starts with a sample of rows and says how many there are, and offers the newest
+    trained run first and never the tiny random model to people."""
+    store.import_file(chat_file(tmp_path / "t.jsonl", 5), "train")
+
+    def on_train_then_evaluate() -> AppTest:
+        at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+        at.sidebar.selectbox(key="dataset").select("train").run()
+        return ok(at.switch_page(PAGE).run())
+
+    at = on_train_then_evaluate()
+    assert at.selectbox(key="ev_dataset").value == "train"  # nothing marked: the sidebar's
+    assert any("mark your eval set" in c.value for c in at.caption)
+    store.set_role("evalset", "eval")
+    monkeypatch.setenv("WORKBENCH_TEST_MODELS", "0")  # as people run the app
+    at = on_train_then_evaluate()
+    assert at.selectbox(key="ev_dataset").value == "evalset"
+    assert at.selectbox(key="ev_version").format_func(at.selectbox(key="ev_version").value
+                                                      ).startswith("evalset@1 · import")
+    limit = next(n for n in at.number_input if n.label.startswith("Rows to evaluate"))
+    assert limit.label.startswith("Rows to evaluate (of 3;") and limit.value == 3
+    assert at.selectbox(key="ev_model").options == ["base model (SmolLM2-135M-Instruct)"]
+
+
+def test_mostly_empty_predictions_warn_loudly(store, tmp_path):
+    rows = [{"prompt": f"question {i}: how do I reset item {i}?",
+             "reference": f"answer {i}: press reset {i} times.",
+             "prediction": "" if i else "answer 0", "model": "silent"} for i in range(3)]
+    evaluation.import_run(write_jsonl(tmp_path / "silent.jsonl", rows), similarity=False)
+    at = open_page()
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("2 of 3 predictions") and "are empty" in w for w in warnings)
+    at.session_state["ev_rows"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at = ok(at.run())
+    assert any("answer is empty" in w.value for w in at.warning)
