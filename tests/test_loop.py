@@ -223,7 +223,7 @@ def test_retrain_and_re_evaluate_reports_before_after_and_joins_the_overview(set
     assert registry.loc[trained.run_id, "data"] == store.version(vid).ref
     events = jobs.events(done.run_dir)  # the loop's bar names its phases
     assert [p for p in dict.fromkeys(e.get("phase") for e in events)] == [
-        "loading model", "training", "evaluating", "scoring the answers"]
+        "loading model", "training", "evaluating"]
     assert [v.version_id for v in loop.targeted_versions(store, "eval-1", home=home)] == [vid]
 
 

@@ -995,9 +995,7 @@ def eval_task(params: dict, ctx: Any) -> dict:
         ctx.phase("evaluating", len(frame))
     generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
     predictions = predictions_frame(frame, generations, model_label(spec))
-    ctx.log("scoring the answers")
-    if hasattr(ctx, "phase"):
-        ctx.phase("scoring the answers")
+    ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = score_predictions(predictions, checks=checks, store=store,
                                embedder=params.get("embedder", "default"))
     summary = _summary(params, config, scored, generations, seconds)
