@@ -14,6 +14,7 @@ import torch
 from workbench import analysis as an
 from workbench import evaluate as ev
 from workbench import evaluation, jobs, loop, models
+from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError, NotFoundError
 from workbench.schema import Example
 from workbench.store import Store
@@ -396,7 +397,7 @@ def test_closing_the_loop_fixes_the_planted_format_rule(tmp_path, single_thread)
     failures = an.failures_table(base)
     failures = failures[[("off_format" in t) for t in failures["tags"]]]
     pool = store.frame(pool_v)
-    vectors = ev.text_vectors([*failures["prompt"], *pool["prompt"]], store=store)
+    vectors = ev.text_vectors([*failures["prompt"], *pool["prompt"]], cache=StoreCache(store))
     examples = an.targeted_examples(
         failures, eval_run=before.run_id, pool_frame=pool, pool_vectors=vectors[len(failures):],
         failure_vectors=vectors[:len(failures)], k=3, exclude_ids=store.frame(train_v)["id"])

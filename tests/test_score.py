@@ -312,7 +312,7 @@ def test_score_frame_reads_the_cache_and_computes_only_new_rows(tiny, monkeypatc
     S.score_frame(grown, specs, cache=StoreCache(store), lm=tiny)
     assert calls == [4, 1]
     other = S.score_frame(frame, [("perplexity", {"model": "tiny-0", "max_length": 64})],
-                          store=store, lm=tiny)  # other options: another cache entry
+                          cache=StoreCache(store), lm=tiny)  # other options: another cache entry
     assert calls == [4, 1, 4] and len(other) == 4
     key = S.SCORERS["ifd"].cache_params({"model": "tiny-0"})
     assert "batch_tokens" not in key and len(get_scores(store, frame["id"].tolist(), "ifd", key)) == 4

@@ -163,7 +163,7 @@ def import_upload(file_name: str, data: bytes, **options: Any
 
 def eval_runs(*, home: Home = None, active: bool | None = None) -> list[jobs.JobStatus]:
     """Return the eval, import and loop runs, newest first (only active ones if active=True)."""
-    runs = [j for j in jobs.list_runs(home=home) if j.config.get("task") in EVAL_TASKS]
+    runs = [j for j in jobs.list_runs(home=home) if j.task in EVAL_TASKS]
     return runs if active is None else [j for j in runs if j.active == active]
 
 

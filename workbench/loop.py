@@ -39,9 +39,11 @@ EVAL_KEYS = ("version_id", "generation", "style", "embedder", "limit", "name")
 
 
 def run_dir(run: str | Path, *, home: str | Path | None = None) -> Path:
-    """Return an eval run's folder from its id or path (NotFoundError without predictions)."""
+    """Return an eval run's folder from its id or path (NotFoundError without predictions).
+
+    A run id is resolved (and checked) by jobs.run_folder, the one resolver of run ids."""
     path = Path(run)
-    folder = path if path.is_dir() else jobs.runs_dir(home) / str(run)
+    folder = path if path.is_dir() else jobs.run_folder(str(run), home=home)
     if not (folder / PREDICTIONS_FILE).is_file():
         raise NotFoundError(f"no eval run '{run}' (no {PREDICTIONS_FILE} in {folder}); "
                             "run an evaluation or import predictions first")
