@@ -218,7 +218,8 @@ class LoopParams:
     config: dict | None = None
     previous_run: str | None = None
     before_run: str | None = None
-    source_run: str | None = None
+    source_run: str | None = None  # the eval run whose failures made the version (its id)
+    source_dir: str | None = None  # and its folder
 
 
 @task("loop", LoopParams, old=("workbench.evaluate.loop_task",))
