@@ -105,7 +105,7 @@ def _onnx_embedders(int8: bool) -> dict:
 
 
 def _embed(store, frame, model) -> np.ndarray:
-    from workbench.embed import embed_frame
+    from workbench.curate import embed_frame
 
     return embed_frame(store, frame, encoder=model)
 

@@ -80,7 +80,7 @@ def load(args) -> tuple:
 def prepare(store, vid, frame, embed: bool) -> None:
     """Cache heuristic scores and (optionally) prompt/response embeddings for the rows."""
     from workbench import quality
-    from workbench.embed import embed_frame
+    from workbench.curate import embed_frame
 
     t = time.perf_counter()
     quality.score_heuristics(store, frame, quality.heuristic_specs(HEURISTICS))

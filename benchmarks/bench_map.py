@@ -45,7 +45,7 @@ def main() -> None:
 
     from workbench import curate, quality
     from workbench import select as SEL
-    from workbench.embed import embed_frame
+    from workbench.curate import embed_frame
     from workbench.models import configure_torch_threads, load_embedder
     from workbench.store import Store
 

@@ -12,6 +12,7 @@ from pages.common import current_dataset, flash, job_panel, show_error, show_fla
 from workbench import evaluation
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError
+from workbench.judge import judge_label
 from workbench.views import diff_tables, md_escape
 
 
@@ -287,7 +288,7 @@ def judge_view(result: evaluation.RunComparison) -> None:
         if config is None:
             st.info(evaluation.NO_JUDGE)
             return
-        st.caption(f"Judge: {md_escape(evaluation.judge_label(config))}. Each pair is asked "
+        st.caption(f"Judge: {md_escape(judge_label(config))}. Each pair is asked "
                    "twice, A's answer first and then B's; orders that disagree count as a tie.")
         if st.button("Ask the judge: A or B, given the reference", key="ev_pj_start",
                      disabled=bool(done) and done[0].active):

@@ -13,7 +13,8 @@ import torch
 
 from workbench import analysis as an
 from workbench import evaluate as ev
-from workbench import jobs, models
+from workbench import evaluation, jobs, loop, models
+from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError, NotFoundError
 from workbench.schema import Example
 from workbench.store import Store
@@ -290,9 +291,9 @@ def test_training_version_and_diff_follow_the_evaluated_adapter(tmp_path):
                                   {"model": {"run_dir": str(train_dir)}})
     base = ev.write_run(tmp_path / "eval-base", pd.DataFrame({"x": [1]}), {"model": "default"})
     assert an.training_version(runs["b"]) == second and an.training_version(base) is None
-    diff = an.training_diff(store, runs["a"], runs["b"])
+    diff = evaluation.training_diff(store, runs["a"], runs["b"])
     assert diff["counts"] == {"added": 1, "removed": 0, "changed": 0}
-    assert an.training_diff(store, base, runs["b"]) is None
+    assert evaluation.training_diff(store, base, runs["b"]) is None
 
 
 # ---------------------------------------------------------------- targeted data
@@ -349,13 +350,13 @@ def test_targeted_version_extends_the_training_version_with_lineage():
     train_version = store.add_examples("train", base)
     new = an.targeted_examples(failures_frame(), eval_run="run-3",
                                corrected_answers={12: "Use the app."})
-    vid = an.add_targeted_version(store, train_version, new, eval_run="run-3")
+    vid = loop.add_targeted_version(store, train_version, new, eval_run="run-3")
     info = store.version(vid)
     assert info.parent_id == train_version and info.operation == "targeted"
     assert info.params == {"eval_run": "run-3", "corrected": 1} and info.n_rows == 4
     assert store.examples(vid)[-1].metadata["_targeted"]["eval_rows"] == [12]
     with pytest.raises(ConfigError, match="no targeted examples"):
-        an.add_targeted_version(store, train_version, [], eval_run="run-3")
+        loop.add_targeted_version(store, train_version, [], eval_run="run-3")
 
 
 # ---------------------------------------------------------------- closing the loop (real model)
@@ -409,11 +410,11 @@ def test_closing_the_loop_fixes_the_planted_format_rule(tmp_path, single_thread)
     failures = an.failures_table(base)
     failures = failures[[("off_format" in t) for t in failures["tags"]]]
     pool = store.frame(pool_v)
-    vectors = ev.text_vectors([*failures["prompt"], *pool["prompt"]], store=store)
+    vectors = ev.text_vectors([*failures["prompt"], *pool["prompt"]], cache=StoreCache(store))
     examples = an.targeted_examples(
         failures, eval_run=before.run_id, pool_frame=pool, pool_vectors=vectors[len(failures):],
         failure_vectors=vectors[:len(failures)], k=3, exclude_ids=store.frame(train_v)["id"])
-    targeted = an.add_targeted_version(store, train_v, examples, eval_run=before.run_id)
+    targeted = loop.add_targeted_version(store, train_v, examples, eval_run=before.run_id)
     assert store.version(targeted).params["eval_run"] == before.run_id
     assert store.version(targeted).parent_id == train_v
 

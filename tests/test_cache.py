@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from workbench.cache import get_embeddings, get_scores, params_hash, put_embeddings, put_scores
-from workbench.embed import embed_frame, embed_texts
+from workbench.curate import embed_frame
+from workbench.embed import embed_texts
 from workbench.schema import Example, examples_frame
 from workbench.store import Store
 

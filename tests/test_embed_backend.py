@@ -15,8 +15,7 @@ import pytest
 
 from workbench import models
 from workbench.cache import get_embeddings
-from workbench.curate import version_embeddings
-from workbench.embed import embed_frame
+from workbench.curate import embed_frame, version_embeddings
 from workbench.exceptions import ConfigError
 from workbench.store import Store
 

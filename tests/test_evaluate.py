@@ -19,6 +19,7 @@ import torch
 
 from workbench import evaluate as ev
 from workbench import jobs, models
+from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError, ImportFormatError
 from workbench.schema import Example
 from workbench.store import Store
@@ -248,14 +249,15 @@ def test_similarity_uses_vectors_and_zeroes_empty_answers():
 def test_text_vectors_are_cached_in_the_store():
     encoder = models.tiny_embedder()
     store = Store(":memory:")
-    first = ev.text_vectors(["hello there", "hello there", "bye"], store=store, encoder=encoder)
+    first = ev.text_vectors(["hello there", "hello there", "bye"], cache=StoreCache(store),
+                            encoder=encoder)
     assert first.shape == (3, 32) and np.allclose(first[0], first[1])
 
     class Refuses:
         def encode(self, *a, **k):
             raise AssertionError("should have come from the cache")
 
-    again = ev.text_vectors(["bye", "hello there"], store=store, encoder=Refuses())
+    again = ev.text_vectors(["bye", "hello there"], cache=StoreCache(store), encoder=Refuses())
     assert np.allclose(again, first[[2, 0]])
 
 

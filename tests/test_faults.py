@@ -397,7 +397,7 @@ def test_disk_full_during_a_training_checkpoint_then_the_run_resumes(tmp_path, t
     listed = cli(path, "list")  # the store was never touched
     assert listed.returncode == 0 and "chats" in listed.stdout, listed.stderr
 
-    resumed = train.resume(job["run_id"], home=tmp_path / "runs", inline=True)  # space is back
+    resumed = training.resume(job["run_id"], home=tmp_path / "runs", inline=True)  # space is back
     assert resumed.state == "done", resumed.error
     assert resumed.result["steps"] == 4 and train.last_checkpoint(run_dir).name == "step-000004"
     assert Store(path).version(version).n_rows == len(rows())
@@ -423,7 +423,7 @@ def test_kill_9_during_training_and_evaluation_then_commands_see_a_consistent_st
     home = tmp_path / "runs"
     store = Store(path)
     before = store.frame(version)["id"].tolist()
-    trained = train.start(path, version, tiny_config(max_steps=200, checkpoint_every=2,
+    trained = training.start(path, version, tiny_config(max_steps=200, checkpoint_every=2,
                                                      eval_every=0), home=home)
     killed = kill_worker(trained, home, lambda j: train.last_checkpoint(j.run_dir) is not None)
     assert killed.state == "failed" and "died" in killed.error

@@ -19,6 +19,7 @@ from workbench.exceptions import ConfigError
 from workbench.judge import JudgeConfig
 from workbench.schema import Example, examples_frame
 from workbench.score import score_frame
+from workbench.cache import StoreCache
 from workbench.store import Store
 
 OK_ANSWER = "Score: 8\nReason: Correct and clear."
@@ -322,10 +323,10 @@ def test_score_frame_caches_judged_rows_but_retries_failed_ones(server):
     store = Store(":memory:")
     frame = cases_frame(["ok", "e500"])
     spec = ("judge", remote(url, max_retries=0).to_dict())
-    first = score_frame(frame, [spec], store=store)
+    first = score_frame(frame, [spec], cache=StoreCache(store))
     assert first["judge_score"].iloc[0] == 8.0 and np.isnan(first["judge_score"].iloc[1])
     assert first["judge_error"].iloc[1].startswith("HTTP 500")
-    second = score_frame(frame, [spec], store=store)
+    second = score_frame(frame, [spec], cache=StoreCache(store))
     assert second["judge_score"].iloc[0] == 8.0  # from the cache: not asked again
     with store.connect() as con:  # the reason is cached with the score
         assert con.execute("SELECT detail FROM scores WHERE scorer = 'judge'").fetchall() == [

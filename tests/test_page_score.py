@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from helpers_app import open_on_empty_store
 from helpers_app import APP, chat_file, page_ok as ok, page_store
 from workbench import jobs, quality
-from workbench.embed import embed_frame
+from workbench.curate import embed_frame
 from workbench.models import tiny_embedder, tiny_lm
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store

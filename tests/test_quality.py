@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import jobs, quality as Q
-from workbench.embed import embed_frame
+from workbench import jobs, quality as Q, tasks
+from workbench.curate import embed_frame
 from workbench.exceptions import ConfigError
 from workbench.models import tiny_embedder, tiny_lm
 from workbench.schema import Example
@@ -227,7 +227,7 @@ def test_judge_job_caches_scores_and_leaves_failures_unscored(store, version, mo
 
     monkeypatch.setattr("workbench.judge.judge_frame", fake_judge)
     params = Q.judge_params(store, version, {"rubric": "Rate {response}", "model": "x"})
-    result = Q.judge_task({**params, "chunk_rows": 4}, Q._InlineContext())
+    result = tasks.judge({**params, "chunk_rows": 4}, Q._InlineContext())
     failed_row = int(store.frame(version).query("response.str.contains('cannot')")["row_key"]
                      .iloc[0])
     assert result == {"rows": 6, "cached": 0, "judged": 6, "failed": 1,

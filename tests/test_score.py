@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench import jobs
+from workbench import jobs, tasks
 from workbench import score as S
-from workbench.cache import get_scores
+from workbench.cache import StoreCache, get_scores
 from workbench.exceptions import ConfigError
 from workbench.models import tiny_lm
 from workbench.schema import Example, examples_frame
@@ -303,16 +303,16 @@ def test_score_frame_reads_the_cache_and_computes_only_new_rows(tiny, monkeypatc
 
     monkeypatch.setattr(S, "model_scores", counting)
     specs = ["length", ("perplexity", {"model": "tiny-0"}), ("ifd", {"model": "tiny-0"})]
-    first = S.score_frame(frame, specs, store=store, lm=tiny)
+    first = S.score_frame(frame, specs, cache=StoreCache(store), lm=tiny)
     assert calls == [4]  # perplexity and ifd share one model pass
-    again = S.score_frame(frame, specs, store=store, lm=tiny)
+    again = S.score_frame(frame, specs, cache=StoreCache(store), lm=tiny)
     assert calls == [4]
     pd.testing.assert_frame_equal(first, again)
     grown = pd.concat([frame, answers(GOOD)], ignore_index=True)
-    S.score_frame(grown, specs, store=store, lm=tiny)
+    S.score_frame(grown, specs, cache=StoreCache(store), lm=tiny)
     assert calls == [4, 1]
     other = S.score_frame(frame, [("perplexity", {"model": "tiny-0", "max_length": 64})],
-                          store=store, lm=tiny)  # other options: another cache entry
+                          cache=StoreCache(store), lm=tiny)  # other options: another cache entry
     assert calls == [4, 1, 4] and len(other) == 4
     key = S.SCORERS["ifd"].cache_params({"model": "tiny-0"})
     assert "batch_tokens" not in key and len(get_scores(store, frame["id"].tolist(), "ifd", key)) == 4
@@ -328,7 +328,7 @@ def test_duplicate_rows_are_scored_once_and_both_get_the_value(monkeypatch):
 
     monkeypatch.setitem(S.SCORERS, "length", S.Scorer("length", counting, "higher",
                                                       "higher = longer"))
-    out = S.score_frame(frame, ["length"], store=Store(":memory:"))
+    out = S.score_frame(frame, ["length"], cache=StoreCache(Store(":memory:")))
     assert seen == [1] and out["length_score"].tolist() == [1.0, 1.0]
 
 
@@ -371,7 +371,7 @@ def test_model_score_task_fills_the_cache_in_chunks_and_resumes(tmp_path, tiny_f
     assert events[-1]["rows"] == 4 and "examples_per_s" in events[-1]
     store = Store(path)
     frame = store.frame(version)
-    cached = S.score_frame(frame, [("ifd", {"model": tiny_folder})], store=store, lm=(None, None))
+    cached = S.score_frame(frame, [("ifd", {"model": tiny_folder})], cache=StoreCache(store), lm=(None, None))
     assert np.isfinite(cached["ifd_score"]).all()  # read from the cache: the lm is never used
     again = jobs.run_inline("workbench.score.model_score_task", params, home=tmp_path / "runs")
     assert again.result["cached"] == 4 and again.result["scored"] == 0
@@ -389,7 +389,7 @@ def test_cancelled_job_keeps_the_chunks_it_finished(tmp_path, tiny_folder):
                 raise jobs.Cancelled()
 
     with pytest.raises(jobs.Cancelled):
-        S.model_score_task({"store": path, "version_id": version, "model": tiny_folder,
+        tasks.model_score({"store": path, "version_id": version, "model": tiny_folder,
                             "chunk_rows": 1}, Ctx())
     store = Store(path)
     ids = store.frame(version)["id"].tolist()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench import jobs, models, train
+from workbench import jobs, models, train, training
 from workbench.exceptions import ConfigError, WorkbenchError
 from workbench.schema import Example
 from workbench.store import Store
@@ -411,7 +411,7 @@ def test_killed_job_fails_keeps_its_checkpoint_and_resumes_to_the_same_adapter(
     tmp_path, store_version
 ):
     config = dict(max_steps=80, checkpoint_every=10, eval_every=0)
-    job = train.start(store_version[0], store_version[1], tiny_config(**config), home=tmp_path)
+    job = training.start(store_version[0], store_version[1], tiny_config(**config), home=tmp_path)
     wait_for(lambda: train.last_checkpoint(job.run_dir) is not None)
     os.kill(jobs._read_json(job.run_dir / "status.json")["pid"], signal.SIGKILL)
     killed = jobs.wait(job.run_id, home=tmp_path, timeout=30)
@@ -421,7 +421,7 @@ def test_killed_job_fails_keeps_its_checkpoint_and_resumes_to_the_same_adapter(
     # the store was never held: another writer gets in at once
     Store(store_version[0], lock_timeout=2).add_examples("other", [Example(tuple(rows(1)[0]))])
 
-    done = train.resume(job.run_id, home=tmp_path, inline=True)
+    done = training.resume(job.run_id, home=tmp_path, inline=True)
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 30)
     steps = [e["step"] for e in jobs.events(job.run_dir)]
     assert steps == sorted(set(steps)) and steps[-1] == 80  # each step once, in order
@@ -433,7 +433,7 @@ def test_killed_job_fails_keeps_its_checkpoint_and_resumes_to_the_same_adapter(
 
 def test_cancelled_job_stops_and_resumes_in_a_new_process(tmp_path, store_version):
     config = dict(max_steps=150, checkpoint_every=50, eval_every=0)
-    job = train.start(store_version[0], store_version[1], tiny_config(**config), home=tmp_path)
+    job = training.start(store_version[0], store_version[1], tiny_config(**config), home=tmp_path)
     wait_for(lambda: jobs.status(job.run_id, home=tmp_path).step >= 3)
     jobs.cancel(job.run_id, home=tmp_path)
     stopped = jobs.wait(job.run_id, home=tmp_path, timeout=30)
@@ -441,14 +441,14 @@ def test_cancelled_job_stops_and_resumes_in_a_new_process(tmp_path, store_versio
     saved = train.last_checkpoint(job.run_dir)
     assert saved is not None and int(saved.name.split("-")[1]) >= 3  # the stop point is kept
     assert "resume continues" in jobs.log_tail(job.run_dir, 5)
-    train.resume(job.run_id, home=tmp_path)
+    training.resume(job.run_id, home=tmp_path)
     with pytest.raises(WorkbenchError, match="still"):
-        train.resume(job.run_id, home=tmp_path)  # one process per run folder
+        training.resume(job.run_id, home=tmp_path)  # one process per run folder
     done = jobs.wait(job.run_id, home=tmp_path, timeout=120)
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 30)
     assert done.step == 150 and done.result["steps"] == 150
     with pytest.raises(WorkbenchError, match="finished already"):
-        train.resume(job.run_id, home=tmp_path)
+        training.resume(job.run_id, home=tmp_path)
 
 
 # ---------------------------------------------------------------- the real bundled model

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,8 +28,6 @@ from .evaluate import (METRICS, as_checks, bootstrap_ci, format_checks, length_r
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
 
-if TYPE_CHECKING:
-    from .store import Store
 
 FAILURE_TAGS = ("empty", "refusal", "repetition_loop", "truncated", "too_long", "too_short",
                 "off_format", "likely_wrong")
@@ -720,18 +718,6 @@ def training_version(eval_run: str | Path) -> int | None:
     return int(orjson.loads(path.read_bytes())["version_id"]) if path.is_file() else None
 
 
-def training_diff(store: Store, eval_run_a: str | Path, eval_run_b: str | Path
-                  ) -> dict[str, Any] | None:
-    """Return the store diff between the training versions of two eval runs' models (None
-    when either model is a base model): counts and the added/removed/changed rows."""
-    a, b = training_version(eval_run_a), training_version(eval_run_b)
-    if a is None or b is None:
-        return None
-    diff = store.diff(a, b)
-    return {"version_a": a, "version_b": b, "counts": diff.counts(), "diff": diff}
-
-
-
 def nearest_training_rows(query_vectors: np.ndarray, train_vectors: np.ndarray, k: int = 5, *,
                           block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Return (indices, cosine scores), each (queries, k), of the nearest training rows, best
@@ -888,18 +874,6 @@ def _pool_example(row: pd.Series, entry: dict, eval_run: str) -> Example:
                           "similarity": round(entry["similarity"], 4)}}
     messages = tuple({"role": m["role"], "content": m["content"]} for m in row["messages"])
     return Example(messages, meta)
-
-
-def add_targeted_version(store: Store, train_version: int, examples: Sequence[Example], *,
-                         eval_run: str, message: str = "") -> int:
-    """Add examples as a child of the training version (operation "targeted"); return its id."""
-    if not examples:
-        raise ConfigError("no targeted examples: correct some answers or pull pool rows first")
-    dataset = store.version(train_version).dataset
-    kinds = Counter(e.metadata.get("_targeted", {}).get("kind", "other") for e in examples)
-    return store.add_examples(dataset, examples, operation="targeted", parent=train_version,
-                              params={"eval_run": eval_run, **dict(kinds)},
-                              counts={"added": len(examples)}, message=message)
 
 
 # ---------------------------------------------------------------- manual tags and notes

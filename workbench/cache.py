@@ -125,3 +125,39 @@ def put_scores(store: Store, ids: Sequence[str], values: Sequence[float], scorer
         after = con.execute("SELECT count(*) FROM scores").fetchall()[0][0]
         con.unregister("_new")
     return after - before
+
+
+class StoreCache:
+    """The store's score and embedding caches as one object that a pure step is handed.
+
+    Steps (score.py, evaluate.py, embed.py) never import the store or this module: a task or a
+    wiring module passes ``StoreCache(store)`` where a step takes ``cache=``; the step calls
+    these four methods, with the arguments of the functions above less the store.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get_embeddings(self, ids: Sequence[str], model: str, field: str, *,
+                       backend: str = "auto") -> dict[str, np.ndarray]:
+        """Return cached vectors by id (see get_embeddings)."""
+        return get_embeddings(self.store, ids, model, field, backend=backend)
+
+    def put_embeddings(self, ids: Sequence[str], vectors: np.ndarray, model: str, field: str,
+                       *, backend: str = "auto") -> int:
+        """Cache vectors; return how many were added (see put_embeddings)."""
+        return put_embeddings(self.store, ids, vectors, model, field, backend=backend)
+
+    def get_scores(self, ids: Sequence[str], scorer: str, params: dict) -> dict[str, float]:
+        """Return cached scores by id (see get_scores)."""
+        return get_scores(self.store, ids, scorer, params)
+
+    def put_scores(self, ids: Sequence[str], values: Sequence[float], scorer: str,
+                   params: dict, details: Sequence[str] | None = None) -> int:
+        """Cache scores; return how many were added (see put_scores)."""
+        return put_scores(self.store, ids, values, scorer, params, details)
+
+
+def cache_of(store: Store | None) -> StoreCache | None:
+    """Return the store's caches for a step's ``cache=``, or None without a store."""
+    return StoreCache(store) if store is not None else None

@@ -379,7 +379,7 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
     from tqdm import tqdm
 
     from . import curate
-    from .embed import embed_frame
+    from .curate import embed_frame
 
     store = _store(ctx)
     vid = store.resolve(ref)
@@ -669,7 +669,7 @@ def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: 
                dry_run: bool) -> None:
     """Select a subset of a scored version (thresholds, then a method) as a new version."""
     from . import quality
-    from .embed import embed_frame
+    from .curate import embed_frame
 
     store = _store(ctx)
     vid = store.resolve(ref)

@@ -8,13 +8,14 @@ thin and do the same thing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import dedup, jobs
-from .cache import get_embeddings
+from .cache import StoreCache, get_embeddings
+from .embed import embed_rows
 from .exceptions import ConfigError
 from .store import Store, VersionInfo
 
@@ -63,6 +64,14 @@ def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conve
     return np.stack([cached[i] for i in ids]), 0
 
 
+def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
+                model: str = "default", encoder=None, chunk: int = 1024,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Return one vector per frame row, from the store's cache or the model (then cached)."""
+    return embed_rows(frame, cache=StoreCache(store), field=field, model=model,
+                      encoder=encoder, chunk=chunk, progress=progress)
+
+
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
                     model: str = "default", fields: Sequence[str] | None = None
                     ) -> jobs.JobStatus:
@@ -72,7 +81,7 @@ def start_embedding(store: Store, version_id: int, *, field: str = "conversation
               "model": model}
     if fields:
         params.update(field=fields[0], fields=list(fields))
-    return jobs.start("workbench.embed.embed_task", params, kind="embed")
+    return jobs.start("embed", params)
 
 
 def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:

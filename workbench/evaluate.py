@@ -1,6 +1,6 @@
 """Evaluation: batched generation on an eval set, per-row metrics, bootstrap aggregates.
 
-An eval run is a background job (``eval_task``) that reads a dataset version once, generates
+An eval run is a background job (the "eval" task in tasks.py) that reads a dataset version once, generates
 an answer for every row's prompt (its turns without the final assistant turn) with the base
 model or a trained adapter, scores each answer against the row's reference (the last assistant
 turn) and writes two files into its run folder:
@@ -10,7 +10,7 @@ turn) and writes two files into its run folder:
 - ``summary.json``: the run's settings and every metric's mean with a bootstrap 95% interval.
 
 Predictions made by any other system can be imported (``import_predictions``) and scored the
-same way (``import_task``), so the analysis in ``analysis.py`` works on either. ``loop_task``
+same way (the "import" task), so the analysis in ``analysis.py`` works on either. The "loop" task
 closes the loop in one job: train on a (targeted) version, evaluate the adapter, and write
 ``before_after.json`` against an earlier eval run.
 
@@ -27,7 +27,6 @@ import hashlib
 import io
 import math
 import re
-import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,13 +46,12 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from .store import Store
-
 Messages = list[dict[str, str]]
 # progress(done_rows, total_rows, generated_tokens)
 GenProgress = Callable[[int, int, int], None]
 Check = Callable[[str], bool]
 PREDICTIONS_FILE = "predictions.parquet"
+PAIRWISE_FILE = "pairwise_judge.parquet"  # a judge comparison of two runs (tasks.py)
 SUMMARY_FILE = "summary.json"
 # Metric columns, and whether a higher value is better (None: closest to 1 is best).
 METRICS: dict[str, bool | None] = {
@@ -456,14 +454,15 @@ def text_id(text: str) -> str:
                                  digest_size=8).hexdigest()
 
 
-def text_vectors(texts: Sequence[str], *, store: Store | None = None, model: str = "default",
+def text_vectors(texts: Sequence[str], *, cache: Any = None, model: str = "default",
                  encoder: Any = None) -> np.ndarray:
-    """Return unit vectors for texts, read from and written to the store's cache when given."""
+    """Return unit vectors for texts, read from and written to a cache (cache.StoreCache) when
+    given."""
     from .embed import embed_texts
 
     texts = list(texts)
     ids = [text_id(t) for t in texts]
-    cached = _cached_vectors(store, ids, model)
+    cached = cache.get_embeddings(ids, model, TEXT_FIELD) if cache is not None else {}
     missing = list(dict.fromkeys(i for i in ids if i not in cached))
     if missing:
         if encoder is None:
@@ -473,28 +472,18 @@ def text_vectors(texts: Sequence[str], *, store: Store | None = None, model: str
         by_id = dict(zip(ids, texts))
         vectors = embed_texts([by_id[i] for i in missing], encoder)
         cached.update(zip(missing, vectors))
-        if store is not None:
-            from .cache import put_embeddings
-
-            put_embeddings(store, missing, vectors, model, TEXT_FIELD)
+        if cache is not None:
+            cache.put_embeddings(missing, vectors, model, TEXT_FIELD)
     dim = len(next(iter(cached.values()))) if cached else 0
     return np.stack([cached[i] for i in ids]) if ids else np.zeros((0, dim), np.float32)
 
 
-def _cached_vectors(store: Store | None, ids: list[str], model: str) -> dict[str, np.ndarray]:
-    if store is None:
-        return {}
-    from .cache import get_embeddings
-
-    return get_embeddings(store, ids, model, TEXT_FIELD)
-
-
 def similarity(predictions: Sequence[str], references: Sequence[str], *,
-               vectors: tuple[np.ndarray, np.ndarray] | None = None, store: Store | None = None,
+               vectors: tuple[np.ndarray, np.ndarray] | None = None, cache: Any = None,
                model: str = "default", encoder: Any = None) -> np.ndarray:
     """Return the embedding cosine of each prediction with its reference; 0.0 for empty ones."""
     if vectors is None:
-        both = text_vectors([*predictions, *references], store=store, model=model,
+        both = text_vectors([*predictions, *references], cache=cache, model=model,
                             encoder=encoder)
         vectors = (both[:len(predictions)], both[len(predictions):])
     sims = cosine_rows(*vectors)
@@ -610,7 +599,7 @@ def format_checks(texts: Sequence[str], checks: Mapping[str, Check]) -> pd.DataF
 
 
 def score_predictions(frame: pd.DataFrame, *, checks: Mapping[str, Check] | None = None,
-                      store: Store | None = None, embedder: str | None = "default",
+                      cache: Any = None, embedder: str | None = "default",
                       encoder: Any = None, vectors: tuple[np.ndarray, np.ndarray] | None = None,
                       judge: Callable[[pd.DataFrame], Sequence[float]] | None = None
                       ) -> pd.DataFrame:
@@ -629,7 +618,7 @@ def score_predictions(frame: pd.DataFrame, *, checks: Mapping[str, Check] | None
     out["distinct_2"] = [distinct_n(p) for p, _ in pairs]
     if vectors is not None or embedder is not None:
         preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        out["similarity"] = similarity(preds, refs, vectors=vectors, store=store,
+        out["similarity"] = similarity(preds, refs, vectors=vectors, cache=cache,
                                        model=embedder or "default", encoder=encoder)
     if checks:
         out = pd.concat([out, format_checks(out["prediction"].astype(str).tolist(), checks)],
@@ -968,129 +957,3 @@ def model_label(spec: Any) -> str:
     if isinstance(spec, list):
         return ", ".join(map(str, spec))
     return str(spec or "default")
-
-
-def eval_task(params: dict, ctx: Any) -> dict:
-    """Job task: generate and score a dataset version; write predictions and summary; return it.
-
-    params: store, version_id, model ("default" | path | {"run_dir": ...}), generation
-    (GenerationConfig fields), style (style_checks spec), embedder ("default"; null to skip
-    similarity), limit (first N rows), name.
-    """
-    from .store import Store
-
-    config = GenerationConfig.from_dict(params.get("generation"))
-    checks = as_checks(style=params.get("style")) if params.get("style") else {}
-    store = Store(params["store"])
-    frame = store.frame(int(params["version_id"]))  # one short read; the store stays free
-    if params.get("limit"):
-        frame = frame.head(int(params["limit"]))
-    spec = params.get("model", "default")
-    ctx.log(f"evaluating {model_label(spec)} on version {params['version_id']} "
-            f"({len(frame)} rows, {config.to_dict()})")
-    if hasattr(ctx, "phase"):
-        ctx.phase("loading model")
-    model, tokenizer = load_eval_model(spec)
-    if hasattr(ctx, "phase"):
-        ctx.phase("evaluating", len(frame))
-    generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
-    predictions = predictions_frame(frame, generations, model_label(spec))
-    ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
-    scored = score_predictions(predictions, checks=checks, store=store,
-                               embedder=params.get("embedder", "default"))
-    summary = _summary(params, config, scored, generations, seconds)
-    write_run(ctx.run_dir, scored, summary)
-    return summary
-
-
-def _generate_with_progress(model: Any, tokenizer: Any, frame: pd.DataFrame,
-                            config: GenerationConfig, ctx: Any
-                            ) -> tuple[list[Generation], float]:
-    started = time.perf_counter()
-    ctx.progress(0, len(frame), tokens_per_s=0.0)  # the ETA clock starts now, not at batch 1
-
-    def report(done: int, total: int, tokens: int) -> None:
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        ctx.progress(done, total, tokens=tokens, tokens_per_s=round(tokens / elapsed, 2))
-
-    generations = generate_batch(model, tokenizer, list(frame["messages"]), config,
-                                 progress=report, check=ctx.check_cancel)
-    return generations, time.perf_counter() - started
-
-
-def _summary(params: dict, config: GenerationConfig, scored: pd.DataFrame,
-             generations: Sequence[Generation], seconds: float) -> dict:
-    tokens = sum(g.n_tokens for g in generations)
-    return {"name": params.get("name") or "", "kind": "eval",
-            "version_id": int(params["version_id"]), "model": params.get("model", "default"),
-            "generation": config.to_dict(), "style": params.get("style"), "rows": len(scored),
-            "tokens": tokens, "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
-            "metrics": summarize(scored)}
-
-
-def import_task(params: dict, ctx: Any) -> dict:
-    """Job task: import outside predictions (params: path, model, style, store, embedder), score
-    them and write the same run files as an eval run; return the summary."""
-    frame, report = import_predictions(params["path"], model=params.get("model"))
-    ctx.log(report.summary())
-    for rejection in report.rejected:
-        ctx.log(f"rejected {rejection}")
-    checks = as_checks(style=params.get("style")) if params.get("style") else {}
-    store = None
-    if params.get("store"):
-        from .store import Store
-
-        store = Store(params["store"])
-    scored = score_predictions(frame, checks=checks, store=store,
-                               embedder=params.get("embedder", "default"))
-    summary = {"name": params.get("name") or Path(params["path"]).name, "kind": "import",
-               "file": str(params["path"]), "model": sorted(set(frame["model"])),
-               "style": params.get("style"), "rows": len(scored),
-               "rejected": [str(r) for r in report.rejected], "metrics": summarize(scored)}
-    write_run(ctx.run_dir, scored, summary)
-    return summary
-
-
-def loop_task(params: dict, ctx: Any) -> dict:
-    """Job task: retrain on a (targeted) version, evaluate the new adapter, compare with before.
-
-    params: store, version_id (the version to train on), config (TrainConfig fields) or
-    previous_run (a training run folder whose train_config.json is reused), eval (eval_task
-    params without store/model: version_id, generation, style, ...), before_run (the eval run
-    folder to compare with; optional). The training is a run of its own, "<this run>-train"
-    (jobs.run_child), listed and usable like any training run; the evaluation of its adapter
-    writes predictions.parquet, summary.json and before_after.json into this run folder.
-    """
-    from .jobs import run_child
-    from .train import CONFIG_FILE, TASK_NAME
-
-    config = params.get("config")
-    if config is None and params.get("previous_run"):
-        config = orjson.loads((Path(params["previous_run"]) / CONFIG_FILE).read_bytes())
-    if config is None:
-        raise ConfigError("give config (training options) or previous_run (a training run)")
-    ctx.log(f"phase 1/2: training on version {params['version_id']}")
-    train_params = {"store": params["store"], "version_id": params["version_id"],
-                    "config": config, "name": f"retrain from {params.get('source_run', '?')}"}
-    metrics = run_child(ctx, "train", TASK_NAME, train_params, kind="train")
-    train_dir = ctx.run_dir.parent / f"{ctx.run_dir.name}-train"
-    ctx.log("phase 2/2: evaluating the new adapter")
-    eval_params = {**params["eval"], "store": params["store"],
-                   "model": {"run_dir": str(train_dir)}}
-    summary = eval_task(eval_params, ctx)
-    result = {"train": metrics, "eval": summary}
-    if params.get("before_run"):
-        result["before_after"] = _before_after(params, ctx.run_dir)
-    return result
-
-
-def _before_after(params: dict, run_dir: Path) -> dict:
-    from .analysis import before_after
-
-    report = before_after(read_predictions(params["before_run"]), read_predictions(run_dir),
-                          style=params["eval"].get("style"))
-    report["before_run"] = str(params["before_run"])
-    (Path(run_dir) / "before_after.json").write_bytes(
-        orjson.dumps(report, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    return report

@@ -23,9 +23,9 @@ from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .io import ImportReport
 from .store import Store
 
-EVAL_TASK = "workbench.evaluate.eval_task"
-IMPORT_TASK = "workbench.evaluate.import_task"
-LOOP_TASK = "workbench.evaluate.loop_task"
+EVAL_TASK = "eval"  # registered task names (tasks.py)
+IMPORT_TASK = "import"
+LOOP_TASK = "loop"
 # Task -> the kind shown to people; every one of them writes predictions.parquet.
 EVAL_TASKS = {EVAL_TASK: "eval", IMPORT_TASK: "import", LOOP_TASK: "loop"}
 BASE_MODELS = {"default": "base model (SmolLM2-135M-Instruct)",
@@ -93,7 +93,7 @@ def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
 
 def _training_run(run_dir: Path, model: str) -> dict[str, str]:
     job = jobs.status(run_dir)
-    if job.config.get("task") != training.TASK:
+    if job.task != training.TASK:
         raise ConfigError(f"run {model} is a {job.kind or 'non-training'} run, not a training "
                           "run: pick a finished training run")
     if job.state != "done":
@@ -130,7 +130,7 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
 
 def _finished(job: jobs.JobStatus) -> jobs.JobStatus:
     if job.state != "done":
-        raise WorkbenchError(f"{EVAL_TASKS.get(job.config.get('task'), job.kind)} run "
+        raise WorkbenchError(f"{EVAL_TASKS.get(job.task, job.kind)} run "
                              f"{job.run_id} {job.state}: {job.error or 'stopped'}")
     return job
 
@@ -163,7 +163,7 @@ def import_upload(file_name: str, data: bytes, **options: Any
 
 def eval_runs(*, home: Home = None, active: bool | None = None) -> list[jobs.JobStatus]:
     """Return the eval, import and loop runs, newest first (only active ones if active=True)."""
-    runs = [j for j in jobs.list_runs(home=home) if j.config.get("task") in EVAL_TASKS]
+    runs = [j for j in jobs.list_runs(home=home) if j.task in EVAL_TASKS]
     return runs if active is None else [j for j in runs if j.active == active]
 
 
@@ -176,23 +176,23 @@ def finished_runs(*, home: Home = None) -> list[jobs.JobStatus]:
 def run_label(job: jobs.JobStatus, refs: Mapping[int, str] | None = None) -> str:
     """Return a one-line description of an eval run: id, kind, model and data (refs:
     Store.refs(), to name the data version as people read it)."""
-    return f"{job.run_id} · {EVAL_TASKS.get(job.config.get('task'), job.kind)} · " \
+    return f"{job.run_id} · {EVAL_TASKS.get(job.task, job.kind)} · " \
            f"{_model_name(job)} · {_data_name(job, refs or {})}"
 
 
 def _model_name(job: jobs.JobStatus) -> str:
     params = job.config.get("params", {})
-    if job.config.get("task") == IMPORT_TASK:
+    if job.task == IMPORT_TASK:
         return ev.model_label(ev.read_summary(job.run_dir).get("model") or params.get("model")
                               or "?")
-    if job.config.get("task") == LOOP_TASK:  # it evaluates its own training run
+    if job.task == LOOP_TASK:  # it evaluates its own training run
         return f"run:{job.run_id}-train"
     return ev.model_label(params.get("model", "default"))
 
 
 def _data_name(job: jobs.JobStatus, refs: Mapping[int, str]) -> str:
     params = job.config.get("params", {})
-    if job.config.get("task") == IMPORT_TASK:
+    if job.task == IMPORT_TASK:
         return f"file {Path(str(params.get('path', '?'))).name}"
     return version_ref((params.get("eval") or params).get("version_id"), refs)
 
@@ -208,7 +208,7 @@ def runs_table(*, home: Home = None, store: Store | None = None) -> pd.DataFrame
 
 def _run_row(job: jobs.JobStatus, refs: Mapping[int, str]) -> dict[str, Any]:
     summary = ev.read_summary(job.run_dir) if job.state == "done" else {}
-    row = {"run": job.run_id, "kind": EVAL_TASKS.get(job.config.get("task"), job.kind),
+    row = {"run": job.run_id, "kind": EVAL_TASKS.get(job.task, job.kind),
            "state": job.state, "model": _model_name(job), "data": _data_name(job, refs),
            "rows": summary.get("rows", job.total)}
     for metric, ci in _summary_metrics(summary).items():
@@ -244,7 +244,7 @@ def _summary_metrics(summary: dict) -> dict[str, dict]:
 def run_predictions(run: str | Path, *, home: Home = None) -> pd.DataFrame:
     """Return a finished run's per-row predictions with every metric column."""
     job = jobs.status(run, home=home)
-    if job.config.get("task") not in EVAL_TASKS:
+    if job.task not in EVAL_TASKS:
         raise ConfigError(f"run {job.run_id} is a {job.kind} run, not an evaluation")
     return ev.read_predictions(_finished(job).run_dir)
 
@@ -311,7 +311,7 @@ class RunComparison:
     run_a: str
     run_b: str
     comparison: analysis.Comparison
-    training: dict[str, Any] | None  # analysis.training_diff; None when a model is a base model
+    training: dict[str, Any] | None  # training_diff; None when a model is a base model
     length: analysis.LengthControl | None = None  # the comparison with answer length held fixed
 
 
@@ -354,7 +354,7 @@ def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict
     if store is None:
         return None
     try:
-        diff = analysis.training_diff(store, a.run_dir, b.run_dir)
+        diff = training_diff(store, a.run_dir, b.run_dir)
     except NotFoundError:  # trained on versions of another store
         return None
     if diff is not None:
@@ -411,9 +411,9 @@ def training_summary(result: RunComparison) -> str:
 
 # ---------------------------------------------------------------- a judge between two runs
 
-PAIRWISE_TASK = "workbench.evaluation.pairwise_judge_task"
+PAIRWISE_TASK = "pairwise_judge"
 PAIRWISE_KIND = "pairwise_judge"
-PAIRWISE_FILE = "pairwise_judge.parquet"
+PAIRWISE_FILE = ev.PAIRWISE_FILE
 NO_JUDGE = ("No judge is configured. Set one up on the Score & select page (LLM judge: a local "
             "model or an OpenAI-compatible endpoint and its key variable); the judge used there "
             "most recently is the one asked here.")
@@ -427,12 +427,6 @@ def judge_config(*, home: Home = None) -> dict | None:
         if config:
             return dict(config)
     return None
-
-
-def judge_label(config: Mapping[str, Any]) -> str:
-    """Return a one-line description of a judge: backend, model and endpoint."""
-    where = f" at {config['base_url']}" if config.get("backend") == "openai" else ""
-    return f"{config.get('backend', 'local')} · {config.get('model', 'default')}{where}"
 
 
 def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
@@ -457,38 +451,6 @@ def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
     return jobs.start(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
 
 
-def pairwise_judge_task(params: dict, ctx: Any) -> dict:
-    """Job task: judge run b's answers against run a's given the reference (judge.judge_pairs),
-    write pairwise_judge.parquet and return the counts and b's win rate."""
-    from .judge import JudgeConfig, judge_pairs
-
-    pairs = analysis.pair_rows(ev.read_predictions(params["run_a"]),
-                               ev.read_predictions(params["run_b"]))
-    if params.get("limit"):
-        pairs = pairs.head(int(params["limit"]))
-    config = JudgeConfig(**params["judge"])
-    ctx.log(f"{len(pairs)} pairs, each asked in both orders ({judge_label(params['judge'])})")
-    ctx.progress(0, 2 * len(pairs))
-    judged = judge_pairs(pairs, config, progress=lambda done, total: ctx.progress(done, total))
-    columns = [c for c in ("row_key", "prompt", "reference", "prediction", "prediction_b")
-               if c in pairs.columns]
-    table = pd.concat([pairs[columns], judged], axis=1).reset_index(drop=True)
-    table.to_parquet(ctx.run_dir / PAIRWISE_FILE, index=False)
-    for row in table[table["judge_error"] != ""].itertuples():
-        ctx.log(f"row {getattr(row, 'row_key', '?')}: not judged: {row.judge_error}")
-    return _pairwise_counts(judged)
-
-
-def _pairwise_counts(judged: pd.DataFrame) -> dict[str, Any]:
-    share = judged["judge_b"]
-    ci = ev.bootstrap_ci(share.to_numpy(float))
-    return {"pairs": len(judged), "failed": int(share.isna().sum()),
-            "win": int((share > 0.5).sum()), "loss": int((share < 0.5).sum()),
-            "tie": int((share == 0.5).sum()),
-            "inconsistent": int((share.notna() & ~judged["judge_consistent"]).sum()),
-            "win_rate": ci._asdict()}
-
-
 def pairwise_judge_runs(run_a: str, run_b: str, *, home: Home = None) -> list[jobs.JobStatus]:
     """Return the judge comparisons of run b against run a, newest first."""
     return [j for j in jobs.list_runs(kind=PAIRWISE_KIND, home=home)
@@ -506,3 +468,14 @@ def pairwise_summary(job: jobs.JobStatus) -> str:
             f"[{rate['lo']:.3f}, {rate['hi']:.3f}]; B wins {r['win']}, loses {r['loss']}, "
             f"ties {r['tie']} ({r['inconsistent']} ties from orders that disagree); "
             f"{r['failed']} not judged")
+
+
+def training_diff(store: Store, eval_run_a: str | Path, eval_run_b: str | Path
+                  ) -> dict[str, Any] | None:
+    """Return the store diff between the training versions of two eval runs' models (None
+    when either model is a base model): counts and the added/removed/changed rows."""
+    a, b = analysis.training_version(eval_run_a), analysis.training_version(eval_run_b)
+    if a is None or b is None:
+        return None
+    diff = store.diff(a, b)
+    return {"version_a": a, "version_b": b, "counts": diff.counts(), "diff": diff}

@@ -41,3 +41,7 @@ class ConfigError(WorkbenchError):
 
 class ModelNotAvailableError(WorkbenchError):
     """A model cannot be found or loaded offline."""
+
+
+class Cancelled(Exception):
+    """Raised inside a task when the user asked it to stop (not an error: no WorkbenchError)."""

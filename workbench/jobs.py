@@ -1,7 +1,12 @@
 """Background jobs: a detached subprocess, a run folder, progress events, cancel.
 
-A job is a task function ``task(params: dict, ctx: JobContext) -> dict`` named by a dotted
-path. ``start`` writes ``config.json`` into a new run folder and launches
+A job runs a task: a function ``task(params, ctx: JobContext) -> dict`` registered under a
+short name with ``@jobs.task("train", TrainParams)`` (the tasks live in ``tasks.py``, which the
+registry loads on first use). ``start`` checks the parameters against the task's dataclass in
+the caller, so a bad option fails there, not in the worker. A run folder written before tasks
+had names holds a dotted name ("workbench.train.train_task"); the registry maps it to the new
+name, so such a run still resumes and lists. A dotted path to a function outside the registry
+(a test's task) is imported as before. ``start`` writes ``config.json`` into a new run folder and launches
 ``python -m workbench.jobs <run_dir>`` in its own session, so closing the browser or
 reloading the page does not stop it. The worker appends progress events to
 ``events.jsonl``, its log to ``log.txt``, and its final state to ``status.json``; anyone can
@@ -23,9 +28,13 @@ A ``Path`` (a ``JobStatus.run_dir``) is the library's own handle and is used as 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
+import functools
 import importlib
+import types
+import typing
 import os
 import re
 import signal
@@ -36,11 +45,12 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Literal
 
 import orjson
 
-from .exceptions import NotFoundError, WorkbenchError
+from .exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
@@ -49,8 +59,9 @@ LOCK_WAIT_S = 5.0  # how long a worker that was not handed the lock waits for it
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class Cancelled(Exception):
-    """Raised inside a task when the user asked it to stop."""
+TASKS_MODULE = "workbench.tasks"  # the registry's tasks, imported on first use (no cycle)
+# Cancelled lives in exceptions.py, so a step (the training loop) raises it without importing
+# this module; ``jobs.Cancelled`` is the same class.
 
 
 def runs_dir(home: str | Path | None = None) -> Path:
@@ -139,6 +150,16 @@ class JobContext:
         if self.cancelled():
             raise Cancelled()
 
+    def rewind(self, step: int) -> None:
+        """Drop the progress events after ``step``: a resumed run trains those steps again, so
+        its curves show each step once."""
+        path = self.run_dir / "events.jsonl"
+        if path.exists():
+            kept = [e for e in events(self.run_dir) if int(e.get("step", 0)) <= step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in kept))
+            os.replace(tmp, path)
+
 
 def _append_event(run_dir: Path, event: dict) -> None:
     with open(run_dir / "events.jsonl", "ab") as f:
@@ -166,6 +187,11 @@ class JobStatus:
     phase: str = ""
 
     @property
+    def task(self) -> str:
+        """The registered name of the task this run runs (also for an older run folder)."""
+        return task_name(self.config.get("task", ""))
+
+    @property
     def parent(self) -> str | None:
         """The run this one belongs to (a loop's training points to the loop), if any."""
         return self.config.get("parent")
@@ -179,13 +205,13 @@ class JobStatus:
         return self.state not in FINAL
 
 
-def start(task: str, params: dict, *, kind: str | None = None,
+def start(task: str, params: Any, *, kind: str | None = None,
           home: str | Path | None = None, run_id: str | None = None) -> JobStatus:
-    """Launch a task in a detached process with a new run folder; return its status."""
-    _resolve(task)  # fail now, in the caller, if the task does not exist
+    """Launch a task (a registered name) in a detached process with a new run folder; return
+    its status. params: a dict or the task's parameter dataclass, checked here."""
+    task, params, kind = _prepare(task, params, kind)
     run_dir = _new_run_dir(runs_dir(home), run_id)
-    config = {"task": task, "kind": kind or task.rsplit(".", 1)[-1], "params": params,
-              "created": time.time()}
+    config = {"task": task, "kind": kind, "params": params, "created": time.time()}
     _write_json(run_dir / "config.json", config)
     launch(run_dir)
     return status(run_dir)
@@ -262,20 +288,143 @@ def _new_run_dir(root: Path, run_id: str | None) -> Path:
     return run_dir
 
 
-def _resolve(task: str) -> Callable[[dict, JobContext], dict]:
-    module, _, name = task.rpartition(".")
+@dataclass(frozen=True)
+class Task:
+    """A registered task: its name, function, parameter dataclass, default kind, old names."""
+
+    name: str
+    fn: Callable[[Any, JobContext], dict]
+    params: type
+    kind: str
+    old: tuple[str, ...] = ()
+
+    def parse(self, params: Any) -> Any:
+        """Return the params as the task's dataclass; ConfigError naming a bad or unknown one."""
+        if isinstance(params, self.params):
+            return params
+        if not isinstance(params, dict):
+            raise ConfigError(f"task {self.name!r}: params must be a dict, got "
+                              f"{type(params).__name__}")
+        names = {f.name for f in dataclasses.fields(self.params)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"task {self.name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                              f"it takes {', '.join(sorted(names))}")
+        missing = [f.name for f in dataclasses.fields(self.params) if f.name not in params
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"task {self.name!r}: missing parameter(s) {', '.join(missing)}")
+        hints = typing.get_type_hints(self.params)
+        for key, value in params.items():
+            if not _fits(value, hints.get(key, Any)):
+                raise ConfigError(f"task {self.name!r}: {key}={value!r} should be "
+                                  f"{_type_name(hints[key])}")
+        return self.params(**params)
+
+
+_TASKS: dict[str, Task] = {}
+_OLD_NAMES: dict[str, str] = {}  # dotted names in run folders written before the registry
+
+
+def task(name: str, params: type, *, kind: str | None = None, old: tuple[str, ...] = ()
+         ) -> Callable[[Callable], Callable]:
+    """Register a task function under ``name`` with its parameter dataclass; ``old`` lists the
+    dotted names older run folders call it by. The function still takes a dict or the params."""
+    def register(fn: Callable[[Any, JobContext], dict]) -> Callable[[Any, Any], dict]:
+        spec = Task(name, fn, params, kind or name, tuple(old))
+
+        @functools.wraps(fn)
+        def run(p: Any, ctx: Any) -> dict:
+            return fn(spec.parse(p), ctx)
+
+        _TASKS[name] = dataclasses.replace(spec, fn=run)
+        _OLD_NAMES.update(dict.fromkeys(old, name))
+        return run
+    return register
+
+
+def task_name(task: str) -> str:
+    """Return a task's registered name, also for the dotted name an older run folder holds."""
+    _load_registry()
+    return _OLD_NAMES.get(task, task)
+
+
+def registered() -> dict[str, Task]:
+    """Return the registered tasks by name."""
+    _load_registry()
+    return dict(_TASKS)
+
+
+def _load_registry() -> None:
+    if not _TASKS:
+        importlib.import_module(TASKS_MODULE)  # its @task decorators fill the registry
+
+
+def _lookup(task: str) -> Task | None:
+    return registered().get(task_name(task)) if isinstance(task, str) else None
+
+
+def _resolve(task: str) -> Callable[[Any, JobContext], dict]:
+    spec = _lookup(task)
+    if spec is not None:
+        return spec.fn
+    module, _, name = task.rpartition(".")  # a task outside the registry, e.g. a test's
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise WorkbenchError(f"unknown job task '{task}'") from None
+        raise WorkbenchError(f"unknown job task '{task}' (tasks: "
+                             f"{', '.join(sorted(registered()))})") from None
 
 
-def run_inline(task: str, params: dict, *, kind: str | None = None,
+def _prepare(task: str, params: Any, kind: str | None) -> tuple[str, dict, str]:
+    """Return (task name, params as JSON-ready dict, kind), checking params in the caller."""
+    spec = _lookup(task)
+    if spec is None:
+        _resolve(task)  # fail now, in the caller, if the task does not exist
+        return task, params, kind or task.rsplit(".", 1)[-1]
+    if dataclasses.is_dataclass(params):
+        params = dataclasses.asdict(spec.parse(params))
+    else:
+        spec.parse(params)  # a bad parameter fails here; the dict is stored as given
+    return spec.name, params, kind or spec.kind
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Return whether a JSON value fits a simple annotation (Any, None, unions, Literal,
+    int/float/str/bool, dict, list)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    base = origin or hint
+    if base in (list, tuple, typing.Sequence) or base is Sequence:
+        return isinstance(value, (list, tuple))
+    if base in (dict, typing.Mapping) or base is Mapping:
+        return isinstance(value, dict)
+    return isinstance(value, base) if isinstance(base, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def run_inline(task: str, params: Any, *, kind: str | None = None,
                home: str | Path | None = None, run_id: str | None = None) -> JobStatus:
     """Run a task in this process with a run folder, as the worker would; return its status."""
+    task, params, kind = _prepare(task, params, kind)
     run_dir = _new_run_dir(runs_dir(home), run_id)
-    _write_json(run_dir / "config.json", {"task": task, "kind": kind or task.rsplit(".", 1)[-1],
-                                          "params": params, "created": time.time()})
+    _write_json(run_dir / "config.json", {"task": task, "kind": kind, "params": params,
+                                          "created": time.time()})
     execute(run_dir)
     return status(run_dir)
 
@@ -297,7 +446,7 @@ def execute(run_dir: Path, *, lock_fd: int | None = None) -> None:
         os.close(fd)
 
 
-def run_child(ctx: JobContext, name: str, task: str, params: dict, *, kind: str) -> dict:
+def run_child(ctx: JobContext, name: str, task: str, params: Any, *, kind: str) -> dict:
     """Run a part of a job as a run of its own and return its result.
 
     The part gets the sibling folder "<run id>-<name>" whose config names its task, kind and
@@ -307,6 +456,7 @@ def run_child(ctx: JobContext, name: str, task: str, params: dict, *, kind: str)
     parent's process, under the parent's lock: its status names that process (pid and start
     time), so it reads as failed if the process dies.
     """
+    task, params, kind = _prepare(task, params, kind)
     run_dir = ctx.run_dir.parent / f"{ctx.run_dir.name}-{name}"
     run_dir.mkdir(exist_ok=False)
     _write_json(run_dir / "config.json", {"task": task, "kind": kind, "params": params,

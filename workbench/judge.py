@@ -34,7 +34,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -603,3 +603,9 @@ def _combine(b_second: float | str, b_first: float | str) -> tuple[float, bool, 
         return math.nan, False, "; ".join(errors)
     b_share = (float(b_second) + 1.0 - float(b_first)) / 2
     return b_share, float(b_second) == 1.0 - float(b_first), ""
+
+
+def judge_label(config: Mapping[str, Any]) -> str:
+    """Return a one-line description of a judge: backend, model and endpoint."""
+    where = f" at {config['base_url']}" if config.get("backend") == "openai" else ""
+    return f"{config.get('backend', 'local')} · {config.get('model', 'default')}{where}"

@@ -361,7 +361,7 @@ def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
                      config: L.LearnConfig, frame: pd.DataFrame,
                      scores: pd.DataFrame | None) -> tuple[L.Features, np.ndarray]:
     """Append labelled rows that are not in the version (dropped since, say) to the features."""
-    from .embed import embed_frame
+    from .curate import embed_frame
 
     n = len(features)
     sparse = None

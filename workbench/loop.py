@@ -2,7 +2,7 @@
 
 analysis.py holds the pure functions; this module loads an eval run's predictions, its
 annotations and the training rows behind its model, calls them, and starts the
-"retrain and re-evaluate" job (evaluate.loop_task). Pages and the CLI call one function here.
+"retrain and re-evaluate" job (the "loop" task in tasks.py). Pages and the CLI call one function here.
 
 An eval run is any run folder holding predictions.parquet: an eval job, an import job, a loop
 job, or one written by hand with evaluate.write_run.
@@ -10,6 +10,7 @@ job, or one written by hand with evaluate.write_run.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ import orjson
 import pandas as pd
 
 from . import analysis, jobs
+from .cache import cache_of
 from .evaluate import (PREDICTIONS_FILE, metric_columns, model_label, read_predictions,
                        read_summary, text_vectors)
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
 from .store import Store, VersionInfo
 
-LOOP_TASK = "workbench.evaluate.loop_task"
+LOOP_TASK = "loop"  # the registered task (tasks.py)
 LOOP_KIND = "loop"
 SLICE_KINDS = ("tag", "length", "cluster")
 # Eval job parameters a re-evaluation repeats (the model changes, the store is given).
@@ -37,9 +39,11 @@ EVAL_KEYS = ("version_id", "generation", "style", "embedder", "limit", "name")
 
 
 def run_dir(run: str | Path, *, home: str | Path | None = None) -> Path:
-    """Return an eval run's folder from its id or path (NotFoundError without predictions)."""
+    """Return an eval run's folder from its id or path (NotFoundError without predictions).
+
+    A run id is resolved (and checked) by jobs.run_folder, the one resolver of run ids."""
     path = Path(run)
-    folder = path if path.is_dir() else jobs.runs_dir(home) / str(run)
+    folder = path if path.is_dir() else jobs.run_folder(str(run), home=home)
     if not (folder / PREDICTIONS_FILE).is_file():
         raise NotFoundError(f"no eval run '{run}' (no {PREDICTIONS_FILE} in {folder}); "
                             "run an evaluation or import predictions first")
@@ -150,7 +154,8 @@ def failure_clusters(store: Store, run: str | Path, *, k: int | None = None,
 
 def _clusters(store: Store, frame: pd.DataFrame, k: int | None, embedder: str
               ) -> analysis.Clusters:
-    vectors = text_vectors(frame["prompt"].astype(str).tolist(), store=store, model=embedder)
+    vectors = text_vectors(frame["prompt"].astype(str).tolist(), cache=cache_of(store),
+                           model=embedder)
     return analysis.cluster_failures(frame, vectors, k)
 
 
@@ -196,7 +201,8 @@ def _detail(store: Store, match: pd.DataFrame, version: int, k: int, embedder: s
             ) -> FailureDetail:
     train = store.frame(version)
     prompts = train["prompt"].astype(str).tolist()
-    vectors = text_vectors([str(match["prompt"].iloc[0]), *prompts], store=store, model=embedder)
+    vectors = text_vectors([str(match["prompt"].iloc[0]), *prompts], cache=cache_of(store),
+                           model=embedder)
     near = analysis.provenance(match, train, vectors[:1], vectors[1:], k)
     check = analysis.contamination([str(match["prompt"].iloc[0])], prompts).iloc[0]
     source = prompts[int(check["train_index"])] if check["train_index"] >= 0 else ""
@@ -228,7 +234,7 @@ def make_targeted_version(store: Store, run: str | Path, row_keys: Sequence[int]
                           "that the targeted rows extend")
     chosen = _selected(folder, row_keys)
     examples = _targeted(store, folder, chosen, answers or {}, pool_version, k, version, embedder)
-    return analysis.add_targeted_version(store, version, examples, eval_run=folder.name,
+    return add_targeted_version(store, version, examples, eval_run=folder.name,
                                          message=message)
 
 
@@ -248,7 +254,7 @@ def _targeted(store: Store, folder: Path, chosen: pd.DataFrame, answers: Mapping
         return analysis.targeted_examples(chosen, eval_run=folder.name, corrected_answers=answers)
     pool = store.frame(pool_version)
     prompts = [*chosen["prompt"].astype(str), *pool["prompt"].astype(str)]
-    vectors = text_vectors(prompts, store=store, model=embedder)
+    vectors = text_vectors(prompts, cache=cache_of(store), model=embedder)
     return analysis.targeted_examples(
         chosen, eval_run=folder.name, corrected_answers=answers, pool_frame=pool,
         pool_vectors=vectors[len(chosen):], failure_vectors=vectors[:len(chosen)], k=k,
@@ -273,7 +279,7 @@ def start_retrain(store: Store, run: str | Path, targeted_version: int, *,
     """Return the started job that retrains on a targeted version and re-evaluates.
 
     It trains with the previous run's config (or ``config``), evaluates the adapter like the
-    eval run, and compares with it (evaluate.loop_task)."""
+    eval run, and compares with it (the "loop" task)."""
     folder = run_dir(run, home=home)
     store.version(int(targeted_version))  # NotFoundError now, not in the job
     params: dict[str, Any] = {"store": str(store.path), "version_id": int(targeted_version),
@@ -319,7 +325,7 @@ def _training(folder: Path, config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _has_similarity(folder: Path, eval_params: Mapping[str, Any]) -> bool:
-    # loop_task's own report compares on similarity: both runs must have that column.
+    # the loop task's own report compares on similarity: both runs must have that column.
     if eval_params.get("embedder", "default") is None:
         return False
     import pyarrow.parquet as pq
@@ -441,3 +447,15 @@ def metric_history(metric: str, *, home: str | Path | None = None) -> pd.DataFra
             rows.append({"iteration": i, "eval_run": run_id, "mean": value["mean"],
                          "lo": value.get("lo"), "hi": value.get("hi")})
     return pd.DataFrame(rows, columns=["iteration", "eval_run", "mean", "lo", "hi"])
+
+
+def add_targeted_version(store: Store, train_version: int, examples: Sequence[Example], *,
+                         eval_run: str, message: str = "") -> int:
+    """Add examples as a child of the training version (operation "targeted"); return its id."""
+    if not examples:
+        raise ConfigError("no targeted examples: correct some answers or pull pool rows first")
+    dataset = store.version(train_version).dataset
+    kinds = Counter(e.metadata.get("_targeted", {}).get("kind", "other") for e in examples)
+    return store.add_examples(dataset, examples, operation="targeted", parent=train_version,
+                              params={"eval_run": eval_run, **dict(kinds)},
+                              counts={"added": len(examples)}, message=message)

@@ -25,7 +25,7 @@ import xxhash
 from . import curate, jobs
 from . import score as S
 from . import select as SEL
-from .cache import params_hash
+from .cache import StoreCache, params_hash
 from .exceptions import ConfigError
 from .store import Store, VersionInfo
 
@@ -68,7 +68,7 @@ def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreS
     """Return the frame with the heuristic score columns (read from / written to the cache)."""
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
-    out = S.score_frame(frame, list(specs), store=store)
+    out = S.score_frame(frame, list(specs), cache=StoreCache(store))
     for spec in specs:
         _touch(store, frame["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
     return out
@@ -165,7 +165,7 @@ def score_summary(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
 def model_params(store: Store, version_id: int, *, scores: Sequence[str] = S.MODEL_SCORES,
                  model: str = "default", max_length: int = 1024, batch_tokens: int = 1024
                  ) -> dict:
-    """Return the checked parameters of a model-scoring job (``score.model_score_task``)."""
+    """Return the checked parameters of a model-scoring job (the "model_score" task)."""
     names = [scorer_name(s) for s in scores]
     S._check_model_options(names, max_length, batch_tokens)
     if not str(model).strip():
@@ -179,7 +179,7 @@ def start_model_scoring(store: Store, version_id: int, **options: Any) -> jobs.J
     """Start a background job scoring a version with perplexity/IFD; return its status."""
     params = model_params(store, version_id, **options)
     _touch_model_cache(store, params)
-    return jobs.start("workbench.score.model_score_task", params, kind="score")
+    return jobs.start("model_score", params)
 
 
 def _touch_model_cache(store: Store, params: dict) -> None:
@@ -195,7 +195,9 @@ def run_model_scoring(store: Store, version_id: int, *,
     """Run model scoring in this process (the CLI's way), filling the cache; return counts."""
     params = model_params(store, version_id, **options)
     _touch_model_cache(store, params)
-    return S.model_score_task(params, _InlineContext(progress))
+    from .tasks import model_score
+
+    return model_score(params, _InlineContext(progress))
 
 
 @dataclass
@@ -214,7 +216,7 @@ class _InlineContext:
 
 
 def judge_params(store: Store, version_id: int, config: Mapping[str, Any]) -> dict:
-    """Return the checked parameters of a judge job (``judge_task``)."""
+    """Return the checked parameters of a judge job (the "judge" task)."""
     from .judge import JudgeConfig
 
     JudgeConfig(**config)  # fail in the caller, naming the bad option
@@ -226,33 +228,7 @@ def start_judge(store: Store, version_id: int, config: Mapping[str, Any]) -> job
     params = judge_params(store, version_id, config)
     _touch(store, store.frame(version_id)["id"].tolist(), "judge",
            S.SCORERS["judge"].cache_params(params["judge"]))
-    return jobs.start("workbench.quality.judge_task", params, kind="judge")
-
-
-def judge_task(params: dict, ctx: Any) -> dict:
-    """Job task: judge a version's unscored rows in chunks into the score cache; return counts."""
-    from .cache import get_scores, put_scores
-    from .judge import JudgeConfig, judge_frame
-
-    store = Store(params["store"])
-    frame = store.frame(int(params["version_id"]))
-    config, key = JudgeConfig(**params["judge"]), S.SCORERS["judge"].cache_params(params["judge"])
-    todo = frame[~frame["id"].isin(get_scores(store, frame["id"].tolist(), "judge", key))]
-    todo = todo.drop_duplicates("id")
-    ctx.log(f"{len(frame)} rows, {len(todo)} to judge ({config.backend}, {config.model})")
-    chunk, errors = int(params.get("chunk_rows", 16)), []
-    for start in range(0, len(todo), chunk):
-        part = todo.iloc[start:start + chunk]
-        judged = judge_frame(part, config)
-        ok = judged["judge_score"].notna().to_numpy()
-        put_scores(store, part["id"][ok].tolist(), judged["judge_score"][ok].tolist(), "judge",
-                   key, judged["judge_reason"][ok].tolist())
-        for row_key, error in zip(part["row_key"][~ok], judged["judge_error"][~ok]):
-            ctx.log(f"row {row_key}: not scored: {error}")  # a failure is said, never a score
-            errors.append({"row_key": int(row_key), "error": str(error)})
-        ctx.progress(start + len(part), len(todo))
-    return {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
-            "failed": len(errors), "errors": errors[:200]}
+    return jobs.start("judge", params)
 
 
 def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:

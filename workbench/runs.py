@@ -21,9 +21,9 @@ from . import jobs
 from .exceptions import NotFoundError
 from .store import Store
 
-# Task -> the kind people read (a job started with its own kind keeps it).
-KINDS = {"workbench.train.train_task": "train", "workbench.evaluate.eval_task": "eval",
-         "workbench.evaluate.import_task": "import", "workbench.evaluate.loop_task": "loop"}
+# Task (its registered name, also for older run folders) -> the kind people read (a job
+# started with its own kind keeps it).
+KINDS = {"train": "train", "eval": "eval", "import": "import", "loop": "loop"}
 # Summary values worth a column in a run listing, in this order.
 SUMMARY_KEYS = ("train_loss", "val_loss", "token_f1", "rouge_l", "similarity", "exact_match",
                 "rows", "steps", "tokens_per_s")
@@ -63,7 +63,7 @@ def _record(folder: Path, store: Store) -> dict[str, Any] | None:
     owner = params.get("store")
     if owner and Path(owner).resolve() != Path(store.path).resolve():
         return None  # a run of another store that shares this runs folder
-    task = job.config.get("task", "")
+    task = job.task
     version = params.get("version_id", (params.get("eval") or {}).get("version_id"))
     summary = _summary(job)
     return {"run_id": job.run_id, "kind": KINDS.get(task, job.kind or task),

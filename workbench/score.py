@@ -16,8 +16,9 @@ Sequences are sorted by length and packed into batches of about ``batch_tokens``
 padded: under a causal mask real tokens never see the padding that follows them and position
 ids start at 0 in every row, so batched values equal one-at-a-time values (to ~1e-6).
 
-``score_frame`` runs several scorers and reads/writes the store's score cache, keyed by
-(row id, scorer, parameters); ``model_score_task`` is the background-job version.
+``score_frame`` runs several scorers and reads/writes a score cache handed in
+(``cache.StoreCache``), keyed by (row id, scorer, parameters); ``score_into_cache`` is the
+chunked version the background job ("model_score" in tasks.py) runs.
 """
 
 from __future__ import annotations
@@ -644,12 +645,12 @@ def _spec(item: str | ScoreSpec | tuple[str, Mapping[str, Any]]) -> ScoreSpec:
 
 
 def score_frame(frame: pd.DataFrame, scorers: Sequence[str | ScoreSpec | tuple[str, Mapping]],
-                *, store: Any = None, lm: tuple[Any, Any] | None = None,
+                *, cache: Any = None, lm: tuple[Any, Any] | None = None,
                 progress: Progress | None = None) -> pd.DataFrame:
     """Return a copy of the frame with one ``<name>_score`` column per scorer.
 
-    With a store, cached values are read first and only rows without one are computed (then
-    cached; NaN, e.g. a failed judge call, is never cached). ``lm`` overrides model loading for
+    With a cache (``cache.StoreCache(store)``), cached values are read first and only rows
+    without one are computed (then cached; NaN, e.g. a failed judge call, is never cached). ``lm`` overrides model loading for
     model scorers (their ``model`` option still names the cache entry). The judge also adds
     ``judge_reason`` and ``judge_error`` (empty for rows read from the cache).
     """
@@ -657,12 +658,12 @@ def score_frame(frame: pd.DataFrame, scorers: Sequence[str | ScoreSpec | tuple[s
     out = frame.copy()
     models = [s for s in specs if s.scorer.kind == "model"]
     for group in _model_groups(models):
-        out = out.assign(**_run_model_group(frame, group, store, lm, progress))
+        out = out.assign(**_run_model_group(frame, group, cache, lm, progress))
     for spec in specs:
         if spec.scorer.kind == "heuristic":
-            out[spec.out] = _with_cache(frame, spec, store, _heuristic(spec))
+            out[spec.out] = _with_cache(frame, spec, cache, _heuristic(spec))
         elif spec.scorer.kind == "judge":
-            out = _run_judge(out, frame, spec, store, lm)
+            out = _run_judge(out, frame, spec, cache, lm)
         elif spec.scorer.kind == "learned":
             _learned_fn(frame)
     return out
@@ -672,13 +673,11 @@ def _heuristic(spec: ScoreSpec) -> Callable[[pd.DataFrame], np.ndarray]:
     return lambda sub: spec.scorer.fn(sub, **{**spec.scorer.defaults, **spec.params})
 
 
-def _cached(frame: pd.DataFrame, spec: ScoreSpec, store: Any) -> dict[str, float]:
-    if store is None:
+def _cached(frame: pd.DataFrame, spec: ScoreSpec, cache: Any) -> dict[str, float]:
+    if cache is None:
         return {}
-    from .cache import get_scores
-
-    return get_scores(store, frame["id"].tolist(), spec.name,
-                      spec.scorer.cache_params(spec.params))
+    return cache.get_scores(frame["id"].tolist(), spec.name,
+                            spec.scorer.cache_params(spec.params))
 
 
 def _missing(frame: pd.DataFrame, cached: Mapping[str, float]) -> pd.DataFrame:
@@ -686,15 +685,13 @@ def _missing(frame: pd.DataFrame, cached: Mapping[str, float]) -> pd.DataFrame:
     return frame[~frame["id"].isin(cached.keys())].drop_duplicates("id")
 
 
-def _save(store: Any, spec: ScoreSpec, ids: Sequence[str], values: np.ndarray,
+def _save(cache: Any, spec: ScoreSpec, ids: Sequence[str], values: np.ndarray,
           details: Sequence[str] | None = None) -> None:
-    if store is None:
+    if cache is None:
         return
-    from .cache import put_scores
-
-    ok = np.isfinite(values)  # a failure is reported, never stored as if it were a score
+    ok = np.isfinite(values)  # a failure is reported, never cached as if it were a score
     kept = None if details is None else [d for d, good in zip(details, ok) if good]
-    put_scores(store, [i for i, good in zip(ids, ok) if good], values[ok].tolist(), spec.name,
+    cache.put_scores([i for i, good in zip(ids, ok) if good], values[ok].tolist(), spec.name,
                spec.scorer.cache_params(spec.params), kept)
 
 
@@ -704,12 +701,12 @@ def _aligned(frame: pd.DataFrame, cached: Mapping[str, float], ids: Sequence[str
     return np.array([found[i] for i in frame["id"].tolist()], dtype=np.float64)
 
 
-def _with_cache(frame: pd.DataFrame, spec: ScoreSpec, store: Any,
+def _with_cache(frame: pd.DataFrame, spec: ScoreSpec, cache: Any,
                 compute: Callable[[pd.DataFrame], np.ndarray]) -> np.ndarray:
-    cached = _cached(frame, spec, store)
+    cached = _cached(frame, spec, cache)
     todo = _missing(frame, cached)
     values = np.asarray(compute(todo), dtype=np.float64) if len(todo) else np.zeros(0)
-    _save(store, spec, todo["id"].tolist(), values)
+    _save(cache, spec, todo["id"].tolist(), values)
     return _aligned(frame, cached, todo["id"].tolist(), values)
 
 
@@ -722,10 +719,10 @@ def _model_groups(specs: list[ScoreSpec]) -> list[list[ScoreSpec]]:
     return list(groups.values())
 
 
-def _run_model_group(frame: pd.DataFrame, group: list[ScoreSpec], store: Any,
+def _run_model_group(frame: pd.DataFrame, group: list[ScoreSpec], cache: Any,
                      lm: tuple[Any, Any] | None, progress: Progress | None
                      ) -> dict[str, np.ndarray]:
-    cached = {s.out: _cached(frame, s, store) for s in group}
+    cached = {s.out: _cached(frame, s, cache) for s in group}
     todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached.values())))]
     todo = todo.drop_duplicates("id")
     opts = {**_MODEL_DEFAULTS, **group[0].params}
@@ -735,20 +732,20 @@ def _run_model_group(frame: pd.DataFrame, group: list[ScoreSpec], store: Any,
     out = {}
     for spec in group:
         new = values[spec.scorer.column].to_numpy() if values is not None else np.zeros(0)
-        _save(store, spec, todo["id"].tolist(), new)
+        _save(cache, spec, todo["id"].tolist(), new)
         out[spec.out] = _aligned(frame, cached[spec.out], todo["id"].tolist(), new)
     return out
 
 
-def _run_judge(out: pd.DataFrame, frame: pd.DataFrame, spec: ScoreSpec, store: Any,
+def _run_judge(out: pd.DataFrame, frame: pd.DataFrame, spec: ScoreSpec, cache: Any,
                lm: tuple[Any, Any] | None) -> pd.DataFrame:
     from .judge import JudgeConfig, judge_frame
 
-    cached = _cached(frame, spec, store)
+    cached = _cached(frame, spec, cache)
     todo = _missing(frame, cached)
     judged = judge_frame(todo, JudgeConfig(**spec.params), lm=lm)
     values = judged["judge_score"].to_numpy(dtype=np.float64)
-    _save(store, spec, todo["id"].tolist(), values, judged["judge_reason"].tolist())
+    _save(cache, spec, todo["id"].tolist(), values, judged["judge_reason"].tolist())
     out[spec.out] = _aligned(frame, cached, todo["id"].tolist(), values)
     for extra in ("judge_reason", "judge_error"):
         by_id = dict(zip(todo["id"], judged[extra]))
@@ -815,36 +812,17 @@ def _weight_columns(frame: pd.DataFrame, weights: Mapping[str, float]) -> dict[s
     return columns
 
 
-# --- the background job ----------------------------------------------------------------------
+# --- scoring a version into the cache, chunk by chunk -------------------------------------------
 
-def model_score_task(params: dict, ctx: Any) -> dict:
-    """Job task: score a version with perplexity/ifd into the store's cache; return counts.
-
-    params: store, version_id, scores (default both), model, max_length, batch_tokens,
-    chunk_rows (rows written per short transaction, default 64). Progress is in tokens, so the
-    ETA holds although batches grow longer as the length-sorted run proceeds.
-    """
-    from .store import Store
-
-    store = Store(params["store"])
-    frame = store.frame(int(params["version_id"]))  # a short read; no connection stays open
-    names = list(params.get("scores") or MODEL_SCORES)
-    specs = [ScoreSpec(n, _model_params(params)) for n in names]
-    cached = [_cached(frame, s, store) for s in specs]
-    todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
-    todo = todo.drop_duplicates("id")
-    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {params.get('model', 'default')} "
-            f"({', '.join(names)})")
-    done = _score_in_chunks(todo, specs, store, ctx, int(params.get("chunk_rows", 64)))
-    return {"rows": len(frame), "cached": len(frame) - len(todo), **done}
+def cached_values(frame: pd.DataFrame, spec: ScoreSpec, cache: Any) -> dict[str, float]:
+    """Return the cached values of a scorer for the frame's rows, by id ({} without a cache)."""
+    return _cached(frame, spec, cache)
 
 
-def _model_params(params: dict) -> dict:
-    return {k: params[k] for k in _MODEL_DEFAULTS if k in params}
-
-
-def _score_in_chunks(todo: pd.DataFrame, specs: list[ScoreSpec], store: Any, ctx: Any,
-                     chunk_rows: int) -> dict:
+def score_into_cache(todo: pd.DataFrame, specs: list[ScoreSpec], cache: Any,
+                     progress: Callable[..., None], chunk_rows: int = 64) -> dict:
+    """Score rows with perplexity/ifd in length-sorted chunks, caching each chunk as it is done;
+    return counts. ``progress(done, total, **metrics)`` counts tokens, so the ETA holds."""
     from .models import load_lm
 
     opts = {**_MODEL_DEFAULTS, **specs[0].params}
@@ -860,12 +838,12 @@ def _score_in_chunks(todo: pd.DataFrame, specs: list[ScoreSpec], store: Any, ctx
         sub = EncodedRows([encoded.rows[i] for i in part], encoded.bare)
         values = score_encoded(model, tokenizer, sub, scores=names,
                                batch_tokens=opts["batch_tokens"],
-                               progress=lambda d, _t, base=done: ctx.progress(base + d, total))
+                               progress=lambda d, _t, base=done: progress(base + d, total))
         for spec in specs:  # one short write per chunk: the app can read meanwhile
-            _save(store, spec, ids[part].tolist(), values[spec.name])
+            _save(cache, spec, ids[part].tolist(), values[spec.name])
         done += sum(lengths[i] for i in part)
         rate = (start + len(part)) / (time.perf_counter() - started)
-        ctx.progress(done, total, rows=start + len(part), rows_total=len(order),
-                     examples_per_s=round(rate, 3))
+        progress(done, total, rows=start + len(part), rows_total=len(order),
+                 examples_per_s=round(rate, 3))
     return {"scored": len(order), "tokens": total,
             "seconds": round(time.perf_counter() - started, 2)}

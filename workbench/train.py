@@ -15,9 +15,10 @@ The pieces, in the order a run uses them:
   schedule, clipping, loss = summed token losses / supervised tokens of the whole step,
   periodic validation and atomic checkpoints (adapter, optimizer, scheduler, RNG, step).
   The data order is a pure function of (seed, epoch), so a checkpoint only needs the step.
-- ``train_task``: the background-job entry point. It snapshots the dataset versions into the run
-  folder with one short store read, then never touches the store again. Executing a run folder
-  that already holds a checkpoint continues from it: that is how ``resume`` works.
+- ``train(config, rows, val_rows, run_dir=..., ctx=...)``: the loop over rows. The job around it
+  (tasks.py, "train") snapshots the dataset versions into the run folder with one short store
+  read, then never touches the store again. Training a run folder that already holds a
+  checkpoint continues from it: that is how ``training.resume`` works.
 
 Run folder: ``train_config.json``, ``data/`` (train.jsonl, val.jsonl, versions.json),
 ``checkpoints/step-NNNNNN/``, ``adapter/`` (peft: adapter_model.safetensors +
@@ -36,8 +37,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -50,8 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from workbench import jobs
-from workbench.exceptions import ConfigError, NotFoundError, WorkbenchError
+from workbench.exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
 from workbench.models import LoadedLM, load_lm, supports_assistant_mask, tiny_lm
 
 if TYPE_CHECKING:
@@ -599,15 +597,6 @@ def _clean_partial(run_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
 
 
-def _trim_events(run_dir: Path, step: int) -> None:
-    kept = [e for e in jobs.events(run_dir) if int(e.get("step", 0)) <= step]
-    path = run_dir / "events.jsonl"
-    if path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
-        os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -628,6 +617,9 @@ class _Quiet:
 
     def cancelled(self) -> bool:
         return False
+
+    def rewind(self, step: int) -> None:
+        pass
 
 
 @dataclass
@@ -733,7 +725,8 @@ def _setup(
         ctx.log(f"resumed from {resume_from.name} (step {run.state['step']} of {total})")
     # Steps after the checkpoint are trained again (all of them without one): drop their old
     # events so the curves show each step once.
-    _trim_events(run_dir, run.state["step"] if resume_from is not None else -1)
+    if hasattr(ctx, "rewind"):
+        ctx.rewind(run.state["step"] if resume_from is not None else -1)
     ctx.log(
         f"plan: {total} steps ({steps_per_epoch} per epoch), batch {config.batch_size} x "
         f"accumulation {config.grad_accum}, {config.batching} batches, lr "
@@ -831,7 +824,7 @@ def _run_steps(run: _Run) -> None:
                     saved_step = state["step"]
                 _log_step(run, metrics)
                 run.ctx.progress(state["step"], run.total, **metrics)
-        except jobs.Cancelled:
+        except Cancelled:
             if state["step"] > saved_step:  # keep the work done since the last checkpoint
                 _save_checkpoint(run, rng)
             run.ctx.log(
@@ -848,7 +841,7 @@ def _train_step(run: _Run, step_rows: list[list[Encoded]], stop: Any) -> dict[st
     for rows in step_rows:
         if stop():
             optimizer.zero_grad(set_to_none=True)  # a partial step is dropped, not applied
-            raise jobs.Cancelled()
+            raise Cancelled()
         batch = make_batch(rows, run.config, run.pad_id)
         loss = token_loss_sum(run.model, batch)
         (loss / n_supervised).backward()
@@ -973,134 +966,6 @@ def _save_adapter(model: Any, target: Path) -> Path:
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
-
-
-# ---------------------------------------------------------------- the background job
-
-
-TASK_NAME = "workbench.train.train_task"  # how jobs (and run folders) name train_task
-
-
-def train_task(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """Job task: trains on a store version; params = {store, version_id, val_version_id, config}.
-
-    Executing a run folder that has a checkpoint continues from it, on the data snapshot that
-    the first execution wrote into the run folder (the store is read once, then closed).
-    """
-    config = TrainConfig.from_dict(params.get("config") or {})
-    rows, val_rows = _task_data(params, Path(ctx.run_dir), ctx)
-    metrics = train(config, rows, val_rows, run_dir=ctx.run_dir, ctx=ctx)
-    versions = {
-        "version_id": params.get("version_id"),
-        "val_version_id": params.get("val_version_id"),
-    }
-    _write_json(Path(ctx.run_dir) / METRICS_FILE, metrics | versions)
-    return metrics | versions
-
-
-def _task_data(
-    params: dict[str, Any], run_dir: Path, ctx: Any
-) -> tuple[list[Messages], list[Messages] | None]:
-    folder = run_dir / DATA_DIR
-    if (folder / "versions.json").is_file():  # a resumed run trains on exactly the same rows
-        has_val = json.loads((folder / "versions.json").read_text())["val_version_id"] is not None
-        return _read_rows(folder / "train.jsonl"), (
-            _read_rows(folder / "val.jsonl") if has_val else None
-        )
-    if params.get("version_id") is None:
-        raise ConfigError("version_id is required: the dataset version to train on")
-    from workbench.store import Store
-
-    store = Store(params.get("store"))  # every Store call opens and closes its connection
-    rows = [list(e.messages) for e in store.examples(int(params["version_id"]))]
-    val_id = params.get("val_version_id")
-    val_rows = (
-        [list(e.messages) for e in store.examples(int(val_id))] if val_id is not None else None
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_rows(folder / "train.jsonl", rows)
-    _write_rows(folder / "val.jsonl", val_rows or [])
-    _write_json(
-        folder / "versions.json", {"version_id": params["version_id"], "val_version_id": val_id}
-    )
-    ctx.log(
-        f"read {len(rows)} rows of version {params['version_id']}"
-        + (
-            f" and {len(val_rows)} validation rows of version {val_id}"
-            if val_rows is not None
-            else ""
-        )
-    )
-    return rows, val_rows
-
-
-def _write_rows(path: Path, rows: Sequence[Messages]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        "".join(json.dumps({"messages": list(r)}, ensure_ascii=False) + "\n" for r in rows)
-    )
-    os.replace(tmp, path)
-
-
-def _read_rows(path: Path) -> list[Messages]:
-    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
-
-
-def start(
-    store: str | os.PathLike[str] | None,
-    version_id: int,
-    config: TrainConfig,
-    *,
-    val_version_id: int | None = None,
-    home: str | os.PathLike[str] | None = None,
-) -> jobs.JobStatus:
-    """Starts a training job in its own process and returns its status."""
-    params = {
-        "store": str(store) if store is not None else None,
-        "version_id": version_id,
-        "val_version_id": val_version_id,
-        "config": config.to_dict(),
-    }
-    return jobs.start(TASK_NAME, params, kind="train", home=home)
-
-
-def resume(
-    run: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None, inline: bool = False
-) -> jobs.JobStatus:
-    """Continues a failed or cancelled training run in its own folder; returns its status."""
-    job = jobs.status(run, home=home)
-    if job.active:
-        raise WorkbenchError(f"run {job.run_id} is still {job.state}; wait for it or cancel it")
-    if job.state == "done":
-        raise WorkbenchError(f"run {job.run_id} finished already; start a new run to train more")
-    if not _exited(job.run_dir, wait_s=5.0):  # cancelled, but still saving its checkpoint
-        raise WorkbenchError(f"run {job.run_id} is still stopping; resume it in a moment")
-    (job.run_dir / "cancel").unlink(missing_ok=True)
-    jobs._write_json(job.run_dir / "status.json", {"state": "queued"})
-    if inline:
-        jobs.execute(job.run_dir)
-        return jobs.status(job.run_dir)
-    with open(job.run_dir / "log.txt", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.jobs", str(job.run_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    jobs._write_json(job.run_dir / "status.json", {"state": "queued", "pid": proc.pid})
-    return jobs.status(job.run_dir)
-
-
-def _exited(run_dir: Path, wait_s: float) -> bool:
-    pid = (jobs._read_json(run_dir / "status.json", {}) or {}).get("pid")
-    deadline = time.monotonic() + wait_s
-    while pid and jobs._alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 # ---------------------------------------------------------------- using the adapter

@@ -10,17 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from . import jobs, models, train
-from .exceptions import ConfigError, NotFoundError
+from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .store import Store, default_home
-from .train import TASK_NAME, TrainConfig
+from .train import TrainConfig
 
-TASK = TASK_NAME  # runs are recognised by their task, started or inline
+TASK = "train"  # runs are recognised by their task (tasks.py), started or inline
 BUILTIN_MODELS = ("default", "tiny")
 # The architectures of the built-in models, so their LoRA defaults show without loading them.
 _BUILTIN_TYPES = {"default": "llama", "tiny": "llama"}
@@ -98,8 +101,64 @@ def start_run(store: Store, version_id: int, config: TrainConfig, *,
         if int(val_version_id) == int(version_id):
             raise ConfigError("validation version must differ from the training version")
         store.version(val_version_id)
-    return train.start(store.path, version_id, config, val_version_id=val_version_id,
-                       home=home)
+    return start(store.path, version_id, config, val_version_id=val_version_id, home=home)
+
+
+def start(
+    store: str | os.PathLike[str] | None,
+    version_id: int,
+    config: TrainConfig,
+    *,
+    val_version_id: int | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> jobs.JobStatus:
+    """Start a training job in its own process (no checks: see start_run); return its status."""
+    params = {
+        "store": str(store) if store is not None else None,
+        "version_id": version_id,
+        "val_version_id": val_version_id,
+        "config": config.to_dict(),
+    }
+    return jobs.start(TASK, params, home=home)
+
+
+def resume(
+    run: str | os.PathLike[str], *, home: str | os.PathLike[str] | None = None, inline: bool = False
+) -> jobs.JobStatus:
+    """Continue a failed or cancelled training run in its own folder; return its status."""
+    job = jobs.status(run, home=home)
+    if job.active:
+        raise WorkbenchError(f"run {job.run_id} is still {job.state}; wait for it or cancel it")
+    if job.state == "done":
+        raise WorkbenchError(f"run {job.run_id} finished already; start a new run to train more")
+    if not _exited(job.run_dir, wait_s=5.0):  # cancelled, but still saving its checkpoint
+        raise WorkbenchError(f"run {job.run_id} is still stopping; resume it in a moment")
+    (job.run_dir / "cancel").unlink(missing_ok=True)
+    jobs._write_json(job.run_dir / "status.json", {"state": "queued"})
+    if inline:
+        jobs.execute(job.run_dir)
+        return jobs.status(job.run_dir)
+    with open(job.run_dir / "log.txt", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workbench.jobs", str(job.run_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    jobs._write_json(job.run_dir / "status.json", {"state": "queued", "pid": proc.pid})
+    return jobs.status(job.run_dir)
+
+
+def _exited(run_dir: Path, wait_s: float) -> bool:
+    pid = (jobs._read_json(run_dir / "status.json", {}) or {}).get("pid")
+    deadline = time.monotonic() + wait_s
+    while pid and jobs._alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def version_choices(store: Store) -> dict[int, str]:
@@ -116,13 +175,13 @@ def version_choices(store: Store) -> dict[int, str]:
 
 def training_runs(home: str | os.PathLike[str] | None = None) -> list[jobs.JobStatus]:
     """Return the training runs found in the run folders, newest first."""
-    return [j for j in jobs.list_runs(home=home) if j.config.get("task") == TASK]
+    return [j for j in jobs.list_runs(home=home) if j.task == TASK]
 
 
 def get_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
     """Return one training run's status; NotFoundError if it is missing or not a training run."""
     job = jobs.status(run_id, home=home)
-    if job.config.get("task") != TASK:
+    if job.task != TASK:
         raise NotFoundError(f"run '{run_id}' is a {job.kind} job, not a training run")
     return job
 
@@ -220,7 +279,7 @@ def adapter_dir(job: jobs.JobStatus) -> Path | None:
 
 def resume_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
     """Continue a failed or cancelled run from its last checkpoint in the background."""
-    return train.resume(get_run(run_id, home).run_dir)
+    return resume(get_run(run_id, home).run_dir)
 
 
 def cancel_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:

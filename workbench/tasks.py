@@ -1,0 +1,408 @@
+"""Job tasks: the only code a background process runs.
+
+Each task reads the store (once, briefly), calls pure steps, and writes its results into its
+run folder or the store's caches. Each is registered by a short name with a parameter
+dataclass (``@task("train", TrainParams)``): ``jobs.start("train", params)`` checks the
+parameters in the caller, so a bad one fails there, not in the worker. The dotted names older
+run folders hold ("workbench.train.train_task") map to these names, so such runs still resume.
+
+Steps never import the store, the caches or jobs (tests/test_boundaries.py): this module does
+the wiring, handing a step a ``cache.StoreCache`` where it caches.
+
+Registered: train, eval, import, loop, model_score (kind "score"), judge, embed,
+pairwise_judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from . import analysis
+from . import evaluate as ev
+from . import score as S
+from . import train as T
+from .cache import StoreCache
+from .embed import embed_rows
+from .exceptions import ConfigError
+from .jobs import run_child, task
+from .store import Store
+
+
+def _phase(ctx: Any, name: str, total: int | None = None) -> None:
+    if hasattr(ctx, "phase"):  # an inline context of the CLI has no phases
+        ctx.phase(name, total)
+
+
+# ---------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """A training job: the versions to train (and validate) on and the TrainConfig fields."""
+
+    store: str | None = None
+    version_id: int | None = None
+    val_version_id: int | None = None
+    config: dict | None = None
+    name: str = ""
+
+
+@task("train", TrainParams, old=("workbench.train.train_task",))
+def train(p: TrainParams, ctx: Any) -> dict[str, Any]:
+    """Train on a store version; return the metrics and the versions trained on.
+
+    Executing a run folder that has a checkpoint continues from it, on the data snapshot that
+    the first execution wrote into the run folder (the store is read once, then closed).
+    """
+    config = T.TrainConfig.from_dict(p.config or {})
+    rows, val_rows = _train_data(p, Path(ctx.run_dir), ctx)
+    metrics = T.train(config, rows, val_rows, run_dir=ctx.run_dir, ctx=ctx)
+    versions = {"version_id": p.version_id, "val_version_id": p.val_version_id}
+    T._write_json(Path(ctx.run_dir) / T.METRICS_FILE, metrics | versions)
+    return metrics | versions
+
+
+def _train_data(p: TrainParams, run_dir: Path, ctx: Any
+                ) -> tuple[list[T.Messages], list[T.Messages] | None]:
+    folder = run_dir / T.DATA_DIR
+    if (folder / "versions.json").is_file():  # a resumed run trains on exactly the same rows
+        has_val = json.loads((folder / "versions.json").read_text())["val_version_id"] is not None
+        return _read_rows(folder / "train.jsonl"), (
+            _read_rows(folder / "val.jsonl") if has_val else None)
+    if p.version_id is None:
+        raise ConfigError("version_id is required: the dataset version to train on")
+    store = Store(p.store)  # every Store call opens and closes its connection
+    rows = [list(e.messages) for e in store.examples(int(p.version_id))]
+    val_id = p.val_version_id
+    val_rows = [list(e.messages) for e in store.examples(int(val_id))] \
+        if val_id is not None else None
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_rows(folder / "train.jsonl", rows)
+    _write_rows(folder / "val.jsonl", val_rows or [])
+    T._write_json(folder / "versions.json", {"version_id": p.version_id,
+                                             "val_version_id": val_id})
+    ctx.log(f"read {len(rows)} rows of version {p.version_id}"
+            + (f" and {len(val_rows)} validation rows of version {val_id}"
+               if val_rows is not None else ""))
+    return rows, val_rows
+
+
+def _write_rows(path: Path, rows: Sequence[T.Messages]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"messages": list(r)}, ensure_ascii=False) + "\n"
+                           for r in rows))
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path) -> list[T.Messages]:
+    return [json.loads(line)["messages"] for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- eval, import, loop
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """An eval job: model ("default" | path | {"run_dir": ...}) on a version; generation
+    (GenerationConfig fields), style (style_checks spec), embedder ("default"; None skips
+    similarity), limit (first N rows), name."""
+
+    store: str | None
+    version_id: int
+    model: str | dict | None = "default"
+    generation: dict | None = None
+    style: dict | None = None
+    embedder: str | None = "default"
+    limit: int | None = None
+    name: str | None = ""
+
+
+@task("eval", EvalParams, old=("workbench.evaluate.eval_task",))
+def evaluate(p: EvalParams, ctx: Any) -> dict:
+    """Generate and score a dataset version; write predictions and summary; return it."""
+    config = ev.GenerationConfig.from_dict(p.generation)
+    checks = ev.as_checks(style=p.style) if p.style else {}
+    store = Store(p.store)
+    frame = store.frame(int(p.version_id))  # one short read; the store stays free
+    if p.limit:
+        frame = frame.head(int(p.limit))
+    ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
+            f"({len(frame)} rows, {config.to_dict()})")
+    _phase(ctx, "loading model")
+    model, tokenizer = ev.load_eval_model(p.model)
+    _phase(ctx, "evaluating", len(frame))
+    generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
+    predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
+    ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
+    scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
+                                  embedder=p.embedder)
+    summary = _eval_summary(p, config, scored, generations, seconds)
+    ev.write_run(ctx.run_dir, scored, summary)
+    return summary
+
+
+def _generate_with_progress(model: Any, tokenizer: Any, frame: pd.DataFrame,
+                            config: ev.GenerationConfig, ctx: Any
+                            ) -> tuple[list[ev.Generation], float]:
+    started = time.perf_counter()
+    ctx.progress(0, len(frame), tokens_per_s=0.0)  # the ETA clock starts now, not at batch 1
+
+    def report(done: int, total: int, tokens: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        ctx.progress(done, total, tokens=tokens, tokens_per_s=round(tokens / elapsed, 2))
+
+    generations = ev.generate_batch(model, tokenizer, list(frame["messages"]), config,
+                                    progress=report, check=ctx.check_cancel)
+    return generations, time.perf_counter() - started
+
+
+def _eval_summary(p: EvalParams, config: ev.GenerationConfig, scored: pd.DataFrame,
+                  generations: Sequence[ev.Generation], seconds: float) -> dict:
+    tokens = sum(g.n_tokens for g in generations)
+    return {"name": p.name or "", "kind": "eval", "version_id": int(p.version_id),
+            "model": p.model, "generation": config.to_dict(), "style": p.style,
+            "rows": len(scored), "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+            "metrics": ev.summarize(scored)}
+
+
+@dataclass(frozen=True)
+class ImportParams:
+    """An import job: a predictions file (and the model name for rows without one)."""
+
+    path: str
+    model: str | None = None
+    style: dict | None = None
+    store: str | None = None
+    embedder: str | None = "default"
+    name: str | None = None
+
+
+@task("import", ImportParams, old=("workbench.evaluate.import_task",))
+def import_predictions(p: ImportParams, ctx: Any) -> dict:
+    """Import outside predictions, score them and write the same run files as an eval run;
+    return the summary."""
+    frame, report = ev.import_predictions(p.path, model=p.model)
+    ctx.log(report.summary())
+    for rejection in report.rejected:
+        ctx.log(f"rejected {rejection}")
+    checks = ev.as_checks(style=p.style) if p.style else {}
+    cache = StoreCache(Store(p.store)) if p.store else None
+    scored = ev.score_predictions(frame, checks=checks, cache=cache, embedder=p.embedder)
+    summary = {"name": p.name or Path(p.path).name, "kind": "import", "file": str(p.path),
+               "model": sorted(set(frame["model"])), "style": p.style, "rows": len(scored),
+               "rejected": [str(r) for r in report.rejected], "metrics": ev.summarize(scored)}
+    ev.write_run(ctx.run_dir, scored, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class LoopParams:
+    """A retrain-and-re-evaluate job: train on version_id with config (TrainConfig fields) or
+    previous_run's (a training run folder), evaluate with eval (EvalParams without store and
+    model), compare with before_run (an eval run folder; optional)."""
+
+    store: str | None
+    version_id: int
+    eval: dict
+    config: dict | None = None
+    previous_run: str | None = None
+    before_run: str | None = None
+    source_run: str | None = None  # the eval run whose failures made the version (its id)
+    source_dir: str | None = None  # and its folder
+
+
+@task("loop", LoopParams, old=("workbench.evaluate.loop_task",))
+def loop(p: LoopParams, ctx: Any) -> dict:
+    """Retrain on a (targeted) version, evaluate the new adapter, compare with before.
+
+    The training is a run of its own, "<this run>-train" (jobs.run_child), listed and usable
+    like any training run; the evaluation of its adapter writes predictions.parquet,
+    summary.json and before_after.json into this run folder.
+    """
+    config = p.config
+    if config is None and p.previous_run:
+        config = orjson.loads((Path(p.previous_run) / T.CONFIG_FILE).read_bytes())
+    if config is None:
+        raise ConfigError("give config (training options) or previous_run (a training run)")
+    ctx.log(f"phase 1/2: training on version {p.version_id}")
+    train_params = {"store": p.store, "version_id": p.version_id, "config": config,
+                    "name": f"retrain from {p.source_run or '?'}"}
+    metrics = run_child(ctx, "train", "train", train_params, kind="train")
+    train_dir = ctx.run_dir.parent / f"{ctx.run_dir.name}-train"
+    ctx.log("phase 2/2: evaluating the new adapter")
+    summary = evaluate({**p.eval, "store": p.store, "model": {"run_dir": str(train_dir)}}, ctx)
+    result = {"train": metrics, "eval": summary}
+    if p.before_run:
+        result["before_after"] = _before_after(p, ctx.run_dir)
+    return result
+
+
+def _before_after(p: LoopParams, run_dir: Path) -> dict:
+    report = analysis.before_after(ev.read_predictions(p.before_run),
+                                   ev.read_predictions(run_dir), style=p.eval.get("style"))
+    report["before_run"] = str(p.before_run)
+    (Path(run_dir) / "before_after.json").write_bytes(
+        orjson.dumps(report, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return report
+
+
+# ---------------------------------------------------------------- scores and embeddings
+
+
+@dataclass(frozen=True)
+class ModelScoreParams:
+    """A model-scoring job: perplexity/ifd of a version's rows into the score cache."""
+
+    store: str | None
+    version_id: int
+    scores: list | None = None
+    model: str = "default"
+    max_length: int = 1024
+    batch_tokens: int = 1024
+    chunk_rows: int = 64
+
+
+@task("model_score", ModelScoreParams, kind="score", old=("workbench.score.model_score_task",))
+def model_score(p: ModelScoreParams, ctx: Any) -> dict:
+    """Score a version with perplexity/ifd into the store's cache; return counts.
+
+    Progress is in tokens, so the ETA holds although batches grow longer as the length-sorted
+    run proceeds; each chunk of chunk_rows rows is written in its own short transaction.
+    """
+    store = Store(p.store)
+    cache = StoreCache(store)
+    frame = store.frame(int(p.version_id))  # a short read; no connection stays open
+    names = list(p.scores or S.MODEL_SCORES)
+    options = {"model": p.model, "max_length": p.max_length, "batch_tokens": p.batch_tokens}
+    specs = [S.ScoreSpec(n, options) for n in names]
+    cached = [S.cached_values(frame, s, cache) for s in specs]
+    todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
+    todo = todo.drop_duplicates("id")
+    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)})")
+    done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
+    return {"rows": len(frame), "cached": len(frame) - len(todo), **done}
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """An LLM-judge job: a version's unscored rows, judged in chunks into the score cache."""
+
+    store: str | None
+    version_id: int
+    judge: dict
+    chunk_rows: int = 16
+
+
+@task("judge", JudgeParams, old=("workbench.quality.judge_task",))
+def judge(p: JudgeParams, ctx: Any) -> dict:
+    """Judge a version's unscored rows in chunks into the score cache; return counts."""
+    from .judge import JudgeConfig, judge_frame
+
+    store = Store(p.store)
+    cache = StoreCache(store)
+    frame = store.frame(int(p.version_id))
+    config, key = JudgeConfig(**p.judge), S.SCORERS["judge"].cache_params(p.judge)
+    todo = frame[~frame["id"].isin(cache.get_scores(frame["id"].tolist(), "judge", key))]
+    todo = todo.drop_duplicates("id")
+    ctx.log(f"{len(frame)} rows, {len(todo)} to judge ({config.backend}, {config.model})")
+    chunk, errors = int(p.chunk_rows), []
+    for start in range(0, len(todo), chunk):
+        part = todo.iloc[start:start + chunk]
+        judged = judge_frame(part, config)
+        ok = judged["judge_score"].notna().to_numpy()
+        cache.put_scores(part["id"][ok].tolist(), judged["judge_score"][ok].tolist(), "judge",
+                         key, judged["judge_reason"][ok].tolist())
+        for row_key, error in zip(part["row_key"][~ok], judged["judge_error"][~ok]):
+            ctx.log(f"row {row_key}: not scored: {error}")  # a failure is said, never a score
+            errors.append({"row_key": int(row_key), "error": str(error)})
+        ctx.progress(start + len(part), len(todo))
+    return {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
+            "failed": len(errors), "errors": errors[:200]}
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    """An embedding job: a version's field (or fields, one after the other) into the cache."""
+
+    store: str | None
+    version_id: int
+    field: str = "conversation"
+    fields: list | None = None
+    model: str = "default"
+
+
+@task("embed", EmbedParams, old=("workbench.embed.embed_task",))
+def embed(p: EmbedParams, ctx: Any) -> dict:
+    """Embed a dataset version's field(s) into the store's cache, with one progress bar over
+    all fields; return counts."""
+    store = Store(p.store)
+    frame = store.frame(int(p.version_id))
+    fields = p.fields or [p.field]
+    dim = 0
+    for i, field in enumerate(fields):
+        ctx.log(f"embedding {len(frame)} rows ({field}, {i + 1} of {len(fields)}) with "
+                f"{p.model}")
+
+        def report(done: int, total: int, i: int = i) -> None:
+            ctx.progress(i * total + done, len(fields) * total)
+
+        vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
+                             progress=report)
+        dim = int(vectors.shape[1]) if len(vectors) else 0
+    return {"rows": len(frame), "fields": fields, "dim": dim}
+
+
+# ---------------------------------------------------------------- a judge between two runs
+
+
+@dataclass(frozen=True)
+class PairwiseParams:
+    """A pairwise judge job: run b's answers against run a's (run folders), given the
+    reference; limit: the first N shared rows."""
+
+    run_a: str
+    run_b: str
+    judge: dict
+    limit: int | None = None
+
+
+@task("pairwise_judge", PairwiseParams, old=("workbench.evaluation.pairwise_judge_task",))
+def pairwise_judge(p: PairwiseParams, ctx: Any) -> dict:
+    """Judge run b's answers against run a's given the reference (judge.judge_pairs), write
+    pairwise_judge.parquet and return the counts and b's win rate."""
+    from .judge import JudgeConfig, judge_label, judge_pairs
+
+    pairs = analysis.pair_rows(ev.read_predictions(p.run_a), ev.read_predictions(p.run_b))
+    if p.limit:
+        pairs = pairs.head(int(p.limit))
+    config = JudgeConfig(**p.judge)
+    ctx.log(f"{len(pairs)} pairs, each asked in both orders ({judge_label(p.judge)})")
+    ctx.progress(0, 2 * len(pairs))
+    judged = judge_pairs(pairs, config, progress=lambda done, total: ctx.progress(done, total))
+    columns = [c for c in ("row_key", "prompt", "reference", "prediction", "prediction_b")
+               if c in pairs.columns]
+    table = pd.concat([pairs[columns], judged], axis=1).reset_index(drop=True)
+    table.to_parquet(ctx.run_dir / ev.PAIRWISE_FILE, index=False)
+    for row in table[table["judge_error"] != ""].itertuples():
+        ctx.log(f"row {getattr(row, 'row_key', '?')}: not judged: {row.judge_error}")
+    return _pairwise_counts(judged)
+
+
+def _pairwise_counts(judged: pd.DataFrame) -> dict[str, Any]:
+    share = judged["judge_b"]
+    ci = ev.bootstrap_ci(share.to_numpy(float))
+    return {"pairs": len(judged), "failed": int(share.isna().sum()),
+            "win": int((share > 0.5).sum()), "loss": int((share < 0.5).sum()),
+            "tie": int((share == 0.5).sum()),
+            "inconsistent": int((share.notna() & ~judged["judge_consistent"]).sum()),
+            "win_rate": ci._asdict()}
