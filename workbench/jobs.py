@@ -118,9 +118,10 @@ class JobContext:
     _phase: str = ""
 
     def phase(self, name: str, total: int | None = None, step: int = 0) -> None:
-        """Start a named phase at ``step`` of ``total`` (a resumed training starts past 0)."""
+        """Start a named phase at ``step`` of ``total`` (a resumed training starts past 0); its
+        first event is marked phase_start, so step series (each step once) can skip it."""
         self._phase = name
-        self.progress(step, total)
+        self.progress(step, total, phase_start=True)
 
     def progress(self, step: int, total: int | None = None, **metrics: Any) -> None:
         """Append a progress event (step of total, plus any metrics such as loss)."""
