@@ -455,13 +455,15 @@ def test_the_shipped_streamlit_config_is_private(tmp_path):
 
     code = ("import streamlit.config as c; c._main_script_path = {app!r}; "
             "c.get_config_options(force_reparse=True); print(*[c.get_option(k) for k in "
-            "('server.address', 'browser.gatherUsageStats', 'client.showErrorDetails')])")
+            "('server.address', 'browser.gatherUsageStats', 'client.showErrorDetails', "
+            "'client.toolbarMode')])")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMLIT_")}
     out = subprocess.run([sys.executable, "-c", code.format(app=str(APP))], cwd=tmp_path,
                          env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True,
                          check=True)
-    # Loopback only; no usage statistics; tracebacks stay in the server's log.
-    assert out.stdout.split() == ["127.0.0.1", "False", "none"]
+    # Loopback only; no usage statistics; tracebacks stay in the server's log; no developer
+    # menu, but the "Running..." indicator shows ("minimal" would hide it).
+    assert out.stdout.split() == ["127.0.0.1", "False", "none", "viewer"]
 
 
 @pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False),

@@ -1041,7 +1041,7 @@ def app_cmd(ctx: click.Context, host: str, port: int, sample: bool) -> None:
     env = {**os.environ, "WORKBENCH_STORE": str(Path(store.path).resolve())}
     cmd = [sys.executable, str(app), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     raise SystemExit(subprocess.call(cmd, env=env))
 
 
