@@ -7,12 +7,14 @@ quote them) goes through `md_escape` before a markdown-rendering element shows i
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 
 import streamlit as st
 
 from workbench.exceptions import WorkbenchError
 from workbench.store import Store, default_store_path
-from workbench.views import md_escape, plural
+from workbench.views import md_escape, plural, progress_text
 
 
 @st.cache_resource
@@ -127,6 +129,24 @@ def active_frame(dataset: str):
     """Return (active version id, its step DataFrame) for a dataset."""
     version_id = store().active_version(dataset)
     return version_id, version_frame(str(store().path), version_id)
+
+
+@contextmanager
+def progress_bar(label: str):
+    """Show a progress bar while the block runs; yield the callback ``(done, total, what="")``
+    that moves it, showing the count, the time so far and an estimate of the time left."""
+    slot, start = st.empty(), time.monotonic()
+    bar = slot.progress(0.0, text=md_escape(f"{label}…"))
+
+    def update(done: int, total: int, what: str = "") -> None:
+        bar.progress(min(done / total, 1.0) if total else 0.0,
+                     text=md_escape(progress_text(label, done, total,
+                                                  time.monotonic() - start, what)))
+
+    try:
+        yield update
+    finally:
+        slot.empty()
 
 
 def _eta(seconds: float | None) -> str:

@@ -499,3 +499,12 @@ def test_a_download_name_from_a_legacy_dataset_name_is_never_a_path(tmp_path, le
         name, data = export_bytes(store, store.active_version(legacy), fmt)
         assert "/" not in name and ".." not in name and len(name) <= 80 and data
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written on the server
+
+
+def test_progress_text_counts_and_estimates_the_time_left():
+    from workbench.views import progress_text
+
+    assert progress_text("Checking rules", 0, 4, 0.2) == "Checking rules 0/4 · 0 s"
+    assert progress_text("Checking rules", 1, 4, 10.0, "pii") == \
+        "Checking rules 1/4 · pii · 10 s, about 30 s left"
+    assert progress_text("Scoring rows", 52_000, 52_000, 8.0) == "Scoring rows 52,000/52,000 · 8 s"

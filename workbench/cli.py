@@ -347,13 +347,15 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
              **{n: "flag" for n in _split_names(flag_rules)}}
     chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
     frame = store.frame(vid)
-    report = curate.clean_preview(frame, chosen, samples=1)
+    checked = curate.clean_preview(frame, chosen, samples=1)
+    report = checked.preview
     click.echo(report.to_frame().to_string(index=False))
     click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped, "
                f"{report.flagged_rows} kept and flagged for review")
     if not preview:
         extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
-        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra)
+        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra,
+                                     result=checked.result)  # the rules ran once, above
         click.echo(f"version {version.version_id}: {version.n_rows} rows")
 
 

@@ -8,7 +8,7 @@ thin and do the same thing.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -170,20 +170,27 @@ def default_token_counter():
     return AutoTokenizer.from_pretrained(str(resolve_lm("default")))
 
 
-def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5):
-    """Return what each rule would drop or change, without changing anything."""
+def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
+                  progress: Callable[[int, int, str], None] | None = None):
+    """Return what each rule would drop or change, and the version apply would save from it
+    (a ``clean.CleanRun``), without changing anything."""
     from . import clean
 
-    return clean.preview(frame, list(rules), samples=samples)
+    return clean.run(frame, list(rules), samples=samples, progress=progress)
 
 
 def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,
-                extra_params: dict | None = None) -> VersionInfo:
-    """Apply cleaning rules in order into a new version; return it."""
+                extra_params: dict | None = None, result=None) -> VersionInfo:
+    """Apply cleaning rules in order into a new version; return it.
+
+    ``result``: the StepResult of a preview of these same rules on this frame
+    (``clean_preview(...).result``), saved as it is instead of running the rules again.
+    """
     from . import clean
 
     if not rules:
         raise ConfigError("no cleaning rule is switched on")
-    result = clean.apply(frame, list(rules))
+    if result is None:
+        result = clean.apply(frame, list(rules))
     params = {"rules": [r.params() for r in rules], **(extra_params or {})}
     return store.apply_step(version_id, result, operation="clean", params=params)

@@ -208,3 +208,13 @@ _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 def md_escape(text: object) -> str:
     """Return text that a markdown renderer shows literally (no links, images, HTML)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split("\n")))
+
+
+def progress_text(label: str, done: int, total: int, elapsed_s: float, what: str = "") -> str:
+    """Return a progress line with the count and a time estimate: "Checking rules 3/11 · pii ·
+    12 s, about 30 s left" (no estimate before the first unit is done)."""
+    head = f"{label} {done:,}/{total:,}" + (f" · {what}" if what else "")
+    if done <= 0 or total <= 0:
+        return f"{head} · {elapsed_s:.0f} s"
+    left = elapsed_s / done * max(total - done, 0)
+    return f"{head} · {elapsed_s:.0f} s" + (f", about {left:.0f} s left" if done < total else "")
