@@ -82,8 +82,10 @@ def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:
             and field in (j.config["params"].get("fields") or [j.config["params"].get("field")])]
 
 
-def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) -> pd.DataFrame:
-    """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked)."""
+def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked);
+    ``progress(rows_hashed, rows)`` follows the MinHash pass."""
     vectors = None
     if options.semantic:
         vectors, missing = version_embeddings(store, frame, field=options.field,
@@ -94,12 +96,13 @@ def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) ->
     return dedup.find_duplicates(
         frame, field=options.field, near=options.minhash() if options.near else None,
         semantic_threshold=options.semantic_threshold if options.semantic else None,
-        embeddings=vectors, keep=options.keep, score_column=options.score_column)
+        embeddings=vectors, keep=options.keep, score_column=options.score_column,
+        progress=progress)
 
 
 def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
-                    method: Literal["near", "semantic"],
-                    thresholds: Sequence[float]) -> pd.DataFrame:
+                    method: Literal["near", "semantic"], thresholds: Sequence[float], *,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Return rows removed and clusters at each threshold, for the threshold explorer."""
     vectors = None
     if method == "semantic":
@@ -108,7 +111,7 @@ def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
         if vectors is None:
             raise ConfigError(f"{missing} rows have no embedding yet: run the embedding job")
     return dedup.threshold_curve(frame, method, thresholds, field=options.field,
-                                 config=options.minhash(), embeddings=vectors)
+                                 config=options.minhash(), embeddings=vectors, progress=progress)
 
 
 def cluster_summary(frame: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
