@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import curation_header, flash, show_error, store
+from pages.common import curation_header, flash, progress_bar, show_error, store
 from workbench import clean, curate, labelling
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
@@ -203,20 +203,27 @@ except WorkbenchError as e:
     st.stop()
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
-    with st.spinner("Checking every row…"):
-        st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(frame, rules))
+    with progress_bar("Checking every row: rule") as progress:
+        st.session_state["cl_report"] = (version_id, rules,
+                                         curate.clean_preview(frame, rules, progress=progress))
 report = st.session_state.get("cl_report")
+fresh = bool(report) and report[0] == version_id and report[1] == rules
 if report and report[0] == version_id:
-    if report[1] != rules:
+    if not fresh:
         st.warning("The rules changed since this preview: preview again to see their effect.",
                    icon=":material/warning:")
-    show_preview(report[2])
-if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules):
+    show_preview(report[2].preview)
+if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules,
+                    help="Saves the preview above as it is" if fresh else None):
     extra = {"eval_version": st.session_state.get("cl_eval_version")} \
         if any(r.name == "contamination" for r in rules) else {}
     try:
-        with st.spinner("Applying…"):
-            version = curate.apply_clean(store(), version_id, frame, rules, extra_params=extra)
+        with progress_bar("Applying: rule") as progress:
+            # The preview of these same rules already holds the new version's rows.
+            result = report[2].result if fresh else \
+                curate.clean_preview(frame, rules, samples=0, progress=progress).result
+            version = curate.apply_clean(store(), version_id, frame, rules, extra_params=extra,
+                                         result=result)
     except WorkbenchError as e:
         show_error(e)
     else:

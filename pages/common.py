@@ -7,12 +7,14 @@ quote them) goes through `md_escape` before a markdown-rendering element shows i
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 
 import streamlit as st
 
 from workbench.exceptions import WorkbenchError
 from workbench.store import Store, default_store_path
-from workbench.views import md_escape, plural
+from workbench.views import md_escape, plural, progress_text
 
 
 @st.cache_resource
@@ -103,10 +105,31 @@ def show_flash() -> None:
             st.success(md_escape(message), icon=":material/check_circle:")
 
 
-@st.cache_data(max_entries=4, show_spinner="Loading rows…")
+@st.cache_resource(max_entries=2, show_spinner="Loading rows…")
 def version_frame(store_path: str, version_id: int):
-    """Return a version's step DataFrame; versions are immutable, so caching by id is safe."""
+    """Return a version's step DataFrame, shared by every rerun and session: read it, never
+    change it (pandas operations that return a new frame are fine).
+
+    Versions are immutable, so caching by id is safe. A resource cache hands out the frame
+    itself: a data cache unpickled a 52k-row copy on every rerun (~1 s) and kept both. Two
+    entries bound the memory (the version a page works on and the one it just made).
+    """
     return Store(store_path).frame(version_id)
+
+
+def session_cached(name: str, key: tuple, compute, keep: int = 4):
+    """Return ``compute()`` for this key, computed once in this session; only the last
+    ``keep`` keys of a name are kept, so memory stays bounded.
+
+    For results that take seconds and depend on a version id and parameters (versions are
+    immutable): a rerun with the same ones reuses the result instead of computing it again.
+    """
+    cache = st.session_state.setdefault(f"_cache_{name}", {})
+    if key not in cache:
+        cache[key] = compute()
+        while len(cache) > keep:
+            cache.pop(next(iter(cache)))
+    return cache[key]
 
 
 def curation_header(title: str, detail: str = ""):
@@ -127,6 +150,24 @@ def active_frame(dataset: str):
     """Return (active version id, its step DataFrame) for a dataset."""
     version_id = store().active_version(dataset)
     return version_id, version_frame(str(store().path), version_id)
+
+
+@contextmanager
+def progress_bar(label: str):
+    """Show a progress bar while the block runs; yield the callback ``(done, total, what="")``
+    that moves it, showing the count, the time so far and an estimate of the time left."""
+    slot, start = st.empty(), time.monotonic()
+    bar = slot.progress(0.0, text=md_escape(f"{label}…"))
+
+    def update(done: int, total: int, what: str = "") -> None:
+        bar.progress(min(done / total, 1.0) if total else 0.0,
+                     text=md_escape(progress_text(label, done, total,
+                                                  time.monotonic() - start, what)))
+
+    try:
+        yield update
+    finally:
+        slot.empty()
 
 
 def _eta(seconds: float | None) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import curation_header, flash, job_panel, show_error, store
+from pages.common import (curation_header, flash, job_panel, progress_bar, session_cached,
+                          show_error, store)
 from workbench import curate
 from workbench.dedup import KEEP_ALL
 from workbench.exceptions import WorkbenchError
+from workbench.views import md_escape
 
 _, version_id, frame = curation_header("Deduplicate")
 
@@ -55,13 +57,17 @@ def embeddings_section(options: curate.DedupOptions) -> bool:
 def explorer(options: curate.DedupOptions, embedded: bool) -> None:
     methods = [m for m, on in (("near", options.near), ("semantic", options.semantic and embedded))
                if on]
-    if not methods:
+    # A switch, not an expander: a collapsed expander still ran a MinHash pass over every
+    # row on every rerun. The curve is computed once per version and options, then reused.
+    if not methods or not st.toggle("Threshold explorer: rows removed at each threshold",
+                                    key="dd_explore"):
         return
-    with st.expander("Threshold explorer: rows removed at each threshold", expanded=False):
+    with st.container(border=True):
         method = st.radio("Method", methods, horizontal=True, key="dd_curve_method")
         grid = [round(0.5 + 0.05 * i, 2) for i in range(11)] if method == "near" else \
             [round(0.80 + 0.02 * i, 2) for i in range(11)]
-        curve = curate.duplicate_curve(store(), frame, options, method, grid)
+        key = (version_id, method, options.field, options.ngram, options.num_perm, options.model)
+        curve = session_cached("dd_curve", key, lambda: computed_curve(options, method, grid))
         chosen = options.near_threshold if method == "near" else options.semantic_threshold
         fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
                       hover_data=["clusters"], title=f"{method} duplicates")
@@ -69,7 +75,12 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
         st.plotly_chart(fig, key="dd_curve")
 
 
-def review(clusters, options: curate.DedupOptions) -> None:
+def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
+    with progress_bar("Threshold explorer: rows hashed") as progress:
+        return curate.duplicate_curve(store(), frame, options, method, grid, progress=progress)
+
+
+def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
     summary = curate.cluster_summary(frame, clusters)
     dropped = int((~clusters["kept"]).sum())
     a, b = st.columns(2)
@@ -82,7 +93,7 @@ def review(clusters, options: curate.DedupOptions) -> None:
         cluster_id = int(summary.iloc[event.selection.rows[0]]["cluster_id"])
         member_view(clusters, cluster_id, overrides)
     if st.button(f"Apply: drop {dropped:,} rows into a new version", type="primary",
-                 disabled=clusters.empty, key="dd_apply"):
+                 disabled=clusters.empty or stale, key="dd_apply"):
         try:
             version = curate.apply_dedup(store(), version_id, frame, clusters, options,
                                          overrides)
@@ -120,17 +131,27 @@ def member_view(clusters, cluster_id: int, overrides: dict) -> None:
         overrides[cluster_id] = pick
 
 
+def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
+    return ", ".join(f"{k} {v} → {getattr(now, k)}" for k, v in found.params().items()
+                     if getattr(now, k) != v)
+
+
 options = options_form()
 embedded = embeddings_section(options) if options.semantic else False
 explorer(options, embedded)
 if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded):
     try:
-        with st.spinner("Finding duplicates…"):
-            st.session_state["dd_result"] = (version_id, options,
-                                             curate.find_duplicates(store(), frame, options))
+        with progress_bar("Finding duplicates: rows hashed") as progress:
+            st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
+                store(), frame, options, progress=progress))
         st.session_state["dd_overrides"] = {}
     except WorkbenchError as e:
         show_error(e)
 result = st.session_state.get("dd_result")
 if result and result[0] == version_id:
-    review(result[2], result[1])
+    stale = result[1] != options
+    if stale:  # the clusters below are those of the options Find last ran with
+        st.warning(f"The options changed since Find ({md_escape(stale_options(result[1], options))}): "
+                   "these clusters are for the old ones. Press Find duplicates to update them "
+                   "before applying.", icon=":material/warning:")
+    review(result[2], result[1], stale)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import html
+import json
 
+import numpy as np
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import curation_header, flash, job_panel, show_error, store
+from pages.common import (curation_header, flash, job_panel, progress_bar, session_cached,
+                          show_error, store, version_frame)
 from workbench import curate, labelling, quality
+from workbench.cache import scores_fingerprint
 from workbench.exceptions import WorkbenchError
 from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, allowed_key_vars
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
+from workbench.store import Store
+from workbench.views import histogram_table, hover_texts, plot_sample
 
 _, version_id, base = curation_header("Score & select")
 
@@ -49,8 +55,9 @@ def run_heuristics() -> None:
     names, params = heuristics_form()
     if st.button("Score now", type="primary", key="sc_run", disabled=not names):
         try:
-            with st.spinner("Scoring…"):
-                quality.score_heuristics(store(), base, quality.heuristic_specs(names, params))
+            with progress_bar("Scoring rows") as progress:
+                quality.score_heuristics(store(), base, quality.heuristic_specs(names, params),
+                                         progress=progress)
         except WorkbenchError as e:
             show_error(e)
             return
@@ -128,24 +135,44 @@ def charts(frame, columns: list[str]) -> None:
     st.subheader("Scores")
     st.dataframe(quality.score_summary(frame, columns), hide_index=True, key="sc_summary")
     if "judge_reason" in frame:
-        with st.expander("Judge scores with their reasons (lowest first)"):
+        with st.expander("Judge scores with their reasons (the 1,000 lowest)"):
             st.dataframe(frame[["row_key", "judge_score", "judge_reason", "prompt"]]
-                         .sort_values("judge_score"), hide_index=True, key="sc_reasons")
+                         .sort_values("judge_score").head(1_000), hide_index=True,
+                         key="sc_reasons")
     grid = st.columns(min(3, len(columns)))
     for i, column in enumerate(columns):
-        fig = px.histogram(frame, x=column, nbins=40, title=column, height=260)
-        grid[i % len(grid)].plotly_chart(fig, key=f"sc_hist_{column}")
+        grid[i % len(grid)].plotly_chart(histogram(frame[column], column),
+                                         key=f"sc_hist_{column}")
     if len(columns) >= 2:
         a, b = st.columns(2)
         x = a.selectbox("Scatter x", columns, 0, key="sc_x")
         y = b.selectbox("Scatter y", columns, 1, key="sc_y")
-        st.plotly_chart(px.scatter(frame.assign(text=hover(frame)), x=x, y=y,
-                                   hover_data=["row_key", "text"], height=420), key="sc_scatter")
+        sample = plot_sample(frame, [x, y])
+        st.plotly_chart(scatter(sample.rows, x, y), key="sc_scatter")
+        st.caption(sample.caption)
 
 
-def hover(frame) -> list[str]:
-    # Plotly hover labels read a little HTML: escape the row text so it stays text.
-    return [html.escape(" ".join(str(t).split())[:160]) for t in frame["response"]]
+def scatter(rows, x: str, y: str) -> go.Figure:
+    """A WebGL scatter of sampled rows, each with its row key and a line of its response."""
+    # numpy arrays, not lists: plotly checks a list element by element.
+    points = go.Scattergl(x=rows[x].to_numpy(), y=rows[y].to_numpy(), mode="markers",
+                          customdata=rows["row_key"].to_numpy(),
+                          text=np.array(hover_texts(rows["response"]), dtype=str),
+                          hovertemplate=f"{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<br>row "
+                                        "%{customdata}: %{text}<extra></extra>")
+    return go.Figure(points, layout={"height": 420, "xaxis": {"title": {"text": x}},
+                                     "yaxis": {"title": {"text": y}}})
+
+
+def histogram(values, title: str) -> go.Figure:
+    """A histogram drawn from its bins: the browser gets 40 bars, not every row's value."""
+    bins = histogram_table(values)
+    bar = go.Bar(x=(bins["start"] + bins["end"]) / 2, y=bins["rows"],
+                 width=bins["end"] - bins["start"], customdata=bins[["start", "end"]],
+                 hovertemplate="%{customdata[0]:.4g} to %{customdata[1]:.4g}: %{y:,} rows"
+                               "<extra></extra>")
+    return go.Figure(bar, layout={"title": {"text": title}, "height": 260, "bargap": 0.02,
+                                  "yaxis": {"title": {"text": "rows"}}})
 
 
 def embedding_section(frame, columns: list[str]) -> None:
@@ -163,11 +190,14 @@ def embedding_section(frame, columns: list[str]) -> None:
             start(lambda: curate.start_embedding(store(), version_id))
         return
     colour = st.selectbox("Colour by", ["cluster", *columns], key="sc_colour")
-    data = points.merge(frame[["row_key", *columns]], on="row_key").assign(text=hover(frame))
+    sample = plot_sample(points, ["x", "y"])
+    data = sample.rows.merge(frame[["row_key", "response", *columns]], on="row_key")
+    data = data.drop(columns="response").assign(text=hover_texts(data["response"]))
     fig = px.scatter(data, x="x", y="y", color=colour, custom_data=["row_key"],
                      hover_data={"text": True, "row_key": True, "x": False, "y": False},
-                     height=520)
+                     height=520, render_mode="webgl")
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="sc_map")
+    st.caption(sample.caption)
     picked = [p["customdata"][0] for p in event["selection"]["points"] if p.get("customdata")]
     if picked:
         show_row(frame, int(picked[0]))
@@ -273,18 +303,30 @@ def thresholds_form(frame, columns: list[str]) -> dict[str, tuple]:
 def selection_form(columns: list[str], weights: dict, bounds: dict, directions: dict
                    ) -> quality.SelectOptions | None:
     st.subheader("Select a subset")
-    labels = {"top_k": "top-k by a score", "diverse": "diverse top-k (embeddings)",
-              "quota": "per-cluster quota (embeddings)", "longest": "longest-k",
-              "threshold": "thresholds only"}
+    labels = {"none": "none yet: look only, drop nothing", "top_k": "top-k by a score",
+              "diverse": "diverse top-k (embeddings)", "quota": "per-cluster quota (embeddings)",
+              "longest": "longest-k", "threshold": "thresholds only"}
     a, b, c = st.columns(3)
     method = a.radio("Method", list(labels), format_func=labels.get, key="sc_method")
+    if method == "none":  # the page opens here: nothing is dropped until a method is picked
+        st.caption("Nothing is dropped yet: pick a method to preview what it keeps.")
+        return None
+    if method == "threshold":
+        if not bounds:
+            st.info("Set at least one threshold above (Filter on) to select by thresholds.")
+            return None
+        return quality.SelectOptions(method=method, bounds=bounds, weights=weights,
+                                     directions=directions)
     k = b.number_input("k (rows to keep)", 1, max(1, len(base)), min(100, max(1, len(base))),
                        key="sc_kk")
     ranks = ([quality.COMBINED] if weights else []) + columns
-    score = b.selectbox("Rank by", ranks, key="sc_rank") if ranks else None
-    similarity = c.slider("diverse: max cosine similarity", 0.5, 1.0, 0.9, 0.01, key="sc_sim")
-    clusters = c.number_input("quota: clusters", 1, 100, 8, key="sc_clusters")
-    if score is None and method in ("top_k", "diverse", "quota"):
+    score = b.selectbox("Rank by", ranks, key="sc_rank") \
+        if ranks and method != "longest" else None
+    similarity = c.slider("Max cosine similarity", 0.5, 1.0, 0.9, 0.01, key="sc_sim") \
+        if method == "diverse" else quality.SEL.DEFAULT_SIMILARITY
+    clusters = c.number_input("Clusters", 1, 100, 8, key="sc_clusters") \
+        if method == "quota" else 8
+    if score is None and method != "longest":
         st.info("This method ranks rows by a score: score the rows first.")
         return None
     return quality.SelectOptions(method=method, k=int(k), score=score, bounds=bounds,
@@ -293,7 +335,9 @@ def selection_form(columns: list[str], weights: dict, bounds: dict, directions: 
 
 
 def preview_and_apply(frame, options: quality.SelectOptions) -> None:
-    selection = quality.preview_selection(store(), frame, options)
+    rule = json.dumps(options.params(), sort_keys=True, default=str)
+    selection = session_cached("sc_preview", (version_id, scores_fingerprint(store()), rule),
+                               lambda: quality.preview_selection(store(), frame, options))
     a, b = st.columns(2)
     a.metric("Rows kept", f"{len(selection.kept):,}")
     b.metric("Rows dropped", f"{len(selection.dropped):,}")
@@ -305,12 +349,19 @@ def preview_and_apply(frame, options: quality.SelectOptions) -> None:
         st.rerun()
 
 
+@st.cache_resource(max_entries=2, show_spinner="Reading the cached scores…")
+def scored_frame(store_path: str, version_id: int, fingerprint: tuple):
+    """The version's rows with their cached scores, until a score is added (the fingerprint of
+    the score cache changes): reruns share it instead of querying every row's scores again."""
+    return quality.with_cached_scores(Store(store_path), version_frame(store_path, version_id))
+
+
 run_heuristics()
 model_form()
 judge_form()
 jobs_panel()
 try:
-    frame = quality.with_cached_scores(store(), base)
+    frame = scored_frame(str(store().path), version_id, scores_fingerprint(store()))
 except WorkbenchError as e:
     show_error(e)
     st.stop()

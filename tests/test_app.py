@@ -470,13 +470,15 @@ def test_the_shipped_streamlit_config_is_private(tmp_path):
 
     code = ("import streamlit.config as c; c._main_script_path = {app!r}; "
             "c.get_config_options(force_reparse=True); print(*[c.get_option(k) for k in "
-            "('server.address', 'browser.gatherUsageStats', 'client.showErrorDetails')])")
+            "('server.address', 'browser.gatherUsageStats', 'client.showErrorDetails', "
+            "'client.toolbarMode')])")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMLIT_")}
     out = subprocess.run([sys.executable, "-c", code.format(app=str(APP))], cwd=tmp_path,
                          env={**env, "HOME": str(tmp_path)}, capture_output=True, text=True,
                          check=True)
-    # Loopback only; no usage statistics; tracebacks stay in the server's log.
-    assert out.stdout.split() == ["127.0.0.1", "False", "none"]
+    # Loopback only; no usage statistics; tracebacks stay in the server's log; no developer
+    # menu, but the "Running..." indicator shows ("minimal" would hide it).
+    assert out.stdout.split() == ["127.0.0.1", "False", "none", "viewer"]
 
 
 @pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False),
@@ -512,3 +514,40 @@ def test_a_download_name_from_a_legacy_dataset_name_is_never_a_path(tmp_path, le
         name, data = export_bytes(store, store.active_version(legacy), fmt)
         assert "/" not in name and ".." not in name and len(name) <= 80 and data
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written on the server
+
+
+def test_progress_text_counts_and_estimates_the_time_left():
+    from workbench.views import progress_text
+
+    assert progress_text("Checking rules", 0, 4, 0.2) == "Checking rules 0/4 · 0 s"
+    assert progress_text("Checking rules", 1, 4, 10.0, "pii") == \
+        "Checking rules 1/4 · pii · 10 s, about 30 s left"
+    assert progress_text("Scoring rows", 52_000, 52_000, 8.0) == "Scoring rows 52,000/52,000 · 8 s"
+
+
+def test_plot_sample_draws_at_most_n_rows_and_states_the_full_count():
+    import numpy as np
+    import pandas as pd
+
+    from workbench.views import PLOT_POINTS, plot_sample
+
+    frame = pd.DataFrame({"x": np.arange(52_000.0), "y": [np.nan] * 2_000 + [1.0] * 50_000})
+    sample = plot_sample(frame, ["x", "y"])
+    assert len(sample.rows) == PLOT_POINTS and sample.total == 50_000  # rows with both values
+    assert sample.rows["y"].notna().all() and sample.rows.index.is_monotonic_increasing
+    assert sample.caption.startswith("5,000 of 50,000 rows, a random sample")
+    assert plot_sample(frame, ["x", "y"]).rows.index.equals(sample.rows.index)  # fixed seed
+    small = plot_sample(frame.head(10), ["x"])
+    assert small.total == 10 and small.caption == "All 10 rows."
+
+
+def test_histogram_table_and_hover_texts_send_little_and_stay_text():
+    from workbench.views import histogram_table, hover_texts
+
+    bins = histogram_table([1.0, 2.0, 2.0, float("nan"), 3.0], bins=2)
+    assert bins["rows"].tolist() == [1, 3] and bins["start"].iloc[0] == 1.0
+    assert histogram_table([5.0, 5.0])["rows"].tolist() == [2]  # one value: one bin
+    assert histogram_table([float("nan")]).empty
+    # one line, cut at 30 characters of text, then escaped
+    assert hover_texts(["<img src=x>  two\nlines " + "a" * 500], 30) == \
+        ["&lt;img src=x&gt; two lines " + "a" * 8]

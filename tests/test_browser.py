@@ -199,6 +199,10 @@ def test_score_the_sample_data_and_select_the_top_k(app, page, tmp_path):
         expect(charts.first).to_be_visible()
         expect(charts.first.locator(".main-svg").first).to_be_attached()  # plotly drew it
         expect(page.get_by_role("heading", name="Select a subset")).to_be_visible()
+        # The page opens on "none yet" (drops nothing, no Apply): top-k is picked on purpose.
+        expect(page.get_by_text("Nothing is dropped yet")).to_be_visible()
+        expect(page.get_by_role("button", name="Apply as a new version")).to_have_count(0)
+        page.get_by_text("top-k by a score").click()
 
         k = page.get_by_label("k (rows to keep)")
         k.fill("5")

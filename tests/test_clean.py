@@ -706,6 +706,23 @@ def test_preview_counts_match_apply():
     assert report.to_frame()["rows"].tolist() == [r.rows for r in report.rules]
 
 
+def test_one_scan_gives_the_preview_and_what_rule_after_rule_keeps():
+    f = sample_frame()
+    rules = dropping(C.default_rules())
+    calls = []
+    checked = C.run(f, rules, samples=2, progress=lambda *a: calls.append(a))
+    assert calls == [(i, len(rules), r.name) for i, r in enumerate(rules, 1)]
+    assert checked.preview == C.preview(f, rules, samples=2)
+    left, reasons = f, {}
+    for rule in rules:  # the reference: each rule on the rows the earlier ones left
+        step = C.apply(left, [rule])
+        left = step.kept
+        reasons.update(zip(step.dropped["row_key"], step.dropped["reason"]))
+    assert checked.result.kept["row_key"].tolist() == left["row_key"].tolist()
+    assert checked.result.kept["messages"].tolist() == left["messages"].tolist()
+    assert dict(zip(checked.result.dropped["row_key"], checked.result.dropped["reason"])) == reasons
+
+
 def test_flag_mode_keeps_rows_and_lists_them_for_review():
     f = frame(qa("N/A"), qa("Paris is the capital of France."), qa("As an AI language model, no."))
     result = C.apply(f, [C.Placeholder(mode="flag"), C.Refusal(mode="flag")])

@@ -208,6 +208,8 @@ def test_app_binds_localhost_and_passes_the_store(store_path, calls):
     assert cmd[cmd.index("--server.port") + 1] == "8501"
     assert cmd[1] == str(ROOT / "app.py")  # app.py starts the server itself
     assert env["WORKBENCH_STORE"] == str(store_path.resolve())
+    # "viewer", not "minimal": minimal also hides the "Running..." indicator of a long rerun.
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"
     run("app", "--no-sample", "--host", "0.0.0.0", "--port", "9000")
     assert calls[1][0][calls[1][0].index("--server.address") + 1] == "0.0.0.0"
 

@@ -280,6 +280,20 @@ def test_threshold_curve_near_is_monotone_and_matches_a_run():
         dedup.threshold_curve(frame, "exact", [0.5])
 
 
+def test_progress_counts_rows_hashed_up_to_all_of_them():
+    texts = PARAGRAPHS + [edit(PARAGRAPHS[0], 3)]
+    frame = texts_frame(texts)
+    seen: list[tuple[int, int]] = []
+    config = MinHashConfig(batch_size=3)
+    found = dedup.find_duplicates(frame, near=config, progress=lambda *a: seen.append(a))
+    assert seen[-1] == (len(texts), len(texts)) and len(seen) >= 2
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    pd.testing.assert_frame_equal(found, dedup.find_duplicates(frame, near=config))
+    curve_seen: list[tuple[int, int]] = []
+    dedup.threshold_curve(frame, "near", [0.5, 0.9], progress=lambda *a: curve_seen.append(a))
+    assert curve_seen[-1] == (len(texts), len(texts))
+
+
 # --- options and inputs ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -112,3 +112,21 @@ def test_no_rule_on_disables_the_buttons(store):
         at.checkbox(key=key).uncheck()
     at = ok(at.run())
     assert at.button(key="cl_preview").disabled and at.button(key="cl_apply").disabled
+
+
+def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store, monkeypatch):
+    from workbench import clean
+
+    runs = []
+    real = clean.run
+    monkeypatch.setattr(clean, "run", lambda *a, **k: runs.append(1) or real(*a, **k))
+    at = ok(open_page().button(key="cl_preview").click().run())
+    flagged = metrics(at)["Rows flagged for review"]
+    at = ok(at.button(key="cl_apply").click().run())
+    assert len(runs) == 1  # the preview's scan made the version
+    latest = store.versions("train")[-1]
+    assert latest.operation == "clean" and store.flagged(latest.version_id)[
+        "row_key"].nunique() == flagged
+    at = ok(at.checkbox(key="cl_ref_on").uncheck().run())  # no preview of these rules yet
+    at = ok(at.button(key="cl_apply").click().run())
+    assert len(runs) == 2 and store.versions("train")[-1].parent_id == latest.version_id

@@ -68,8 +68,36 @@ def test_review_a_cluster_and_keep_all_of_it(store):
 
 def test_threshold_explorer_plots_a_curve(store):
     at = open_page(store)
+    at = ok(at.toggle(key="dd_explore").set_value(True).run())
     at = ok(at.radio(key="dd_curve_method").set_value("near").run())
     assert len(at.get("plotly_chart")) == 1
+
+
+def test_threshold_explorer_computes_only_when_open_and_once(store, monkeypatch):
+    from workbench import curate
+
+    calls = []
+    real = curate.duplicate_curve
+    monkeypatch.setattr(curate, "duplicate_curve",
+                        lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    at = open_page(store)
+    at = ok(at.button(key="dd_find").click().run())
+    assert calls == [] and not at.get("plotly_chart")  # closed: no MinHash pass per rerun
+    at = ok(at.toggle(key="dd_explore").set_value(True).run())
+    at = ok(at.slider(key="dd_near_t").set_value(0.9).run())  # the curve does not depend on it
+    assert calls == ["near"] and len(at.get("plotly_chart")) == 1
+
+
+def test_clusters_of_old_options_are_marked_stale_and_not_applied(store):
+    at = open_page(store)
+    at = ok(at.button(key="dd_find").click().run())
+    assert not at.warning and not at.button(key="dd_apply").disabled
+    at = ok(at.slider(key="dd_near_t").set_value(0.6).run())
+    assert any("options changed since Find" in w.value and "0\\.8" in w.value  # md-escaped
+               for w in at.warning)
+    assert at.button(key="dd_apply").disabled  # never applies clusters the widgets don't show
+    at = ok(at.button(key="dd_find").click().run())
+    assert not at.warning and not at.button(key="dd_apply").disabled
 
 
 def test_semantic_needs_embeddings_first(store):

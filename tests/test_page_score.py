@@ -76,6 +76,7 @@ def test_threshold_slider_counts_the_rows_kept(store):
 
 def test_apply_top_k_makes_a_version_with_the_rule_and_reasons(store):
     at = scored_page()
+    at = ok(at.radio(key="sc_method").set_value("top_k").run())  # the page opens on "none"
     at = ok(at.selectbox(key="sc_rank").set_value("repetition_score").run())
     at = ok(at.number_input(key="sc_kk").set_value(50).run())
     kept = next(m for m in at.metric if m.label == "Rows kept")
@@ -92,6 +93,7 @@ def test_apply_top_k_makes_a_version_with_the_rule_and_reasons(store):
 
 def test_combined_score_and_longest_k(store):
     at = scored_page()
+    at = ok(at.radio(key="sc_method").set_value("top_k").run())  # the page opens on "none"
     at = ok(at.number_input(key="sc_w_length_score").set_value(1.0).run())
     at = ok(at.selectbox(key="sc_rank").set_value(quality.COMBINED).run())
     at = ok(at.number_input(key="sc_kk").set_value(10).run())
@@ -102,6 +104,32 @@ def test_combined_score_and_longest_k(store):
     at = ok(at.radio(key="sc_method").set_value("longest").run())
     at = ok(at.button(key="sc_apply").click().run())
     assert store.versions("train")[-1].params["method"] == "longest_k"
+
+
+def test_the_page_opens_on_a_look_only_default_that_drops_nothing(store):
+    at = scored_page()
+    assert at.radio(key="sc_method").value == "none"
+    assert not any(b.key == "sc_apply" for b in at.button)  # nothing to apply yet
+    assert not {m.label for m in at.metric} & {"Rows kept", "Rows dropped"}
+    assert store.versions("train")[-1].operation == "import"
+    shown = lambda at: {w.key for w in [*at.number_input, *at.selectbox, *at.slider]}  # noqa: E731
+    assert not shown(at) & {"sc_kk", "sc_rank", "sc_sim", "sc_clusters"}
+    options = {"top_k": {"sc_kk", "sc_rank"}, "diverse": {"sc_kk", "sc_rank", "sc_sim"},
+               "quota": {"sc_kk", "sc_rank", "sc_clusters"}, "longest": {"sc_kk"},
+               "threshold": set()}
+    for method, keys in options.items():  # only the chosen method's options show
+        at = at.radio(key="sc_method").set_value(method).run()
+        assert shown(at) & {"sc_kk", "sc_rank", "sc_sim", "sc_clusters"} == keys, method
+
+
+def test_scatter_is_webgl_and_states_the_rows_it_draws(store):
+    at = scored_page()
+    scatter = at.get("plotly_chart")[3].proto.spec
+    assert '"scattergl"' in scatter and "All 400 rows." in [c.value for c in at.caption]
+    assert all('"histogram"' not in h.proto.spec and '"bar"' in h.proto.spec
+               for h in at.get("plotly_chart")[:3])  # bins, not every value
+    at = ok(at.selectbox(key="sc_y").set_value("length_score").run())
+    assert at.get("plotly_chart")[3].proto.spec != scatter  # the axis follows the widget
 
 
 def test_diverse_top_k_without_embeddings_asks_for_them(store):

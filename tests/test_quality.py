@@ -48,6 +48,23 @@ def test_heuristics_are_cached_and_reloaded_without_rescoring(store, version, mo
     assert again["length_score"].tolist() == frame["length_score"].tolist()
 
 
+def test_heuristics_in_chunks_match_one_pass_report_progress_and_move_the_fingerprint(
+        store, version):
+    from workbench.cache import scores_fingerprint
+
+    frame, specs = store.frame(version), Q.heuristic_specs(["length", "repetition", "overlap"])
+    before = scores_fingerprint(store)
+    seen = []
+    chunked = Q.score_heuristics(store, frame, specs, chunk_rows=4,
+                                 progress=lambda *a: seen.append(a))
+    assert seen == [(4, 6), (6, 6)] and scores_fingerprint(store) != before
+    whole = Q.S.score_frame(frame, specs)  # no store: computed again, in one pass
+    pd.testing.assert_frame_equal(chunked, whole)
+    same = scores_fingerprint(store)
+    Q.with_cached_scores(store, frame)  # reading moves nothing
+    assert scores_fingerprint(store) == same
+
+
 def test_the_newest_parameters_of_a_scorer_win(store, version):
     frame = store.frame(version)
     Q.score_heuristics(store, frame, Q.heuristic_specs(["length"], {"length": {"unit": "chars"}}))

@@ -104,6 +104,14 @@ def get_scores(store: Store, ids: Sequence[str], scorer: str, params: dict
     return dict(rows)
 
 
+def scores_fingerprint(store: Store) -> tuple[int, str]:
+    """Return (rows, newest write) of the score cache: it changes whenever a score is added,
+    replaced or marked newest, so a view of a version's scores can be reused until it does."""
+    with store.connect() as con:
+        n, newest = con.execute("SELECT count(*), max(created_at) FROM scores").fetchall()[0]
+    return int(n), str(newest)
+
+
 def put_scores(store: Store, ids: Sequence[str], values: Sequence[float], scorer: str,
                params: dict, details: Sequence[str] | None = None) -> int:
     """Store score values (and an optional text per value, such as a judge's reason) for ids

@@ -4,7 +4,8 @@ Each rule is a frozen dataclass with a stable ``name`` (the drop, flag or change
 ``roles`` whose turns it reads and a ``mode``; a pure function next to it does the work on plain
 strings. A rule in "flag" mode never drops: its rows stay and are listed for review.
 ``preview`` reports what every rule would do without changing anything; ``apply`` runs the
-rules in order and returns a ``StepResult``. Every rule looks at one row at a time (only
+rules in order and returns a ``StepResult``; ``run`` gives both from one scan of the rows, so
+applying what was just previewed costs nothing more. Every rule looks at one row at a time (only
 ``Contamination`` also needs the eval set it is given), so a frame slice at a time gives the
 same result as the whole frame.
 """
@@ -1684,25 +1685,65 @@ def _conversations(frame: Any) -> tuple[list[list[dict]], list[dict]]:
     return convs, metas
 
 
-def preview(frame: Any, rules: Sequence[Rule], *, samples: int = 5) -> CleanPreview:
-    """Return what each rule would drop or change, computed without applying anything."""
+@dataclass
+class CleanRun:
+    """One pass of the rules over every row: what the preview reports and what apply saves."""
+
+    preview: CleanPreview
+    result: StepResult
+
+
+Progress = Callable[[int, int, str], None]
+
+
+def run(frame: Any, rules: Sequence[Rule], *, samples: int = 5,
+        progress: Progress | None = None) -> CleanRun:
+    """Return the preview and the apply result of the rules from one scan of every row.
+
+    Rules look at one row at a time, so scanning the rows an earlier rule dropped changes
+    nothing for the others: the preview counts every row a rule hits, the result skips the
+    dropped ones. ``progress(rules_done, rules, rule_name)`` is called after each rule.
+    """
     _check_inputs(frame, rules)
     if samples < 0:
         raise ConfigError(f"samples: must be >= 0, got {samples}")
     convs, metas = _conversations(frame)
     keys = frame["row_key"].tolist()
-    reports, dropped, flagged = [], set(), set()
-    for rule in rules:
+    reports, hit_by = [], {"drop": set(), "flag": set(), "change": set()}
+    alive, notes = [True] * len(convs), {"drop": [], "flag": [], "change": []}
+    for done, rule in enumerate(rules, 1):
         hits = rule.scan(convs, metas)
         reports.append(_report(rule, hits, convs, keys, samples))
-        if rule.action == "drop":
-            dropped |= {i for i, h in enumerate(hits) if h is not None}
-        elif rule.action == "flag":
-            flagged |= {i for i, h in enumerate(hits) if h is not None}
-        else:
-            # Later rules see the changed text, as in apply; drops and flags stay independent.
+        hit_by[rule.action] |= {i for i, h in enumerate(hits) if h is not None}
+        _record(rule, hits, alive, notes[rule.action])
+        if rule.action == "change":
+            # Later rules see the changed text; drops and flags stay independent.
             convs = [h.messages if h else c for h, c in zip(hits, convs, strict=True)]
-    return CleanPreview(len(convs), len(dropped), reports, len(flagged - dropped))
+        if progress:
+            progress(done, len(rules), rule.name)
+    preview = CleanPreview(len(convs), len(hit_by["drop"]), reports,
+                           len(hit_by["flag"] - hit_by["drop"]))
+    kept = [i for i, ok in enumerate(alive) if ok]
+    survivors = set(kept)
+    result = StepResult(_kept(frame, kept, convs, {i for i, _, _ in notes["change"]}),
+                        _dropped_frame(notes["drop"], keys),
+                        _notes_frame(notes["change"], keys, survivors),
+                        _notes_frame(notes["flag"], keys, survivors))
+    return CleanRun(preview, result)
+
+
+def _record(rule: Rule, hits: list[Hit | None], alive: list[bool], notes: list[tuple]) -> None:
+    # Rule after rule over the rows still alive: a dropped row is not checked by later rules.
+    for i, hit in enumerate(hits):
+        if hit is not None and alive[i]:
+            notes.append((i, rule.name, hit.detail))
+            if rule.action == "drop":
+                alive[i] = False
+
+
+def preview(frame: Any, rules: Sequence[Rule], *, samples: int = 5) -> CleanPreview:
+    """Return what each rule would drop or change, computed without applying anything."""
+    return run(frame, rules, samples=samples).preview
 
 
 def _report(rule: Rule, hits: list[Hit | None], convs: list[list[dict]], keys: list,
@@ -1722,38 +1763,7 @@ def _report(rule: Rule, hits: list[Hit | None], convs: list[list[dict]], keys: l
 def apply(frame: Any, rules: Sequence[Rule]) -> StepResult:
     """Return a StepResult: kept rows (rewritten where rules change them), dropped, changed and
     flagged (kept rows that a flag-mode rule hit, for review)."""
-    _check_inputs(frame, rules)
-    convs, metas = _conversations(frame)
-    keys = frame["row_key"].tolist()
-    alive, dropped, changed, flagged = _run(rules, convs, metas)
-    survivors = set(alive)
-    return StepResult(_kept(frame, alive, convs, {i for i, _, _ in changed}),
-                      _dropped_frame(dropped, keys), _notes_frame(changed, keys, survivors),
-                      _notes_frame(flagged, keys, survivors))
-
-
-def _run(rules: Sequence[Rule], convs: list[list[dict]], metas: list[dict]
-         ) -> tuple[list[int], list[tuple], list[tuple], list[tuple]]:
-    # Rule after rule over the rows still alive; convs[i] is replaced when a rule rewrites it.
-    alive = list(range(len(convs)))
-    dropped: list[tuple] = []
-    changed: list[tuple] = []
-    flagged: list[tuple] = []
-    for rule in rules:
-        hits = rule.scan([convs[i] for i in alive], [metas[i] for i in alive])
-        survivors = []
-        for i, hit in zip(alive, hits, strict=True):
-            if hit is not None and rule.action == "drop":
-                dropped.append((i, rule.name, hit.detail))
-                continue
-            if hit is not None and rule.action == "flag":
-                flagged.append((i, rule.name, hit.detail))
-            elif hit is not None:
-                convs[i] = hit.messages
-                changed.append((i, rule.name, hit.detail))
-            survivors.append(i)
-        alive = survivors
-    return alive, dropped, changed, flagged
+    return run(frame, rules, samples=0).result
 
 
 def _kept(frame: Any, alive: list[int], convs: list[list[dict]], changed: set[int]) -> Any:

@@ -347,13 +347,15 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
              **{n: "flag" for n in _split_names(flag_rules)}}
     chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
     frame = store.frame(vid)
-    report = curate.clean_preview(frame, chosen, samples=1)
+    checked = curate.clean_preview(frame, chosen, samples=1)
+    report = checked.preview
     click.echo(report.to_frame().to_string(index=False))
     click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped, "
                f"{report.flagged_rows} kept and flagged for review")
     if not preview:
         extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
-        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra)
+        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra,
+                                     result=checked.result)  # the rules ran once, above
         click.echo(f"version {version.version_id}: {version.n_rows} rows")
 
 
@@ -1041,7 +1043,7 @@ def app_cmd(ctx: click.Context, host: str, port: int, sample: bool) -> None:
     env = {**os.environ, "WORKBENCH_STORE": str(Path(store.path).resolve())}
     cmd = [sys.executable, str(app), "--server.address", host,
            "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
     raise SystemExit(subprocess.call(cmd, env=env))
 
 

@@ -91,8 +91,10 @@ def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:
             and field in (j.config["params"].get("fields") or [j.config["params"].get("field")])]
 
 
-def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) -> pd.DataFrame:
-    """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked)."""
+def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked);
+    ``progress(rows_hashed, rows)`` follows the MinHash pass."""
     vectors = None
     if options.semantic:
         vectors, missing = version_embeddings(store, frame, field=options.field,
@@ -103,12 +105,13 @@ def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions) ->
     return dedup.find_duplicates(
         frame, field=options.field, near=options.minhash() if options.near else None,
         semantic_threshold=options.semantic_threshold if options.semantic else None,
-        embeddings=vectors, keep=options.keep, score_column=options.score_column)
+        embeddings=vectors, keep=options.keep, score_column=options.score_column,
+        progress=progress)
 
 
 def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
-                    method: Literal["near", "semantic"],
-                    thresholds: Sequence[float]) -> pd.DataFrame:
+                    method: Literal["near", "semantic"], thresholds: Sequence[float], *,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Return rows removed and clusters at each threshold, for the threshold explorer."""
     vectors = None
     if method == "semantic":
@@ -117,7 +120,7 @@ def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
         if vectors is None:
             raise ConfigError(f"{missing} rows have no embedding yet: run the embedding job")
     return dedup.threshold_curve(frame, method, thresholds, field=options.field,
-                                 config=options.minhash(), embeddings=vectors)
+                                 config=options.minhash(), embeddings=vectors, progress=progress)
 
 
 def cluster_summary(frame: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
@@ -179,20 +182,27 @@ def default_token_counter():
     return AutoTokenizer.from_pretrained(str(resolve_lm("default")))
 
 
-def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5):
-    """Return what each rule would drop or change, without changing anything."""
+def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
+                  progress: Callable[[int, int, str], None] | None = None):
+    """Return what each rule would drop or change, and the version apply would save from it
+    (a ``clean.CleanRun``), without changing anything."""
     from . import clean
 
-    return clean.preview(frame, list(rules), samples=samples)
+    return clean.run(frame, list(rules), samples=samples, progress=progress)
 
 
 def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,
-                extra_params: dict | None = None) -> VersionInfo:
-    """Apply cleaning rules in order into a new version; return it."""
+                extra_params: dict | None = None, result=None) -> VersionInfo:
+    """Apply cleaning rules in order into a new version; return it.
+
+    ``result``: the StepResult of a preview of these same rules on this frame
+    (``clean_preview(...).result``), saved as it is instead of running the rules again.
+    """
     from . import clean
 
     if not rules:
         raise ConfigError("no cleaning rule is switched on")
-    result = clean.apply(frame, list(rules))
+    if result is None:
+        result = clean.apply(frame, list(rules))
     params = {"rules": [r.params() for r in rules], **(extra_params or {})}
     return store.apply_step(version_id, result, operation="clean", params=params)

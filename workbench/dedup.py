@@ -209,24 +209,29 @@ def _keys_of(normalized: list[str]) -> np.ndarray:
 
 # --- MinHash signatures ---------------------------------------------------------------------
 
-def minhash_signatures(texts: Sequence[str], config: MinHashConfig | None = None) -> np.ndarray:
+def minhash_signatures(texts: Sequence[str], config: MinHashConfig | None = None, *,
+                       progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Return a (len(texts), num_perm) uint32 signature matrix; empty texts get all 0xFFFFFFFF.
 
     Each row depends only on its own text, the config and the seed, so batches computed
-    separately (or on other machines) stack into the same matrix.
+    separately (or on other machines) stack into the same matrix. ``progress(done, total)``
+    is called after each chunk of texts.
     """
     config = config or MinHashConfig()
     return _signatures_of(texts, config, lambda t: normalize_text(
-        t, strip_punctuation=config.strip_punctuation))
+        t, strip_punctuation=config.strip_punctuation), progress)
 
 
 def _signatures_of(texts: Sequence[str], config: MinHashConfig,
-                   normalize: Callable[[str], str]) -> np.ndarray:
+                   normalize: Callable[[str], str],
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     out = np.empty((len(texts), config.num_perm), dtype=np.uint32)
     for start in range(0, len(texts), config.batch_size):
         docs = [normalize(t) for t in texts[start:start + config.batch_size]]
         for lo, hi in _chunks(docs):
             out[start + lo:start + hi] = _signatures(docs[lo:hi], config)
+            if progress:
+                progress(start + hi, len(texts))
     return out
 
 
@@ -542,23 +547,25 @@ def find_duplicates(frame: pd.DataFrame, *, field: Field = "conversation",
                     embed: Callable[[list[str]], np.ndarray] | None = None,
                     keep: KeepPolicy = "first", score_column: str | None = None,
                     strip_punctuation: bool = False,
-                    signatures: np.ndarray | None = None) -> pd.DataFrame:
+                    signatures: np.ndarray | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Return clusters joining exact duplicates with near and/or semantic ones when asked.
 
     A cluster's ``method`` is its loosest link (semantic > near > exact); each member's
     ``similarity`` is to the kept member under that method (1.0 for exact copies).
+    ``progress(rows_hashed, rows)`` follows the MinHash signatures, the bulk of the work.
     """
     _check_frame(frame)
     _check_field(field)
     _check_keep(frame, keep, score_column)
     found = _find_edges(frame, field, near, semantic_threshold, embeddings, embed,
-                        strip_punctuation, signatures)
+                        strip_punctuation, signatures, progress)
     return _clusters(frame, found, keep, score_column)
 
 
 def _find_edges(frame: pd.DataFrame, field: str, near: MinHashConfig | None,
                 semantic_threshold: float | None, embeddings: Any, embed: Any,
-                strip_punctuation: bool, signatures: Any) -> _Found:
+                strip_punctuation: bool, signatures: Any, progress: Any = None) -> _Found:
     texts = field_texts(frame, field)  # type: ignore[arg-type]
     normalized = [normalize_text(t, strip_punctuation=strip_punctuation) for t in texts]
     keys = _keys_of(normalized)
@@ -567,7 +574,7 @@ def _find_edges(frame: pd.DataFrame, field: str, near: MinHashConfig | None,
     if near is not None:
         same = near.strip_punctuation == strip_punctuation
         sig = _given_signatures(signatures, len(frame), near, normalized if same else texts,
-                                same)
+                                same, progress)
         found.edges["near"] = minhash_pairs(sig, near)
         found.similarity["near"] = lambda a, b: jaccard_estimate(sig, a, b)
     if semantic_threshold is not None:
@@ -593,11 +600,11 @@ def _exact_edges(group: np.ndarray) -> pd.DataFrame:
 
 
 def _given_signatures(signatures: Any, n: int, config: MinHashConfig, texts: list[str],
-                      normalized: bool) -> np.ndarray:
+                      normalized: bool, progress: Any = None) -> np.ndarray:
     if signatures is None and normalized:
-        return _signatures_of(texts, config, lambda t: t)
+        return _signatures_of(texts, config, lambda t: t, progress)
     if signatures is None:
-        return minhash_signatures(texts, config)
+        return minhash_signatures(texts, config, progress=progress)
     sig = np.asarray(signatures)
     if sig.shape != (n, config.num_perm) or sig.dtype != np.uint32:
         raise ConfigError(f"signatures: expected uint32 of shape ({n}, {config.num_perm}), "
@@ -812,7 +819,8 @@ def threshold_curve(frame: pd.DataFrame, method: Literal["near", "semantic"],
                     thresholds: Sequence[float], *, field: Field = "conversation",
                     config: MinHashConfig | None = None, embeddings: np.ndarray | None = None,
                     embed: Callable[[list[str]], np.ndarray] | None = None,
-                    signatures: np.ndarray | None = None) -> pd.DataFrame:
+                    signatures: np.ndarray | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Return DataFrame(threshold, rows_removed, clusters), one row per threshold given.
 
     Pairs are found once at the lowest threshold and then filtered; for "near" the LSH bands
@@ -824,17 +832,18 @@ def threshold_curve(frame: pd.DataFrame, method: Literal["near", "semantic"],
         raise ConfigError(f"method={method!r}, thresholds={list(thresholds)}: method must be "
                           "'near' or 'semantic' and thresholds non-empty")
     low = float(min(thresholds))
-    pairs = _pairs_at(frame, method, low, field, config, embeddings, embed, signatures)
+    pairs = _pairs_at(frame, method, low, field, config, embeddings, embed, signatures,
+                      progress)
     return _sweep(len(frame), pairs, thresholds)
 
 
 def _pairs_at(frame: pd.DataFrame, method: str, low: float, field: str,
               config: MinHashConfig | None, embeddings: Any, embed: Any,
-              signatures: Any) -> pd.DataFrame:
+              signatures: Any, progress: Any = None) -> pd.DataFrame:
     if method == "near":
         config = _with_threshold(config or MinHashConfig(), low)
         found = _find_edges(frame, field, config, None, None, None,
-                            config.strip_punctuation, signatures)
+                            config.strip_punctuation, signatures, progress)
     else:
         found = _find_edges(frame, field, None, low, embeddings, embed, False, None)
     return pd.concat(list(found.edges.values()), ignore_index=True)

@@ -264,8 +264,8 @@ def _scores_signature(scores: pd.DataFrame | None) -> str:
 
 def embedded(store: Store, frame: pd.DataFrame, field: str, model: str = "default") -> bool:
     """Return whether every row of the frame has a cached embedding of this field."""
-    ids = set(frame["id"])
-    return len(ids) > 0 and count_embedded(store, list(ids), model, field) == len(ids)
+    ids = frame["id"].drop_duplicates().tolist()  # a set() of the Arrow column: 0.15 s at 52k
+    return len(ids) > 0 and count_embedded(store, ids, model, field) == len(ids)
 
 
 def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "default"

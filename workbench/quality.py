@@ -63,12 +63,23 @@ def heuristic_specs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     return specs
 
 
-def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreSpec]
-                     ) -> pd.DataFrame:
-    """Return the frame with the heuristic score columns (read from / written to the cache)."""
+def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreSpec], *,
+                     progress: Callable[[int, int], None] | None = None,
+                     chunk_rows: int = 5_000) -> pd.DataFrame:
+    """Return the frame with the heuristic score columns (read from / written to the cache).
+
+    Rows are scored ``chunk_rows`` at a time (heuristics look at one row at a time, so the
+    values are the same) and ``progress(rows_done, rows)`` follows them.
+    """
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
-    out = S.score_frame(frame, list(specs), cache=StoreCache(store))
+    parts, cache = [], StoreCache(store)
+    for start in range(0, len(frame), chunk_rows):
+        parts.append(S.score_frame(frame.iloc[start:start + chunk_rows], list(specs),
+                                   cache=cache))
+        if progress:
+            progress(start + len(parts[-1]), len(frame))
+    out = pd.concat(parts) if parts else S.score_frame(frame, list(specs), cache=cache)
     for spec in specs:
         _touch(store, frame["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
     return out

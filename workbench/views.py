@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import math
 import os
@@ -10,8 +11,10 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -208,3 +211,63 @@ _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 def md_escape(text: object) -> str:
     """Return text that a markdown renderer shows literally (no links, images, HTML)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split("\n")))
+
+
+def progress_text(label: str, done: int, total: int, elapsed_s: float, what: str = "") -> str:
+    """Return a progress line with the count and a time estimate: "Checking rules 3/11 · pii ·
+    12 s, about 30 s left" (no estimate before the first unit is done)."""
+    head = f"{label} {done:,}/{total:,}" + (f" · {what}" if what else "")
+    if done <= 0 or total <= 0:
+        return f"{head} · {elapsed_s:.0f} s"
+    left = elapsed_s / done * max(total - done, 0)
+    return f"{head} · {elapsed_s:.0f} s" + (f", about {left:.0f} s left" if done < total else "")
+
+
+# --- plots of many rows -------------------------------------------------------------------------
+PLOT_POINTS = 5_000  # a WebGL scatter of this many points draws at once; 52k did not
+
+
+@dataclass(frozen=True)
+class PlotSample:
+    """The rows a scatter draws, and how many rows it stands for."""
+
+    rows: pd.DataFrame
+    total: int
+
+    @property
+    def caption(self) -> str:
+        """Return what the plot shows, with the full count: "5,000 of 51,974 rows (...)"."""
+        if len(self.rows) == self.total:
+            return f"All {plural(self.total, 'row')}."
+        return (f"{len(self.rows):,} of {self.total:,} rows, a random sample: every count and "
+                "selection on this page uses all of them.")
+
+
+def plot_sample(frame: pd.DataFrame, columns: Sequence[str], n: int = PLOT_POINTS,
+                seed: int = 0) -> PlotSample:
+    """Return at most n rows with a finite value in every column (a fixed random sample, in
+    frame order) and how many such rows there are."""
+    values = frame[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    rows = frame[np.isfinite(values).all(axis=1)]
+    if len(rows) <= n:
+        return PlotSample(rows, len(rows))
+    picked = np.random.default_rng(seed).choice(len(rows), size=n, replace=False)
+    return PlotSample(rows.iloc[np.sort(picked)], len(rows))
+
+
+def hover_texts(texts: Sequence[str], width: int = 100) -> list[str]:
+    """Return one-line hover labels of at most ``width`` characters, HTML-escaped (plotly's
+    hover labels read a little HTML: dataset text must stay text)."""
+    # Only the head of a text can show: split no more of it than that (responses run long).
+    return [html.escape(" ".join(str(t)[:4 * width].split())[:width]) for t in texts]
+
+
+def histogram_table(values: Sequence[float], bins: int = 40) -> pd.DataFrame:
+    """Return a histogram of the finite values: one row per bin (start, end, rows), so a chart
+    sends the bins, not every value."""
+    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return pd.DataFrame({"start": [], "end": [], "rows": []})
+    counts, edges = np.histogram(x, bins=bins if x.min() < x.max() else 1)
+    return pd.DataFrame({"start": edges[:-1], "end": edges[1:], "rows": counts})

@@ -1,0 +1,180 @@
+"""Every page at real size: open it and do its main interaction on the 52k-row Alpaca file.
+
+Imports ../shared/data/alpaca/alpaca_data.json (52,002 rows) into a throwaway store under
+/tmp (its own WORKBENCH_HOME), then drives the app with Streamlit's AppTest in one session,
+as a user moves between pages: open a page, then its main interactions (Clean: preview,
+apply; Deduplicate: find, move the threshold; Score & select: score, change the scatter's
+axis, move a threshold slider, pick a method; Label: mark a row; ...). Prints the server time
+of every rerun (the script run that AppTest times is what the server does between a click and
+the last element sent) and the process's resident memory after it, then the peak.
+
+Target (issue 10): every interaction under 1 s once the data is loaded, except those that do
+the work itself (scoring, cleaning, finding duplicates) or start a job; those must show a
+progress bar with a count. Rows marked "work" are those. Prints, does not assert.
+
+    python benchmarks/bench_pages.py [--rows N] [--data PATH]
+
+Skips with a message when the data set is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_data.json"
+TARGET_S = 1.0
+
+
+def rss_mb() -> float:
+    """Return this process's resident memory now, in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    """Return this process's peak resident memory so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pin_navigation() -> None:
+    """Make AppTest rerun app.py as a live server does (tests/helpers_app.py says why)."""
+    from streamlit.runtime import pages_manager
+
+    original = pages_manager.PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pages_manager.PagesManager.uses_pages_directory = False
+
+    pages_manager.PagesManager.__init__ = init
+
+
+class Walk:
+    """One AppTest session; each step reruns the script once and records its time."""
+
+    def __init__(self) -> None:
+        from streamlit.testing.v1 import AppTest
+
+        self.at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=1800)
+        self.rows: list[tuple[str, str, float, float, str]] = []
+
+    def step(self, page: str, label: str, act=None, *, work: bool = False) -> None:
+        """Apply ``act`` to the session (a widget change) and rerun; print the time."""
+        if act is not None:
+            try:
+                act(self.at)
+            except (KeyError, IndexError, ValueError) as e:  # the widget is not on the page
+                print(f"{page:<16} {label:<44}   skipped: {e!r}", flush=True)
+                return
+        start = time.perf_counter()
+        self.at = self.at.run()
+        seconds = time.perf_counter() - start
+        problems = [str(e.value)[:200] for e in [*self.at.exception, *self.at.error]]
+        kind = "work" if work else ("" if seconds < TARGET_S else "SLOW")
+        self.rows.append((page, label, seconds, rss_mb(), kind))
+        print(f"{page:<16} {label:<44} {seconds:7.2f} s {rss_mb():7.0f} MB  {kind}"
+              + (f"  ! {problems}" if problems else ""), flush=True)
+
+    def open(self, page: str, title: str) -> None:
+        self.step(title, "open", lambda at: at.switch_page(f"pages/{page}.py"))
+
+
+def walk(w: Walk) -> None:
+    """The walk: every page opened, and its main interactions."""
+    w.step("app", "first load (sidebar, Datasets)")
+    w.step("Datasets", "search 'poem'", lambda at: at.text_input(key="browse_search")
+           .input("poem"))
+    w.step("Datasets", "next page", lambda at: at.number_input(key="browse_page").set_value(2))
+    w.open("clean", "Clean")
+    w.step("Clean", "Preview (default rules)", lambda at: at.button(key="cl_preview").click(),
+           work=True)
+    w.step("Clean", "switch a rule off (stale preview)",
+           lambda at: at.checkbox(key="cl_ref_on").uncheck())
+    w.step("Clean", "Preview again", lambda at: at.button(key="cl_preview").click(), work=True)
+    w.step("Clean", "Apply", lambda at: at.button(key="cl_apply").click(), work=True)
+    w.open("dedup", "Deduplicate")
+    w.step("Deduplicate", "Find duplicates", lambda at: at.button(key="dd_find").click(),
+           work=True)
+    w.step("Deduplicate", "move the Jaccard slider to 0.9",
+           lambda at: at.slider(key="dd_near_t").set_value(0.9))
+    w.step("Deduplicate", "rerun (any click)")
+    w.open("score", "Score & select")
+    w.step("Score & select", "Score now (3 heuristics)",
+           lambda at: at.button(key="sc_run").click(), work=True)
+    w.step("Score & select", "change the scatter's y axis",
+           lambda at: at.selectbox(key="sc_y").set_value(at.selectbox(key="sc_y").options[-1]))
+    w.step("Score & select", "filter on length",
+           lambda at: at.multiselect(key="sc_filter_on").set_value(["length_score"]))
+    w.step("Score & select", "move the length threshold", _move_threshold)
+    w.step("Score & select", "pick a method: top-k", _pick_top_k)
+    w.open("label", "Label")
+    w.step("Label", "mark a row good", lambda at: at.button(key="lb_good").click())
+    w.open("train", "Train")
+    w.open("evaluate", "Evaluate")
+    w.open("errors", "Errors")
+    w.open("loop", "Iterations")
+    w.open("score", "Score & select")
+    w.open("datasets", "Datasets")
+
+
+def _move_threshold(at) -> None:
+    slider = at.slider(key="sc_t_length_score")
+    lo, hi = slider.value
+    slider.set_value((lo + (hi - lo) * 0.01, hi))
+
+
+def _pick_top_k(at) -> None:
+    at.radio(key="sc_method").set_value("top_k")
+
+
+def report(rows: list[tuple[str, str, float, float, str]]) -> None:
+    interactive = [r for r in rows if r[4] != "work" and r[1] != "first load (sidebar, Datasets)"]
+    slow = [r for r in interactive if r[2] >= TARGET_S]
+    print(f"\npeak resident memory {peak_mb():,.0f} MB; after the walk {rss_mb():,.0f} MB")
+    print(f"{len(interactive) - len(slow)} of {len(interactive)} interactions under "
+          f"{TARGET_S:g} s (work steps excluded)")
+    for page, label, seconds, _, _ in slow:
+        print(f"  over: {page} · {label}: {seconds:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=None, help="first N rows (default: all)")
+    parser.add_argument("--data", type=Path, default=ALPACA)
+    args = parser.parse_args()
+    if not args.data.exists():
+        print(f"skipped: {args.data} is absent")
+        sys.exit(0)
+    sys.path.insert(0, str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="bench-pages-", dir="/tmp") as home:
+        os.environ.update(WORKBENCH_HOME=home, WORKBENCH_STORE=f"{home}/workbench.duckdb")
+        source = args.data
+        if args.rows:
+            import json
+
+            source = Path(home) / "alpaca.json"
+            source.write_text(json.dumps(json.loads(args.data.read_text())[: args.rows]))
+        from workbench.store import Store
+
+        start = time.perf_counter()
+        version, _ = Store(os.environ["WORKBENCH_STORE"]).import_file(source, "alpaca")
+        print(f"imported {version.n_rows:,} rows in {time.perf_counter() - start:.1f} s "
+              f"into {home}\n")
+        print(f"{'page':<16} {'interaction':<44} {'server':>9} {'RSS':>10}")
+        pin_navigation()
+        w = Walk()
+        try:
+            walk(w)
+        finally:
+            report(w.rows)
+
+
+if __name__ == "__main__":
+    main()
