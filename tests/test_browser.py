@@ -159,11 +159,11 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
         page.get_by_role("button", name="Preview").click()
         expect(page.get_by_test_id("stMetric").nth(2)).to_contain_text("Rows flagged for review")
         page.get_by_role("button", name="Apply as a new version").click()
-        expect(page.get_by_text("Cleaned into tickets@2")).to_be_visible()
+        expect(page.get_by_text("Cleaned into train@2")).to_be_visible()
         # The defaults flag most rules' rows; after review, one rule's rows go at once.
         expect(page.get_by_role("heading", name=re.compile("Flagged for review"))).to_be_visible()
         page.get_by_role("button", name=re.compile("Drop .* rows flagged by")).click()
-        expect(page.get_by_text(re.compile(r"Dropped \d+ reviewed rows into tickets@3"))
+        expect(page.get_by_text(re.compile(r"Dropped \d+ reviewed rows into train@3"))
                ).to_be_visible()
 
         page.goto(url + "/dedup")
@@ -171,7 +171,7 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
         page.get_by_role("button", name="Find duplicates").click()
         expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
         page.get_by_role("button", name="Apply: drop").click()
-        expect(page.get_by_text("Deduplicated into tickets@4")).to_be_visible()
+        expect(page.get_by_text("Deduplicated into train@4")).to_be_visible()
     store = Store(store_path)
     ops = [v.operation for v in store.versions("train")]
     assert ops == ["import", "clean", "drop_flagged", "dedup"]
