@@ -167,7 +167,7 @@ def test_clean_then_dedup_the_sample_data(app, page, tmp_path):
                ).to_be_visible()
 
         page.goto(url + "/dedup")
-        expect(page.get_by_text("Version v3 of train")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Version train@3 · "))).to_be_visible()
         page.get_by_role("button", name="Find duplicates").click()
         expect(page.get_by_test_id("stMetric").nth(1)).to_contain_text("Rows to drop")
         page.get_by_role("button", name="Apply: drop").click()
