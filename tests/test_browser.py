@@ -121,8 +121,8 @@ def test_dataset_text_is_shown_as_text_and_fetches_nothing(app, page, tmp_path):
     record = {"messages": [{"role": "user", "content": HOSTILE},
                            {"role": "assistant", "content": "<img src=http://example.com/b.png>"}],
               "link": "![m](http://example.com/m.png)"}
-    Store(store_path).import_file(write_jsonl(tmp_path / "x.jsonl", [record]),
-                                  "![d](http://example.com/d.png)")
+    # (a dataset name cannot hold such text: names are checked when a dataset is created)
+    Store(store_path).import_file(write_jsonl(tmp_path / "x.jsonl", [record]), "hostile")
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     with screenshot_on_failure(page, tmp_path):
@@ -266,7 +266,7 @@ def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):
         page.goto(url + "/train")
         expect(page.get_by_role("heading", name="Train")).to_be_visible()
         expect(page.get_by_text("No training runs yet: start one above.")).to_be_visible()
-        page.get_by_text("tiny (random, for demos and tests)").click()
+        page.get_by_text("tiny (random weights, for tests)").click()
         # The LoRA defaults of the tiny model's architecture show once the choice reran.
         expect(page.get_by_role("textbox", name="Target modules")).to_have_attribute(
             "placeholder", "q_proj, v_proj")
@@ -279,7 +279,7 @@ def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):
         expect(page.get_by_text("Started training run")).to_be_visible()
 
         # The job panel and the Step metric refresh live until the run ends (model load + 4 steps).
-        expect(page.get_by_text("train · done · step 4/4")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("train · done · 4/4")).to_be_visible(timeout=90_000)
         expect(page.get_by_test_id("stMetric").first).to_contain_text("4/4")
         curve = page.get_by_test_id("stPlotlyChart")
         expect(curve).to_have_count(1)
