@@ -551,3 +551,27 @@ def test_histogram_table_and_hover_texts_send_little_and_stay_text():
     # one line, cut at 30 characters of text, then escaped
     assert hover_texts(["<img src=x>  two\nlines " + "a" * 500], 30) == \
         ["&lt;img src=x&gt; two lines " + "a" * 8]
+
+
+# --- recipes ------------------------------------------------------------------------------------
+def test_save_as_recipe_then_apply_it_on_import(store):
+    store.drop_rows(1, [1, 2], reason="too_short")  # a manual step: listed, reported
+    at = start(Path(store.path))
+    button = at.get("download_button")
+    (saved,) = [b for b in button if b.proto.label == "Save as recipe"]
+    from workbench import recipes, views
+
+    name, data = views.recipe_download(store, store.active_version("support"))
+    assert name == "support-v2-recipe.yaml"
+    assert [s["step"] for s in recipes.parse(data.decode())["steps"]] == ["import", "manual"]
+    source = chat_file(Path(store.path).parent / "next.jsonl", 4)
+    at.text_input(key="import_path").input(str(source)).run()
+    at.file_uploader(key="import_recipe").upload("recipe.yaml", data, "application/yaml")
+    at.run()
+    at.button(key="import_button").click().run()
+    no_exception(at)
+    assert Store(store.path).version(Store(store.path).active_version("next")).params[
+        "recipe"]["step"] == 1
+    shown = [t.value for t in at.text]
+    assert "next@1: import, 4 rows" in shown
+    assert any(t.startswith("not replayed: step 2 (drop): rows dropped by hand") for t in shown)

@@ -283,8 +283,8 @@ def _check_step(step: Any, i: int, source: str) -> None:
 
 
 def _type_name(types: Any) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-             dict: "a mapping"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a mapping", type(None): "null"}
     types = types if isinstance(types, tuple) else (types,)
     return " or ".join(names.get(t, t.__name__) for t in types)
 
