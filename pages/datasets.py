@@ -11,6 +11,7 @@ import streamlit as st
 from pages.common import (current_dataset, flash, ref_of, show_error, show_flash, store,
                           switch_dataset)
 from workbench import labelling
+from workbench.cards import dataset_card
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
@@ -420,15 +421,19 @@ def export_section(dataset: str) -> None:
     if st.button("Prepare download", key="export_prepare"):
         try:
             name, data = export_bytes(store(), version_id, fmt)
+            card = dataset_card(store(), version_id, fmt=fmt)
         except WorkbenchError as e:
             show_error(e)
             return
-        st.session_state["export_file"] = (version_id, fmt, name, data)
+        st.session_state["export_file"] = (version_id, fmt, name, data, card)
     prepared = st.session_state.get("export_file")
     # A file prepared for another version or format would be the wrong download.
     if prepared and prepared[:2] == (version_id, fmt):
-        _, _, name, data = prepared
+        _, _, name, data, card = prepared
         st.download_button(f"Download {name}", data, file_name=name, key="export_download")
+        # The dataset card says how the version was made: sources, steps, drops, the recipe.
+        st.download_button("Download its dataset card (README.md)", card,
+                           file_name=f"{name.split('.')[0]}.README.md", key="export_card")
 
 
 # --- the page -------------------------------------------------------------------------------

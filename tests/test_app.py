@@ -252,11 +252,14 @@ def test_export_prepares_a_download_of_the_active_version(store):
     at.button(key="export_prepare").click().run()
     no_exception(at)
     assert at.download_button(key="export_download").label == "Download support-v1.jsonl"
-    _, _, name, data = at.session_state["export_file"]
+    _, _, name, data, card = at.session_state["export_file"]
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert len(rows) == 120 and rows[0]["messages"][0]["content"].startswith("question 0:")
+    assert at.download_button(key="export_card").label == "Download its dataset card (README.md)"
+    assert card.startswith("# Dataset card: support@1") and "120 rows" in card
     at.selectbox(key="export_format").select("parquet").run()
-    assert not at.download_button  # the prepared JSONL is not offered as Parquet
+    # The prepared JSONL (and its card) are not offered as Parquet; the recipe stays.
+    assert [b.key for b in at.download_button] == ["recipe_download"]
 
 
 def test_export_a_multi_turn_row_as_alpaca_shows_the_error(store_path):
