@@ -100,7 +100,9 @@ def test_model_card_of_a_tiny_run_with_an_eval(tmp_path, monkeypatch):
     assert ev.run_id in evals and "support-eval@1" in evals and "[" in evals
     check = section(card, "Eval set contamination check")
     assert re.search(r"support-eval@1: \d+ of 60 eval prompts share", check)
-    path = cards.adapter_card(store, run.run_id, home=tmp_path, overwrite=True)
+    peft_card = training.adapter_dir(run) / "README.md"
+    assert "library_name: peft" in peft_card.read_text()  # PEFT's placeholder, replaced
+    path = cards.adapter_card(store, run.run_id, home=tmp_path)
     assert path.parent == training.adapter_dir(run) and "# Model card" in path.read_text()
     with pytest.raises(ExportError, match="already exists"):
         cards.adapter_card(store, run.run_id, home=tmp_path)

@@ -373,10 +373,19 @@ def write_model_card(store: Store | None, run_id: str, folder: str | Path, *,
                      overwrite: bool = False) -> Path:
     """Write README.md (the model card) into a model or adapter folder; return its path."""
     path = Path(folder) / CARD
-    if (path.exists() or path.is_symlink()) and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite and not _peft_template(path):
         raise ExportError(f"{path}: already exists; pass --force to replace it")
     path.write_text(model_card(store, run_id, home=home, merged=merged), encoding="utf-8")
     return path
+
+
+def _peft_template(path: Path) -> bool:
+    """True for the placeholder card PEFT's save_pretrained writes into every adapter folder
+    ("library_name: peft" metadata, "[More Information Needed]" sections): ours replaces it."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    head = path.read_text(encoding="utf-8", errors="replace")[:4000]
+    return "library_name: peft" in head and "# Model card" not in head
 
 
 def merge_with_card(store: Store | None, run_id: str, out_dir: str | Path, *,
