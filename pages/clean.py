@@ -179,17 +179,11 @@ def flagged_section() -> None:
     st.dataframe(summary, hide_index=True, key="cl_flag_summary")
     reason = st.selectbox("Rule", summary["reason"].tolist(), key="cl_flag_rule")
     keep_good = st.checkbox("Keep the rows you labelled good", value=True, key="cl_flag_keep")
-    chosen = flagged[flagged["reason"] == reason].assign(
-        label=labels[flagged["reason"] == reason].to_numpy())
-    if keep_good:
-        chosen = chosen[chosen["label"] != "good"]
-    keys = chosen["row_key"].drop_duplicates().tolist()
+    keys = labelling.flagged_to_drop(store(), version_id, reason,
+                                     keep_good=keep_good)["row_key"].tolist()
     if st.button(f"Drop {len(keys):,} rows flagged by {reason}", key="cl_flag_drop",
                  disabled=not keys):
-        version = store().drop_rows(version_id, keys, reason=reason,
-                                    details=chosen.drop_duplicates("row_key")["detail"]
-                                    .fillna("").tolist(), operation="drop_flagged",
-                                    params={"rule": reason, "kept_good": keep_good})
+        version = labelling.drop_flagged(store(), version_id, reason, keep_good=keep_good)
         flash(f"Dropped {len(keys):,} reviewed rows into {version.ref}.")
         st.rerun()
 

@@ -11,13 +11,15 @@ import streamlit as st
 from pages.common import (current_dataset, flash, ref_of, show_error, show_flash, store,
                           switch_dataset)
 from workbench import labelling
+from workbench.cards import dataset_card
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
 from workbench.store import RowFilter
 from workbench.views import (ALLOW_ANY_PATH_ENV, dataset_name_for, diff_tables, export_bytes,
-                             import_source, lineage_table, md_escape, page_count, page_table,
-                             path_import_root, plural, selected_row_keys)
+                             import_source, import_with_recipe, lineage_table, md_escape,
+                             page_count, page_table, path_import_root, plural, recipe_download,
+                             selected_row_keys)
 
 EXPORT_LABELS = {"openai": "OpenAI chat JSONL", "alpaca_json": "Alpaca JSON",
                  "alpaca_jsonl": "Alpaca JSONL", "sharegpt": "ShareGPT JSON",
@@ -37,11 +39,37 @@ def import_section() -> None:
     shape = st.selectbox("Shape", ["auto", *SHAPES], key="import_shape",
                          help="auto detects Alpaca, OpenAI chat, ShareGPT, prompt/completion "
                               "or text per row")
+    recipe = st.file_uploader("Apply a recipe (optional): replay its steps on the imported "
+                              "rows", type=["yaml", "yml"], key="import_recipe")
     ready = bool((upload or local.strip()) and name.strip())
     if st.button("Import", type="primary", disabled=not ready, key="import_button"):
-        run_import(upload, local, name.strip(), shape)
+        if recipe is not None:
+            run_recipe(upload, local, name.strip(), (recipe.name, recipe.getvalue()))
+        else:
+            run_import(upload, local, name.strip(), shape)
     if "import_report" in st.session_state:
         show_report(st.session_state["import_report"])
+    for line in st.session_state.get("recipe_lines", []):
+        st.text(line)  # text: version refs and reasons, never markdown
+
+
+def run_recipe(upload, local: str, name: str, recipe: tuple[str, bytes]) -> None:
+    try:
+        with st.spinner("Importing and replaying the recipe…"):
+            result = import_with_recipe(
+                store(), name, recipe, path=local,
+                upload=(upload.name, upload.getvalue()) if upload else None)
+    except (WorkbenchError, OSError) as e:
+        st.session_state.pop("import_report", None)
+        st.session_state.pop("recipe_lines", None)
+        show_error(str(e))
+        return
+    st.session_state["import_report"] = result.import_report
+    st.session_state["recipe_lines"] = result.lines()
+    switch_dataset(name)
+    flash(f"Replayed the recipe into {result.versions[-1].ref} "
+          f"({len(result.versions)} versions, {len(result.not_replayed)} steps not replayed).")
+    st.rerun()
 
 
 def path_label() -> tuple[str, str]:
@@ -80,6 +108,7 @@ def run_import(upload, local: str, name: str, shape: str) -> None:
         show_error(str(e))
         return
     st.session_state["import_report"] = report
+    st.session_state.pop("recipe_lines", None)
     switch_dataset(name)
     flash(f"Imported {report.imported:,} rows as {version.ref}.")
     st.rerun()
@@ -328,8 +357,20 @@ def history_section(dataset: str) -> None:
         store().set_active(pick)
         flash(f"{refs[pick]} is now the active version.")
         st.rerun()
+    recipe_button(pick)
     diff_section(ids, active, refs)
     removed_section(active)
+
+
+def recipe_button(version_id: int) -> None:
+    try:
+        name, data = recipe_download(store(), version_id)
+    except WorkbenchError as e:
+        st.caption(f"No recipe for this version: {md_escape(str(e))}")
+        return
+    st.download_button("Save as recipe", data, file_name=name, key="recipe_download",
+                       help="A YAML file of the steps that made this version; apply it to new "
+                            "data on the Import tab or with `workbench recipe apply`.")
 
 
 def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
@@ -380,15 +421,19 @@ def export_section(dataset: str) -> None:
     if st.button("Prepare download", key="export_prepare"):
         try:
             name, data = export_bytes(store(), version_id, fmt)
+            card = dataset_card(store(), version_id, fmt=fmt)
         except WorkbenchError as e:
             show_error(e)
             return
-        st.session_state["export_file"] = (version_id, fmt, name, data)
+        st.session_state["export_file"] = (version_id, fmt, name, data, card)
     prepared = st.session_state.get("export_file")
     # A file prepared for another version or format would be the wrong download.
     if prepared and prepared[:2] == (version_id, fmt):
-        _, _, name, data = prepared
+        _, _, name, data, card = prepared
         st.download_button(f"Download {name}", data, file_name=name, key="export_download")
+        # The dataset card says how the version was made: sources, steps, drops, the recipe.
+        st.download_button("Download its dataset card (README.md)", card,
+                           file_name=f"{name.split('.')[0]}.README.md", key="export_card")
 
 
 # --- the page -------------------------------------------------------------------------------

@@ -252,11 +252,14 @@ def test_export_prepares_a_download_of_the_active_version(store):
     at.button(key="export_prepare").click().run()
     no_exception(at)
     assert at.download_button(key="export_download").label == "Download support-v1.jsonl"
-    _, _, name, data = at.session_state["export_file"]
+    _, _, name, data, card = at.session_state["export_file"]
     rows = [json.loads(line) for line in data.decode().splitlines()]
     assert len(rows) == 120 and rows[0]["messages"][0]["content"].startswith("question 0:")
+    assert at.download_button(key="export_card").label == "Download its dataset card (README.md)"
+    assert card.startswith("# Dataset card: support@1") and "120 rows" in card
     at.selectbox(key="export_format").select("parquet").run()
-    assert not at.download_button  # the prepared JSONL is not offered as Parquet
+    # The prepared JSONL (and its card) are not offered as Parquet; the recipe stays.
+    assert [b.key for b in at.download_button] == ["recipe_download"]
 
 
 def test_export_a_multi_turn_row_as_alpaca_shows_the_error(store_path):
@@ -551,3 +554,27 @@ def test_histogram_table_and_hover_texts_send_little_and_stay_text():
     # one line, cut at 30 characters of text, then escaped
     assert hover_texts(["<img src=x>  two\nlines " + "a" * 500], 30) == \
         ["&lt;img src=x&gt; two lines " + "a" * 8]
+
+
+# --- recipes ------------------------------------------------------------------------------------
+def test_save_as_recipe_then_apply_it_on_import(store):
+    store.drop_rows(1, [1, 2], reason="too_short")  # a manual step: listed, reported
+    at = start(Path(store.path))
+    button = at.get("download_button")
+    (saved,) = [b for b in button if b.proto.label == "Save as recipe"]
+    from workbench import recipes, views
+
+    name, data = views.recipe_download(store, store.active_version("support"))
+    assert name == "support-v2-recipe.yaml"
+    assert [s["step"] for s in recipes.parse(data.decode())["steps"]] == ["import", "manual"]
+    source = chat_file(Path(store.path).parent / "next.jsonl", 4)
+    at.text_input(key="import_path").input(str(source)).run()
+    at.file_uploader(key="import_recipe").upload("recipe.yaml", data, "application/yaml")
+    at.run()
+    at.button(key="import_button").click().run()
+    no_exception(at)
+    assert Store(store.path).version(Store(store.path).active_version("next")).params[
+        "recipe"]["step"] == 1
+    shown = [t.value for t in at.text]
+    assert "next@1: import, 4 rows" in shown
+    assert any(t.startswith("not replayed: step 2 (drop): rows dropped by hand") for t in shown)

@@ -281,12 +281,16 @@ def rejects_cmd(ctx: click.Context, ref: str) -> None:
 def export_cmd(ctx: click.Context, ref: str, out: str, fmt: str, force: bool) -> None:
     """Export a version to OpenAI chat, Alpaca, ShareGPT, Parquet or a HF dataset folder.
 
-    An existing OUT is refused unless --force; the store and the data folder are never written.
+    Also writes a dataset card (README.md inside a HF folder, else OUT's name + .README.md).
+    An existing OUT or card is refused unless --force; the store and the data folder are never
+    written.
     """
+    from .cards import export_with_card
+
     store = _store(ctx)
     vid = store.resolve(ref)
-    path = store.export(vid, out, fmt, overwrite=force)
-    click.echo(f"wrote {store.version(vid).n_rows} rows to {path} ({fmt})")
+    path, card = export_with_card(store, vid, out, fmt, overwrite=force)
+    click.echo(f"wrote {store.version(vid).n_rows} rows to {path} ({fmt}); dataset card {card}")
 
 
 def _clean_rules(names: list[str] | None, pii: str | None, eval_texts: tuple | None,
@@ -872,11 +876,67 @@ def cancel_cmd(run_id: str) -> None:
 @main.command("merge")
 @click.argument("run_id")
 @click.argument("out", type=click.Path(file_okay=False))
-def merge_cmd(run_id: str, out: str) -> None:
-    """Write the base model with a finished run's adapter merged in, as a model folder."""
-    from . import training
+@click.pass_context
+def merge_cmd(ctx: click.Context, run_id: str, out: str) -> None:
+    """Write the base model with a finished run's adapter merged in, as a model folder, with
+    its model card (README.md)."""
+    from .cards import merge_with_card
 
-    click.echo(f"merged model written to {training.merge_run(run_id, out)}")
+    click.echo(f"merged model and its card written to {merge_with_card(_store(ctx), run_id, out)}")
+
+
+@main.command("model-card")
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Replace an existing README.md.")
+@click.pass_context
+def model_card_cmd(ctx: click.Context, run_id: str, force: bool) -> None:
+    """Write a finished run's model card (README.md) into its adapter folder."""
+    from .cards import adapter_card
+
+    click.echo(f"wrote {adapter_card(_store(ctx), run_id, overwrite=force)}")
+
+
+@main.group("recipe", cls=_Group)
+def recipe_group() -> None:
+    """Save the steps that made a version as a YAML recipe; replay one on new data."""
+
+
+@recipe_group.command("export")
+@click.argument("ref")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.pass_context
+def recipe_export_cmd(ctx: click.Context, ref: str, out: str, force: bool) -> None:
+    """Write the recipe of version REF (its lineage as steps) to OUT (YAML)."""
+    from . import recipes
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    recipe = recipes.build(store, vid)
+    recipes.export_recipe(store, vid, out, overwrite=force)
+    click.echo(f"wrote {len(recipe['steps'])} steps of {store.version(vid).ref} to {out}")
+    for step in recipe["steps"]:
+        if step.get("not_replayed"):
+            click.echo(f"  note: {step['made']} ({step.get('operation', step['step'])}) "
+                       f"cannot be replayed: {step['not_replayed']}")
+
+
+@recipe_group.command("apply")
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path())
+@click.option("--dataset", "-d", required=True, help="Dataset to import PATH into.")
+@click.pass_context
+def recipe_apply_cmd(ctx: click.Context, recipe_file: str, path: str, dataset: str) -> None:
+    """Import PATH into DATASET and replay RECIPE_FILE's steps on it, version by version."""
+    from . import recipes
+
+    recipe = recipes.load(recipe_file)
+    result = recipes.apply_recipe(_store(ctx), recipe, path, dataset,
+                                  progress=lambda line: click.echo(line, err=True))
+    if result.import_report is not None:
+        click.echo(result.import_report.summary())
+    for line in result.lines():
+        click.echo(line)
 
 
 @main.command("setup")

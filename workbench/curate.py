@@ -146,12 +146,13 @@ def cluster_members(frame: pd.DataFrame, clusters: pd.DataFrame, cluster_id: int
 
 
 def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame, clusters: pd.DataFrame,
-                options: DedupOptions, overrides: Mapping[int, int | str] | None = None
-                ) -> VersionInfo:
+                options: DedupOptions, overrides: Mapping[int, int | str] | None = None, *,
+                extra_params: dict | None = None) -> VersionInfo:
     """Drop all but the kept member of each cluster into a new version; return it."""
     result = dedup.apply_clusters(frame, clusters, overrides=overrides)
     params = {**options.params(), "clusters": int(clusters["cluster_id"].nunique()),
-              "overrides": {str(k): v for k, v in (overrides or {}).items()}}
+              "overrides": {str(k): v for k, v in (overrides or {}).items()},
+              **(extra_params or {})}
     return store.apply_step(version_id, result, operation="dedup", params=params)
 
 

@@ -34,7 +34,7 @@ from . import labels as LB
 from . import learn as L
 from .cache import count_embedded, get_embeddings, params_hash
 from .exceptions import ConfigError, NotFoundError
-from .store import RowFilter, Store
+from .store import RowFilter, Store, VersionInfo
 
 LEARNED = "learned"
 SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
@@ -130,6 +130,42 @@ def labels_jsonl(store: Store, frame: pd.DataFrame, label_set: str = LB.DEFAULT_
         path = Path(folder) / "labels.jsonl"
         LB.write_label_file(store, path, label_set=label_set, frame=frame)
         return path.read_bytes()
+
+
+# --- label-based filters ------------------------------------------------------------------------
+def flagged_to_drop(store: Store, version_id: int, rule: str, *, keep_good: bool = True,
+                    label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
+    """Return the rows of a version that ``rule`` flagged for review (row_key, detail, label),
+    one per row, less those labelled good when ``keep_good``."""
+    flagged = store.flagged(version_id)
+    chosen = flagged[flagged["reason"] == rule]
+    chosen = with_labels(store, chosen, label_set=label_set) if len(chosen) else \
+        chosen.assign(label=pd.Series(dtype=str))
+    if keep_good:
+        chosen = chosen[chosen["label"] != "good"]
+    return chosen.drop_duplicates("row_key").reset_index(drop=True)
+
+
+def drop_flagged(store: Store, version_id: int, rule: str, *, keep_good: bool = True,
+                 label_set: str = LB.DEFAULT_SET, extra_params: dict | None = None
+                 ) -> VersionInfo:
+    """Drop the rows ``rule`` flagged (keeping rows labelled good if asked) into a new version
+    (operation "drop_flagged"); return it. With nothing to drop the version keeps every row,
+    so a replayed chain has the same steps."""
+    chosen = flagged_to_drop(store, version_id, rule, keep_good=keep_good, label_set=label_set)
+    params = {"rule": rule, "kept_good": keep_good, **(extra_params or {})}
+    if label_set != LB.DEFAULT_SET:
+        params["label_set"] = label_set
+    if len(chosen):
+        return store.drop_rows(version_id, chosen["row_key"].tolist(), reason=rule,
+                               details=chosen["detail"].fillna("").tolist(),
+                               operation="drop_flagged", params=params)
+    from .schema import StepResult
+
+    kept = store.frame(version_id)[["row_key"]]
+    return store.apply_step(version_id, StepResult(kept, pd.DataFrame(
+        columns=["row_key", "reason", "detail"])), operation="drop_flagged",
+                            params={"rows": 0, "reason": rule, **params})
 
 
 # --- bulk labels ----------------------------------------------------------------------------------

@@ -401,11 +401,12 @@ def preview_selection(store: Store, frame: pd.DataFrame, options: SelectOptions
     return select_rows(frame, options, vectors=selection_vectors(store, frame, options))
 
 
-def apply_selection(store: Store, version_id: int, frame: pd.DataFrame, options: SelectOptions
-                    ) -> VersionInfo:
+def apply_selection(store: Store, version_id: int, frame: pd.DataFrame, options: SelectOptions,
+                    *, extra_params: dict | None = None) -> VersionInfo:
     """Save a selection of a scored version's frame as a new version; return it."""
     selection = preview_selection(store, frame, options)
-    return store.apply_step(version_id, selection, operation="select", params=selection.rule)
+    return store.apply_step(version_id, selection, operation="select",
+                            params={**selection.rule, **(extra_params or {})})
 
 
 def dropped_sample(frame: pd.DataFrame, selection: SEL.Selection, n: int = 10) -> pd.DataFrame:

@@ -565,14 +565,15 @@ class Store:
     # --- import ----------------------------------------------------------------------------
     def import_file(self, path: str | Path, dataset: str, *, shape: str = "auto",
                     display_name: str | None = None, max_chars: int | None = None,
-                    progress: Callable[[int], None] | None = None, split: str | None = None
-                    ) -> tuple[VersionInfo, ImportReport]:
+                    progress: Callable[[int], None] | None = None, split: str | None = None,
+                    extra_params: dict | None = None) -> tuple[VersionInfo, ImportReport]:
         """Import a file as a new version of a dataset; return it and the import report.
 
         A file that is no dataset raises ImportFormatError and leaves the store unchanged. The
         file is streamed and committed in short chunks (see IMPORT_CHUNK_SECONDS), so other
         processes can use the store meanwhile; the version appears only once complete.
-        ``split`` picks one split of a Hugging Face DatasetDict folder (recorded in params).
+        ``split`` picks one split of a Hugging Face DatasetDict folder (recorded in params);
+        ``extra_params`` are recorded too (a recipe replay names its recipe there).
         """
         kwargs = {"max_chars": max_chars} if max_chars else {}
         report, batches = read_batches(path, shape=shape, display_name=display_name,
@@ -580,6 +581,7 @@ class Store:
         params = {"file": report.file, "kind": report.kind, "shape": shape}
         if report.split is not None:
             params["split"] = report.split
+        params.update(extra_params or {})
 
         def finish() -> tuple[dict, dict]:
             counts = {"rows_read": report.rows_read, "imported": report.imported,
