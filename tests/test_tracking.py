@@ -223,3 +223,43 @@ def test_runs_logged_to_a_local_mlflow_server(logged, mlflow_server, tmp_path, m
     assert [m.step for m in client.get_metric_history(t["run_id"], "train_loss")] == [1, 2, 3]
     assert "adapter/adapter_model.safetensors" in {
         a.path for a in client.list_artifacts(t["run_id"], "adapter")}
+
+
+def test_cli_switch_and_export(logged, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    store, version, runs, train, ev, uri = logged
+    monkeypatch.setenv("WORKBENCH_HOME", str(runs.parent))  # the runs folder is <home>/runs
+    monkeypatch.setattr(tracking, "default_home", lambda: tmp_path)  # the switch: this test's
+    cli = CliRunner()
+    assert "tracking is off" in cli.invoke(main, ["tracking"]).output
+    refused = cli.invoke(main, ["--store", str(store.path), "mlflow-export"])
+    assert refused.exit_code == 1 and "tracking is off" in refused.output
+    assert f"on: {(tmp_path / 'mlruns').resolve().as_uri()}" in \
+        cli.invoke(main, ["tracking", "on"]).output
+    export = ["--store", str(store.path), "mlflow-export"]
+    first, again = cli.invoke(main, export), cli.invoke(main, export)
+    assert "2 logged, 0 already in MLflow, 0 failed" in first.output, first.output
+    assert "0 logged, 2 already in MLflow, 0 failed" in again.output, again.output
+    assert "tracking is off" in cli.invoke(main, ["tracking", "off"]).output
+
+
+def test_train_and_evaluate_pages_switch_tracking(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from helpers_app import APP, chat_file, page_ok, page_store
+
+    monkeypatch.delenv(tracking.ENV_URI, raising=False)
+    for _ in page_store(tmp_path, monkeypatch, {"chats": chat_file(tmp_path / "c.jsonl", 8)}):
+        at = page_ok(AppTest.from_file(str(APP), default_timeout=60).run())
+        at = page_ok(at.switch_page("pages/train.py").run())
+        assert at.toggle(key="tr_mlflow").value is False
+        at = page_ok(at.toggle(key="tr_mlflow").set_value(True).run())
+        assert tracking.settings().uri == (tmp_path / "mlruns").resolve().as_uri()
+        assert any("MLflow:" in c.value for c in at.caption)
+        at = page_ok(at.switch_page("pages/evaluate.py").run())
+        assert at.toggle(key="ev_mlflow").value is True  # one switch, shown on both pages
+        page_ok(at.toggle(key="ev_mlflow").set_value(False).run())
+        assert not tracking.settings().enabled
