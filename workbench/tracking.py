@@ -229,11 +229,15 @@ def _add_data(record: RunRecord, store: Store | None, version_id: Any, key: str)
             record.params[f"{key}_version"] = "a deleted version"
             return
         record.params[f"{key}_version"] = record.tags[f"workbench.{key}_version"] = ref
-        if key == "data":
-            name, text = version_recipe(store, int(version_id))
-            record.texts[name] = text
     except WorkbenchError as e:
         record.tags[f"workbench.{key}_version_error"] = str(e)[:500]
+        return
+    if key == "data":
+        try:
+            name, text = version_recipe(store, int(version_id))
+            record.texts[name] = text
+        except Exception as e:  # noqa: BLE001 - the run is still logged, saying why not this
+            record.tags["workbench.recipe_error"] = _reason(e, None)
 
 
 def version_recipe(store: Store, version_id: int) -> tuple[str, str]:
