@@ -203,3 +203,19 @@ def job_panel(run_id: str, *, key: str) -> None:
         st.session_state[f"{key}_was_active"] = job.active
 
     panel()
+
+
+def tracking_toggle(key: str) -> None:
+    """A switch for logging training and evaluation runs to MLflow (kept in the data folder)."""
+    from workbench import tracking
+
+    config = tracking.settings()
+    where = config.shown_uri or tracking.default_uri()
+    on = st.toggle("Log runs to MLflow", value=config.enabled, key=key,
+                   help=f"Parameters, loss curves, metrics, data version and adapter go to "
+                        f"{where} (MLFLOW_TRACKING_URI, else a local mlruns folder).")
+    if on != config.enabled:
+        config = tracking.set_enabled(on)
+    if config.enabled:
+        st.caption(f"MLflow: {md_escape(config.shown_uri)}, experiment "
+                   f"{md_escape(config.experiment)}")

@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
+from pages.common import tracking_toggle
 from workbench import evaluation
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError
@@ -91,6 +92,7 @@ def run_section() -> None:
                                  "evaluate all rows of the runs worth comparing.")
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
     style = style_form()
+    tracking_toggle("ev_mlflow")
     if st.button("Run evaluation", type="primary", key="ev_run_start",
                  icon=":material/play_arrow:"):
         try:

@@ -12,6 +12,7 @@ from pages.common import (
     show_error,
     show_flash,
     store,
+    tracking_toggle,
 )
 from workbench import training
 from workbench.exceptions import WorkbenchError
@@ -121,6 +122,7 @@ def new_run_section() -> None:
     if data is None:
         return
     version, val_version, val_fraction = data
+    tracking_toggle("tr_mlflow")
     values = config_form(model_section(), val_fraction)
     if values is None:
         return

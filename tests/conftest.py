@@ -17,6 +17,8 @@ from workbench.store import Store
 os.environ.setdefault("WORKBENCH_EMBED_BACKEND", "torch")
 # Pages offer the tiny random model (fast, answers noise) only to tests.
 os.environ.setdefault("WORKBENCH_TEST_MODELS", "1")
+# A developer's own tracking server never receives test runs (tests/test_tracking.py sets its own).
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def chat(*turns: tuple[str, str], **metadata: Any) -> Example:

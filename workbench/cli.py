@@ -849,6 +849,43 @@ def runs_cmd(ctx: click.Context, kind: str | None, as_json: bool) -> None:
                f"no {kind + ' ' if kind else ''}runs yet")
 
 
+@main.command("tracking")
+@click.argument("switch", type=click.Choice(["on", "off", "status"]), default="status")
+@click.option("--uri", default=None,
+              help="Tracking URI (default: $MLFLOW_TRACKING_URI, else <data folder>/mlruns).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: workbench).")
+def tracking_cmd(switch: str, uri: str | None, experiment: str | None) -> None:
+    """Switch MLflow logging of training and evaluation runs on or off, or show it."""
+    from . import tracking
+
+    if switch != "status":
+        tracking.set_enabled(switch == "on", uri=uri, experiment=experiment)
+    config = tracking.settings()
+    click.echo(f"MLflow tracking is {'on' if config.enabled else 'off'}"
+               + (f": {config.shown_uri}, experiment {config.experiment} ({config.source})"
+                  if config.enabled else ""))
+
+
+@main.command("mlflow-export")
+@click.option("--uri", default=None, help="Tracking URI (default: the tracking settings).")
+@click.option("--experiment", default=None, help="MLflow experiment (default: workbench).")
+@click.pass_context
+def mlflow_export_cmd(ctx: click.Context, uri: str | None, experiment: str | None) -> None:
+    """Log finished training and evaluation runs to MLflow; a run logged before is skipped."""
+    from . import tracking
+
+    config = tracking.settings()
+    if uri or experiment:
+        config = tracking.TrackingSettings(True, uri or config.uri or tracking.default_uri(),
+                                           experiment or config.experiment, "option")
+    report = tracking.export_runs(_store(ctx), config=config)
+    for run_id, reason in report.failed.items():
+        click.echo(f"run {run_id}: not logged: {reason}", err=True)
+    click.echo(f"{config.shown_uri}, experiment {config.experiment}: {report.summary()}")
+    if report.failed:
+        raise click.exceptions.Exit(1)
+
+
 @main.command("resume")
 @click.argument("run_id")
 @click.option("--detach", is_flag=True, help="Continue in the background.")

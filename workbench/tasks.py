@@ -30,6 +30,7 @@ from . import analysis
 from . import evaluate as ev
 from . import score as S
 from . import train as T
+from . import tracking
 from .cache import StoreCache
 from .embed import embed_rows
 from .exceptions import ConfigError
@@ -68,6 +69,7 @@ def train(p: TrainParams, ctx: Any) -> dict[str, Any]:
     metrics = T.train(config, rows, val_rows, run_dir=ctx.run_dir, ctx=ctx)
     versions = {"version_id": p.version_id, "val_version_id": p.val_version_id}
     T._write_json(Path(ctx.run_dir) / T.METRICS_FILE, metrics | versions)
+    tracking.after_run(ctx, metrics | versions, store=p.store)
     return metrics | versions
 
 
@@ -146,7 +148,9 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
                                   embedder=p.embedder)
     summary = _eval_summary(p, config, scored, generations, seconds)
+    summary["device"] = str(model.device)
     ev.write_run(ctx.run_dir, scored, summary)
+    tracking.after_run(ctx, summary, store=p.store)
     return summary
 
 
@@ -202,6 +206,7 @@ def import_predictions(p: ImportParams, ctx: Any) -> dict:
                "model": sorted(set(frame["model"])), "style": p.style, "rows": len(scored),
                "rejected": [str(r) for r in report.rejected], "metrics": ev.summarize(scored)}
     ev.write_run(ctx.run_dir, scored, summary)
+    tracking.after_run(ctx, summary, store=p.store)
     return summary
 
 

@@ -949,6 +949,7 @@ def _finish(run: _Run, started: float) -> dict[str, Any]:
         "val_rows": len(run.data.val),
         "skipped": run.data.skipped,
         "adapter": str(adapter),
+        "device": str(next(run.model.parameters()).device),
     }
     _write_json(run.run_dir / METRICS_FILE, metrics)
     run.ctx.log(
