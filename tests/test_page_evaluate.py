@@ -68,7 +68,7 @@ def test_run_an_eval_in_the_background_and_see_its_results(store):
     at.text_input(key="ev_starts").input("answer")
     at = ok(at.button(key="ev_run_start").click().run())
     assert any("Started eval run" in s.value for s in at.success)
-    [job] = evaluation.eval_runs()
+    [job] = evaluation.eval_runs(store).itertuples()
     final = jobs.wait(job.run_id, timeout=120)
     assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 30)
     at = ok(open_page())  # a reload finds the run from its folder
