@@ -81,7 +81,7 @@ def switched_notice(names: list[str]) -> None:
 
 def ref_of(version_id: int) -> str:
     """Return how people name a version: "name@N" (its dataset and place)."""
-    return store().refs().get(int(version_id), f"deleted version (id {version_id})")
+    return store().ref_of(version_id)
 
 
 def show_error(error: WorkbenchError | str) -> None:

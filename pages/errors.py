@@ -10,14 +10,14 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import flash, job_panel, ref_of, show_error, show_flash, store
-from workbench import loop
+from workbench import evaluation, loop
 from workbench.exceptions import WorkbenchError
 from workbench.store import Store
 from workbench.views import md_escape
 
 st.title("Errors")
 show_flash()
-runs = loop.eval_runs()
+runs = evaluation.finished_runs(store())
 if runs.empty:
     st.info("No eval runs yet: evaluate a model (or import predictions) on the Evaluate page, "
             "then come back here to analyse its failures.")

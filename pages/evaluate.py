@@ -70,15 +70,14 @@ def style_form() -> dict:
 
 
 def run_section() -> None:
-    refs = store().refs()
-    for job in evaluation.eval_runs(active=True):
-        st.caption(md_escape(evaluation.run_label(job, refs)))
-        job_panel(job.run_id, key=f"ev_job_{job.run_id}")
+    for run in evaluation.eval_runs(store(), active=True).itertuples():
+        st.caption(md_escape(run.label))
+        job_panel(run.run_id, key=f"ev_job_{run.run_id}")
     if current_dataset() is None:
         st.info("Import a dataset first (Datasets page) to evaluate a model on it.")
         return
     version = version_picker()
-    choices = evaluation.model_choices(store=store())  # the newest trained run first
+    choices = evaluation.model_choices(store())  # the newest trained run first
     model = st.selectbox("Model", list(choices), format_func=choices.get, key="ev_model")
     try:
         generation = generation_form()
@@ -141,15 +140,14 @@ def show_report(run_id: str, report) -> None:
 
 
 def results_section() -> None:
-    st.dataframe(evaluation.runs_table(store=store()), hide_index=True, key="ev_runs_table",
+    st.dataframe(evaluation.runs_table(store()), hide_index=True, key="ev_runs_table",
                  column_config={"run": st.column_config.TextColumn(width="medium")})
-    runs = {j.run_id: j for j in evaluation.finished_runs()}
-    if not runs:
+    finished = evaluation.finished_runs(store())
+    if finished.empty:
         st.info("No finished eval runs yet: run an evaluation or import predictions.")
         return
-    refs = store().refs()
-    run_id = st.selectbox("Run", list(runs), key="ev_result_run",
-                          format_func=lambda r: evaluation.run_label(runs[r], refs))
+    labels = dict(zip(finished["run_id"], finished["label"]))
+    run_id = st.selectbox("Run", list(labels), key="ev_result_run", format_func=labels.get)
     try:
         predictions = evaluation.run_predictions(run_id)
         for warning in evaluation.run_warnings(predictions):
@@ -197,16 +195,17 @@ def row_view(detail: dict) -> None:
 
 
 def compare_section() -> None:
-    runs = {j.run_id: j for j in evaluation.finished_runs()}
-    if len(runs) < 2:
+    finished = evaluation.finished_runs(store())
+    if len(finished) < 2:
         st.info("Compare needs two finished eval runs on the same eval set.")
         return
-    ids = list(runs)
+    labels = dict(zip(finished["run_id"], finished["label"]))
+    ids = list(labels)
     left, right = st.columns(2)
     run_a = left.selectbox("Run A (before)", ids, index=1, key="ev_cmp_a",
-                           format_func=lambda r: evaluation.run_label(runs[r]))
+                           format_func=labels.get)
     run_b = right.selectbox("Run B (after)", ids, index=0, key="ev_cmp_b",
-                            format_func=lambda r: evaluation.run_label(runs[r]))
+                            format_func=labels.get)
     try:
         metrics = evaluation.common_metrics(run_a, run_b)
         metric = left.selectbox("Metric", metrics, key="ev_cmp_metric")

@@ -54,7 +54,7 @@ if metric == "failure_rate":
     history = overview.rename(columns={"failure_rate": "mean"})
     fig = px.line(history, x="iteration", y="mean", markers=True, hover_data=["eval_run"])
 else:
-    history = loop.metric_history(metric)
+    history = loop.metric_history(store(), metric)
     fig = px.line(history, x="iteration", y="mean", markers=True, hover_data=["eval_run"],
                   error_y=history["hi"] - history["mean"],
                   error_y_minus=history["mean"] - history["lo"])

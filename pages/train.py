@@ -138,9 +138,10 @@ def new_run_section() -> None:
     st.rerun()
 
 
-def pick_run(runs, table) -> str:
-    """Show the run picker (it defaults to ?run= of the address, else the newest run)."""
-    ids = [r.run_id for r in runs]
+def pick_run(table) -> str:
+    """Show the run picker (it defaults to ?run= of the address, else the newest run); a run
+    whose folder is gone stays in the table below but cannot be opened."""
+    ids = table.loc[table["status"] != "missing", "run_id"].tolist()
     # No state in the label: the panel below shows it live, a label would go stale.
     labels = {row.run_id: f"{row.run_id} · {row.data} · {row.model}"
               + (f" · retrained by loop {row.part_of}" if row.part_of else "")
@@ -235,28 +236,27 @@ def playground(run_id: str) -> None:
 
 
 try:
-    runs = training.training_runs()
-    table = training.runs_table(runs, store())
+    table = training.runs_table(store())
 except WorkbenchError as e:
     show_error(e)
     st.stop()
-with st.expander("New training run", expanded=not runs):
+with st.expander("New training run", expanded=table.empty):
     new_run_section()
-if not runs:
+if (table["status"] == "missing").all():
     st.info("No training runs yet: start one above.")
     st.stop()
 st.subheader("Run")
 try:
-    run_view(pick_run(runs, table))
+    run_view(pick_run(table))
 except WorkbenchError as e:
     show_error(e)
 st.subheader("All runs")
 
 
-@st.fragment(run_every=2.0 if any(r.active for r in runs) else None)
+@st.fragment(run_every=2.0 if training.any_active(table) else None)
 def all_runs() -> None:
     """The runs table, refreshed with the progress bars while a run is active."""
-    st.dataframe(training.runs_table(training.training_runs(), store()), hide_index=True,
+    st.dataframe(training.runs_table(store()), hide_index=True,
                  key="tr_runs", column_config={"run_id": st.column_config.TextColumn(
                      width="medium")})
 

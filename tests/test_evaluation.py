@@ -90,16 +90,16 @@ def test_run_outputs_and_row_detail(tiny_run, home):
 def test_background_eval_job_finishes_and_survives_a_reload(store, home):
     job = evaluation.start_eval(store, 1, model="tiny", generation=FAST, similarity=False,
                                 limit=2, style={"min_words": 1}, home=home)
-    assert evaluation.eval_runs(home=home, active=True)[0].run_id == job.run_id
+    assert evaluation.eval_runs(store, home=home, active=True)["run_id"].tolist() == [job.run_id]
     final = jobs.wait(job.run_id, home=home, timeout=120)
     assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 30)
     # A new process finds it again from its run folder alone.
-    [found] = evaluation.finished_runs(home=home)
-    assert found.run_id == job.run_id and found.result["rows"] == 2
+    found = evaluation.finished_runs(store, home=home)
+    assert found["run_id"].tolist() == [job.run_id] and found["rows"].tolist() == [2]
     assert "fmt_min_words" in evaluation.run_predictions(job.run_id, home=home)
 
 
-def test_model_names_runs_and_folders(tiny_run, home, tmp_path, monkeypatch):
+def test_model_names_runs_and_folders(tiny_run, store, home, tmp_path, monkeypatch):
     assert evaluation.model_spec("default") == "default"
     assert evaluation.model_spec("tiny") == "tiny"
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
@@ -111,9 +111,9 @@ def test_model_names_runs_and_folders(tiny_run, home, tmp_path, monkeypatch):
     assert evaluation.model_spec(str(trained), home=home) == {"run_dir": str(trained.resolve())}
     # Trained runs first (newest first), then the base model; the tiny test model is not
     # offered to people, though it still works by name.
-    assert list(evaluation.model_choices(home=home)) == [trained.name, "default", "tiny"]
+    assert list(evaluation.model_choices(store, home=home)) == [trained.name, "default", "tiny"]
     monkeypatch.setenv("WORKBENCH_TEST_MODELS", "0")  # as people run the app
-    assert list(evaluation.model_choices(home=home)) == [trained.name, "default"]
+    assert list(evaluation.model_choices(store, home=home)) == [trained.name, "default"]
 
 
 def test_bad_eval_input_names_the_value(store, home):
@@ -125,7 +125,7 @@ def test_bad_eval_input_names_the_value(store, home):
         evaluation.start_eval(store, 1, model="tiny", style={"shouty": True}, home=home)
     with pytest.raises(ConfigError, match="temperature"):
         ev.GenerationConfig(temperature=0.5)  # greedy takes no temperature
-    assert evaluation.eval_runs(home=home) == []  # nothing was started
+    assert evaluation.eval_runs(store, home=home).empty  # nothing was started
 
 
 def test_import_reports_rejected_lines_and_becomes_a_run(tmp_path, home, store):
@@ -134,7 +134,7 @@ def test_import_reports_rejected_lines_and_becomes_a_run(tmp_path, home, store):
     job, report = evaluation.import_run(path, store=store, similarity=False, home=home)
     assert (report.rows_read, report.imported) == (6, 4)
     assert [(r.line, r.field) for r in report.rejected] == [(5, "(line)"), (6, "prediction")]
-    row = evaluation.runs_table(home=home).iloc[0]
+    row = evaluation.runs_table(store, home=home).iloc[0]
     assert (row["kind"], row["model"], row["data"], row["rows"]) == \
         ("import", "oracle", "file outside.jsonl", 4)
     assert row["exact_match"].startswith("1.000")

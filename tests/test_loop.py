@@ -69,11 +69,12 @@ def setup(tmp_path):
             "run": run, "keys": keys}
 
 
-def test_eval_runs_lists_hand_made_runs_newest_first(setup):
-    runs = loop.eval_runs(home=setup["home"])
+def test_eval_runs_lists_hand_made_runs_newest_first(setup, tmp_path):
+    runs = evaluation.eval_runs(setup["store"], home=setup["home"])
     assert runs["run_id"].tolist() == ["eval-1"]
     assert runs["rows"].tolist() == [6] and runs["model"].tolist() == ["tiny"]
-    assert loop.eval_runs(home=setup["home"] / "nothing").empty
+    assert evaluation.eval_runs(Store(tmp_path / "other.duckdb"),
+                                home=setup["home"] / "nothing").empty
 
 
 def test_failures_are_tagged_and_sorted_by_severity(setup):
@@ -204,18 +205,18 @@ def test_retrain_and_re_evaluate_reports_before_after_and_joins_the_overview(set
     last = overview.iloc[-1]
     assert last["train_version"] == vid and last["train_operation"] == "targeted"
     assert last["train_parent"] == setup["train"] and last["from_eval_run"] == "eval-1"
-    history = loop.metric_history("format_ok", home=home)
+    history = loop.metric_history(store, "format_ok", home=home)
     assert history["iteration"].tolist() == [1, 2]
     assert loop.train_version_of(done.run_id, home=home) == vid
     # The retraining is a training run of its own, part of the loop run: on the Train page,
     # among the models to evaluate, and in the runs registry with its parent.
     train_dir = home / f"{done.run_id}-train"
     assert loop.previous_training_run(done.run_id, home=home) == train_dir  # next round
-    [trained] = training.training_runs(home)
+    [trained] = training.training_runs(store, home=home).itertuples()
     assert (trained.run_id, trained.state, trained.parent) == (train_dir.name, "done",
                                                                done.run_id)
-    assert training.runs_table([trained], store).at[0, "part_of"] == done.run_id
-    assert trained.run_id in evaluation.model_choices(home=home, store=store)
+    assert training.runs_table(store, home=home).at[0, "part_of"] == done.run_id
+    assert trained.run_id in evaluation.model_choices(store, home=home)
     registry = runs.table(store, home=home).set_index("run_id")
     assert registry.loc[trained.run_id, ["kind", "state", "parent"]].tolist() == [
         "train", "done", done.run_id]
@@ -229,4 +230,5 @@ def test_retrain_and_re_evaluate_reports_before_after_and_joins_the_overview(set
 
 def test_iterations_of_an_empty_home_is_empty(tmp_path):
     assert loop.iterations(Store(tmp_path / "s.duckdb"), home=tmp_path / "runs").empty
-    assert loop.metric_history("similarity", home=tmp_path / "runs").empty
+    assert loop.metric_history(Store(tmp_path / "s.duckdb"), "similarity",
+                               home=tmp_path / "runs").empty

@@ -68,7 +68,8 @@ def test_run_an_eval_in_the_background_and_see_its_results(store):
     at.text_input(key="ev_starts").input("answer")
     at = ok(at.button(key="ev_run_start").click().run())
     assert any("Started eval run" in s.value for s in at.success)
-    [job] = evaluation.eval_runs()
+    [run_id] = evaluation.eval_runs(store)["run_id"]  # the registry lists it at once
+    job = jobs.status(run_id)
     final = jobs.wait(job.run_id, timeout=120)
     assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 30)
     at = ok(open_page())  # a reload finds the run from its folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import orjson
@@ -126,3 +127,67 @@ def test_children_take_a_run_id_not_a_path(tmp_path):
     for bad in ("../x", "/etc", "a/b", "", ".hidden", "a..b"):
         with pytest.raises(NotFoundError, match="never a path"):
             runs.children(store, bad, home=tmp_path / "runs")
+
+
+def test_train_and_evaluate_listings_read_the_registry(tmp_path):
+    """A loop's training run is on the Train listing and imported predictions on the Evaluate
+    listing; once their folders are gone both still show, as missing."""
+    import shutil
+
+    from workbench import evaluation, training
+
+    store, home = two_datasets(tmp_path), tmp_path / "runs"
+    loop = jobs.run_inline("tests.jobtasks.parent", {"store": str(store.path)}, home=home)
+    predictions = tmp_path / "outside.jsonl"
+    predictions.write_bytes(orjson.dumps({"prompt": "q", "reference": "a", "prediction": "a",
+                                          "model": "oracle"}) + b"\n")
+    imported, _ = evaluation.import_run(predictions, store=store, similarity=False, home=home)
+    child = f"{loop.run_id}-train"
+    trained = training.runs_table(store, home=home)
+    assert trained[["run_id", "status", "part_of", "step"]].values.tolist() == [
+        [child, "done", loop.run_id, "3/3"]]
+    assert trained.at[0, "train_loss"] == 0.5  # the child's result, kept by the registry
+    evals = evaluation.runs_table(store, home=home)
+    assert evals[["run", "kind", "state", "model", "data", "rows"]].values.tolist() == [
+        [imported.run_id, "import", "done", "oracle", "file outside.jsonl", 1]]
+    assert evals.at[0, "exact_match"].startswith("1.000 [")
+    shutil.rmtree(home / child)
+    shutil.rmtree(imported.run_dir)
+    assert training.runs_table(store, home=home)["status"].tolist() == ["missing"]
+    assert evaluation.runs_table(store, home=home)["state"].tolist() == ["missing"]
+    assert evaluation.finished_runs(store, home=home).empty  # nothing left to open
+
+
+def test_sync_reads_only_new_and_changed_run_folders(tmp_path, monkeypatch):
+    store, home = two_datasets(tmp_path), tmp_path / "runs"
+    done = [jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=home) for _ in range(3)]
+    running = home / "running-run"
+    running.mkdir()
+    jobs._write_json(running / "config.json", {"task": "tests.jobtasks.count", "kind": "count",
+                                               "params": {"n": 5}, "created": 1.0})
+    lock = jobs._take_lock(running, wait_s=1.0)  # a live worker holds its run's lock
+    try:
+        jobs._write_json(running / "status.json", {"state": "running", "locked": True})
+        (running / "events.jsonl").write_bytes(orjson.dumps({"t": 1.0, "step": 1, "total": 5})
+                                               + b"\n")
+        reads: list[str] = []
+        real = jobs.status
+        monkeypatch.setattr(jobs, "status", lambda run, **kw: reads.append(Path(run).name)
+                            or real(run, **kw))
+        runs.sync(store, home=home)
+        assert sorted(reads) == sorted([j.run_id for j in done] + ["running-run"])
+        reads.clear()
+        runs.sync(store, home=home)
+        assert reads == []  # finished runs and an unchanged running one are not read again
+        with open(running / "events.jsonl", "ab") as f:  # the worker makes progress
+            f.write(orjson.dumps({"t": 2.0, "step": 2, "total": 5}) + b"\n")
+        table = runs.records(store, home=home).set_index("run_id")
+        assert reads == ["running-run"]
+        assert table.loc["running-run", "summary"]["step"] == 2
+    finally:
+        os.close(lock)
+    reads.clear()
+    # The worker died (its lock is free): read again, and it shows as failed.
+    assert runs.table(store, home=home).set_index("run_id").loc["running-run", "state"] == \
+        "failed"
+    assert reads == ["running-run"]

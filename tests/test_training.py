@@ -41,7 +41,8 @@ def setup(tmp_path_factory) -> tuple[Store, int, Path]:
 
 @pytest.fixture(scope="module")
 def run(setup) -> jobs.JobStatus:
-    return training.training_runs(setup[2])[0]
+    store, _, home = setup
+    return training.get_run(training.training_runs(store, home=home)["run_id"].iloc[0], home)
 
 
 def test_build_config_reads_form_values():
@@ -84,12 +85,12 @@ def test_start_run_checks_versions_before_starting(setup):
     with pytest.raises(WorkbenchError, match="no such folder"):
         training.start_run(store, version, training.build_config(TINY | {"model": missing}),
                            home=home)
-    assert len(training.training_runs(home)) == 1  # nothing was started
+    assert len(training.training_runs(store, home=home)) == 1  # nothing was started
 
 
 def test_runs_table_lists_status_data_config_and_losses(setup, run):
     store, version, home = setup
-    table = training.runs_table(training.training_runs(home), store)
+    table = training.runs_table(store, home=home)
     assert list(table.columns) == training.RUN_COLUMNS and len(table) == 1
     row = table.iloc[0]
     assert (row.run_id, row.status, row.step) == (run.run_id, "done", "3/3")
@@ -144,10 +145,10 @@ def test_cancelled_run_cannot_merge_and_resumes_to_done(setup):
 
 
 def test_other_jobs_are_not_training_runs(setup):
-    home = setup[2]
+    store, _, home = setup
     other = jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=home)
     with pytest.raises(NotFoundError, match="not a training run"):
         training.get_run(other.run_id, home)
-    assert other.run_id not in [r.run_id for r in training.training_runs(home)]
+    assert other.run_id not in training.training_runs(store, home=home)["run_id"].tolist()
     with pytest.raises(NotFoundError):
         training.get_run("no-such-run", home)

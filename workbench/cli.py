@@ -839,7 +839,7 @@ def runs_cmd(ctx: click.Context, kind: str | None, as_json: bool) -> None:
 
     store = _store(ctx)
     if kind == "train" and not as_json:
-        table = training.runs_table(training.training_runs(), store)
+        table = training.runs_table(store)
     else:
         table = runs.table(store, kind=kind)
     if as_json:

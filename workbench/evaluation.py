@@ -2,7 +2,7 @@
 
 evaluate.py generates and scores; analysis.py compares. This module is the one place that
 turns a user's choices (a dataset version, a model name or training run, generation settings)
-into an eval job, finds eval runs again from their run folders (so results survive a page
+into an eval job, lists eval runs from the store's run registry (so results survive a page
 reload), and reads them back as tables, so that the Evaluate page and the CLI stay thin.
 ``home`` is the runs folder, as in jobs.py (None: <WORKBENCH_HOME>/runs).
 """
@@ -17,11 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from . import analysis, jobs, training
+from . import analysis, jobs, runs, training
 from . import evaluate as ev
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .io import ImportReport
-from .store import Store
+from .store import Store, version_label
 
 EVAL_TASK = "eval"  # registered task names (tasks.py)
 IMPORT_TASK = "import"
@@ -41,38 +41,30 @@ Home = str | Path | None
 # ---------------------------------------------------------------- models
 
 
-def trained_runs(*, home: Home = None) -> list[jobs.JobStatus]:
-    """Return the finished training runs (they have an adapter), newest first."""
-    return [j for j in training.training_runs(home) if j.state == "done"]
+def trained_runs(store: Store, *, home: Home = None) -> pd.DataFrame:
+    """Return the finished training runs (they have an adapter), newest first (registry)."""
+    found = training.training_runs(store, home=home)
+    return found[found["state"] == "done"].reset_index(drop=True)
 
 
-def model_choices(*, home: Home = None, store: Store | None = None) -> dict[str, str]:
+def model_choices(store: Store, *, home: Home = None) -> dict[str, str]:
     """Return {model value: label}: each finished training run, newest first, then the base
     model (the tiny random model is for tests: it stays usable by name but is not offered)."""
-    refs = store.refs() if store is not None else {}
     choices = {}
-    for job in trained_runs(home=home):
-        params = job.config.get("params", {})
-        base = params.get("config", {}).get("model", "default")
-        data = version_ref(params.get("version_id"), refs)
-        parent = f", retrained by {job.config['parent']}" if job.config.get("parent") else ""
-        choices[job.run_id] = f"trained run {job.run_id} ({data}, {base}{parent})"
+    for run in trained_runs(store, home=home).itertuples():
+        base = (run.config.get("config") or {}).get("model", "default")
+        parent = f", retrained by {run.parent}" if run.parent else ""
+        choices[run.run_id] = f"trained run {run.run_id} ({run.data or '?'}, {base}{parent})"
     from .models import test_models_offered
 
     offered = ("default", "tiny") if test_models_offered() else ("default",)
     return choices | {k: v for k, v in BASE_MODELS.items() if k in offered}
 
 
-def version_ref(version_id: int | None, refs: Mapping[int, str]) -> str:
-    """Return "name@N" for a version id (refs: Store.refs()), or a plain id without a store."""
-    if version_id is None:
-        return "?"
-    return refs.get(int(version_id)) or ("a deleted version" if refs
-                                          else f"version id {version_id}")
-
-
-def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
-    """Return the eval job's model spec for "default", "tiny", a training run id or a folder."""
+def model_spec(model: str, *, home: Home = None, store: Store | None = None
+               ) -> str | dict[str, str]:
+    """Return the eval job's model spec for "default", "tiny", a training run id or a folder
+    (store: to name the latest training runs when the model is unknown)."""
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"model must be default, tiny, a training run id or a folder, "
                           f"got {model!r}")
@@ -86,9 +78,12 @@ def model_spec(model: str, *, home: Home = None) -> str | dict[str, str]:
         return {"run_dir": str(path.resolve())}
     if path.is_dir():
         return str(path.resolve())
-    ids = ", ".join(j.run_id for j in trained_runs(home=home)[:5]) or "none yet"
-    raise ConfigError(f"unknown model {model!r}: use default, tiny, a finished training run id "
-                      f"(latest: {ids}) or a local model folder")
+    latest = ""
+    if store is not None:
+        ids = trained_runs(store, home=home)["run_id"].head(5)
+        latest = f" (latest: {', '.join(ids) or 'none yet'})"
+    raise ConfigError(f"unknown model {model!r}: use default, tiny, a finished training run "
+                      f"id{latest} or a local model folder")
 
 
 def _training_run(run_dir: Path, model: str) -> dict[str, str]:
@@ -118,7 +113,7 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
     if style:
         ev.as_checks(style=style)  # a bad style fails here, not minutes later in the job
     params = {"store": str(store.path), "version_id": version.version_id,
-              "model": model_spec(model, home=home),
+              "model": model_spec(model, home=home, store=store),
               "generation": (generation or ev.GenerationConfig()).to_dict(),
               "style": dict(style) if style else None,
               "embedder": "default" if similarity else None, "limit": limit,
@@ -161,60 +156,56 @@ def import_upload(file_name: str, data: bytes, **options: Any
 # ---------------------------------------------------------------- listing runs
 
 
-def eval_runs(*, home: Home = None, active: bool | None = None) -> list[jobs.JobStatus]:
-    """Return the eval, import and loop runs, newest first (only active ones if active=True)."""
-    runs = [j for j in jobs.list_runs(home=home) if j.task in EVAL_TASKS]
-    return runs if active is None else [j for j in runs if j.active == active]
+def eval_runs(store: Store, *, home: Home = None, active: bool | None = None,
+              finished: bool = False) -> pd.DataFrame:
+    """Return the eval runs (eval, import and loop runs, and eval runs written by hand) of the
+    store's run registry, newest first: run_id, kind, state, model, data, rows, created,
+    label, summary. active=True/False: only runs in flight / the others; finished: only the
+    done ones, whose predictions can be read. The one listing of eval runs (Evaluate,
+    Errors, Iterations)."""
+    found = runs.records(store, kinds=list(EVAL_TASKS.values()), home=home)
+    if active is not None:
+        found = found[~found["state"].isin(jobs.FINAL | {"missing"}) == active]
+    if finished:
+        found = found[found["state"] == "done"]
+    rows = [{"run_id": r.run_id, "kind": r.kind, "state": r.state,
+             "model": r.model or "default", "data": _data_name(r),
+             "rows": r.summary.get("rows"), "created": r.created, "summary": r.summary}
+            for r in found.itertuples()]
+    frame = pd.DataFrame(rows, columns=["run_id", "kind", "state", "model", "data", "rows",
+                                        "created", "summary"])
+    frame["rows"] = frame["rows"].astype("Int64")
+    frame.insert(7, "label", [_label(r) for r in frame.itertuples()])
+    return frame
 
 
-def finished_runs(*, home: Home = None) -> list[jobs.JobStatus]:
-    """Return the eval runs that have predictions to read, newest first."""
-    return [j for j in eval_runs(home=home)
-            if j.state == "done" and (j.run_dir / ev.PREDICTIONS_FILE).is_file()]
+def finished_runs(store: Store, *, home: Home = None) -> pd.DataFrame:
+    """Return the eval runs that have predictions to read, newest first (eval_runs)."""
+    return eval_runs(store, home=home, finished=True)
 
 
-def run_label(job: jobs.JobStatus, refs: Mapping[int, str] | None = None) -> str:
-    """Return a one-line description of an eval run: id, kind, model and data (refs:
-    Store.refs(), to name the data version as people read it)."""
-    return f"{job.run_id} · {EVAL_TASKS.get(job.task, job.kind)} · " \
-           f"{_model_name(job)} · {_data_name(job, refs or {})}"
+def _data_name(run: Any) -> str:
+    if run.kind == IMPORT_TASK:
+        return f"file {Path(str(run.config.get('path', '?'))).name}"
+    return run.data or "?"
 
 
-def _model_name(job: jobs.JobStatus) -> str:
-    params = job.config.get("params", {})
-    if job.task == IMPORT_TASK:
-        return ev.model_label(ev.read_summary(job.run_dir).get("model") or params.get("model")
-                              or "?")
-    if job.task == LOOP_TASK:  # it evaluates its own training run
-        return f"run:{job.run_id}-train"
-    return ev.model_label(params.get("model", "default"))
+def _label(run: Any) -> str:
+    rows = "" if pd.isna(run.rows) else f" · {run.rows} rows"
+    return f"{run.run_id} · {run.kind} · {run.model} · {run.data}{rows}"
 
 
-def _data_name(job: jobs.JobStatus, refs: Mapping[int, str]) -> str:
-    params = job.config.get("params", {})
-    if job.task == IMPORT_TASK:
-        return f"file {Path(str(params.get('path', '?'))).name}"
-    return version_ref((params.get("eval") or params).get("version_id"), refs)
-
-
-def runs_table(*, home: Home = None, store: Store | None = None) -> pd.DataFrame:
+def runs_table(store: Store, *, home: Home = None) -> pd.DataFrame:
     """Return one row per eval run: id, kind, state, model, data, rows, metric means [95% CI]."""
-    refs = store.refs() if store is not None else {}
-    rows = [_run_row(job, refs) for job in eval_runs(home=home)]
+    rows = []
+    for run in eval_runs(store, home=home).itertuples():
+        row = {"run": run.run_id, "kind": run.kind, "state": run.state, "model": run.model,
+               "data": run.data, "rows": run.rows}
+        intervals = run.summary.get("intervals") or {}
+        row.update({m: format_ci(ci) for m, ci in intervals.items() if m in ev.METRICS})
+        rows.append(row)
     names = [m for m in ev.METRICS if any(m in r for r in rows)]
-    columns = ["run", "kind", "state", "model", "data", "rows", *names]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _run_row(job: jobs.JobStatus, refs: Mapping[int, str]) -> dict[str, Any]:
-    summary = ev.read_summary(job.run_dir) if job.state == "done" else {}
-    row = {"run": job.run_id, "kind": EVAL_TASKS.get(job.task, job.kind),
-           "state": job.state, "model": _model_name(job), "data": _data_name(job, refs),
-           "rows": summary.get("rows", job.total)}
-    for metric, ci in _summary_metrics(summary).items():
-        if metric in ev.METRICS:
-            row[metric] = format_ci(ci)
-    return row
+    return pd.DataFrame(rows, columns=["run", "kind", "state", "model", "data", "rows", *names])
 
 
 def format_ci(ci: Mapping[str, float]) -> str:
@@ -359,7 +350,7 @@ def _training(store: Store | None, a: jobs.JobStatus, b: jobs.JobStatus) -> dict
         return None
     if diff is not None:
         refs = store.refs()
-        diff["ref_a"], diff["ref_b"] = (version_ref(diff[k], refs)
+        diff["ref_a"], diff["ref_b"] = (version_label(diff[k], refs)
                                         for k in ("version_a", "version_b"))
     return diff
 
@@ -404,7 +395,7 @@ def training_summary(result: RunComparison) -> str:
     if training is None:
         return "no training data diff: at least one model is a base model or outside predictions"
     counts = ", ".join(f"{k} {v}" for k, v in training["counts"].items())
-    refs = [training.get(f"ref_{s}") or f"version id {training[f'version_{s}']}"
+    refs = [training.get(f"ref_{s}") or version_label(training[f"version_{s}"], {})
             for s in "ab"]
     return f"training data {refs[0]} → {refs[1]}: {counts}"
 

@@ -535,6 +535,27 @@ def status(run: str | Path, *, home: str | Path | None = None) -> JobStatus:
     return job
 
 
+SIGNATURE_FILES = ("config.json", "status.json", "events.jsonl", "result.json", "summary.json",
+                   "cancel")
+
+
+def signature(run_dir: Path, *, parent: str | None = None) -> str:
+    """Return what changes whenever status() of the run would: the sizes and times of its
+    state files and whether its worker (or, for a child run, its parent's) holds the lock. A
+    reader that saw the same signature before need not read the folder again."""
+    parts = []
+    for name in SIGNATURE_FILES:
+        try:
+            st = (run_dir / name).stat()
+        except FileNotFoundError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    owner = run_dir.parent / parent if parent else None
+    live = _lock_held(run_dir) or (owner is not None and _lock_held(owner))
+    return " ".join([*parts, "live" if live else "idle"])
+
+
 def _live_state(run_dir: Path, st: dict, has_events: bool) -> tuple[State, str]:
     """Return (state, error) of a job whose status.json names no final state."""
     state = st.get("state", "queued")

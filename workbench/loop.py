@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from . import analysis, jobs
+from . import analysis, evaluation, jobs, training
 from .cache import cache_of
 from .evaluate import (PREDICTIONS_FILE, metric_columns, model_label, read_predictions,
                        read_summary, text_vectors)
@@ -50,34 +50,9 @@ def run_dir(run: str | Path, *, home: str | Path | None = None) -> Path:
     return folder
 
 
-def eval_runs(*, home: str | Path | None = None) -> pd.DataFrame:
-    """Return the finished eval runs, newest first: run_id, kind, model, rows, created, label."""
-    root = jobs.runs_dir(home)
-    folders = sorted((d for d in root.iterdir() if (d / PREDICTIONS_FILE).is_file()),
-                     key=_created, reverse=True) if root.is_dir() else []
-    rows = [_run_row(d) for d in folders]
-    columns = ["run_id", "kind", "model", "rows", "created", "label"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _created(folder: Path) -> float:
-    config = _config(folder)
-    return float(config.get("created") or (folder / PREDICTIONS_FILE).stat().st_mtime)
-
-
 def _config(folder: Path) -> dict:
     path = folder / "config.json"
     return orjson.loads(path.read_bytes()) if path.is_file() else {}
-
-
-def _run_row(folder: Path) -> dict[str, Any]:
-    summary = read_summary(folder)
-    kind = _config(folder).get("kind") or summary.get("kind") or "eval"
-    model = model_label(summary.get("model") or "?")
-    created = pd.Timestamp(_created(folder), unit="s").floor("s")
-    rows = int(summary.get("rows") or 0)
-    return {"run_id": folder.name, "kind": kind, "model": model, "rows": rows,
-            "created": created, "label": f"{folder.name} · {kind} · {model} · {rows} rows"}
 
 
 def predictions(run: str | Path, *, home: str | Path | None = None) -> pd.DataFrame:
@@ -389,23 +364,23 @@ def _held_out(frame: pd.DataFrame, excluded: set[int]) -> pd.DataFrame:
 
 
 def iterations(store: Store, *, home: str | Path | None = None) -> pd.DataFrame:
-    """Return one row per eval run (oldest first) with its lineage, failure rate and metrics.
+    """Return one row per finished eval run (oldest first) with its lineage, failure rate and
+    metrics.
 
     Lineage: the model, its training run and version, how that version was made and from
     which eval run's failures."""
-    runs = eval_runs(home=home).iloc[::-1].reset_index(drop=True)
-    rows = [_iteration(store, jobs.runs_dir(home) / r, i + 1)
-            for i, r in enumerate(runs["run_id"])]
+    found = evaluation.finished_runs(store, home=home).iloc[::-1]
+    rows = [_iteration(store, jobs.runs_dir(home) / run.run_id, run, i + 1)
+            for i, run in enumerate(found.itertuples())]
     return pd.DataFrame(rows)
 
 
-def _iteration(store: Store, folder: Path, number: int) -> dict[str, Any]:
-    row = _run_row(folder)
+def _iteration(store: Store, folder: Path, run: Any, number: int) -> dict[str, Any]:
     summary, frame = read_summary(folder), read_predictions(folder)
     model = summary.get("model")
     version = analysis.training_version(folder)
-    out = {"iteration": number, "created": row["created"], "eval_run": folder.name,
-           "kind": row["kind"], "model": row["model"],
+    out = {"iteration": number, "created": run.created, "eval_run": run.run_id,
+           "kind": run.kind, "model": run.model,
            "train_run": Path(model["run_dir"]).name if isinstance(model, Mapping) else "",
            "train_version": version, **_version_lineage(store, version),
            "eval_version": summary.get("version_id"),
@@ -429,22 +404,22 @@ def _version_lineage(store: Store, version: int | None) -> dict[str, Any]:
 
 def unevaluated_training_runs(store: Store, *, home: str | Path | None = None) -> pd.DataFrame:
     """Return the training runs no eval run has evaluated yet, newest first (runs table)."""
-    from . import training
+    evaluated = {str(m).removeprefix("run:")
+                 for m in evaluation.eval_runs(store, home=home)["model"]}
+    table = training.runs_table(store, home=home)
+    return table[~table["run_id"].isin(evaluated)].reset_index(drop=True)
 
-    evaluated = {str(m).removeprefix("run:") for m in eval_runs(home=home)["model"]}
-    runs = [j for j in training.training_runs(home) if j.run_id not in evaluated]
-    return training.runs_table(runs, store)
 
-
-def metric_history(metric: str, *, home: str | Path | None = None) -> pd.DataFrame:
-    """Return per eval run (oldest first) a metric's mean, lo and hi; runs without it are left
-    out."""
-    runs = eval_runs(home=home).iloc[::-1].reset_index(drop=True)
+def metric_history(store: Store, metric: str, *, home: str | Path | None = None
+                   ) -> pd.DataFrame:
+    """Return per finished eval run (oldest first) a metric's mean, lo and hi; runs without it
+    are left out."""
+    found = evaluation.finished_runs(store, home=home).iloc[::-1]
     rows = []
-    for i, run_id in enumerate(runs["run_id"], start=1):
-        value = (read_summary(jobs.runs_dir(home) / run_id).get("metrics") or {}).get(metric)
+    for i, run in enumerate(found.itertuples(), start=1):
+        value = (run.summary.get("intervals") or {}).get(metric)
         if value and value.get("mean") is not None:
-            rows.append({"iteration": i, "eval_run": run_id, "mean": value["mean"],
+            rows.append({"iteration": i, "eval_run": run.run_id, "mean": value["mean"],
                          "lo": value.get("lo"), "hi": value.get("hi")})
     return pd.DataFrame(rows, columns=["iteration", "eval_run", "mean", "lo", "hi"])
 

@@ -71,4 +71,15 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             finished_at TIMESTAMP, summary VARCHAR, error VARCHAR)""",
         "ALTER TABLE datasets ADD COLUMN role VARCHAR DEFAULT ''",
     ]),
+    (6, "one name@N per version (a view); the registry keeps what it last saw of a run folder", [
+        # The one definition of how people name a version: its dataset and its place there.
+        """CREATE VIEW version_refs AS SELECT v.version_id, v.dataset_id, d.name AS dataset,
+            row_number() OVER (PARTITION BY v.dataset_id ORDER BY v.version_id) AS number,
+            d.name || '@' || row_number() OVER (PARTITION BY v.dataset_id
+                                                ORDER BY v.version_id) AS ref
+            FROM versions v JOIN datasets d USING (dataset_id)""",
+        # The signature (file sizes and times, worker liveness) of a run folder at its last
+        # read: runs.sync reads a folder again only when it differs.
+        "ALTER TABLE runs ADD COLUMN seen VARCHAR",
+    ]),
 ]

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import duckdb
 import numpy as np
@@ -504,9 +504,8 @@ class Store:
         if not at or not number.isdigit():
             return self.active_version(str(ref))
         with self.connect() as con:
-            found = _one(con, """SELECT v.version_id FROM versions v JOIN datasets d USING
-                (dataset_id) WHERE d.name = ? ORDER BY v.version_id LIMIT 1 OFFSET ?""",
-                         [name, int(number) - 1]) if int(number) > 0 else None
+            found = _one(con, "SELECT version_id FROM version_refs WHERE dataset = ? AND "
+                         "number = ?", [name, int(number)]) if int(number) > 0 else None
         if not found:
             raise NotFoundError(f"no version '{ref}'; use a version id, a dataset name or name@N")
         return found[0]
@@ -531,10 +530,11 @@ class Store:
     def refs(self) -> dict[int, str]:
         """Return {version id: "name@N"} for every version, to show ids as people read them."""
         with self.connect() as con:
-            rows = con.execute("""SELECT v.version_id, d.name, row_number() OVER (
-                PARTITION BY v.dataset_id ORDER BY v.version_id) FROM versions v
-                JOIN datasets d USING (dataset_id)""").fetchall()
-        return {vid: f"{name}@{number}" for vid, name, number in rows}
+            return dict(con.execute("SELECT version_id, ref FROM version_refs").fetchall())
+
+    def ref_of(self, version_id: int | None) -> str:
+        """Return how people name one version (version_label's wording)."""
+        return version_label(version_id, self.refs())
 
     def lineage(self, version_id: int) -> list[VersionInfo]:
         """Return the chain of versions from the root to this one."""
@@ -1152,9 +1152,17 @@ _CHANGED_SQL = """SELECT ra.row_key AS old_row_key, rb.row_key AS new_row_key, r
     FROM _a a JOIN _b b USING (origin_key) JOIN rows ra ON ra.row_key = a.row_key
     JOIN rows rb ON rb.row_key = b.row_key WHERE a.row_key <> b.row_key ORDER BY ra.origin_key"""
 _VERSION_SQL = """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params, v.counts,
-    v.n_rows, v.created_at, v.message, (SELECT count(*) FROM versions w
-        WHERE w.dataset_id = v.dataset_id AND w.version_id <= v.version_id) AS number
-    FROM versions v JOIN datasets d USING (dataset_id)"""
+    v.n_rows, v.created_at, v.message, r.number
+    FROM versions v JOIN datasets d USING (dataset_id) JOIN version_refs r USING (version_id)"""
+
+
+def version_label(version_id: int | None, refs: Mapping[int, str]) -> str:
+    """Return how people name a version id: "name@N" (refs: Store.refs(), or the ref column
+    of the version_refs view), "deleted version (id 7)" when the store no longer has it, ""
+    for no version. The one wording of a version reference outside the store."""
+    if version_id is None or pd.isna(version_id):
+        return ""
+    return refs.get(int(version_id)) or f"deleted version (id {int(version_id)})"
 
 
 def _one(con: Any, sql: str, args: Sequence = ()) -> tuple | None:

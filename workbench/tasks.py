@@ -38,11 +38,6 @@ from .jobs import run_child, task
 from .store import Store
 
 
-def _phase(ctx: Any, name: str, total: int | None = None) -> None:
-    if hasattr(ctx, "phase"):  # an inline context of the CLI has no phases
-        ctx.phase(name, total)
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -139,9 +134,9 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
         frame = frame.head(int(p.limit))
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
             f"({len(frame)} rows, {config.to_dict()})")
-    _phase(ctx, "loading model")
+    T.start_phase(ctx, "loading model")
     model, tokenizer = ev.load_eval_model(p.model)
-    _phase(ctx, "evaluating", len(frame))
+    T.start_phase(ctx, "evaluating", len(frame))
     generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count

@@ -600,6 +600,15 @@ def _clean_partial(run_dir: Path) -> None:
 # ---------------------------------------------------------------- the loop
 
 
+def start_phase(ctx: Any, name: str, total: int | None = None, step: int = 0) -> None:
+    """Tell a job context the phase its work enters (jobs.JobContext.phase: "training" at
+    ``step`` of ``total``); a context without phases (the CLI's inline one, a stand-in) is
+    told nothing. The one phase hook of the steps and the tasks."""
+    phase = getattr(ctx, "phase", None)
+    if phase is not None:
+        phase(name, total, step)
+
+
 class _Quiet:
     """A stand-in job context for training outside a job (no events, no log file)."""
 
@@ -610,9 +619,6 @@ class _Quiet:
         pass
 
     def log(self, message: str) -> None:
-        pass
-
-    def phase(self, name: str, total: int | None = None, step: int = 0) -> None:
         pass
 
     def cancelled(self) -> bool:
@@ -674,11 +680,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_json(run_dir / CONFIG_FILE)
     ctx = ctx or _Quiet(run_dir)
-    if hasattr(ctx, "phase"):
-        ctx.phase("loading model")
+    start_phase(ctx, "loading model")
     run = _setup(config, rows, val_rows, run_dir, ctx)
-    if hasattr(ctx, "phase"):
-        ctx.phase("training", run.total, run.state["step"])
+    start_phase(ctx, "training", run.total, run.state["step"])
     with _readable_memory_errors(run):
         if run.state["step"] == 0 and run.data.val:
             run.state["val_loss_start"] = _validate(run)

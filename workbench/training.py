@@ -2,7 +2,8 @@
 
 train.py holds the loop and jobs.py the run folders; this module is the one place the Train
 page and the CLI call, so both start, list, resume and inspect runs the same way. Runs are
-found from their folders (never from a session), so a page reload still shows them.
+listed from the store's run registry (runs.py, synced with the run folders; never from a
+session), so a page reload still shows them; a running run's live numbers come from its folder.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import jobs, models, train
+from . import jobs, models, runs, train
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
-from .store import Store, default_home
+from .store import Store, default_home, version_label
 from .train import TrainConfig
 
 TASK = "train"  # runs are recognised by their task (tasks.py), started or inline
@@ -173,9 +174,9 @@ def version_choices(store: Store) -> dict[int, str]:
 # ---------------------------------------------------------------- runs
 
 
-def training_runs(home: str | os.PathLike[str] | None = None) -> list[jobs.JobStatus]:
-    """Return the training runs found in the run folders, newest first."""
-    return [j for j in jobs.list_runs(home=home) if j.task == TASK]
+def training_runs(store: Store, *, home: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Return the training runs of the store's run registry (runs.records), newest first."""
+    return runs.records(store, kinds=[TASK], home=home)
 
 
 def get_run(run_id: str, home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
@@ -191,25 +192,31 @@ def run_config(job: jobs.JobStatus) -> TrainConfig:
     return TrainConfig.from_dict(job.config["params"].get("config") or {})
 
 
-def runs_table(runs: list[jobs.JobStatus], store: Store | None = None) -> pd.DataFrame:
-    """Return one row per run: status, data version, key config and final (or live) losses."""
-    labels: dict[int, str] = {}
-    rows = [_run_row(job, store, labels) for job in runs]
+def runs_table(store: Store, *, home: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Return one row per training run, from the registry: status, step, data version, key
+    config and final (or, while it trains, latest) losses."""
+    found = training_runs(store, home=home)
+    refs = store.refs() if len(found) else {}
+    rows = [_run_row(run, refs) for run in found.itertuples()]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def _run_row(job: jobs.JobStatus, store: Store | None, labels: dict[int, str]) -> dict:
-    params = job.config.get("params", {})
-    c = _config_values(job)
-    train_loss, val_loss = final_losses(job)
+def any_active(table: pd.DataFrame) -> bool:
+    """Return whether a runs_table holds a run that is queued or running."""
+    return bool((~table["status"].isin(jobs.FINAL | {"missing"})).any())
+
+
+def _run_row(run: Any, refs: Mapping[int, str]) -> dict:
+    params, summary = run.config, run.summary
+    c = _config_values(params)
+    val_version = params.get("val_version_id")
     return {
-        "run_id": job.run_id,
-        "status": job.state,
-        "part_of": job.parent or "",  # a loop run that retrained this one
-        "step": f"{job.step}/{job.total or '?'}",
-        "data": _version_label(store, params.get("version_id"), labels),
-        "validation": (_version_label(store, params.get("val_version_id"), labels)
-                       if params.get("val_version_id") is not None
+        "run_id": run.run_id,
+        "status": run.state,
+        "part_of": run.parent,  # a loop run that retrained this one
+        "step": f"{summary.get('step', 0)}/{summary.get('total') or '?'}",
+        "data": run.data,
+        "validation": (version_label(val_version, refs) if val_version is not None
                        else f"{c.get('val_fraction', 0):g} split"),
         "model": c.get("model", ""),
         "lora": f"r={c.get('lora_r')} α={c.get('lora_alpha')}",
@@ -217,27 +224,16 @@ def _run_row(job: jobs.JobStatus, store: Store | None, labels: dict[int, str]) -
         "length": (f"{c['max_steps']} steps" if c.get("max_steps")
                    else f"{c.get('epochs')} epochs"),
         "batch": f"{c.get('batch_size')}×{c.get('grad_accum')}",
-        "train_loss": train_loss,
-        "val_loss": val_loss,
-        "started": pd.to_datetime(job.config.get("created"), unit="s").floor("s"),
+        "train_loss": summary.get("train_loss"),
+        "val_loss": summary.get("val_loss"),
+        "started": run.created,
     }
 
 
-def _config_values(job: jobs.JobStatus) -> dict[str, Any]:
+def _config_values(params: Mapping[str, Any]) -> dict[str, Any]:
     # A run's saved options over the defaults (also for a run whose config was invalid).
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return defaults | (job.config.get("params", {}).get("config") or {})
-
-
-def _version_label(store: Store | None, version_id: int | None, labels: dict[int, str]) -> str:
-    if version_id is None:
-        return ""
-    if not labels and store is not None:
-        labels.update(store.refs())
-    if version_id not in labels:
-        labels[version_id] = ("a deleted version" if store is not None
-                              else f"version id {version_id}")
-    return labels[version_id]
+    return defaults | (params.get("config") or {})
 
 
 def final_losses(job: jobs.JobStatus) -> tuple[float | None, float | None]:
