@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from . import jobs
 from . import labels as LB
 from . import recipes
 from .exceptions import ExportError, WorkbenchError
@@ -247,8 +248,8 @@ def model_card(store: Store | None, run_id: str, *, home: str | Path | None = No
     lines += _training_data(store, params) + [""]
     lines += _lora(config) + [""]
     lines += _curves(job) + [""]
-    evals = _eval_runs(job, home)
-    lines += _evals(evals, store) + [""]
+    evals = _eval_runs(job, store, home)
+    lines += _evals(evals, store, home) + [""]
     lines += _contamination(store, params, evals) + [""]
     lines += ["## Limitations", "",
               f"- Trained for {job.result.get('steps', job.step) if job.result else job.step} "
@@ -261,9 +262,7 @@ def model_card(store: Store | None, run_id: str, *, home: str | Path | None = No
 def _ref(store: Store | None, version_id: Any) -> str:
     if version_id is None:
         return "none"
-    if store is None:
-        return f"version id {version_id}"
-    return store.refs().get(int(version_id), f"version id {version_id} (deleted)")
+    return store.ref_of(int(version_id)) if store is not None else f"version id {version_id}"
 
 
 def _training_data(store: Store | None, params: dict) -> list[str]:
@@ -313,16 +312,19 @@ def _at(row: pd.Series) -> str:
     return f"{row['loss']:.4f} ({int(row['step'])})"
 
 
-def _eval_runs(job: Any, home: str | Path | None) -> list[Any]:
-    """Return the finished eval runs whose model is this training run."""
-    from . import evaluation
+def _eval_runs(job: Any, store: Store | None, home: str | Path | None) -> list[Any]:
+    """Return the finished eval runs (registry records) whose model is this training run."""
+    from . import evaluation, runs
 
+    if store is None:
+        return []
     mine = str(Path(job.run_dir).resolve())
-    return [j for j in evaluation.finished_runs(home=home)
-            if (j.config.get("params", {}).get("model") or {}) == {"run_dir": mine}]
+    found = runs.records(store, kinds=list(evaluation.EVAL_TASKS.values()), home=home)
+    return [r for r in found.itertuples()
+            if r.state == "done" and (r.config.get("model") or {}) == {"run_dir": mine}]
 
 
-def _evals(evals: list[Any], store: Store | None) -> list[str]:
+def _evals(evals: list[Any], store: Store | None, home: str | Path | None) -> list[str]:
     from . import evaluation
 
     out = ["## Evaluation", ""]
@@ -331,8 +333,8 @@ def _evals(evals: list[Any], store: Store | None) -> list[str]:
                       "--model RUN_ID`)."]
     rows = []
     for j in evals:
-        data = _ref(store, j.config["params"].get("version_id"))
-        for m in evaluation.summary_table(j.run_dir).itertuples():
+        data = _ref(store, j.version_id)
+        for m in evaluation.summary_table(jobs.runs_dir(home) / j.run_id).itertuples():
             rows.append((j.run_id, data, m.metric, evaluation.format_ci(
                 {"mean": m.mean, "lo": m.lo, "hi": m.hi}), m.n))
     return out + ["Means with 95% bootstrap intervals:", ""] + _table(
@@ -350,7 +352,7 @@ def _contamination(store: Store | None, params: dict, evals: list[Any]) -> list[
         return out + ["Not checked: no evaluation run used this adapter."]
     train = store.frame(int(vid))
     texts = (train["prompt"] + "\n" + train["response"]).tolist()
-    for ev_vid in dict.fromkeys(j.config["params"].get("version_id") for j in evals):
+    for ev_vid in dict.fromkeys(j.version_id for j in evals):
         try:
             prompts = store.frame(int(ev_vid))["prompt"].tolist()
         except WorkbenchError:

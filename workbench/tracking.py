@@ -241,15 +241,15 @@ def _add_data(record: RunRecord, store: Store | None, version_id: Any, key: str)
 
 
 def version_recipe(store: Store, version_id: int) -> tuple[str, str]:
-    """Return (artifact file name, text) saying how a version was made: its recipe as YAML
-    where workbench.recipes exists, else its lineage (each step's operation, parameters and
-    counts) as JSON."""
+    """Return (artifact file name, text) saying how a version was made: its recipe as YAML,
+    or, for a version a recipe cannot describe (not made from an import), its lineage (each
+    step's operation, parameters and counts) as JSON."""
+    from . import recipes
+
     try:
-        from . import recipes  # type: ignore[attr-defined]
-    except ImportError:
-        recipes = None
-    if recipes is not None:
         return "recipe.yaml", recipes.to_yaml(recipes.build(store, version_id))
+    except WorkbenchError:
+        pass
     refs = store.refs()
     chain = [{"version": refs.get(v.version_id, str(v.version_id)), "operation": v.operation,
               "params": v.params, "counts": v.counts, "rows": v.n_rows, "message": v.message}
