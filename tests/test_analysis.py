@@ -170,9 +170,19 @@ def test_cluster_names_ignore_text_most_rows_share():
                set(t) <= {"reset", "password", "login", "code", "fails"} for t in named)
 
 
-def test_kmeans_handles_more_clusters_than_points():
-    labels, centers = an.kmeans(np.eye(3, dtype=np.float32), 10)
-    assert sorted(labels.tolist()) == [0, 1, 2] and centers.shape == (3, 3)
+def test_clustering_handles_more_clusters_than_points():
+    clusters = an.cluster_failures(pd.DataFrame({"prompt": ["a b c", "d e f", "g h i"]}),
+                                   np.eye(3, dtype=np.float32), k=10)
+    assert sorted(clusters.labels.tolist()) == [0, 1, 2] and len(clusters.table) == 3
+
+
+def test_failure_clusters_are_spherical_length_does_not_split_a_direction():
+    # Same two directions, lengths from 1 to 100: clusters follow direction, not length.
+    scale = np.array([1.0, 100.0, 3.0, 50.0, 7.0, 0.5], dtype=np.float32)[:, None]
+    vectors = np.vstack([np.eye(4, dtype=np.float32)[0] * scale,
+                         np.eye(4, dtype=np.float32)[1] * scale])
+    labels = an.cluster_failures(pd.DataFrame({"prompt": ["x"] * 12}), vectors, k=2).labels
+    assert len(set(labels[:6])) == 1 and len(set(labels[6:])) == 1 and labels[0] != labels[6]
 
 
 # ---------------------------------------------------------------- comparing runs

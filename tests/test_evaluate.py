@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from workbench import evaluate as ev
+from workbench import generation
 from workbench import jobs, models
 from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError, ImportFormatError
@@ -150,9 +151,9 @@ def test_generation_stops_at_stop_tokens_and_strips_specials(tiny):
     hello = tokenizer("Hello!", add_special_tokens=False)["input_ids"]
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     ids = [im_start, *hello, stops[0], *hello]
-    got = ev._decode(tokenizer, ids, set(stops), max_new_tokens=len(ids))
+    got = generation._decode(tokenizer, ids, set(stops), max_new_tokens=len(ids))
     assert got.text == "Hello!" and got.token_ids == (im_start, *hello) and not got.hit_max
-    cut = ev._decode(tokenizer, hello, set(stops), max_new_tokens=len(hello))
+    cut = generation._decode(tokenizer, hello, set(stops), max_new_tokens=len(hello))
     assert cut.hit_max and cut.text == "Hello!"
 
 

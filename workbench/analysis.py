@@ -27,6 +27,7 @@ from .evaluate import (METRICS, as_checks, bootstrap_ci, format_checks, length_r
                        repetition, words)
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
+from .select import kmeans
 
 
 FAILURE_TAGS = ("empty", "refusal", "repetition_loop", "truncated", "too_long", "too_short",
@@ -277,46 +278,8 @@ class Clusters:
     table: pd.DataFrame
 
 
-def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, iterations: int = 50
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (labels, unit centroids) of spherical k-means with k-means++ seeding."""
-    x = _unit(np.asarray(vectors, np.float32))
-    k = max(1, min(int(k), len(x)))
-    rng = np.random.default_rng(seed)
-    centers = _kmeans_pp(x, k, rng)
-    labels = np.full(len(x), -1)
-    for _ in range(iterations):
-        new = np.argmax(x @ centers.T, axis=1)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        centers = _recenter(x, labels, centers)
-    return labels, centers
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    chosen = [int(rng.integers(len(x)))]
-    distance = 1.0 - x @ x[chosen[0]]
-    for _ in range(1, k):
-        weights = np.clip(distance, 0, None) ** 2
-        total = weights.sum()
-        pick = int(rng.choice(len(x), p=weights / total) if total > 0 else rng.integers(len(x)))
-        chosen.append(pick)
-        distance = np.minimum(distance, 1.0 - x @ x[pick])
-    return x[chosen].copy()
-
-
-def _recenter(x: np.ndarray, labels: np.ndarray, old: np.ndarray) -> np.ndarray:
-    centers = old.copy()
-    for c in range(len(old)):
-        members = x[labels == c]
-        if len(members):  # an emptied cluster keeps its old centre
-            centers[c] = members.mean(axis=0)
-    return _unit(centers)
 
 
 SHARED_TERM_SHARE = 0.5  # a term in more rows than this share names no cluster
@@ -364,7 +327,7 @@ def cluster_failures(frame: pd.DataFrame, vectors: np.ndarray, k: int | None = N
         return Clusters(np.zeros(0, int), pd.DataFrame(columns=["cluster", "size", "name",
                                                                 "terms", "rows"]))
     k = k if k is not None else min(10, max(2, round(math.sqrt(len(frame) / 2))))
-    labels, _ = kmeans(vectors, k, seed=seed)
+    labels = kmeans(vectors, k, seed=seed, spherical=True)  # clusters of directions
     terms = characteristic_terms(frame[text_column].astype(str).tolist(), labels,
                                  n_terms=n_terms)
     rows = [{"cluster": int(c), "size": int((labels == c).sum()),

@@ -498,19 +498,14 @@ def judge_local(prompts: Sequence[str], config: JudgeConfig, *,
 
 
 def generate(lm: tuple[Any, Any], prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
-    """Return the model's greedy answers to user prompts, rendered with its chat template."""
-    import torch
+    """Return the model's greedy answers to user prompts, rendered with its chat template
+    (generation.py's decoding loop, all prompts in one length-sorted pass)."""
+    from .generation import GenerationConfig, generate_texts
 
     model, tokenizer = lm
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) for p in prompts]
-    # Left padding for generation, passed per call: the shared tokenizer pads right for scoring.
-    batch = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left",
-                      add_special_tokens=False)
-    with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=max(1, len(prompts)))
+    return generate_texts(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                          config)
 
 
 def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any] | None = None,

@@ -246,18 +246,31 @@ def _diverse_result(frame: pd.DataFrame, values: np.ndarray, chosen: list[int],
 
 # --- per-cluster quotas ------------------------------------------------------------------------
 
-def kmeans(vectors: Any, k: int, *, seed: int = 0) -> np.ndarray:
-    """Return a k-means cluster label per row (scikit-learn, k-means++ init, fixed seed)."""
+def kmeans(vectors: Any, k: int, *, seed: int = 0, spherical: bool = False) -> np.ndarray:
+    """Return a k-means cluster label per row (scikit-learn, k-means++ init, fixed seed).
+
+    The workbench's one k-means: per-cluster quotas, the embedding map and failure clusters
+    (analysis.py) all call it. ``spherical=True`` clusters directions: rows are scaled to unit
+    length first, so the distance is 2 - 2 * cosine similarity. At most one cluster per row.
+    """
+    import warnings
+
     from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     x = np.asarray(vectors, dtype=np.float32)
     k = min(_check_k(k), len(x))
     if len(x) == 0:
         return np.zeros(0, dtype=np.int64)
+    if spherical:
+        x = _unit(x, len(x))
     # Mini-batch k-means past 20k rows: a few seconds instead of tens on 52k x 384.
     model = (MiniBatchKMeans(k, random_state=seed, n_init=3, batch_size=4096)
              if len(x) > 20_000 else KMeans(k, random_state=seed, n_init=3))
-    return model.fit_predict(x).astype(np.int64)
+    with warnings.catch_warnings():
+        # Repeated rows can leave fewer distinct clusters than k: the labels say so already.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit_predict(x).astype(np.int64)
 
 
 def allocate(sizes: np.ndarray, k: int, quota: Quota = "proportional") -> np.ndarray:

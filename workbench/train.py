@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
+from workbench.generation import GenerationConfig, generate_texts
 from workbench.models import LoadedLM, load_lm, supports_assistant_mask, tiny_lm
 
 if TYPE_CHECKING:
@@ -1027,7 +1028,6 @@ def _cached_adapter(run_dir: str, stamp: float) -> LoadedLM:
     return load_adapter_model(run_dir)  # stamp: a newer adapter file is a new cache entry
 
 
-@torch.no_grad()
 def generate_many(
     model: str | os.PathLike[str] | LoadedLM,
     conversations: Sequence[Messages],
@@ -1036,31 +1036,17 @@ def generate_many(
     greedy: bool = True,
     temperature: float = 0.7,
     batch_size: int = 8,
+    seed: int = 0,
 ) -> list[str]:
-    """Returns the assistant reply to each conversation from a run folder, model name or pair."""
+    """Returns the assistant reply to each conversation from a run folder, model name or pair
+    (generation.py's decoding loop; sampling, when greedy=False, is seeded by ``seed``)."""
     lm, tokenizer = _loaded(model)
-    prompts = [
-        tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-        for c in conversations
-    ]
-    replies = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-        )
-        sampling = (
-            {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature}
-        )
-        out = lm.generate(
-            **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-        )
-        new = out[:, batch["input_ids"].shape[1] :]
-        replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return replies
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        **({} if greedy else {"do_sample": True, "temperature": temperature, "seed": seed}),
+    )
+    return generate_texts(lm, tokenizer, conversations, config)
 
 
 def generate(
