@@ -444,12 +444,15 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
                                                    "json_object", "text"]), default=None,
               help="How the judge's answer is asked for (default auto: the best the server "
               "takes, found on the first rows).")
+@click.option("--judge-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Retries per row on refused or dropped connections, timeouts, 429 and 5xx "
+              "(with backoff); a row still failing is listed as not scored.")
 @click.pass_context
 def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
               format_regex: str | None, format_json: bool, format_prefix: str | None,
               progress: bool, label_set: str, judge_url: str | None, judge_model: str | None,
-              api_key_env: str | None, rubric_file: str | None,
-              judge_format: str | None) -> None:
+              api_key_env: str | None, rubric_file: str | None, judge_format: str | None,
+              judge_retries: int) -> None:
     """Score a version's rows (cached by content) and print score statistics.
 
     The judge (--scorers judge) runs here with a progress bar, into the same cache as the
@@ -468,7 +471,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     models = [n for n in names if n in ("perplexity", "ifd")]
     heuristics = [n for n in names if n not in models and n not in ("judge", "learned")]
     judge_config = _judge_config(judge_url, judge_model, api_key_env, rubric_file,
-                                 judge_format) if "judge" in names else None
+                                 judge_format, judge_retries) if "judge" in names else None
     frame = store.frame(vid)
     if heuristics:
         quality.score_heuristics(store, frame,
@@ -499,7 +502,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
 
 
 def _judge_config(url: str | None, model: str | None, key_env: str | None,
-                  rubric_file: str | None, response_format: str | None) -> dict:
+                  rubric_file: str | None, response_format: str | None, retries: int) -> dict:
     """Return the judge options of `score --scorers judge`, keyed as the page keys them (so
     both share the cache); raise a usage error when neither an endpoint nor a model is given."""
     from .judge import DEFAULT_RUBRIC, JudgeConfig
@@ -516,7 +519,7 @@ def _judge_config(url: str | None, model: str | None, key_env: str | None,
     if rubric_file:
         rubric = Path(rubric_file).read_text(encoding="utf-8")
     config = {"backend": "openai" if url else "local", "model": model, "base_url": url or None,
-              "api_key_env": key_env or None, "rubric": rubric}
+              "api_key_env": key_env or None, "rubric": rubric, "max_retries": retries}
     if response_format:
         config["response_format"] = response_format
     JudgeConfig(**config)  # a bad option fails here, before anything is read

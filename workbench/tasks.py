@@ -318,7 +318,8 @@ def judge(p: JudgeParams, ctx: Any) -> dict:
     chunk, errors, mode = int(p.chunk_rows), [], None
     for start in range(0, len(todo), chunk):
         part = todo.iloc[start:start + chunk]
-        judged = judge_frame(part, config)
+        judged = judge_frame(part, config, progress=lambda done, _, start=start:
+                             ctx.progress(start + done, len(todo)))  # row by row
         if mode is None and judged.attrs.get("judge_mode"):
             mode = judged.attrs["judge_mode"]  # found once; the later chunks ask the same way
             config = settle_mode(config, mode)
