@@ -285,7 +285,7 @@ def judge_view(result: evaluation.RunComparison) -> None:
             if done[0].state == "done":
                 st.text(evaluation.pairwise_summary(done[0]))
                 if done[0].result.get("warning"):  # over a fifth of pairs failed
-                    st.error(md_escape(done[0].result["warning"]), icon=":material/error:")
+                    st.warning(md_escape(done[0].result["warning"]), icon=":material/error:")
         config = evaluation.judge_config()
         if config is None:
             st.info(evaluation.NO_JUDGE)

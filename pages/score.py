@@ -127,7 +127,7 @@ def jobs_panel() -> None:
             if job.result.get("mode") in MODE_LABELS:
                 st.caption(f"Judge answers: {MODE_LABELS[job.result['mode']]}.")
             if job.result.get("warning"):  # over a fifth of rows failed: say so first
-                st.error(md_escape(job.result["warning"]), icon=":material/error:")
+                st.warning(md_escape(job.result["warning"]), icon=":material/error:")
             failed = job.result.get("errors") or []
             if failed:  # rows the judge could not score stay unscored, and are listed
                 st.warning(f"{job.result['failed']:,} rows were not scored by the judge; "
