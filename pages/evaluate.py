@@ -285,6 +285,8 @@ def judge_view(result: evaluation.RunComparison) -> None:
             job_panel(done[0].run_id, key="ev_pj_job")
             if done[0].state == "done":
                 st.text(evaluation.pairwise_summary(done[0]))
+                if done[0].result.get("warning"):  # over a fifth of pairs failed
+                    st.warning(md_escape(done[0].result["warning"]), icon=":material/error:")
         config = evaluation.judge_config()
         if config is None:
             st.info(evaluation.NO_JUDGE)

@@ -14,10 +14,10 @@ from pages.common import (curation_header, flash, job_panel, progress_bar, sessi
 from workbench import curate, labelling, quality
 from workbench.cache import scores_fingerprint
 from workbench.exceptions import WorkbenchError
-from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, allowed_key_vars
+from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, MODE_LABELS, allowed_key_vars
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
 from workbench.store import Store
-from workbench.views import histogram_table, hover_texts, plot_sample
+from workbench.views import histogram_table, hover_texts, md_escape, plot_sample
 
 _, version_id, base = curation_header("Score & select")
 
@@ -124,6 +124,10 @@ def jobs_panel() -> None:
         if job.kind not in shown:  # the newest job of each kind
             shown.add(job.kind)
             job_panel(job.run_id, key=f"sc_job_{job.kind}")
+            if job.result.get("mode") in MODE_LABELS:
+                st.caption(f"Judge answers: {MODE_LABELS[job.result['mode']]}.")
+            if job.result.get("warning"):  # over a fifth of rows failed: say so first
+                st.warning(md_escape(job.result["warning"]), icon=":material/error:")
             failed = job.result.get("errors") or []
             if failed:  # rows the judge could not score stay unscored, and are listed
                 st.warning(f"{job.result['failed']:,} rows were not scored by the judge; "

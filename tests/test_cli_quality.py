@@ -12,6 +12,7 @@ from test_cli import assert_one_line_error, run
 from helpers_app import write_jsonl
 from workbench import models, quality
 from workbench import score as S
+from workbench.cache import StoreCache
 from workbench.store import Store
 
 
@@ -256,3 +257,68 @@ def test_select_bad_input_is_a_one_line_error(imported):
     assert_one_line_error(run("select", "d", "--method", "best", "--k", "2", ok=False),
                           "--method")
     assert [v.version_id for v in imported.versions("d")] == [1]  # no version was made
+
+
+@pytest.fixture
+def json_judge():
+    """Yield the base URL of a chat server that answers every structured request with a JSON
+    verdict (score 6) and refuses requests without a response_format."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append(body)
+            ok = body.get("response_format", {}).get("type") == "json_schema"
+            content = '{"score": 6, "reason": "ok"}'
+            payload = json.dumps({"choices": [{"message": {"content": content}}]} if ok else
+                                 {"error": "response_format json_schema required"}).encode()
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_score_runs_the_judge_into_the_pages_cache(imported, json_judge, tmp_path):
+    url, asked = json_judge
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Grade {response} for {prompt}", encoding="utf-8")
+    args = ("score", "d", "--scorers", "judge", "--judge-url", url, "--judge-model", "m",
+            "--rubric", str(rubric), "--no-progress")
+    first = run(*args)
+    n = len(imported.frame(imported.resolve("d")))
+    assert f"judge: {n} rows asked, 0 from the cache, 0 not scored; answers: structured output " \
+        "(response_format json_schema, strict)" in first.stdout
+    assert asked[0]["messages"][0]["content"].startswith("Grade ")
+    assert run(*args).stdout.count(f"judge: 0 rows asked, {n} from the cache") == 1
+    assert len(asked) == n  # the second run asked nothing
+    # The page's job with the same options reads the same cache entries.
+    config = {"backend": "openai", "model": "m", "base_url": url, "api_key_env": None,
+              "rubric": rubric.read_text(encoding="utf-8")}
+    frame = quality.with_cached_scores(imported, imported.frame(imported.resolve("d")))
+    assert (frame["judge_score"] == 6.0).all()
+    key = S.SCORERS["judge"].cache_params(quality.judge_params(imported, 1, config)["judge"])
+    assert len(StoreCache(imported).get_scores(frame["id"].tolist(), "judge", key)) == n
+
+
+def test_score_says_loudly_when_the_judge_mostly_failed(imported):
+    dead = run("score", "d", "--scorers", "judge", "--judge-url", "http://127.0.0.1:9/v1",
+               "--judge-model", "m", "--judge-retries", "0", "--no-progress")
+    assert "WARNING: " in dead.stderr and "were not judged" in dead.stderr
+    assert "Check that the server is running" in dead.stderr
+    assert "cannot reach http://127.0.0.1:9/v1" in dead.stderr  # the per-row errors
+    assert_one_line_error(run("score", "d", "--scorers", "judge", "--judge-url", "http://x/v1",
+                              ok=False), "--judge-model")

@@ -50,6 +50,31 @@ def test_parse_verdict_refuses_rather_than_guessing(text, message):
         J.parse_verdict(text)
 
 
+def test_a_json_answer_cut_off_by_max_tokens_keeps_its_score():
+    assert J.parse_verdict('{"score": 7, "reason": "Mostly \\"right\\" but the') == (
+        7.0, 'Mostly "right" but the (cut off)')
+    assert J.parse_verdict('{"score": 3, "rea') == (3.0, "")
+    with pytest.raises(J.JudgeError, match="outside 1-10"):
+        J.parse_verdict('{"score": 11, "reason": "')
+
+
+def test_json_modes_ask_for_json_in_the_prompt_and_the_request():
+    prompt = J.render_rubric(J.DEFAULT_RUBRIC, "Q", "A")
+    assert prompt.endswith(J.TEXT_FORMAT)
+    assert J.VERDICT.prompt(prompt, "text") == prompt
+    as_json = J.VERDICT.prompt(prompt, "json_schema")
+    assert as_json.endswith(J.JSON_FORMAT) and "Score: <integer" not in as_json
+    assert J.VERDICT.prompt("Rate {x}", "json_object").endswith("\n\n" + J.JSON_FORMAT)
+    strict = J.VERDICT.response_format("json_schema")
+    assert strict["type"] == "json_schema" and strict["json_schema"]["strict"] is True
+    assert strict["json_schema"]["schema"]["properties"]["score"]["enum"] == list(range(1, 11))
+    assert J.VERDICT.response_format("json_object+schema")["schema"]["required"] == [
+        "score", "reason"]
+    assert J.VERDICT.response_format("text") is None
+    with pytest.raises(ConfigError, match="response_format"):
+        JudgeConfig(response_format="xml")
+
+
 def test_rubric_fills_prompt_and_response_and_keeps_other_braces():
     rubric = 'Q: {prompt}\nA: {response}\nReply as {"score": N}'
     assert J.render_rubric(rubric, "2+2?", "4") == 'Q: 2+2?\nA: 4\nReply as {"score": N}'
@@ -171,7 +196,21 @@ def make_handler(script: Script):
                 return self._send(200, b'{"choices": [{"message": {"role": "assistant"}}]}')
             if case == "garbled":
                 return self._send(200, _chat("Looks fine to me."))
+            if case in ("llamacpp", "strict", "winner"):
+                return self._structured(case, body.get("response_format"))
             raise AssertionError(case)
+
+        def _structured(self, case: str, wanted: dict | None) -> None:
+            # llamacpp: like llama-cpp-python's server, which takes {"type": "json_object",
+            # "schema": ...} and refuses the json_schema type; strict/winner: like OpenAI.
+            kind = (wanted or {}).get("type")
+            takes = "json_object" if case == "llamacpp" else "json_schema"
+            if kind != takes:
+                return self._send(422 if case == "llamacpp" else 400, json.dumps(
+                    {"detail": f"response_format.type: {kind!r} is not permitted"}).encode())
+            if case == "winner":
+                return self._send(200, _chat('{"winner": "1", "reason": "it comes first"}'))
+            return self._send(200, _chat('{"score": 7, "reason": "Right, a bit terse."}'))
 
         def _send(self, code: int, payload: bytes, headers: dict | None = None, *,
                   length: bool = True) -> None:
@@ -334,10 +373,79 @@ def test_score_frame_caches_judged_rows_but_retries_failed_ones(server):
     assert len(script.calls["ok"]) == 1 and len(script.calls["e500"]) == 2
 
 
+# --- structured output: found once per run ---------------------------------------------------------
+
+def test_a_llamacpp_style_server_is_asked_with_json_object_and_a_schema(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["llamacpp"] * 5), remote(url, max_concurrency=2))
+    assert out["judge_score"].tolist() == [7.0] * 5 and (out["judge_error"] == "").all()
+    assert out["judge_reason"].tolist() == ["Right, a bit terse."] * 5
+    assert out.attrs["judge_mode"] == "json_object+schema"
+    # The first row learned the mode (json_schema refused with a 422, then json_object with a
+    # schema); the other four were asked that way at once: 6 requests, not 10.
+    assert len(script.calls["llamacpp"]) == 6
+
+
+def test_an_openai_style_server_gets_a_strict_json_schema(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["strict"] * 3), remote(url))
+    assert out["judge_score"].tolist() == [7.0] * 3
+    assert out.attrs["judge_mode"] == "json_schema" and len(script.calls["strict"]) == 3
+
+
+def test_a_server_ignoring_response_format_is_parsed_as_text_and_said_so(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["ok"] * 3), remote(url))
+    assert out["judge_score"].tolist() == [8.0] * 3
+    assert out.attrs["judge_mode"] == "ignored" and len(script.calls["ok"]) == 3
+    assert J.settle_mode(remote(url), "ignored").response_format == "text"
+    assert J.settle_mode(remote(url), "json_schema").response_format == "json_schema"
+    assert J.settle_mode(remote(url), None).response_format == "auto"
+
+
+def test_a_chosen_mode_the_server_refuses_is_each_rows_error(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["llamacpp"] * 2), remote(url, response_format="json_schema"))
+    assert out["judge_score"].isna().all() and len(script.calls["llamacpp"]) == 2
+    assert out["judge_error"].str.startswith("HTTP 422").all()
+
+
+def test_when_no_answer_tells_the_mode_the_rest_probe_for_themselves(server):
+    url, script = server
+    out = J.judge_frame(cases_frame(["e500"] * 3 + ["llamacpp"] * 2), remote(url, max_retries=0))
+    assert out["judge_score"].isna().sum() == 3 and out["judge_score"].iloc[3:].tolist() == [
+        7.0, 7.0]
+    assert out.attrs["judge_mode"] == "json_object+schema"
+
+
+def test_pairwise_comparison_uses_structured_output(server):
+    url, script = server
+    pairs = pd.DataFrame({"prompt": ["Q"], "reference": ["R"],
+                          "prediction": ["Answer case=winner a"], "prediction_b": ["b"]})
+    out = J.judge_pairs(pairs, remote(url))
+    # Always "1": the position bias becomes a tie, read from the JSON answers.
+    assert out["judge_b"].tolist() == [0.5] and out.attrs["judge_mode"] == "json_schema"
+    assert J.PREFERENCE.response_format("json_schema")["json_schema"]["schema"]["properties"][
+        "winner"]["enum"] == ["1", "2", "tie"]
+    assert J.parse_preference('{"winner": "2", "reason": "x"}') == 1.0
+
+
+def test_failure_warning_names_the_common_error_and_a_way_out():
+    errors = ["no score in the judge's answer: 'It is 9.8 N'"] * 3 + ["HTTP 500 (gave up)"]
+    warning = J.failure_warning(errors, 10, mode="json_object")
+    assert warning.startswith("4 of 10 rows (40%) were not judged. Most common error (3 rows): "
+                              "no score in the judge's answer: 'It is 9.8 N'.")
+    assert "JSON mode" in warning and "larger model" in warning
+    assert J.failure_warning(errors[:2], 10) is None  # a fifth or less: no warning
+    down = J.failure_warning(["cannot reach http://x/v1: Connection refused (gave up after "
+                              "4 attempts)"] * 3, 3)
+    assert "Check that the server is running" in down
+
+
 # --- the local backend ---------------------------------------------------------------------------
 
 def test_local_judge_reports_unparseable_answers_instead_of_scoring(tiny_lm_pair):
-    config = JudgeConfig(max_tokens=6)
+    config = JudgeConfig(max_tokens=6, response_format="text")  # free text, unconstrained
     out = J.judge_frame(cases_frame(["a", "b"]), config, lm=tiny_lm_pair)
     # A random tiny model writes no "Score:": every row must be NaN with a reason why.
     assert out["judge_score"].isna().all()
@@ -352,9 +460,34 @@ def test_local_judge_scores_what_the_model_says(tiny_lm_pair, monkeypatch):
         return ["Score: 9\nReason: Great."] * len(prompts)
 
     monkeypatch.setattr(J, "generate", fake_generate)
-    out = J.judge_frame(cases_frame(["a"]), JudgeConfig(), lm=tiny_lm_pair)
+    out = J.judge_frame(cases_frame(["a"]), JudgeConfig(response_format="text"), lm=tiny_lm_pair)
     assert out["judge_score"].tolist() == [9.0] and out["judge_reason"].tolist() == ["Great."]
     assert "Question 0" in seen[0] and "Answer case=a row 0" in seen[0]
+
+
+def test_constrained_local_judge_gets_a_score_even_from_a_random_model(tiny_lm_pair):
+    # The tiny random model never writes the format on its own (test above); constrained, it
+    # can only continue "Score:" with " 1".." 10" and "\nReason:".
+    out = J.judge_frame(cases_frame(["a", "b", "c"]), JudgeConfig(max_tokens=4),
+                        lm=tiny_lm_pair)
+    assert out["judge_score"].between(1, 10).all() and (out["judge_error"] == "").all()
+    assert out.attrs["judge_mode"] == "constrained"
+    pairs = J.judge_pairs(pairs_frame(), JudgeConfig(max_tokens=2), lm=tiny_lm_pair)
+    assert pairs["judge_b"].isin([0.0, 0.25, 0.5, 0.75, 1.0]).all()
+    assert (pairs["judge_error"] == "").all()
+
+
+def test_choices_processor_keeps_only_continuations_then_lets_go():
+    import torch
+
+    choices = J._Choices(start=2, sequences=[(5, 9), (5, 6, 9), (7, 9)])
+    assert choices.allowed(()) == [5, 7] and choices.allowed((5,)) == [6, 9]
+    assert choices.allowed((5, 9)) == [] and choices.allowed((7, 9)) == []
+    scores = torch.zeros(2, 10)
+    out = choices(torch.tensor([[1, 1], [1, 1]]), scores)
+    assert torch.isfinite(out).sum(dim=1).tolist() == [2, 2]
+    free = choices(torch.tensor([[1, 1, 7, 9]]), torch.zeros(1, 10))
+    assert torch.isfinite(free).all()
 
 
 @pytest.fixture(scope="module")
@@ -447,6 +580,9 @@ def test_a_judge_job_cannot_name_a_variable_outside_the_allow_list(monkeypatch):
 
 # --- reference-guided pairwise comparison --------------------------------------------------------
 
+TEXT = JudgeConfig(response_format="text")  # the faked generate() is the free-text path
+
+
 def pairs_frame(n: int = 2) -> pd.DataFrame:
     return pd.DataFrame({"prompt": [f"Question {i}" for i in range(n)],
                          "reference": ["the right answer {reference}"] * n,
@@ -473,7 +609,7 @@ def answer_text(prompt: str, number: int) -> str:
 def test_pairwise_judge_asks_both_orders_and_keeps_the_winner(monkeypatch):
     seen = fake_judge(monkeypatch, lambda p: "Winner: 1" if "right" in answer_text(p, 1)
                       else "Winner: 2\nReason: it says what the reference says")
-    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    out = J.judge_pairs(pairs_frame(), TEXT, lm=(None, None))
     assert out["judge_b"].tolist() == [1.0, 1.0] and out["judge_consistent"].all()
     assert len(seen) == 4  # two pairs, two orders each
     assert answer_text(seen[0], 2) == answer_text(seen[1], 1) == "the right answer"
@@ -483,13 +619,13 @@ def test_pairwise_judge_asks_both_orders_and_keeps_the_winner(monkeypatch):
 
 def test_pairwise_judge_turns_a_position_bias_into_ties(monkeypatch):
     fake_judge(monkeypatch, lambda p: "**Winner:** 1")  # always the first answer
-    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    out = J.judge_pairs(pairs_frame(), TEXT, lm=(None, None))
     assert out["judge_b"].tolist() == [0.5, 0.5] and not out["judge_consistent"].any()
 
 
 def test_pairwise_judge_reports_unusable_answers(monkeypatch):
     fake_judge(monkeypatch, lambda p: "Both are fine." if "Question 1" in p else "Winner: tie")
-    out = J.judge_pairs(pairs_frame(), JudgeConfig(), lm=(None, None))
+    out = J.judge_pairs(pairs_frame(), TEXT, lm=(None, None))
     assert out.loc[0, "judge_b"] == 0.5 and bool(out.loc[0, "judge_consistent"])
     assert np.isnan(out.loc[1, "judge_b"])
     assert out.loc[1, "judge_error"].startswith("no winner in the judge's answer")

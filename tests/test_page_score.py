@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from helpers_app import open_on_empty_store
 from helpers_app import APP, chat_file, page_ok as ok, page_store
-from workbench import jobs, quality
+from workbench import judge, jobs, quality
 from workbench.curate import embed_frame
 from workbench.models import tiny_embedder, tiny_lm
 from workbench.sample import SAMPLE_DIR
@@ -238,3 +238,23 @@ def test_weights_fitted_to_labels_fill_the_weight_inputs(store):
 def test_without_labels_the_page_points_to_the_queue(store):
     at = scored_page()
     assert any("No labels on this version yet" in c.value for c in at.caption)
+
+
+def test_a_judge_run_that_mostly_failed_says_so_first(store, tmp_path):
+    run = tmp_path / "runs" / "judge-bad"  # a finished judge job where 4 of 5 rows failed
+    run.mkdir(parents=True)
+    jobs._write_json(run / "config.json", {"task": "workbench.quality.judge_task",
+                                           "kind": "judge", "created": 0.0,
+                                           "params": {"version_id": 1}})
+    jobs._write_json(run / "status.json", {"state": "done"})
+    errors = [{"row_key": k, "error": "no score in the judge's answer: 'Fine.'"} for k in range(4)]
+    warning = judge.failure_warning([e["error"] for e in errors], 5, mode="text")
+    jobs._write_json(run / "result.json", {"failed": 4, "errors": errors, "mode": "text",
+                                           "warning": warning})
+    at = open_page()
+    from workbench.views import md_escape
+
+    assert "4 of 5 rows (80%) were not judged" in warning and "larger model" in warning
+    assert any(w.value == md_escape(warning) for w in at.warning)
+    assert any("Judge answers: free text" in c.value for c in at.caption)
+    assert any("4 rows were not scored by the judge" in w.value for w in at.warning)

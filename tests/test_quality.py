@@ -258,3 +258,28 @@ def test_judge_job_caches_scores_and_leaves_failures_unscored(store, version, mo
     assert frame.loc[frame["row_key"] == failed_row, "judge_reason"].item() == ""
     with pytest.raises(ConfigError, match="rubric"):
         Q.judge_params(store, version, {"rubric": "no placeholder"})
+
+
+def test_judge_job_learns_the_mode_once_and_warns_when_most_rows_fail(store, version,
+                                                                     monkeypatch):
+    seen = []
+
+    def fake_judge(frame, config, **_):
+        import pandas as pd
+        seen.append(config.response_format)
+        out = pd.DataFrame({"judge_score": np.nan, "judge_reason": "",
+                            "judge_error": "no score in the judge's answer: 'ok'"},
+                           index=frame.index)
+        out.attrs["judge_mode"] = "json_object"
+        return out
+
+    monkeypatch.setattr("workbench.judge.judge_frame", fake_judge)
+    params = Q.judge_params(store, version, {"backend": "openai", "model": "x",
+                                             "base_url": "http://127.0.0.1:9/v1"})
+    messages = []
+    result = tasks.judge({**params, "chunk_rows": 4}, Q._InlineContext(None, messages.append))
+    assert seen == ["auto", "json_object"]  # probed in the first chunk only
+    assert result["mode"] == "json_object" and result["failed"] == 6
+    assert result["warning"].startswith("6 of 6 rows (100%) were not judged. Most common error "
+                                        "(6 rows): no score in the judge's answer")
+    assert any(m.startswith("warning: 6 of 6 rows") for m in messages)

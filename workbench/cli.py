@@ -434,11 +434,33 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
               help="Show a progress bar for the model scorers on stderr.")
 @click.option("--label-set", default="quality", show_default=True,
               help="Labels the learned score trains on.")
+@click.option("--judge-url", default=None, help="The judge's OpenAI-compatible endpoint, e.g. "
+              "http://127.0.0.1:8000/v1 (with --scorers judge); without it, --judge-model "
+              "names a local model ('default' or a folder).")
+@click.option("--judge-model", default=None, help="The judge's model: the endpoint's model "
+              "name, or with no --judge-url 'default' or a local model folder.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the endpoint's "
+              "key (only names in WORKBENCH_JUDGE_KEY_VARS, default OPENAI_API_KEY).")
+@click.option("--rubric", "rubric_file", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="A text file with the judge's rubric ({prompt} and {response} "
+              "are filled in); default: the built-in rubric.")
+@click.option("--judge-format", type=click.Choice(["auto", "json_schema", "json_object+schema",
+                                                   "json_object", "text"]), default=None,
+              help="How the judge's answer is asked for (default auto: the best the server "
+              "takes, found on the first rows).")
+@click.option("--judge-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Retries per row on refused or dropped connections, timeouts, 429 and 5xx "
+              "(with backoff); a row still failing is listed as not scored.")
 @click.pass_context
 def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
               format_regex: str | None, format_json: bool, format_prefix: str | None,
-              progress: bool, label_set: str) -> None:
-    """Score a version's rows (cached by content) and print score statistics."""
+              progress: bool, label_set: str, judge_url: str | None, judge_model: str | None,
+              api_key_env: str | None, rubric_file: str | None, judge_format: str | None,
+              judge_retries: int) -> None:
+    """Score a version's rows (cached by content) and print score statistics.
+
+    The judge (--scorers judge) runs here with a progress bar, into the same cache as the
+    Score & select page's judge job: rows judged there are not asked again."""
     from tqdm import tqdm
 
     from . import quality
@@ -452,8 +474,8 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
         names.append("format")
     models = [n for n in names if n in ("perplexity", "ifd")]
     heuristics = [n for n in names if n not in models and n not in ("judge", "learned")]
-    if "judge" in names:
-        raise WorkbenchError("the judge runs from the app (Score & select page) as a job")
+    judge_config = _judge_config(judge_url, judge_model, api_key_env, rubric_file,
+                                 judge_format, judge_retries) if "judge" in names else None
     frame = store.frame(vid)
     if heuristics:
         quality.score_heuristics(store, frame,
@@ -467,6 +489,8 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
                   disable=not progress) as bar:
             quality.run_model_scoring(store, vid, scores=models, model=model,
                                       max_length=max_length, progress=_bar_callback(bar))
+    if judge_config is not None:
+        _run_judge(store, vid, judge_config, progress)
     if "learned" in names:  # last: it uses every score cached above as a feature
         from . import labelling
 
@@ -479,6 +503,51 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     click.echo(f"version {vid}: {len(frame)} rows scored")
     click.echo(quality.score_summary(scored, columns).to_string(index=False, float_format=
                                                                   lambda v: f"{v:.4g}"))
+
+
+def _judge_config(url: str | None, model: str | None, key_env: str | None,
+                  rubric_file: str | None, response_format: str | None, retries: int) -> dict:
+    """Return the judge options of `score --scorers judge`, keyed as the page keys them (so
+    both share the cache); raise a usage error when neither an endpoint nor a model is given."""
+    from .judge import DEFAULT_RUBRIC, JudgeConfig
+
+    if not url and not model:
+        raise click.UsageError("--scorers judge needs --judge-url URL --judge-model NAME (an "
+                               "OpenAI-compatible endpoint), or --judge-model default|FOLDER "
+                               "for a local model")
+    if url and not model:
+        raise click.UsageError("--judge-url needs --judge-model: the endpoint's model name")
+    if key_env and not url:
+        raise click.UsageError("--api-key-env goes with --judge-url (a local model needs no key)")
+    rubric = DEFAULT_RUBRIC
+    if rubric_file:
+        rubric = Path(rubric_file).read_text(encoding="utf-8")
+    config = {"backend": "openai" if url else "local", "model": model, "base_url": url or None,
+              "api_key_env": key_env or None, "rubric": rubric, "max_retries": retries}
+    if response_format:
+        config["response_format"] = response_format
+    JudgeConfig(**config)  # a bad option fails here, before anything is read
+    return config
+
+
+def _run_judge(store: Any, vid: int, config: dict, progress: bool) -> None:
+    from tqdm import tqdm
+
+    from . import quality
+    from .judge import MODE_LABELS
+
+    with tqdm(desc="judge", unit=" rows", file=sys.stderr, disable=not progress) as bar:
+        result = quality.run_judge(store, vid, config, progress=_bar_callback(bar))
+    mode = result.get("mode")
+    click.echo(f"judge: {result['judged']} rows asked, {result['cached']} from the cache, "
+               f"{result['failed']} not scored"
+               + (f"; answers: {MODE_LABELS[mode]}" if mode else ""))
+    for error in result["errors"][:5]:
+        click.echo(f"  row {error['row_key']}: {error['error']}", err=True)
+    if result["failed"] > 5:
+        click.echo(f"  ... and {result['failed'] - 5} more rows not scored", err=True)
+    if result.get("warning"):
+        click.secho(f"WARNING: {result['warning']}", fg="red", bold=True, err=True)
 
 
 def _learned_column(label_set: str) -> str:

@@ -455,10 +455,13 @@ def pairwise_summary(job: jobs.JobStatus) -> str:
     rate = r.get("win_rate", {})
     if not r or rate.get("n", 0) == 0:
         return f"judge comparison {job.run_id}: no pair judged ({r.get('failed', 0)} failed)"
+    from .judge import MODE_LABELS
+
+    mode = f"; answers: {MODE_LABELS[r['mode']]}" if r.get("mode") in MODE_LABELS else ""
     return (f"judge (reference-guided, both orders): B win rate {rate['mean']:.3f} "
             f"[{rate['lo']:.3f}, {rate['hi']:.3f}]; B wins {r['win']}, loses {r['loss']}, "
             f"ties {r['tie']} ({r['inconsistent']} ties from orders that disagree); "
-            f"{r['failed']} not judged")
+            f"{r['failed']} not judged{mode}")
 
 
 def training_diff(store: Store, eval_run_a: str | Path, eval_run_b: str | Path

@@ -31,8 +31,9 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
@@ -65,6 +66,26 @@ RESPONSE:
 Answer in exactly two lines:
 Score: <integer from 1 to 10>
 Reason: <one short sentence>"""
+# How the answer is asked for: the rubric's closing lines in text mode; in the JSON modes they
+# are swapped for JSON_FORMAT (added at the end of a rubric that does not end with them).
+TEXT_FORMAT = """Answer in exactly two lines:
+Score: <integer from 1 to 10>
+Reason: <one short sentence>"""
+JSON_FORMAT = """Answer with a JSON object only, in this shape:
+{"score": <integer from 1 to 10>, "reason": "<one short sentence>"}"""
+# What the server is asked for, best first. "auto" tries them in this order on the first row
+# and keeps the first one the server accepts (json_schema: OpenAI, vLLM; json_object+schema:
+# llama.cpp's servers; json_object: any JSON mode, no schema; text: parse "Score: N").
+RESPONSE_FORMATS = ("json_schema", "json_object+schema", "json_object", "text")
+MODE_LABELS = {
+    "json_schema": "structured output (response_format json_schema, strict)",
+    "json_object+schema": "structured output (response_format json_object with a schema)",
+    "json_object": "JSON mode (response_format json_object, no schema)",
+    "text": "free text, parsed for 'Score: N'",
+    "ignored": "free text: the server ignored response_format; parsed for 'Score: N'",
+    "constrained": "local constrained decoding (only score tokens after 'Score: ')",
+}
+PROBE_ROWS = 3  # rows tried one at a time to learn the server's mode before going concurrent
 
 _FENCED_JSON = re.compile(r"\{.*\}", re.S)
 _SCORE = re.compile(r"score\W{0,6}?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?", re.I)
@@ -88,6 +109,7 @@ class JudgeConfig:
     backoff_s: float = 1.0
     max_tokens: int = 64
     temperature: float = 0.0
+    response_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
@@ -111,6 +133,9 @@ class JudgeConfig:
         for name in ("requests_per_minute", "timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
+        if self.response_format not in ("auto", *RESPONSE_FORMATS):
+            raise ConfigError(f"response_format={self.response_format!r}: use 'auto' or one of "
+                              f"{', '.join(RESPONSE_FORMATS)}")
         if self.backoff_s < 0 or self.temperature < 0:
             raise ConfigError("backoff_s and temperature must be >= 0")
 
@@ -155,7 +180,7 @@ def parse_verdict(text: str) -> tuple[float, str]:
 
     Accepts "**Score:** 8", "Score: 8/10", fenced JSON such as {"score": 8, "reason": "..."}.
     """
-    parsed = _parse_json(text) or _parse_lines(text)
+    parsed = _parse_json(text) or _parse_cut_json(text) or _parse_lines(text)
     if parsed is None:
         raise JudgeError(f"no score in the judge's answer: {_clip(text)!r}")
     score, reason = parsed
@@ -182,6 +207,21 @@ def _parse_json(text: str) -> tuple[float, str] | None:
     return (number, str(reason).strip()) if math.isfinite(number) else None
 
 
+# A JSON answer cut off by max_tokens: the score comes first (the schema's order), so it is
+# there even when the reason was cut.
+_CUT_SCORE = re.compile(r'^\s*\{\s*"score"\s*:\s*"?(\d+(?:\.\d+)?)\b')
+_CUT_REASON = re.compile(r'"reason"\s*:\s*"((?:[^"\\]|\\.)*)')
+
+
+def _parse_cut_json(text: str) -> tuple[float, str] | None:
+    score = _CUT_SCORE.search(text)
+    if score is None:
+        return None
+    reason = _CUT_REASON.search(text)
+    cut = reason.group(1).replace('\\"', '"').strip() + " (cut off)" if reason else ""
+    return float(score.group(1)), cut
+
+
 def _parse_lines(text: str) -> tuple[float, str] | None:
     score = _SCORE.search(text)
     if score is None:
@@ -192,6 +232,50 @@ def _parse_lines(text: str) -> tuple[float, str] | None:
 
 def _clip(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What one judge answer holds: the JSON schema asked of a server, the lines a text-mode
+    prompt asks for (and the JSON instruction that replaces them), and for constrained local
+    decoding the fixed prefix and the answers allowed right after it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    text_format: str
+    json_format: str
+    prefix: str
+    choices: tuple[str, ...]
+
+    def prompt(self, prompt: str, mode: str) -> str:
+        """Return the prompt as sent in this mode: JSON modes ask for the JSON object."""
+        if mode not in ("json_schema", "json_object+schema", "json_object"):
+            return prompt
+        if prompt.endswith(self.text_format):
+            return prompt[:-len(self.text_format)] + self.json_format
+        return prompt.rstrip() + "\n\n" + self.json_format
+
+    def response_format(self, mode: str) -> dict[str, Any] | None:
+        """Return the request's response_format field in this mode (None: no such field)."""
+        if mode == "json_schema":  # OpenAI, vLLM
+            return {"type": "json_schema",
+                    "json_schema": {"name": self.name, "schema": dict(self.schema),
+                                    "strict": True}}
+        if mode == "json_object+schema":  # llama.cpp's servers (llama-cpp-python, llama-server)
+            return {"type": "json_object", "schema": dict(self.schema)}
+        if mode == "json_object":
+            return {"type": "json_object"}
+        return None
+
+
+def _schema(field: str, values: list) -> dict[str, Any]:
+    kind = "integer" if isinstance(values[0], int) else "string"
+    return {"type": "object", "additionalProperties": False, "required": [field, "reason"],
+            "properties": {field: {"type": kind, "enum": values}, "reason": {"type": "string"}}}
+
+
+VERDICT = AnswerShape("verdict", _schema("score", list(range(1, 11))), TEXT_FORMAT, JSON_FORMAT,
+                      "Score: ", tuple(str(n) for n in range(1, 11)))
 
 
 # --- rate limiting and HTTP ---------------------------------------------------------------------
@@ -242,9 +326,12 @@ class _Request:
     headers: dict[str, str]
 
 
-def _request(config: JudgeConfig, key: str | None, prompt: str) -> _Request:
+def _request(config: JudgeConfig, key: str | None, prompt: str,
+             response_format: Mapping[str, Any] | None = None) -> _Request:
     body = {"model": config.model, "messages": [{"role": "user", "content": prompt}],
             "temperature": config.temperature, "max_tokens": config.max_tokens}
+    if response_format:
+        body["response_format"] = dict(response_format)
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -384,9 +471,10 @@ def _content(body: bytes) -> str:
 
 
 def chat_completion(config: JudgeConfig, prompt: str, *, key: str | None = None,
-                    limiter: RateLimiter | None = None) -> str:
+                    limiter: RateLimiter | None = None,
+                    response_format: Mapping[str, Any] | None = None) -> str:
     """Return the assistant text for one prompt, retrying passing failures; raise JudgeError."""
-    request, last = _request(config, key, prompt), None
+    request, last = _request(config, key, prompt, response_format), None
     for attempt in range(config.max_retries + 1):
         if limiter:
             limiter.wait()
@@ -409,56 +497,134 @@ Read = Callable[[str], T]
 Failed = Callable[[str], T]
 
 
+class Answers(list):
+    """One result per prompt, in input order, and ``mode``: how the answers were asked for (a
+    key of MODE_LABELS; None when no answer came back to tell)."""
+
+    def __init__(self, items: Sequence[Any], mode: str | None):
+        super().__init__(items)
+        self.mode = mode
+
+
 def _verdict(text: str) -> Verdict:
     score, reason = parse_verdict(text)
     return Verdict(score, reason)
 
 
-def _ask_remote(prompt: str, config: JudgeConfig, key: str | None, limiter: RateLimiter,
-                read: Read, failed: Failed) -> T:
-    try:
-        return read(chat_completion(config, prompt, key=key, limiter=limiter))
-    except JudgeError as e:
-        return failed(str(e))
+# Words by which a server's 400/422 says it does not take the response_format asked for (a 400
+# about anything else, such as a wrong model name, is the row's error, not a cue to step down).
+_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
+
+
+def _rejects_format(error: JudgeError) -> bool:
+    message = str(error)
+    return message.startswith(("HTTP 400", "HTTP 422")) and any(
+        word in message.lower() for word in _FORMAT_WORDS)
+
+
+def _looks_json(text: str) -> bool:
+    return text.strip().strip("`").strip().removeprefix("json").lstrip().startswith("{")
+
+
+class _Remote:
+    """One pass over an OpenAI-compatible server: its key, its rate limiter, and how to ask."""
+
+    def __init__(self, config: JudgeConfig, shape: AnswerShape, read: Read, failed: Failed):
+        self.config, self.shape, self.read, self.failed = config, shape, read, failed
+        self.key, self.limiter = _api_key(config), RateLimiter(config.requests_per_minute)
+        self.modes = RESPONSE_FORMATS if config.response_format == "auto" \
+            else (config.response_format,)
+
+    def answer(self, prompt: str, mode: str | None) -> tuple[str | None, T]:
+        """Return (mode, result) for one prompt: in ``mode``, or found by probing when None."""
+        if mode is None:
+            return self.probe(prompt)
+        try:
+            return mode, self.read(self._complete(prompt, mode))
+        except JudgeError as e:
+            return mode, self.failed(str(e))
+
+    def probe(self, prompt: str) -> tuple[str | None, T]:
+        """Ask in the best mode the server takes, stepping down each time it refuses the
+        response_format; return (that mode, result), mode None when no answer told it."""
+        for step, mode in enumerate(self.modes):
+            try:
+                text = self._complete(prompt, mode)
+            except JudgeError as e:
+                if _rejects_format(e) and step + 1 < len(self.modes):
+                    continue
+                return None, self.failed(str(e))
+            if mode != "text" and not _looks_json(text):
+                mode = "ignored"  # answered, but not in JSON: ask in plain text from now on
+            try:
+                return mode, self.read(text)
+            except JudgeError as e:
+                return mode, self.failed(str(e))
+        raise AssertionError("unreachable: the last mode returns")
+
+    def _complete(self, prompt: str, mode: str) -> str:
+        sent = "text" if mode == "ignored" else mode
+        return chat_completion(self.config, self.shape.prompt(prompt, sent), key=self.key,
+                               limiter=self.limiter,
+                               response_format=self.shape.response_format(sent))
 
 
 def ask_openai(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
-               progress: Callable[[int, int], None] | None = None) -> list[T]:
+               shape: AnswerShape = VERDICT,
+               progress: Callable[[int, int], None] | None = None) -> Answers:
     """Return read(answer) (failed(message) on failure) per prompt from an OpenAI-compatible
-    endpoint, in input order."""
-    key, limiter = _api_key(config), RateLimiter(config.requests_per_minute)
+    endpoint, in input order, with the mode used.
+
+    With response_format "auto" the first rows are asked one at a time until one answer shows
+    which response_format the server takes (up to PROBE_ROWS rows: a row that fails for
+    another reason tells nothing); the rest go ``max_concurrency`` at a time in that mode.
+    """
+    remote = _Remote(config, shape, read, failed)
     results: list[T] = [failed("not asked")] * len(prompts)
+    mode, done, total = None, 0, len(prompts)
+    while mode is None and done < min(PROBE_ROWS, total):
+        mode, results[done] = remote.probe(prompts[done])
+        done += 1
+        if progress:
+            progress(done, total)
+    found: list[str] = [mode] if mode else []
     with ThreadPoolExecutor(max_workers=config.max_concurrency) as pool:
-        futures = {pool.submit(_ask_remote, p, config, key, limiter, read, failed): i
-                   for i, p in enumerate(prompts)}
+        futures = {pool.submit(remote.answer, prompts[i], mode): i for i in range(done, total)}
         try:
-            for done, future in enumerate(as_completed(futures), 1):
-                results[futures[future]] = future.result()
+            for n, future in enumerate(as_completed(futures), done + 1):
+                row_mode, results[futures[future]] = future.result()
+                if row_mode and mode is None:
+                    found.append(row_mode)
                 if progress:
-                    progress(done, len(prompts))
+                    progress(n, total)
         except BaseException:  # a cancel from progress(): drop the requests not yet sent
             for future in futures:
                 future.cancel()
             raise
-    return results
+    return Answers(results, Counter(found).most_common(1)[0][0] if found else None)
 
 
 def ask_local(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
-              lm: tuple[Any, Any] | None = None, batch_size: int = 8,
-              progress: Callable[[int, int], None] | None = None) -> list[T]:
+              shape: AnswerShape = VERDICT, lm: tuple[Any, Any] | None = None,
+              batch_size: int = 8,
+              progress: Callable[[int, int], None] | None = None) -> Answers:
     """Return read(answer) (failed(message) when unusable) per prompt from a local model
-    (greedy, batched, left padded)."""
+    (greedy, batched, left padded), with the mode used: constrained decoding (the answer
+    starts with shape.prefix and one of shape.choices) unless response_format is "text"."""
     if lm is None:
         from .models import load_lm
 
         lm = load_lm(config.model)
+    constrained = config.response_format != "text"
     results: list[T] = []
     for start in range(0, len(prompts), batch_size):
-        texts = generate(lm, prompts[start:start + batch_size], max_new_tokens=config.max_tokens)
+        part = prompts[start:start + batch_size]
+        texts = generate_constrained(lm, part, shape, max_new_tokens=config.max_tokens) \
+            if constrained else generate(lm, part, max_new_tokens=config.max_tokens)
         results += [_read_or_fail(t, read, failed) for t in texts]
         if progress:
             progress(len(results), len(prompts))
-    return results
+    return Answers(results, "constrained" if constrained else "text")
 
 
 def _read_or_fail(text: str, read: Read, failed: Failed) -> T:
@@ -469,14 +635,14 @@ def _read_or_fail(text: str, read: Read, failed: Failed) -> T:
 
 
 def ask(prompts: Sequence[str], config: JudgeConfig, read: Read, failed: Failed, *,
-        lm: tuple[Any, Any] | None = None,
-        progress: Callable[[int, int], None] | None = None) -> list[T]:
+        shape: AnswerShape = VERDICT, lm: tuple[Any, Any] | None = None,
+        progress: Callable[[int, int], None] | None = None) -> Answers:
     """Return one result per prompt from the configured backend (see ask_openai, ask_local)."""
     if not prompts:
-        return []
+        return Answers([], None)
     if config.backend == "openai":
-        return ask_openai(prompts, config, read, failed, progress=progress)
-    return ask_local(prompts, config, read, failed, lm=lm, progress=progress)
+        return ask_openai(prompts, config, read, failed, shape=shape, progress=progress)
+    return ask_local(prompts, config, read, failed, shape=shape, lm=lm, progress=progress)
 
 
 def _failed_verdict(message: str) -> Verdict:
@@ -484,14 +650,14 @@ def _failed_verdict(message: str) -> Verdict:
 
 
 def judge_openai(prompts: Sequence[str], config: JudgeConfig, *,
-                 progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+                 progress: Callable[[int, int], None] | None = None) -> Answers:
     """Return one Verdict per prompt from an OpenAI-compatible endpoint, in input order."""
     return ask_openai(prompts, config, _verdict, _failed_verdict, progress=progress)
 
 
 def judge_local(prompts: Sequence[str], config: JudgeConfig, *,
                 lm: tuple[Any, Any] | None = None, batch_size: int = 8,
-                progress: Callable[[int, int], None] | None = None) -> list[Verdict]:
+                progress: Callable[[int, int], None] | None = None) -> Answers:
     """Return one Verdict per prompt from a local model (greedy, batched, left padded)."""
     return ask_local(prompts, config, _verdict, _failed_verdict, lm=lm, batch_size=batch_size,
                      progress=progress)
@@ -508,16 +674,72 @@ def generate(lm: tuple[Any, Any], prompts: Sequence[str], *, max_new_tokens: int
                           config)
 
 
+def generate_constrained(lm: tuple[Any, Any], prompts: Sequence[str], shape: AnswerShape, *,
+                         max_new_tokens: int) -> list[str]:
+    """Return the model's greedy answers, each "<prefix> <choice>\nReason: ...".
+
+    The assistant turn is started with shape.prefix ("Score:"); then a logits processor lets
+    through only tokens that continue " <choice>\nReason:" for some choice ("1".."10") until
+    one is complete, so even a model that never writes the format gives a parseable answer;
+    after that it writes the reason freely (up to max_new_tokens).
+    """
+    import torch
+    from transformers import LogitsProcessorList
+
+    model, tokenizer = lm
+    prefix = shape.prefix.rstrip()
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) + prefix for p in prompts]
+    batch = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False)
+    start = batch["input_ids"].shape[1]
+    forced = [tuple(tokenizer.encode(f" {c}\nReason:", add_special_tokens=False))
+              for c in shape.choices]
+    with torch.inference_mode():
+        out = model.generate(**batch, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             max_new_tokens=max(map(len, forced)) + max_new_tokens,
+                             logits_processor=LogitsProcessorList([_Choices(start, forced)]))
+    answers = tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
+    return [prefix + a for a in answers]
+
+
+class _Choices:
+    """A logits processor: from position ``start`` on, only tokens that keep the generated
+    ones a prefix of one of ``sequences``; free once one is complete."""
+
+    def __init__(self, start: int, sequences: Sequence[tuple[int, ...]]):
+        self.start, self.sequences = start, list(sequences)
+
+    def allowed(self, made: tuple[int, ...]) -> list[int]:
+        """Return the tokens that may follow ``made`` ([] once a sequence is complete)."""
+        if made in self.sequences:
+            return []
+        n = len(made)
+        return sorted({s[n] for s in self.sequences if len(s) > n and s[:n] == made})
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row in range(input_ids.shape[0]):
+            allowed = self.allowed(tuple(input_ids[row, self.start:].tolist()))
+            if allowed:
+                keep = scores[row, allowed].clone()
+                scores[row, :] = float("-inf")
+                scores[row, allowed] = keep
+        return scores
+
+
 def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any] | None = None,
                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Return judge_score (1-10, higher = better; NaN on failure), judge_reason and judge_error
-    columns aligned with the frame's rows."""
+    columns aligned with the frame's rows; ``attrs["judge_mode"]`` says how the judge was
+    asked (a key of MODE_LABELS)."""
     prompts = [render_rubric(config.rubric, str(p), str(r))
                for p, r in zip(frame["prompt"].tolist(), frame["response"].tolist())]
     verdicts = ask(prompts, config, _verdict, _failed_verdict, lm=lm, progress=progress)
-    return pd.DataFrame({"judge_score": np.array([v.score for v in verdicts], dtype=np.float64),
-                         "judge_reason": [v.reason for v in verdicts],
-                         "judge_error": [v.error for v in verdicts]}, index=frame.index)
+    out = pd.DataFrame({"judge_score": np.array([v.score for v in verdicts], dtype=np.float64),
+                        "judge_reason": [v.reason for v in verdicts],
+                        "judge_error": [v.error for v in verdicts]}, index=frame.index)
+    out.attrs["judge_mode"] = verdicts.mode
+    return out
 
 
 # --- reference-guided pairwise comparison -------------------------------------------------------
@@ -542,6 +764,13 @@ ANSWER 2:
 Which answer is better? Answer in exactly two lines:
 Winner: <1, 2 or tie>
 Reason: <one short sentence>"""
+PAIRWISE_TEXT_FORMAT = """Answer in exactly two lines:
+Winner: <1, 2 or tie>
+Reason: <one short sentence>"""
+PAIRWISE_JSON_FORMAT = """Answer with a JSON object only, in this shape:
+{"winner": "<1, 2 or tie>", "reason": "<one short sentence>"}"""
+PREFERENCE = AnswerShape("preference", _schema("winner", ["1", "2", "tie"]), PAIRWISE_TEXT_FORMAT,
+                         PAIRWISE_JSON_FORMAT, "Winner: ", ("1", "2", "tie"))
 _WINNER = re.compile(r"winner\W{0,6}?\s*(1|2|tie|one|two|answer\s*[12])\b", re.I)
 PAIRWISE_COLUMNS = ("judge_b", "judge_consistent", "judge_error")
 
@@ -556,7 +785,8 @@ def render_pairwise(prompt: str, reference: str, first: str, second: str) -> str
 
 def parse_preference(text: str) -> float:
     """Return the share of the win the judge gives answer 2: 0.0 (answer 1), 0.5 (tie) or 1.0
-    (answer 2), from "Winner: 1|2|tie"; raise JudgeError when it names none."""
+    (answer 2), from "Winner: 1|2|tie" or {"winner": "1|2|tie", ...}; raise JudgeError when it
+    names none."""
     found = _WINNER.search(text)
     if found is None:
         raise JudgeError(f"no winner in the judge's answer: {_clip(text)!r}")
@@ -579,16 +809,20 @@ def judge_pairs(pairs: pd.DataFrame, config: JudgeConfig, *,
 
     Each pair is asked twice, a's answer first and then b's, and the two verdicts are
     averaged, so a judge that always prefers the first position gives a tie, not a winner.
+    The answer is asked for as the verdicts are (structured output, constrained decoding);
+    ``attrs["judge_mode"]`` says which mode was used.
     """
     rows = list(zip(*(pairs[c].astype(str).tolist()
                       for c in ("prompt", "reference", "prediction", "prediction_b"))))
     prompts = [render_pairwise(p, r, first, second) for p, r, a, b in rows
                for first, second in ((a, b), (b, a))]
-    answers = ask(prompts, config, parse_preference, _failed_preference, lm=lm,
-                  progress=progress)
+    answers = ask(prompts, config, parse_preference, _failed_preference, shape=PREFERENCE,
+                  lm=lm, progress=progress)
     b_as_second, b_as_first = answers[0::2], answers[1::2]
-    out = [_combine(x, y) for x, y in zip(b_as_second, b_as_first)]
-    return pd.DataFrame(out, columns=list(PAIRWISE_COLUMNS), index=pairs.index)
+    out = pd.DataFrame([_combine(x, y) for x, y in zip(b_as_second, b_as_first)],
+                       columns=list(PAIRWISE_COLUMNS), index=pairs.index)
+    out.attrs["judge_mode"] = answers.mode
+    return out
 
 
 def _combine(b_second: float | str, b_first: float | str) -> tuple[float, bool, str]:
@@ -600,7 +834,54 @@ def _combine(b_second: float | str, b_first: float | str) -> tuple[float, bool, 
     return b_share, float(b_second) == 1.0 - float(b_first), ""
 
 
+def settle_mode(config: JudgeConfig, mode: str | None) -> JudgeConfig:
+    """Return the config that asks the way ``mode`` (found on the first rows) says, so later
+    passes of the same job do not probe the server again."""
+    if config.response_format != "auto" or mode not in RESPONSE_FORMATS + ("ignored",):
+        return config  # set by the user, not found yet, or local (constrained already)
+    return replace(config, response_format="text" if mode == "ignored" else mode)
+
+
 def judge_label(config: Mapping[str, Any]) -> str:
     """Return a one-line description of a judge: backend, model and endpoint."""
     where = f" at {config['base_url']}" if config.get("backend") == "openai" else ""
     return f"{config.get('backend', 'local')} · {config.get('model', 'default')}{where}"
+
+
+# --- saying when a run went badly ----------------------------------------------------------------
+
+FAILURE_SHARE = 0.2  # more than this share of rows failing gets a prominent warning
+
+
+def failure_warning(errors: Sequence[str], total: int, *, mode: str | None = None) -> str | None:
+    """Return a warning when more than a fifth of ``total`` rows failed: how many, the most
+    common error and what to try; None when fewer failed."""
+    if total <= 0 or len(errors) <= FAILURE_SHARE * total:
+        return None
+    kinds = Counter(_error_kind(e) for e in errors)
+    kind, count = kinds.most_common(1)[0]
+    example = next(e for e in errors if _error_kind(e) == kind)
+    used = f" This run asked for {MODE_LABELS[mode]}." if mode in MODE_LABELS else ""
+    return (f"{len(errors):,} of {total:,} rows ({len(errors) / total:.0%}) were not judged. "
+            f"Most common error ({count:,} rows): {_clip(example, 200)}.{used} "
+            f"{_suggestion(kind)}")
+
+
+def _error_kind(error: str) -> str:
+    """The error without the row's own text (the quoted answer), to count alike errors."""
+    return re.sub(r"""\s*:\s*['"].*$""", "", error, flags=re.S).strip()
+
+
+def _suggestion(kind: str) -> str:
+    if kind.startswith(("no score", "no winner", "score ")):
+        return ("The judge model did not give its answer in the asked format: use a larger "
+                "model, or a server with structured output (response_format with a JSON "
+                "schema, as llama.cpp's server, vLLM and OpenAI take).")
+    if "HTTP 429" in kind:
+        return "The server is rate limiting: lower requests_per_minute or max_concurrency."
+    if kind.startswith(("cannot reach", "the server dropped", "timed out")) or "HTTP 5" in kind:
+        return ("Check that the server is running and reachable (a slow one needs a larger "
+                "timeout_s); judging again asks only the rows that failed.")
+    if kind.startswith("HTTP 4"):
+        return "Check the model name, the key variable and the base URL."
+    return "See the per-row errors."

@@ -216,6 +216,7 @@ class _InlineContext:
     """A job context for running a task in the caller's process: progress goes to a callback."""
 
     callback: Callable[[int, int], None] | None = None
+    logger: Callable[[str], None] | None = None
 
     def progress(self, step: int, total: int | None = None, **_: Any) -> None:
         """Forward progress to the callback."""
@@ -223,7 +224,9 @@ class _InlineContext:
             self.callback(step, total or 0)
 
     def log(self, message: str) -> None:
-        """Ignore log lines (the CLI shows a progress bar instead)."""
+        """Forward log lines to the logger, if any (the CLI shows a progress bar instead)."""
+        if self.logger:
+            self.logger(message)
 
 
 def judge_params(store: Store, version_id: int, config: Mapping[str, Any]) -> dict:
@@ -236,10 +239,26 @@ def judge_params(store: Store, version_id: int, config: Mapping[str, Any]) -> di
 
 def start_judge(store: Store, version_id: int, config: Mapping[str, Any]) -> jobs.JobStatus:
     """Start a background LLM-judge job over a version; return its status."""
+    params = _touch_judge(store, version_id, config)
+    return jobs.start("judge", params)
+
+
+def _touch_judge(store: Store, version_id: int, config: Mapping[str, Any]) -> dict:
     params = judge_params(store, version_id, config)
     _touch(store, store.frame(version_id)["id"].tolist(), "judge",
            S.SCORERS["judge"].cache_params(params["judge"]))
-    return jobs.start("judge", params)
+    return params
+
+
+def run_judge(store: Store, version_id: int, config: Mapping[str, Any], *,
+              progress: Callable[[int, int], None] | None = None,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Run the judge in this process (the CLI's way), into the same cache as the page's job;
+    return its counts, the mode used and, when over a fifth of rows failed, the warning."""
+    params = _touch_judge(store, version_id, config)
+    from .tasks import judge
+
+    return judge(params, _InlineContext(progress, log))
 
 
 def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:

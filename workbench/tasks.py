@@ -306,7 +306,7 @@ class JudgeParams:
 @task("judge", JudgeParams, old=("workbench.quality.judge_task",))
 def judge(p: JudgeParams, ctx: Any) -> dict:
     """Judge a version's unscored rows in chunks into the score cache; return counts."""
-    from .judge import JudgeConfig, judge_frame
+    from .judge import MODE_LABELS, JudgeConfig, judge_frame, settle_mode
 
     store = Store(p.store)
     cache = StoreCache(store)
@@ -315,10 +315,15 @@ def judge(p: JudgeParams, ctx: Any) -> dict:
     todo = frame[~frame["id"].isin(cache.get_scores(frame["id"].tolist(), "judge", key))]
     todo = todo.drop_duplicates("id")
     ctx.log(f"{len(frame)} rows, {len(todo)} to judge ({config.backend}, {config.model})")
-    chunk, errors = int(p.chunk_rows), []
+    chunk, errors, mode = int(p.chunk_rows), [], None
     for start in range(0, len(todo), chunk):
         part = todo.iloc[start:start + chunk]
-        judged = judge_frame(part, config)
+        judged = judge_frame(part, config, progress=lambda done, _, start=start:
+                             ctx.progress(start + done, len(todo)))  # row by row
+        if mode is None and judged.attrs.get("judge_mode"):
+            mode = judged.attrs["judge_mode"]  # found once; the later chunks ask the same way
+            config = settle_mode(config, mode)
+            ctx.log(f"judge answers: {MODE_LABELS[mode]}")
         ok = judged["judge_score"].notna().to_numpy()
         cache.put_scores(part["id"][ok].tolist(), judged["judge_score"][ok].tolist(), "judge",
                          key, judged["judge_reason"][ok].tolist())
@@ -326,8 +331,21 @@ def judge(p: JudgeParams, ctx: Any) -> dict:
             ctx.log(f"row {row_key}: not scored: {error}")  # a failure is said, never a score
             errors.append({"row_key": int(row_key), "error": str(error)})
         ctx.progress(start + len(part), len(todo))
-    return {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
-            "failed": len(errors), "errors": errors[:200]}
+    result = {"rows": len(frame), "cached": len(frame) - len(todo), "judged": len(todo),
+              "failed": len(errors), "errors": errors[:200]}
+    return {**result, **_judge_outcome([e["error"] for e in errors], len(todo), mode, ctx)}
+
+
+def _judge_outcome(errors: list[str], total: int, mode: str | None, ctx: Any) -> dict:
+    """The mode the judge was asked in and, when over a fifth of rows failed, the warning."""
+    from .judge import failure_warning
+
+    out: dict[str, Any] = {"mode": mode} if mode else {}
+    warning = failure_warning(errors, total, mode=mode)
+    if warning:
+        ctx.log(f"warning: {warning}")
+        out["warning"] = warning
+    return out
 
 
 @dataclass(frozen=True)
@@ -393,9 +411,12 @@ def pairwise_judge(p: PairwiseParams, ctx: Any) -> dict:
                if c in pairs.columns]
     table = pd.concat([pairs[columns], judged], axis=1).reset_index(drop=True)
     table.to_parquet(ctx.run_dir / ev.PAIRWISE_FILE, index=False)
-    for row in table[table["judge_error"] != ""].itertuples():
+    errors = table[table["judge_error"] != ""]
+    for row in errors.itertuples():
         ctx.log(f"row {getattr(row, 'row_key', '?')}: not judged: {row.judge_error}")
-    return _pairwise_counts(judged)
+    return {**_pairwise_counts(judged),
+            **_judge_outcome(errors["judge_error"].tolist(), len(table),
+                             judged.attrs.get("judge_mode"), ctx)}
 
 
 def _pairwise_counts(judged: pd.DataFrame) -> dict[str, Any]:
