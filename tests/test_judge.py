@@ -477,16 +477,18 @@ def test_constrained_local_judge_gets_a_score_even_from_a_random_model(tiny_lm_p
     assert (pairs["judge_error"] == "").all()
 
 
-def test_choices_processor_keeps_only_continuations_then_lets_go():
+def test_choice_constraint_keeps_only_continuations_then_lets_go():
     import torch
 
-    choices = J._Choices(start=2, sequences=[(5, 9), (5, 6, 9), (7, 9)])
-    assert choices.allowed(()) == [5, 7] and choices.allowed((5,)) == [6, 9]
-    assert choices.allowed((5, 9)) == [] and choices.allowed((7, 9)) == []
-    scores = torch.zeros(2, 10)
-    out = choices(torch.tensor([[1, 1], [1, 1]]), scores)
+    from workbench.generation import _constrain, choice_constraint
+
+    allowed = choice_constraint([(5, 9), (5, 6, 9), (7, 9)])
+    assert allowed(()) == [5, 7] and allowed((5,)) == [6, 9]
+    assert allowed((5, 9)) == [] and allowed((7, 9)) == []
+    out = _constrain(torch.zeros(2, 10), [[], [5]], allowed)
     assert torch.isfinite(out).sum(dim=1).tolist() == [2, 2]
-    free = choices(torch.tensor([[1, 1, 7, 9]]), torch.zeros(1, 10))
+    assert torch.isfinite(out[1]).nonzero().squeeze(1).tolist() == [6, 9]
+    free = _constrain(torch.zeros(1, 10), [[7, 9]], allowed)
     assert torch.isfinite(free).all()
 
 

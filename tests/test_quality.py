@@ -244,7 +244,7 @@ def test_judge_job_caches_scores_and_leaves_failures_unscored(store, version, mo
 
     monkeypatch.setattr("workbench.judge.judge_frame", fake_judge)
     params = Q.judge_params(store, version, {"rubric": "Rate {response}", "model": "x"})
-    result = tasks.judge({**params, "chunk_rows": 4}, Q._InlineContext())
+    result = tasks.judge({**params, "chunk_rows": 4}, jobs.InlineContext())
     failed_row = int(store.frame(version).query("response.str.contains('cannot')")["row_key"]
                      .iloc[0])
     assert result == {"rows": 6, "cached": 0, "judged": 6, "failed": 1,
@@ -277,7 +277,7 @@ def test_judge_job_learns_the_mode_once_and_warns_when_most_rows_fail(store, ver
     params = Q.judge_params(store, version, {"backend": "openai", "model": "x",
                                              "base_url": "http://127.0.0.1:9/v1"})
     messages = []
-    result = tasks.judge({**params, "chunk_rows": 4}, Q._InlineContext(None, messages.append))
+    result = tasks.judge({**params, "chunk_rows": 4}, jobs.InlineContext(None, messages.append))
     assert seen == ["auto", "json_object"]  # probed in the first chunk only
     assert result["mode"] == "json_object" and result["failed"] == 6
     assert result["warning"].startswith("6 of 6 rows (100%) were not judged. Most common error "

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 Messages = list[dict[str, str]]
 # progress(done_rows, total_rows, generated_tokens)
 GenProgress = Callable[[int, int, int], None]
+# allowed(tokens generated so far) -> the only tokens that may come next; [] = no constraint.
+Allowed = Callable[[Sequence[int]], Sequence[int]]
 # One more batch costs a fixed ~50 ms per decoding step (reading the weights), as much as
 # prefilling ~16 padded prompt tokens (~3 ms each), measured with SmolLM2-135M on this CPU.
 STEP_COST_IN_PROMPT_TOKENS = 16
@@ -134,10 +136,11 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Messages],
-                   *, max_tokens: int | None = None) -> list[list[int]]:
-    """Return the chat-template token ids (with the generation prompt) of each conversation."""
+                   *, max_tokens: int | None = None, prefill: str = "") -> list[list[int]]:
+    """Return the chat-template token ids (with the generation prompt) of each conversation;
+    ``prefill`` starts the assistant's answer (the model continues it)."""
     texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-             for c in conversations]
+             + prefill for c in conversations]
     # The template already wrote the special tokens: adding a BOS again would shift the model.
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     # Keep the end of an over-long prompt: the question and the generation prompt are there.
@@ -147,20 +150,23 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, conversations: Sequence[M
 def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    conversations: Sequence[Sequence[Mapping[str, str]]],
                    config: GenerationConfig | None = None, progress: GenProgress | None = None,
-                   *, check: Callable[[], None] | None = None) -> list[Generation]:
+                   *, check: Callable[[], None] | None = None, prefill: str = "",
+                   allowed: Allowed | None = None) -> list[Generation]:
     """Return one Generation per conversation, in input order, generated in length-sorted batches.
 
     A conversation ending with an assistant turn loses that turn (prompt_messages). ``progress`` is
     called after each batch; ``check`` after each decoding step (raise there to cancel).
+    ``prefill`` starts every answer (not part of the returned text); ``allowed(tokens so far)``
+    names the only tokens that may come next ([]: any), e.g. choice_constraint's.
     Sampled outputs are reproducible for the same seed, inputs and batch_size.
     """
     import torch
 
     config = config or GenerationConfig()
     prompts = encode_prompts(tokenizer, [prompt_messages(c) for c in conversations],
-                             max_tokens=_prompt_budget(model, tokenizer, config))
+                             max_tokens=_prompt_budget(model, tokenizer, config), prefill=prefill)
     results: list[Generation | None] = [None] * len(prompts)
-    options = _generate_options(model, tokenizer, config, check)
+    options = _generate_options(model, tokenizer, config, check, allowed)
     batches = length_batches([len(p) for p in prompts], config.batch_size,
                              overhead=STEP_COST_IN_PROMPT_TOKENS * config.max_new_tokens)
     done = tokens = 0
@@ -180,6 +186,21 @@ def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    config: GenerationConfig | None = None) -> list[str]:
     """Return the answer text to each conversation (generate_batch without the token ids)."""
     return [g.text for g in generate_batch(model, tokenizer, conversations, config)]
+
+
+def choice_constraint(sequences: Sequence[Sequence[int]]) -> Allowed:
+    """Return an ``allowed`` for generate_batch: the answer must begin with one of the token
+    sequences (each token must keep it a prefix of one); free once one is complete."""
+    options = [tuple(s) for s in sequences]
+
+    def allowed(made: Sequence[int]) -> list[int]:
+        made = tuple(made)
+        if made in options:
+            return []
+        n = len(made)
+        return sorted({s[n] for s in options if len(s) > n and s[:n] == made})
+
+    return allowed
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, *, overhead: float = 0.0
@@ -241,10 +262,12 @@ class _Options:
     pick: Callable[[Any], Any]  # last-position logits -> next token per row
     check: Callable[[], None] | None
     logits_to_keep: bool
+    allowed: Allowed | None = None
 
 
 def _generate_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                      config: GenerationConfig, check: Callable[[], None] | None) -> _Options:
+                      config: GenerationConfig, check: Callable[[], None] | None,
+                      allowed: Allowed | None = None) -> _Options:
     import inspect
 
     import torch
@@ -252,7 +275,8 @@ def _generate_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _Options(torch.tensor(stop_token_ids(model, tokenizer)), config.max_new_tokens,
                     _picker(config), check,
-                    "logits_to_keep" in inspect.signature(type(base).forward).parameters)
+                    "logits_to_keep" in inspect.signature(type(base).forward).parameters,
+                    allowed)
 
 
 def _picker(config: GenerationConfig) -> Callable[[Any], Any]:
@@ -296,6 +320,8 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     for step in range(options.max_new_tokens):
         if options.check:
             options.check()
+        if options.allowed:
+            logits = _constrain(logits, [outputs[r] for r in rows.tolist()], options.allowed)
         tokens = options.pick(logits)
         for row, token in zip(rows.tolist(), tokens.tolist()):
             outputs[row].append(token)
@@ -310,6 +336,17 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         logits = _step(model, tokens[:, None], mask, cache, options)
     return [_decode(tokenizer, ids, set(options.stops.tolist()), options.max_new_tokens)
             for ids in outputs]
+
+
+def _constrain(logits: Any, made: list[list[int]], allowed: Allowed) -> Any:
+    """Return the logits with every token a row may not take next set to -inf."""
+    for row, tokens in enumerate(made):
+        keep = list(allowed(tokens))
+        if keep:
+            kept = logits[row, keep].clone()
+            logits[row, :] = float("-inf")
+            logits[row, keep] = kept
+    return logits
 
 
 def _step(model: PreTrainedModel, input_ids: Any, mask: Any, cache: Any, options: _Options

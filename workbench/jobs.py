@@ -366,6 +366,32 @@ def _lookup(task: str) -> Task | None:
     return registered().get(task_name(task)) if isinstance(task, str) else None
 
 
+def run_here(task: str, params: Any, *, progress: Callable[[int, int], None] | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Run a registered task in this process (the CLI's way, no run folder) and return its
+    result: progress goes to ``progress(done, total)``, log lines to ``log``. Wiring calls
+    tasks by name through here, so it never imports the tasks module (no import cycle)."""
+    return _resolve(task)(params, InlineContext(progress, log))
+
+
+@dataclass
+class InlineContext:
+    """A job context for running a task in the caller's process: progress goes to a callback."""
+
+    callback: Callable[[int, int], None] | None = None
+    logger: Callable[[str], None] | None = None
+
+    def progress(self, step: int, total: int | None = None, **_: Any) -> None:
+        """Forward progress to the callback."""
+        if self.callback:
+            self.callback(step, total or 0)
+
+    def log(self, message: str) -> None:
+        """Forward log lines to the logger, if any (the CLI shows a progress bar instead)."""
+        if self.logger:
+            self.logger(message)
+
+
 def _resolve(task: str) -> Callable[[Any, JobContext], dict]:
     spec = _lookup(task)
     if spec is not None:

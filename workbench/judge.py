@@ -678,53 +678,22 @@ def generate_constrained(lm: tuple[Any, Any], prompts: Sequence[str], shape: Ans
                          max_new_tokens: int) -> list[str]:
     """Return the model's greedy answers, each "<prefix> <choice>\nReason: ...".
 
-    The assistant turn is started with shape.prefix ("Score:"); then a logits processor lets
-    through only tokens that continue " <choice>\nReason:" for some choice ("1".."10") until
-    one is complete, so even a model that never writes the format gives a parseable answer;
-    after that it writes the reason freely (up to max_new_tokens).
+    The assistant turn is started with shape.prefix ("Score:"); then only tokens that continue
+    " <choice>\nReason:" for some choice ("1".."10") are allowed until one is complete
+    (generation.choice_constraint), so even a model that never writes the format gives a
+    parseable answer; after that it writes the reason freely (up to max_new_tokens).
     """
-    import torch
-    from transformers import LogitsProcessorList
+    from .generation import GenerationConfig, choice_constraint, generate_batch
 
     model, tokenizer = lm
     prefix = shape.prefix.rstrip()
-    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                           add_generation_prompt=True) + prefix for p in prompts]
-    batch = tokenizer(chats, return_tensors="pt", padding=True, padding_side="left",
-                      add_special_tokens=False)
-    start = batch["input_ids"].shape[1]
-    forced = [tuple(tokenizer.encode(f" {c}\nReason:", add_special_tokens=False))
+    forced = [tokenizer.encode(f" {c}\nReason:", add_special_tokens=False)
               for c in shape.choices]
-    with torch.inference_mode():
-        out = model.generate(**batch, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             max_new_tokens=max(map(len, forced)) + max_new_tokens,
-                             logits_processor=LogitsProcessorList([_Choices(start, forced)]))
-    answers = tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
-    return [prefix + a for a in answers]
-
-
-class _Choices:
-    """A logits processor: from position ``start`` on, only tokens that keep the generated
-    ones a prefix of one of ``sequences``; free once one is complete."""
-
-    def __init__(self, start: int, sequences: Sequence[tuple[int, ...]]):
-        self.start, self.sequences = start, list(sequences)
-
-    def allowed(self, made: tuple[int, ...]) -> list[int]:
-        """Return the tokens that may follow ``made`` ([] once a sequence is complete)."""
-        if made in self.sequences:
-            return []
-        n = len(made)
-        return sorted({s[n] for s in self.sequences if len(s) > n and s[:n] == made})
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        for row in range(input_ids.shape[0]):
-            allowed = self.allowed(tuple(input_ids[row, self.start:].tolist()))
-            if allowed:
-                keep = scores[row, allowed].clone()
-                scores[row, :] = float("-inf")
-                scores[row, allowed] = keep
-        return scores
+    config = GenerationConfig(max_new_tokens=max(map(len, forced)) + max_new_tokens,
+                              batch_size=max(1, len(prompts)))
+    answers = generate_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                             config, prefill=prefix, allowed=choice_constraint(forced))
+    return [f"{prefix} {a.text}" for a in answers]
 
 
 def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any] | None = None,

@@ -206,27 +206,7 @@ def run_model_scoring(store: Store, version_id: int, *,
     """Run model scoring in this process (the CLI's way), filling the cache; return counts."""
     params = model_params(store, version_id, **options)
     _touch_model_cache(store, params)
-    from .tasks import model_score
-
-    return model_score(params, _InlineContext(progress))
-
-
-@dataclass
-class _InlineContext:
-    """A job context for running a task in the caller's process: progress goes to a callback."""
-
-    callback: Callable[[int, int], None] | None = None
-    logger: Callable[[str], None] | None = None
-
-    def progress(self, step: int, total: int | None = None, **_: Any) -> None:
-        """Forward progress to the callback."""
-        if self.callback:
-            self.callback(step, total or 0)
-
-    def log(self, message: str) -> None:
-        """Forward log lines to the logger, if any (the CLI shows a progress bar instead)."""
-        if self.logger:
-            self.logger(message)
+    return jobs.run_here("model_score", params, progress=progress)
 
 
 def judge_params(store: Store, version_id: int, config: Mapping[str, Any]) -> dict:
@@ -256,9 +236,7 @@ def run_judge(store: Store, version_id: int, config: Mapping[str, Any], *,
     """Run the judge in this process (the CLI's way), into the same cache as the page's job;
     return its counts, the mode used and, when over a fifth of rows failed, the warning."""
     params = _touch_judge(store, version_id, config)
-    from .tasks import judge
-
-    return judge(params, _InlineContext(progress, log))
+    return jobs.run_here("judge", params, progress=progress, log=log)
 
 
 def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:
