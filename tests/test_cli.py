@@ -67,7 +67,7 @@ def test_import_prints_the_report_with_rejected_lines(store_path, data):
     result = run("import", data, "--dataset", "support")
     out = result.stdout
     assert "data.jsonl: read 7 rows, imported 5, rejected 2" in out
-    assert "version 1 of 'support': 5 rows" in out
+    assert "support@1: 5 rows" in out
     assert "rejected data.jsonl:6: (line): bad JSON" in out
     assert "rejected data.jsonl:7: (row): unknown shape" in out
     assert " — rename the fields, or pass the shape explicitly" in out  # the fix

@@ -80,7 +80,7 @@ def test_score_and_select_help_list_their_options():
 def test_score_default_heuristics_prints_stats_and_caches(imported, monkeypatch):
     result = run("score", "d")
     lines = result.stdout.splitlines()
-    assert lines[0] == "version 1: 6 rows scored"
+    assert lines[0] == "d@1: 6 rows scored"
     assert lines[1].split() == ["score", "better", "scored", "missing", "mean", "std", "min",
                                 "median", "max"]
     table = {line.split()[0]: line.split() for line in lines[2:]}
@@ -147,7 +147,7 @@ def test_score_model_scorers_with_a_local_model_folder(imported, tiny_model_dir)
     assert "model scores" not in result.stderr  # no progress bar of the scorers
     assert "Loading weights" not in result.stderr  # nor transformers' own
     lines = result.stdout.splitlines()
-    assert lines[0] == "version 1: 6 rows scored"
+    assert lines[0] == "d@1: 6 rows scored"
     table = {line.split()[0]: line.split() for line in lines[2:]}
     assert list(table) == ["perplexity_score", "ifd_score"]
     assert table["perplexity_score"][1:4] == ["lower", "6", "0"]
@@ -166,7 +166,7 @@ def test_select_topk_makes_a_version_with_the_rule_and_reasons(imported):
     run("score", "d", "--scorers", "length")
     result = run("select", "d", "--method", "topk", "--k", "2", "--score", "length")
     assert result.stdout.splitlines() == ["2 of 6 rows selected; dropped: not_selected=4",
-                                          "version 2: 2 rows"]
+                                          "d@2: 2 rows"]
     version = imported.version(2)
     assert (version.parent_id, version.operation, version.n_rows) == (1, "select", 2)
     assert version.params["method"] == "top_k" and version.params["k"] == 2
@@ -211,7 +211,7 @@ def test_select_thresholds_drop_rows_with_the_threshold_reason(imported):
 def test_select_longest_works_without_scoring(imported):
     out = run("select", "d", "--method", "longest", "--k", "2").stdout
     assert out.splitlines() == ["2 of 6 rows selected; dropped: not_selected=4",
-                                "version 2: 2 rows"]
+                                "d@2: 2 rows"]
     assert list(imported.frame(2)["response"]) == [response(4), response(5)]
     assert imported.version(2).params["method"] == "longest_k"
     assert imported.removed(2)["detail"].str.startswith("longest_k: rank ").all()

@@ -104,7 +104,7 @@ def import_cmd(ctx: click.Context, path: str, dataset: str, shape: str, max_char
         update(sum(report.rows_read for _, report in imported))
     for version, report in imported:
         click.echo(report.summary())
-        click.echo(f"version {version.version_id} of '{version.dataset}': {version.n_rows} rows")
+        click.echo(f"{version.ref}: {version.n_rows} rows")
         for n in report.notes[:50]:
             click.echo(f"  note {n}")
         if show_rejects:
@@ -360,7 +360,7 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
         extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
         version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra,
                                      result=checked.result)  # the rules ran once, above
-        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+        click.echo(f"{version.ref}: {version.n_rows} rows")
 
 
 @main.command("dedup")
@@ -405,7 +405,7 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
     click.echo(summary.head(20).to_string(index=False) if len(summary) else "")
     if not dry_run and len(summary):
         version = curate.apply_dedup(store, vid, frame, clusters, options)
-        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+        click.echo(f"{version.ref}: {version.n_rows} rows")
 
 
 def _bar_callback(bar: Any) -> Callable[[int, int], None]:
@@ -500,7 +500,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     scored = quality.with_cached_scores(store, frame)
     columns = [f"{n}_score" if n != "learned" else _learned_column(label_set) for n in names]
     columns = [c for c in columns if c in scored.columns]
-    click.echo(f"version {vid}: {len(frame)} rows scored")
+    click.echo(f"{store.ref_of(vid)}: {len(frame)} rows scored")
     click.echo(quality.score_summary(scored, columns).to_string(index=False, float_format=
                                                                   lambda v: f"{v:.4g}"))
 
@@ -639,7 +639,7 @@ def _bulk_label(store: Store, vid: int, search: str | None, rule: str | None,
     source, value = ("search", search) if search else ("rule", rule)
     keys = labelling.bulk_rows(store, vid, frame, source, value)
     if not keys:
-        raise WorkbenchError(f"no row of version {vid} matches {source} {value!r}")
+        raise WorkbenchError(f"no row of {store.ref_of(vid)} matches {source} {value!r}")
     if not yes:
         click.echo(f"{len(keys)} rows match {source} {value!r}; a sample:")
         for row in labelling.bulk_preview(frame, keys).itertuples():
@@ -680,7 +680,7 @@ def labels_cmd(ctx: click.Context, ref: str, export_path: str | None, label_set:
                     "all_bad": info.total_bad, "learned": result.as_dict() if result else None,
                     "actions": info.actions.to_dict("records")})
         return
-    click.echo(f"version {vid}, label set '{label_set}': {info.good} good, {info.bad} bad, "
+    click.echo(f"{store.ref_of(vid)}, label set '{label_set}': {info.good} good, {info.bad} bad, "
                f"{info.unlabelled} unlabelled (all versions: {info.total_good} good, "
                f"{info.total_bad} bad)")
     if result:
@@ -768,7 +768,7 @@ def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: 
                f"{' '.join(f'{r}={n}' for r, n in reasons.items()) or 'none'}")
     if not dry_run:
         version = store.apply_step(vid, selection, operation="select", params=selection.rule)
-        click.echo(f"version {version.version_id}: {version.n_rows} rows")
+        click.echo(f"{version.ref}: {version.n_rows} rows")
 
 
 def _bounds(mins: tuple[str, ...], maxs: tuple[str, ...]) -> dict[str, tuple]:
