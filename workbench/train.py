@@ -46,11 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-import torch.nn.functional as F
-
 from workbench.exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
+from workbench.lazy import lazy_module, no_grad
 from workbench.models import LoadedLM, load_lm, supports_assistant_mask, tiny_lm
+
+# Imported where a function first uses them: the Train page reads TrainConfig without torch.
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -512,7 +514,7 @@ def token_loss_sum(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     )
 
 
-@torch.no_grad()
+@no_grad
 def mean_token_loss(
     model: PreTrainedModel, rows: Sequence[Encoded], config: TrainConfig, pad_id: int
 ) -> float:
@@ -1022,7 +1024,7 @@ def _cached_adapter(run_dir: str, stamp: float) -> LoadedLM:
     return load_adapter_model(run_dir)  # stamp: a newer adapter file is a new cache entry
 
 
-@torch.no_grad()
+@no_grad
 def generate_many(
     model: str | os.PathLike[str] | LoadedLM,
     conversations: Sequence[Messages],
