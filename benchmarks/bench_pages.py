@@ -12,7 +12,10 @@ Target (issue 10): every interaction under 1 s once the data is loaded, except t
 the work itself (scoring, cleaning, finding duplicates) or start a job; those must show a
 progress bar with a count. Rows marked "work" are those. Prints, does not assert.
 
-    python benchmarks/bench_pages.py [--rows N] [--data PATH]
+    python benchmarks/bench_pages.py [--rows N] [--data PATH] [--skip Clean,Deduplicate]
+
+--skip leaves out the named pages' interactions (the pages still open): at 1M rows Clean's
+preview and Deduplicate's search take many minutes each.
 
 Skips with a message when the data set is absent.
 """
@@ -59,14 +62,18 @@ def pin_navigation() -> None:
 class Walk:
     """One AppTest session; each step reruns the script once and records its time."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip: frozenset[str] = frozenset()) -> None:
         from streamlit.testing.v1 import AppTest
 
         self.at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=1800)
         self.rows: list[tuple[str, str, float, float, str]] = []
+        self.skip = skip
 
     def step(self, page: str, label: str, act=None, *, work: bool = False) -> None:
         """Apply ``act`` to the session (a widget change) and rerun; print the time."""
+        if page in self.skip and label != "open":
+            print(f"{page:<16} {label:<44}   skipped (--skip)", flush=True)
+            return
         if act is not None:
             try:
                 act(self.at)
@@ -148,6 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="first N rows (default: all)")
     parser.add_argument("--data", type=Path, default=ALPACA)
+    parser.add_argument("--skip", default="", help="pages (titles, comma-separated) whose "
+                        "interactions are left out; they still open")
     args = parser.parse_args()
     if not args.data.exists():
         print(f"skipped: {args.data} is absent")
@@ -169,7 +178,7 @@ def main() -> None:
               f"into {home}\n")
         print(f"{'page':<16} {'interaction':<44} {'server':>9} {'RSS':>10}")
         pin_navigation()
-        w = Walk()
+        w = Walk(frozenset(filter(None, (p.strip() for p in args.skip.split(",")))))
         try:
             walk(w)
         finally:
