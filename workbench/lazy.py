@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
-F = TypeVar("F", bound=Callable[..., Any])
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 class LazyModule:
@@ -39,7 +39,7 @@ def lazy_module(name: str) -> Any:
     return LazyModule(name)
 
 
-def no_grad(function: F) -> F:
+def no_grad(function: Fn) -> Fn:
     """``@torch.no_grad()`` that imports torch on the first call, not when the function is
     defined."""
 
