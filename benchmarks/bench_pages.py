@@ -13,9 +13,12 @@ the work itself (scoring, cleaning, finding duplicates) or start a job; those mu
 progress bar with a count. Rows marked "work" are those. Prints, does not assert.
 
     python benchmarks/bench_pages.py [--rows N] [--data PATH] [--skip Clean,Deduplicate]
+    python benchmarks/bench_pages.py --scale 1000000 --skip "Clean,Deduplicate,Score & select"
 
 --skip leaves out the named pages' interactions (the pages still open): at 1M rows Clean's
-preview and Deduplicate's search take many minutes each.
+preview and Deduplicate's search take many minutes each. --scale N repeats the data's rows
+until there are N, each copy after the first with "(variant k)" after its instruction and two
+neighbouring words of its output swapped, so no two rows are identical.
 
 Skips with a message when the data set is absent.
 """
@@ -151,10 +154,33 @@ def report(rows: list[tuple[str, str, float, float, str]]) -> None:
         print(f"  over: {page} · {label}: {seconds:.2f} s")
 
 
+def scaled(data: Path, rows: int, target: Path) -> Path:
+    """Write ``rows`` Alpaca rows to target (JSONL): data's rows repeated, each copy perturbed."""
+    import json
+    import random
+
+    records, rng = json.loads(data.read_text()), random.Random(0)
+    with target.open("w") as out:
+        for n in range(rows):
+            copy, record = divmod(n, len(records))
+            record = dict(records[record])
+            if copy:
+                record["instruction"] = f"{record['instruction']} (variant {copy})"
+                words = record["output"].split()
+                if len(words) > 3:
+                    i = rng.randrange(len(words) - 1)
+                    words[i], words[i + 1] = words[i + 1], words[i]
+                    record["output"] = " ".join(words)
+            out.write(json.dumps(record) + "\n")
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="first N rows (default: all)")
     parser.add_argument("--data", type=Path, default=ALPACA)
+    parser.add_argument("--scale", type=int, default=None,
+                        help="repeat the data's rows (perturbed) up to this many rows")
     parser.add_argument("--skip", default="", help="pages (titles, comma-separated) whose "
                         "interactions are left out; they still open")
     args = parser.parse_args()
@@ -170,6 +196,8 @@ def main() -> None:
 
             source = Path(home) / "alpaca.json"
             source.write_text(json.dumps(json.loads(args.data.read_text())[: args.rows]))
+        if args.scale:
+            source = scaled(args.data, args.scale, Path(home) / "scaled.jsonl")
         from workbench.store import Store
 
         start = time.perf_counter()
