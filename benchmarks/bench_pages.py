@@ -12,7 +12,13 @@ Target (issue 10): every interaction under 1 s once the data is loaded, except t
 the work itself (scoring, cleaning, finding duplicates) or start a job; those must show a
 progress bar with a count. Rows marked "work" are those. Prints, does not assert.
 
-    python benchmarks/bench_pages.py [--rows N] [--data PATH]
+    python benchmarks/bench_pages.py [--rows N] [--data PATH] [--skip Clean,Deduplicate]
+    python benchmarks/bench_pages.py --scale 1000000 --skip "Clean,Deduplicate,Score & select"
+
+--skip leaves out the named pages' interactions (the pages still open): at 1M rows Clean's
+preview and Deduplicate's search take many minutes each. --scale N repeats the data's rows
+until there are N, each copy after the first with "(variant k)" after its instruction and two
+neighbouring words of its output swapped, so no two rows are identical.
 
 Skips with a message when the data set is absent.
 """
@@ -59,14 +65,18 @@ def pin_navigation() -> None:
 class Walk:
     """One AppTest session; each step reruns the script once and records its time."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip: frozenset[str] = frozenset()) -> None:
         from streamlit.testing.v1 import AppTest
 
         self.at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=1800)
         self.rows: list[tuple[str, str, float, float, str]] = []
+        self.skip = skip
 
     def step(self, page: str, label: str, act=None, *, work: bool = False) -> None:
         """Apply ``act`` to the session (a widget change) and rerun; print the time."""
+        if page in self.skip and label != "open":
+            print(f"{page:<16} {label:<44}   skipped (--skip)", flush=True)
+            return
         if act is not None:
             try:
                 act(self.at)
@@ -144,10 +154,35 @@ def report(rows: list[tuple[str, str, float, float, str]]) -> None:
         print(f"  over: {page} · {label}: {seconds:.2f} s")
 
 
+def scaled(data: Path, rows: int, target: Path) -> Path:
+    """Write ``rows`` Alpaca rows to target (JSONL): data's rows repeated, each copy perturbed."""
+    import json
+    import random
+
+    records, rng = json.loads(data.read_text()), random.Random(0)
+    with target.open("w") as out:
+        for n in range(rows):
+            copy, record = divmod(n, len(records))
+            record = dict(records[record])
+            if copy:
+                record["instruction"] = f"{record['instruction']} (variant {copy})"
+                words = record["output"].split()
+                if len(words) > 3:
+                    i = rng.randrange(len(words) - 1)
+                    words[i], words[i + 1] = words[i + 1], words[i]
+                    record["output"] = " ".join(words)
+            out.write(json.dumps(record) + "\n")
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="first N rows (default: all)")
     parser.add_argument("--data", type=Path, default=ALPACA)
+    parser.add_argument("--scale", type=int, default=None,
+                        help="repeat the data's rows (perturbed) up to this many rows")
+    parser.add_argument("--skip", default="", help="pages (titles, comma-separated) whose "
+                        "interactions are left out; they still open")
     args = parser.parse_args()
     if not args.data.exists():
         print(f"skipped: {args.data} is absent")
@@ -161,6 +196,8 @@ def main() -> None:
 
             source = Path(home) / "alpaca.json"
             source.write_text(json.dumps(json.loads(args.data.read_text())[: args.rows]))
+        if args.scale:
+            source = scaled(args.data, args.scale, Path(home) / "scaled.jsonl")
         from workbench.store import Store
 
         start = time.perf_counter()
@@ -169,7 +206,7 @@ def main() -> None:
               f"into {home}\n")
         print(f"{'page':<16} {'interaction':<44} {'server':>9} {'RSS':>10}")
         pin_navigation()
-        w = Walk()
+        w = Walk(frozenset(filter(None, (p.strip() for p in args.skip.split(",")))))
         try:
             walk(w)
         finally:

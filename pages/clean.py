@@ -197,9 +197,10 @@ except WorkbenchError as e:
     st.stop()
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
-    with progress_bar("Checking every row: rule") as progress:
+    with progress_bar("Rows checked, all rules") as progress:
         st.session_state["cl_report"] = (version_id, rules,
-                                         curate.clean_preview(frame, rules, progress=progress))
+                                         curate.clean_preview(frame, rules,
+                                                              row_progress=progress))
 report = st.session_state.get("cl_report")
 fresh = bool(report) and report[0] == version_id and report[1] == rules
 if report and report[0] == version_id:
@@ -212,10 +213,10 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
     extra = {"eval_version": st.session_state.get("cl_eval_version")} \
         if any(r.name == "contamination" for r in rules) else {}
     try:
-        with progress_bar("Applying: rule") as progress:
+        with progress_bar("Applying: rows checked, all rules") as progress:
             # The preview of these same rules already holds the new version's rows.
             result = report[2].result if fresh else \
-                curate.clean_preview(frame, rules, samples=0, progress=progress).result
+                curate.clean_preview(frame, rules, samples=0, row_progress=progress).result
             version = curate.apply_clean(store(), version_id, frame, rules, extra_params=extra,
                                          result=result)
     except WorkbenchError as e:

@@ -183,10 +183,13 @@ def browse_section(dataset: str) -> None:
     size = size_col.selectbox("Rows per page", [25, 50, 100, 200], index=1, key="browse_size",
                               on_change=first_page)
     number = page_col.number_input("Page", min_value=1, step=1, key="browse_page")
-    page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
-    if page.rows.empty and page.total:  # past the last page: show the last one instead
-        number = page_count(page.total, size)
+    # A search reads every row's text (1M rows: seconds); the spinner shows only past 0.5 s.
+    with st.spinner("Filtering the rows…"):
         page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
+        if page.rows.empty and page.total:  # past the last page: show the last one instead
+            number = page_count(page.total, size)
+            page = store().page(version_id, offset=(number - 1) * size, limit=size,
+                                filters=filters)
     info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
                      f"{page_count(page.total, size)} · "
                      f"{md_escape(store().version(version_id).ref)}")

@@ -900,3 +900,23 @@ def test_missing_context_claim_backed_by_a_block_or_url():
 ])
 def test_truncated_list_items_and_short_last_sentences(text, cut):
     assert (C.truncation_reason(text) is not None) == cut
+
+
+def test_rows_followed_in_chunks_give_the_same_run(monkeypatch):
+    f = pd.concat([sample_frame()] * 7, ignore_index=True).assign(row_key=range(63))
+    rules = C.default_rules() + [C.Language(), C.Contamination(eval_texts=EVAL,
+                                                               eval_ids=["q1", "q2"])]
+    whole = C.run(f, rules, samples=3)
+    assert whole.preview.dropped_rows and whole.preview.flagged_rows  # the rules hit rows
+    monkeypatch.setattr(C, "ROW_CHUNK", 5)  # 13 chunks of 5 rows per rule
+    calls = []
+    chunked = C.run(f, rules, samples=3, row_progress=lambda *a: calls.append(a))
+    assert chunked.preview == whole.preview
+    for part in ("kept", "dropped", "changed", "flagged"):
+        pd.testing.assert_frame_equal(getattr(chunked.result, part), getattr(whole.result, part))
+    total = len(f) * len(rules)
+    assert [c[1] for c in calls] == [total] * len(calls)
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and done[-1] == total and len(calls) == 13 * len(rules)
+    assert calls[0][2] == f"rule 1/{len(rules)} · {rules[0].name}"
+    assert calls[-1][2] == f"rule {len(rules)}/{len(rules)} · contamination"

@@ -215,3 +215,28 @@ def test_one_embedding_job_embeds_prompts_and_responses_and_the_score_uses_them(
     result = labelling.train_learned(file_store, vid, frame)
     assert result.features[:4] == ["words", "embedding:user", "embedding:assistant",
                                    "prompt-response cosine"]
+
+
+def test_rule_seeds_of_a_big_version_come_from_a_fixed_sample(store, monkeypatch):
+    vid, _ = dataset(store, n=300)
+    frame = store.frame(vid)
+    monkeypatch.setattr(labelling, "SEED_SCAN_ROWS", 40)
+    scanned = []
+    hits = labelling.rule_hits
+
+    def spy(store, rows, **kwargs):
+        scanned.append(rows["row_key"].tolist())
+        return hits(store, rows, **kwargs)
+
+    monkeypatch.setattr(labelling, "rule_hits", spy)
+    sources = labelling.seed_sources(store, vid, frame)
+    again = labelling.seed_sources(store, vid, frame)
+    assert len(scanned[0]) == 40 and scanned[0] == scanned[1]  # the same rows each time
+    assert set(scanned[0]) < set(frame["row_key"]) and scanned[0] == sorted(scanned[0])
+    rules = [s for s in sources if s.name.startswith("rule:")]
+    assert rules, "the sample's rows hit no rule: the test data changed"
+    sampled = {int(k) for k in scanned[0]}
+    position = dict(zip(frame["row_key"].astype(int), range(len(frame))))
+    for source in rules:  # positions in the whole frame, of sampled rows only
+        assert {position[k] for k in sampled} >= set(source.rows.tolist())
+    assert [s.name for s in again] == [s.name for s in sources]

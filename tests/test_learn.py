@@ -161,3 +161,12 @@ def test_seeds_take_turns_between_sources_and_skip_labelled_rows():
     assert [p.source for p in picks][:2] == ["rule:a", "random"]
     assert {p.index for p in picks} == {1, 3, 4, 5, 6}  # all but the labelled row, once each
     assert len(picks) == 5 and all(p.why in ("a1", "a3", "r") for p in picks)
+
+
+def test_rankdata_matches_scipy():
+    from scipy.stats import rankdata as scipy_rankdata
+
+    rng = np.random.default_rng(0)
+    for values in (rng.normal(size=500), rng.integers(0, 4, size=500).astype(float),
+                   np.array([2.0]), np.array([]), np.array([1.0, np.nan, 0.5])):
+        np.testing.assert_array_equal(L.rankdata(values), scipy_rankdata(values))

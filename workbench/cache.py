@@ -31,7 +31,7 @@ def params_hash(params: dict) -> str:
 def get_embeddings(store: Store, ids: Sequence[str], model: str, field: str, *,
                    backend: str = "auto") -> dict[str, np.ndarray]:
     """Return the cached vectors (of model as backend makes them) for those ids that have one."""
-    if not len(ids):
+    if not len(ids) or not _any_vectors(store, model, field):
         return {}
     model = _embedding_key(model, backend)
     with store.connect() as con:
@@ -51,7 +51,7 @@ def count_embedded(store: Store, ids: Sequence[str], model: str, field: str, *,
                    backend: str = "auto") -> int:
     """Return how many of the distinct ids have a cached vector (of model as backend makes
     them), without reading the vectors."""
-    if not len(ids):
+    if not len(ids) or not _any_vectors(store, model, field):
         return 0
     model = _embedding_key(model, backend)
     with store.connect() as con:
@@ -82,6 +82,16 @@ def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model:
         after = con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0]
         con.unregister("_new")
     return after - before
+
+
+def _any_vectors(store: Store, model: str, field: str) -> bool:
+    """Whether the store holds any vector of this model (under any backend's key) and field:
+    without one, nothing is cached whatever the key, and the key (which may import torch to
+    look for a GPU) is not needed."""
+    with store.connect() as con:
+        return bool(con.execute("""SELECT 1 FROM embeddings WHERE field = ? AND (model = ?
+                                   OR starts_with(model, ?)) LIMIT 1""",
+                                [field, model, f"{model}@"]).fetchall())
 
 
 def _embedding_key(model: str, backend: str) -> str:

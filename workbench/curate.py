@@ -184,12 +184,15 @@ def default_token_counter():
 
 
 def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
-                  progress: Callable[[int, int, str], None] | None = None):
+                  progress: Callable[[int, int, str], None] | None = None,
+                  row_progress: Callable[[int, int, str], None] | None = None):
     """Return what each rule would drop or change, and the version apply would save from it
-    (a ``clean.CleanRun``), without changing anything."""
+    (a ``clean.CleanRun``), without changing anything. ``progress`` follows the rules,
+    ``row_progress`` the rows of every rule (``clean.run`` says how)."""
     from . import clean
 
-    return clean.run(frame, list(rules), samples=samples, progress=progress)
+    return clean.run(frame, list(rules), samples=samples, progress=progress,
+                     row_progress=row_progress)
 
 
 def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,

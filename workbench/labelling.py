@@ -38,6 +38,10 @@ from .store import RowFilter, Store, VersionInfo
 
 LEARNED = "learned"
 SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
+# Rule hits seed the queue from at most this many rows (a fixed sample beyond): the queue takes
+# a few rows per rule, and scanning every rule over 1M rows kept the Label page from opening
+# for minutes.
+SEED_SCAN_ROWS = 50_000
 
 
 def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
@@ -594,7 +598,7 @@ def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: 
     sources = []
     flagged = store.flagged(version_id)
     hits = flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
-        rule_hits(store, frame, progress=progress)
+        rule_hits(store, _seed_scan_rows(frame), progress=progress)
     for rule, group in hits.groupby("rule", sort=False):
         at = position.reindex(group["row_key"].astype(int)).dropna().astype(int).to_numpy()
         sources.append(L.SeedSource(f"rule:{rule}", at,
@@ -612,6 +616,15 @@ def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: 
     sources.append(L.SeedSource("random", rng.permutation(len(frame))[:5000],
                                 ["a random row"] * min(len(frame), 5000)))
     return sources
+
+
+def _seed_scan_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the rows whose rule hits seed the queue: all, or SEED_SCAN_ROWS of them drawn
+    with a fixed seed (the same rows on every reopen, so the cached hits serve them)."""
+    if len(frame) <= SEED_SCAN_ROWS:
+        return frame
+    at = np.sort(np.random.default_rng(0).choice(len(frame), SEED_SCAN_ROWS, replace=False))
+    return frame.iloc[at]
 
 
 def _extremes(scores: pd.DataFrame) -> L.SeedSource:

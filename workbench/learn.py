@@ -274,14 +274,22 @@ def fit(features: Features, rows: np.ndarray, y: np.ndarray, config: LearnConfig
 
 # --- agreement with labels -------------------------------------------------------------------
 
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Return average ranks from 1 (tied values share their mean rank), as
+    ``scipy.stats.rankdata`` does, all NaN when a value is NaN: scipy.stats takes seconds to
+    import, and the Score page ranks scores against labels as it opens."""
+    values = np.asarray(values, dtype=np.float64)
+    if np.isnan(values).any():
+        return np.full(values.shape, np.nan)
+    return pd.Series(values).rank(method="average").to_numpy(dtype=np.float64)
+
+
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
     """Return P(score of a bad row > score of a good row), ties counted half (y: 1 = bad)."""
     y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
     n_bad, n_good = int((y == 1).sum()), int((y == 0).sum())
     if not n_bad or not n_good:
         return float("nan")
-    from scipy.stats import rankdata
-
     ranks = rankdata(score)  # average ranks: a tie counts half, as in the Mann-Whitney U
     return float((ranks[y == 1].sum() - n_bad * (n_bad + 1) / 2) / (n_bad * n_good))
 
@@ -292,8 +300,6 @@ def auroc_ci(y: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
     DeLong's estimate comes from each row's share of the pairs it wins (Sun and Xu's midrank
     form: three rankings), so it costs milliseconds where a bootstrap costs seconds.
     """
-    from scipy.stats import rankdata
-
     y, score = np.asarray(y), np.asarray(score, dtype=np.float64)
     bad, good = score[y == 1], score[y == 0]
     m, n = len(bad), len(good)

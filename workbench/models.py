@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,9 +43,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from workbench.exceptions import ConfigError, ModelNotAvailableError
+from workbench.lazy import lazy_module
+
+torch = lazy_module("torch")  # imported where a function first uses it, not here
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -447,14 +450,16 @@ def _usable_cpus() -> int:
 
 
 def load_lm(
-    name: ModelName = "default", *, dtype: torch.dtype = torch.float32, cached: bool = True
+    name: ModelName = "default", *, dtype: torch.dtype | None = None, cached: bool = True
 ) -> LoadedLM:
     """Returns (model, tokenizer) in eval mode on CPU; cached=True shares one copy per process.
 
     The tokenizer pads on the right with a pad token set (eos if the model has none). Pass
     cached=False for a private copy that you may modify (e.g. wrap with peft for training).
+    dtype: a torch dtype, float32 when None.
     """
     path = resolve_lm(name)
+    dtype = torch.float32 if dtype is None else dtype
     if cached:
         return _load_lm_cached(str(path), dtype)
     return _load_lm(path, dtype)
@@ -568,7 +573,15 @@ def _pick_backend(backend: str, name: ModelName) -> tuple[str, str | None]:
     return ("torch", failure) if failure else ("onnx", None)
 
 
+# Device files a GPU that torch can use always has (NVIDIA, AMD ROCm, NVIDIA under WSL2).
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
 def _embed_device() -> str:
+    if sys.platform != "darwin" and not any(os.path.exists(p) for p in _GPU_DEVICE_FILES):
+        # No GPU device here, so torch would say "cpu": answer without importing it (2-3 s),
+        # so a page that only reads the embedding cache does not import torch for its key.
+        return "cpu"
     if torch.cuda.is_available():
         return "cuda"
     return "mps" if torch.backends.mps.is_available() else "cpu"
@@ -705,15 +718,20 @@ def _export_onnx(source: Path, tmp: Path) -> None:
     _write_onnx_marker(tmp, source, fused=graph == fused, seconds=time.perf_counter() - started)
 
 
-class _SentencePipeline(torch.nn.Module):
-    # The SentenceTransformer's own modules (transformer, pooling, normalize) as one graph.
-    def __init__(self, model: SentenceTransformer, names: list[str]) -> None:
-        super().__init__()
-        self.model, self.names = model, names
+def _sentence_pipeline(model: SentenceTransformer, names: list[str]) -> Any:
+    """The SentenceTransformer's own modules (transformer, pooling, normalize) as one graph
+    (a torch module, defined here so that importing this file does not import torch)."""
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        features = {**dict(zip(self.names, tensors)), "modality": "text"}
-        return self.model(features)["sentence_embedding"]
+    class SentencePipeline(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.names = model, names
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            features = {**dict(zip(self.names, tensors)), "modality": "text"}
+            return self.model(features)["sentence_embedding"]
+
+    return SentencePipeline()
 
 
 def _trace_to_onnx(model: SentenceTransformer, target: Path) -> None:
@@ -727,7 +745,7 @@ def _trace_to_onnx(model: SentenceTransformer, target: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _SentencePipeline(model, names).eval(), tuple(probe[n] for n in names), str(target),
+            _sentence_pipeline(model, names).eval(), tuple(probe[n] for n in names), str(target),
             input_names=names, output_names=["sentence_embedding"], dynamic_axes=axes,
             opset_version=17, dynamo=False,
         )
@@ -790,7 +808,7 @@ def _failure_file(name: ModelName) -> Path:
 def _failure_versions() -> dict[str, str]:
     # A failure is remembered only for these versions: an upgrade retries the export.
     return {"onnxruntime": _version("onnxruntime"), "onnx": _version("onnx"),
-            "torch": torch.__version__, "variant": onnx_variant()}
+            "torch": _version("torch"), "variant": onnx_variant()}  # == torch.__version__
 
 
 def _record_onnx_failure(name: ModelName, err: BaseException) -> str:

@@ -70,11 +70,15 @@ def _result(frame: pd.DataFrame, keep: np.ndarray, reasons: list[str], details: 
     """Return the Selection keeping rows where ``keep`` is set; the others get reason+detail."""
     drop = ~keep
     keys = frame["row_key"].to_numpy()
+    n_dropped = int(drop.sum())
+    # No duplicate_of: an all-missing Int64 column built at once (from 50k Nones: 0.2 s).
+    duplicates = pd.arrays.IntegerArray(np.zeros(n_dropped, np.int64),
+                                        np.ones(n_dropped, bool)) if not duplicate_of \
+        else pd.array(np.asarray(duplicate_of, dtype=object)[drop].tolist(), dtype="Int64")
     dropped = pd.DataFrame({
         "row_key": keys[drop].astype("int64"),
         "reason": pd.Series(np.asarray(reasons, dtype=object)[drop], dtype=object),
-        "duplicate_of": pd.array(np.asarray(duplicate_of or [None] * len(frame),
-                                            dtype=object)[drop].tolist(), dtype="Int64"),
+        "duplicate_of": duplicates,
         "detail": pd.Series(np.asarray(details, dtype=object)[drop], dtype=object)},
         columns=list(DROP_COLUMNS))
     rule = {**rule, "rows_in": len(frame), "selected": int(keep.sum())}

@@ -46,12 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-import torch.nn.functional as F
-
 from workbench.exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
 from workbench.generation import GenerationConfig, generate_texts
+from workbench.lazy import lazy_module, no_grad
 from workbench.models import LoadedLM, load_lm, supports_assistant_mask, tiny_lm
+
+# Imported where a function first uses them: the Train page reads TrainConfig without torch.
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -513,7 +515,7 @@ def token_loss_sum(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     )
 
 
-@torch.no_grad()
+@no_grad
 def mean_token_loss(
     model: PreTrainedModel, rows: Sequence[Encoded], config: TrainConfig, pad_id: int
 ) -> float:

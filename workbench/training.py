@@ -81,12 +81,15 @@ def model_type(model: str) -> str | None:
 
 def default_targets(model: str) -> list[str]:
     """Return the LoRA target modules picked for a model's architecture ([] = every linear)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
-
     kind = model_type(model)
     if kind in train.DEFAULT_TARGET_MODULES:
         return list(train.DEFAULT_TARGET_MODULES[kind])
-    return list(PEFT.get(kind, [])) if kind else []
+    if not kind:
+        return []
+    # peft imports torch and transformers (seconds): only for an architecture not in our table.
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
+
+    return list(PEFT.get(kind, []))
 
 
 def start_run(store: Store, version_id: int, config: TrainConfig, *,
