@@ -264,9 +264,10 @@ def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs
     with pytest.raises(ConfigError, match="No judge is configured"):
         evaluation.start_pairwise_judge(small, xl, home=home)
     # A judge set up on Score & select is a judge job; the newest one's options are used.
-    jobs.run_inline("jobtasks.count", {"n": 1, "judge": {"backend": "local", "model": "m"}},
-                    kind="judge", home=home)
-    assert evaluation.judge_config(home=home) == {"backend": "local", "model": "m"}
+    # (Asked in plain text: the fake model below writes "Winner: N", not constrained tokens.)
+    judge_options = {"backend": "local", "model": "m", "response_format": "text"}
+    jobs.run_inline("jobtasks.count", {"n": 1, "judge": judge_options}, kind="judge", home=home)
+    assert evaluation.judge_config(home=home) == judge_options
     # The fake judge prefers the answer with more words from the reference, in either order.
     monkeypatch.setattr(models, "load_lm", lambda name: (None, None))
 
