@@ -98,9 +98,14 @@ def plant(frame: pd.DataFrame, n: int, seed: int) -> tuple[pd.DataFrame, list[tu
             src = rng.choice(pool)
         used.add(src)
         text = responses[src]
-        new = {"word_edits": lambda: _edit_words(text, rng, vocab),
-               "reorder": lambda: _reorder(text, rng), "truncate": lambda: _truncate(text, rng),
-               "append": lambda: _append(text, rng, responses)}[kind]()
+        if kind == "word_edits":
+            new = _edit_words(text, rng, vocab)
+        elif kind == "reorder":
+            new = _reorder(text, rng)
+        elif kind == "truncate":
+            new = _truncate(text, rng)
+        else:
+            new = _append(text, rng, responses)
         messages = [dict(m) for m in frame["messages"].iat[src]]
         messages[-1]["content"] = new
         rows.append({"row_key": len(frame) + k, "id": content_id(messages),

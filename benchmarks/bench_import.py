@@ -26,9 +26,10 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -105,8 +106,8 @@ def bench_pages(store: Store, version_id: int, label: str, repeat: int,
              ("metadata filter", 0, RowFilter(metadata=metadata)),
              ("length filter", 0, RowFilter(min_chars=1000))]
     for name, offset, filters in cases:
-        seconds, page = best_of(repeat, lambda: store.page(version_id, offset=offset, limit=50,
-                                                          filters=filters))
+        seconds, page = best_of(repeat, lambda o=offset, f=filters: store.page(
+            version_id, offset=o, limit=50, filters=f))
         print(f"{label:>6} rows  {name:20s} {seconds * 1000:8.1f} ms  ({page.total:,} match)")
 
 

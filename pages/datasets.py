@@ -8,18 +8,37 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import (current_dataset, flash, ref_of, show_error, show_flash, store,
-                          switch_dataset)
+from pages.common import (
+    current_dataset,
+    flash,
+    ref_of,
+    show_error,
+    show_flash,
+    store,
+    switch_dataset,
+)
 from workbench import labelling
 from workbench.cards import dataset_card
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
 from workbench.store import RowFilter
-from workbench.views import (ALLOW_ANY_PATH_ENV, dataset_name_for, diff_tables, export_bytes,
-                             import_source, import_with_recipe, lineage_table, md_escape,
-                             page_count, page_table, path_import_root, plural, recipe_download,
-                             selected_row_keys)
+from workbench.views import (
+    ALLOW_ANY_PATH_ENV,
+    dataset_name_for,
+    diff_tables,
+    export_bytes,
+    import_source,
+    import_with_recipe,
+    lineage_table,
+    md_escape,
+    page_count,
+    page_table,
+    path_import_root,
+    plural,
+    recipe_download,
+    selected_row_keys,
+)
 
 EXPORT_LABELS = {"openai": "OpenAI chat JSONL", "alpaca_json": "Alpaca JSON",
                  "alpaca_jsonl": "Alpaca JSONL", "sharegpt": "ShareGPT JSON",

@@ -5,8 +5,15 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages.common import (curation_header, flash, job_panel, progress_bar, session_cached,
-                          show_error, store)
+from pages.common import (
+    curation_header,
+    flash,
+    job_panel,
+    progress_bar,
+    session_cached,
+    show_error,
+    store,
+)
 from workbench import curate
 from workbench.dedup import KEEP_ALL
 from workbench.exceptions import WorkbenchError
@@ -151,7 +158,8 @@ result = st.session_state.get("dd_result")
 if result and result[0] == version_id:
     stale = result[1] != options
     if stale:  # the clusters below are those of the options Find last ran with
-        st.warning(f"The options changed since Find ({md_escape(stale_options(result[1], options))}): "
+        changed = md_escape(stale_options(result[1], options))
+        st.warning(f"The options changed since Find ({changed}): "
                    "these clusters are for the old ones. Press Find duplicates to update them "
                    "before applying.", icon=":material/warning:")
     review(result[2], result[1], stale)

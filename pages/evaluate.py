@@ -8,8 +8,15 @@ import html
 import plotly.express as px
 import streamlit as st
 
-from pages.common import current_dataset, flash, job_panel, show_error, show_flash, store
-from pages.common import tracking_toggle
+from pages.common import (
+    current_dataset,
+    flash,
+    job_panel,
+    show_error,
+    show_flash,
+    store,
+    tracking_toggle,
+)
 from workbench import evaluation
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError

@@ -9,8 +9,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import (curation_header, flash, job_panel, progress_bar, session_cached,
-                          show_error, store, version_frame)
+from pages.common import (
+    curation_header,
+    flash,
+    job_panel,
+    progress_bar,
+    session_cached,
+    show_error,
+    store,
+    version_frame,
+)
 from workbench import curate, labelling, quality
 from workbench.cache import scores_fingerprint
 from workbench.exceptions import WorkbenchError

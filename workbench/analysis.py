@@ -23,12 +23,18 @@ import orjson
 import pandas as pd
 
 from .clean import refusal_match, truncation_reason
-from .evaluate import (METRICS, as_checks, bootstrap_ci, format_checks, length_ratio,
-                       repetition, words)
+from .evaluate import (
+    METRICS,
+    as_checks,
+    bootstrap_ci,
+    format_checks,
+    length_ratio,
+    repetition,
+    words,
+)
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
 from .select import kmeans
-
 
 FAILURE_TAGS = ("empty", "refusal", "repetition_loop", "truncated", "too_long", "too_short",
                 "off_format", "likely_wrong")

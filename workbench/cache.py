@@ -13,7 +13,7 @@ numbers and share a key; int8 ONNX ones (models.ONNX_INT8) get their own, so non
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import orjson

@@ -11,15 +11,15 @@ card is typed in by hand, and an existing card is never replaced without ``overw
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
-from . import jobs
+from . import jobs, recipes
 from . import labels as LB
-from . import recipes
 from .exceptions import ExportError, WorkbenchError
 from .store import Store, VersionInfo
 

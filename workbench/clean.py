@@ -19,13 +19,21 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field, fields
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from workbench.exceptions import ConfigError
-from workbench.schema import (DROP_COLUMNS, ROLES, Role, StepResult, alpaca_split, content_id,
-                              prompt_text, response_text)
+from workbench.schema import (
+    DROP_COLUMNS,
+    ROLES,
+    Role,
+    StepResult,
+    alpaca_split,
+    content_id,
+    prompt_text,
+    response_text,
+)
 
 ALL_ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 CHANGE_COLUMNS = ("row_key", "reason", "detail")  # also the columns of StepResult.flagged
@@ -90,7 +98,7 @@ class Rule:
             out[f.name] = repr(value) if callable(value) else _jsonable(value)
         return out
 
-    def with_mode(self, mode: str) -> "Rule":
+    def with_mode(self, mode: str) -> Rule:
         """Return a copy of this rule in another mode (checked like any option)."""
         import dataclasses
 

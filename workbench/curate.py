@@ -7,8 +7,9 @@ thin and do the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import sys
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any, Callable, Literal, Mapping, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd

@@ -8,7 +8,7 @@ version is the "embed" task in tasks.py.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd

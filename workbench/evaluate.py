@@ -1,9 +1,9 @@
 """Evaluation: batched generation on an eval set, per-row metrics, bootstrap aggregates.
 
-An eval run is a background job (the "eval" task in tasks.py) that reads a dataset version once, generates
-an answer for every row's prompt (its turns without the final assistant turn) with the base
-model or a trained adapter, scores each answer against the row's reference (the last assistant
-turn) and writes two files into its run folder:
+An eval run is a background job (the "eval" task in tasks.py) that reads a dataset version
+once, generates an answer for every row's prompt (its turns without the final assistant turn)
+with the base model or a trained adapter (generation.py), scores each answer against the row's
+reference (the last assistant turn) and writes two files into its run folder:
 
 - ``predictions.parquet``: one row per eval row: row_key, id, prompt, reference, prediction,
   prompt_messages and metadata (JSON text), model, n_tokens, hit_max and the metric columns;
@@ -36,10 +36,22 @@ import orjson
 import pandas as pd
 
 from .exceptions import ConfigError, ImportFormatError, WorkbenchError
+
 # Generation lives in generation.py; its names stay importable from here for existing callers.
-from .generation import (STEP_COST_IN_PROMPT_TOKENS, GenerationConfig, Generation,  # noqa: F401
-                         GenProgress, Messages, check_int, encode_prompts, generate_batch,
-                         hf_generation_config, length_batches, prompt_messages, stop_token_ids)
+from .generation import (  # noqa: F401
+    STEP_COST_IN_PROMPT_TOKENS,
+    Generation,
+    GenerationConfig,
+    GenProgress,
+    Messages,
+    check_int,
+    encode_prompts,
+    generate_batch,
+    hf_generation_config,
+    length_batches,
+    prompt_messages,
+    stop_token_ids,
+)
 from .io import ImportReport, Rejection
 from .schema import response_text
 

@@ -284,8 +284,12 @@ def _picker(config: GenerationConfig) -> Callable[[Any], Any]:
 
     if not config.do_sample:
         return lambda logits: logits.argmax(dim=-1)
-    from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                              TopPLogitsWarper)
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     warpers = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
     if config.top_k:

@@ -21,18 +21,34 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import count, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, get_args
+from typing import Any, Literal, get_args
 
 import orjson
 
 from .exceptions import ExportError, ImportFormatError
-from .schema import (ALPACA_JOIN, INT64_MAX, INT64_MIN, MAX_CHARS, RESERVED_KEYS, SHAPES, Example,
-                     RowError, alpaca_split, check_messages, check_metadata_size, check_size,
-                     convert, detect_shape, encode_messages, shape_hint)
+from .schema import (
+    ALPACA_JOIN,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_CHARS,
+    RESERVED_KEYS,
+    SHAPES,
+    Example,
+    RowError,
+    alpaca_split,
+    check_messages,
+    check_metadata_size,
+    check_size,
+    convert,
+    detect_shape,
+    encode_messages,
+    shape_hint,
+)
 
 FileKind = Literal["jsonl", "json", "csv", "tsv", "parquet", "hf", "txt"]
 ExportFormat = Literal["openai", "alpaca_json", "alpaca_jsonl", "sharegpt", "sharegpt_jsonl",

@@ -6,8 +6,8 @@ registry loads on first use). ``start`` checks the parameters against the task's
 the caller, so a bad option fails there, not in the worker. A run folder written before tasks
 had names holds a dotted name ("workbench.train.train_task"); the registry maps it to the new
 name, so such a run still resumes and lists. A dotted path to a function outside the registry
-(a test's task) is imported as before. ``start`` writes ``config.json`` into a new run folder and launches
-``python -m workbench.jobs <run_dir>`` in its own session, so closing the browser or
+(a test's task) is imported as before. ``start`` writes ``config.json`` into a new run folder
+and launches ``python -m workbench.jobs <run_dir>`` in its own session, so closing the browser or
 reloading the page does not stop it. The worker appends progress events to
 ``events.jsonl``, its log to ``log.txt``, and its final state to ``status.json``; anyone can
 read them back (``status``), so progress survives a page reload. Cancel is a flag file the
@@ -33,8 +33,6 @@ import errno
 import fcntl
 import functools
 import importlib
-import types
-import typing
 import os
 import re
 import signal
@@ -42,11 +40,13 @@ import subprocess
 import sys
 import time
 import traceback
+import types
+import typing
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import orjson
 

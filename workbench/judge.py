@@ -32,10 +32,11 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -459,8 +460,8 @@ def _content(body: bytes) -> str:
     try:
         data = json.loads(body)
     except ValueError:
-        raise JudgeError(f"malformed JSON from the server: {_clip(body.decode('utf-8', 'replace'))!r}"
-                         ) from None
+        text = _clip(body.decode("utf-8", "replace"))
+        raise JudgeError(f"malformed JSON from the server: {text!r}") from None
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):

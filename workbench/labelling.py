@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -425,11 +426,11 @@ def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
 
 
 def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
-                  label_set: str = LB.DEFAULT_SET, config: L.LearnConfig = L.LearnConfig()
+                  label_set: str = LB.DEFAULT_SET, config: L.LearnConfig | None = None
                   ) -> LearnedResult:
     """Fit the learned score on the labels, score every row of the version into the score
     cache and return what was trained, with its cross-validated AUROC."""
-    return _train(store, version_id, frame, label_set, config)[0]
+    return _train(store, version_id, frame, label_set, config or L.LearnConfig())[0]
 
 
 def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
@@ -530,10 +531,11 @@ class Queue:
 
 
 def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
-              options: QueueOptions = QueueOptions(),
+              options: QueueOptions | None = None,
               progress: Callable[[str], None] | None = None) -> Queue:
     """Return the next rows to label: seeds before there is a model, then active learning.
     ``progress`` hears what is being done (each cleaning rule the first time, training)."""
+    options = options or QueueOptions()  # a fresh one: the dataclass is mutable
     if options.n < 1:
         raise ConfigError(f"n={options.n}: ask for at least one row")
     current = LB.current_labels(store, frame["id"].tolist(), label_set=options.label_set)

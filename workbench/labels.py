@@ -15,9 +15,10 @@ refused whole, with every bad line's number, field and fix: nothing is half-impo
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import orjson
 import pandas as pd

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 

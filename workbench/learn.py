@@ -21,8 +21,9 @@ an unbiased estimate of the AUROC on all rows; the page and the CLI say so.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

@@ -2,7 +2,8 @@
 
 analysis.py holds the pure functions; this module loads an eval run's predictions, its
 annotations and the training rows behind its model, calls them, and starts the
-"retrain and re-evaluate" job (the "loop" task in tasks.py). Pages and the CLI call one function here.
+"retrain and re-evaluate" job (the "loop" task in tasks.py). Pages and the CLI call one
+function here.
 
 An eval run is any run folder holding predictions.parquet: an eval job, an import job, a loop
 job, or one written by hand with evaluate.write_run.
@@ -22,8 +23,13 @@ import pandas as pd
 
 from . import analysis, evaluation, jobs, training
 from .cache import cache_of
-from .evaluate import (PREDICTIONS_FILE, metric_columns, model_label, read_predictions,
-                       read_summary, text_vectors)
+from .evaluate import (
+    PREDICTIONS_FILE,
+    metric_columns,
+    read_predictions,
+    read_summary,
+    text_vectors,
+)
 from .exceptions import ConfigError, NotFoundError
 from .schema import Example
 from .store import Store, VersionInfo

@@ -16,9 +16,10 @@ and ``apply_recipe`` reports each one; nothing is skipped silently.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -61,7 +62,7 @@ def build(store: Store, version_id: int) -> dict[str, Any]:
     steps = [_step(store, v) | {"made": v.ref, "rows": v.n_rows} for v in chain]
     return {"recipe_version": RECIPE_VERSION, "kind": KIND, "name": f"recipe of {target.ref}",
             "source": {"version": target.ref, "rows": target.n_rows,
-                       "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(
+                       "exported_at": dt.datetime.now(dt.UTC).isoformat(
                            timespec="seconds")},
             "steps": steps}
 

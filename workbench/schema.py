@@ -144,7 +144,8 @@ def detect_shape(record: Any) -> Shape | None:
 
 def shape_hint(record: Any) -> str:
     """Return a one-line description of what keys each shape needs, for error messages."""
-    keys = ", ".join(sorted(map(str, record))) if isinstance(record, dict) else type(record).__name__
+    keys = (", ".join(sorted(map(str, record))) if isinstance(record, dict)
+            else type(record).__name__)
     return (f"found {keys or 'no keys'}; expected 'messages' (OpenAI chat), 'conversations' "
             "(ShareGPT), 'instruction'+'output' (Alpaca), 'prompt'+'completion', or 'text'")
 

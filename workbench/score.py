@@ -29,8 +29,9 @@ import re
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -570,7 +571,8 @@ def _learned_fn(frame: pd.DataFrame, **params: Any) -> np.ndarray:
 
 _MODEL_DEFAULTS = {"model": "default", "max_length": 1024, "batch_tokens": 1024}
 _SCORERS = (
-    Scorer("length", length_score, "higher", "higher = longer response", defaults={"unit": "words"}),
+    Scorer("length", length_score, "higher", "higher = longer response",
+           defaults={"unit": "words"}),
     Scorer("lexical_diversity", lexical_diversity_score, "higher",
            "higher = more varied vocabulary", defaults={"window": 50}),
     Scorer("repetition", repetition_score, "lower", "higher = more repetitive",
@@ -650,9 +652,10 @@ def score_frame(frame: pd.DataFrame, scorers: Sequence[str | ScoreSpec | tuple[s
     """Return a copy of the frame with one ``<name>_score`` column per scorer.
 
     With a cache (``cache.StoreCache(store)``), cached values are read first and only rows
-    without one are computed (then cached; NaN, e.g. a failed judge call, is never cached). ``lm`` overrides model loading for
-    model scorers (their ``model`` option still names the cache entry). The judge also adds
-    ``judge_reason`` and ``judge_error`` (empty for rows read from the cache).
+    without one are computed (then cached; NaN, e.g. a failed judge call, is never cached).
+    ``lm`` overrides model loading for model scorers (their ``model`` option still names the
+    cache entry). The judge also adds ``judge_reason`` and ``judge_error`` (empty for rows read
+    from the cache).
     """
     specs = [_spec(s) for s in scorers]
     out = frame.copy()

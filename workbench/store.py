@@ -24,11 +24,12 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -36,14 +37,35 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from .exceptions import (DiskFullError, ExportError, NotFoundError, StoreBusyError, StoreError,
-                         WorkbenchError)
-from .io import (ImportReport, Rejection, RowBatch, batch_examples, encode_metadata, hf_splits,
-                 read_batches, write_dataset)
+from .exceptions import (
+    DiskFullError,
+    ExportError,
+    NotFoundError,
+    StoreBusyError,
+    StoreError,
+    WorkbenchError,
+)
+from .io import (
+    ImportReport,
+    Rejection,
+    RowBatch,
+    batch_examples,
+    encode_metadata,
+    hf_splits,
+    read_batches,
+    write_dataset,
+)
 from .migrations import MIGRATIONS
-from .schema import (Example, RowError, StepResult, check_messages, check_size, id_of_encoded,
-                     prompt_text,
-                     response_text)
+from .schema import (
+    Example,
+    RowError,
+    StepResult,
+    check_messages,
+    check_size,
+    id_of_encoded,
+    prompt_text,
+    response_text,
+)
 
 DEFAULT_HOME = Path("storage")
 ROLES = ("train", "eval", "pool", "")  # what a dataset is for ("": not said)
@@ -724,7 +746,8 @@ class Store:
 
     def _discard_abandoned(self, con: Any) -> int:
         staged = con.execute("""SELECT version_id, pid, host, started_at <
-            CAST(current_timestamp AS TIMESTAMP) - INTERVAL 1 DAY FROM staged_versions""").fetchall()
+            CAST(current_timestamp AS TIMESTAMP) - INTERVAL 1 DAY
+            FROM staged_versions""").fetchall()
         gone = [vid for vid, pid, host, old in staged if _abandoned(pid, host, old)]
         if gone:
             _drop_staged(con, gone)
@@ -1131,8 +1154,8 @@ class Store:
             ids = [r[0] for r in con.execute("SELECT version_id FROM versions WHERE dataset_id = ?",
                                              [dataset_id]).fetchall()]
             for table in ("version_rows", "dropped", "changed", "flagged", "import_rejects"):
-                con.execute(f"DELETE FROM {table} WHERE version_id IN (SELECT unnest(?::INTEGER[]))",
-                            [ids])
+                con.execute(f"DELETE FROM {table} "
+                            "WHERE version_id IN (SELECT unnest(?::INTEGER[]))", [ids])
             con.execute("DELETE FROM versions WHERE dataset_id = ?", [dataset_id])
             con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
             # Staged rows of running imports are in version_rows too, so they stay.
@@ -1291,7 +1314,7 @@ class _Counted:
         self._items = iter(items)
         self.n = 0
 
-    def __iter__(self) -> "_Counted":
+    def __iter__(self) -> _Counted:
         return self
 
     def __next__(self) -> Any:

@@ -26,17 +26,15 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from . import analysis
+from . import analysis, tracking
 from . import evaluate as ev
 from . import score as S
 from . import train as T
-from . import tracking
 from .cache import StoreCache
 from .embed import embed_rows
 from .exceptions import ConfigError
 from .jobs import run_child, task
 from .store import Store
-
 
 # ---------------------------------------------------------------- train
 

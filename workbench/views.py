@@ -9,10 +9,10 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import orjson
