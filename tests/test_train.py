@@ -475,7 +475,7 @@ def short_style_rows(name: str, n: int) -> list[list[dict[str, str]]]:
 
 @pytest.mark.slow
 @needs_lm
-def test_real_model_learns_the_house_style_and_reloads_exactly(tmp_path):
+def test_real_model_learns_the_house_style_and_reloads_exactly(tmp_path, default_lm_home):
     train_rows, held_out = (
         short_style_rows("support_train.jsonl", 200),
         short_style_rows("support_eval.jsonl", 14),
