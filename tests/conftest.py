@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
 
+from workbench import models
 from workbench.schema import Example
 from workbench.store import Store
 
@@ -73,3 +77,45 @@ def write_bytes(tmp_path: Path) -> Callable[[str, bytes], Path]:
         path.write_bytes(data)
         return path
     return write
+
+
+# ---------------------------------------------------------------- the real default LM, once
+
+
+@dataclass(frozen=True)
+class ConvertedLM:
+    home: Path  # a data folder ($WORKBENCH_HOME) whose models/ holds the converted default LM
+    folder: Path  # the converted safetensors folder
+    seconds: float  # how long the conversion took
+
+
+@pytest.fixture(scope="session")
+def converted_lm(tmp_path_factory: pytest.TempPathFactory) -> ConvertedLM:
+    """Converts the bundled GGUF once per session (30-40 s) into a fresh data folder.
+
+    Every test of the real default LM reads it from this folder (see `lm_home`), so the
+    conversion runs exactly once per session: test_models checks its result. Sharing one
+    folder also lets load_lm's per-process cache hand every module the same loaded model.
+    """
+    if models._default_gguf() is None:
+        pytest.skip(models.DEFAULT_LM_INSTALL)
+    home = tmp_path_factory.mktemp("default_lm_home")
+    with lm_home(home):
+        started = time.perf_counter()
+        folder = models.resolve_lm()
+        return ConvertedLM(home, folder, time.perf_counter() - started)
+
+
+@contextmanager
+def lm_home(home: Path) -> Iterator[Path]:
+    """Sets $WORKBENCH_HOME to home for the block: "default" then resolves to its models/."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKBENCH_HOME", str(home))
+        yield home
+
+
+@pytest.fixture
+def default_lm_home(converted_lm: ConvertedLM) -> Iterator[Path]:
+    """For one test: $WORKBENCH_HOME is the session's data folder with the converted LM."""
+    with lm_home(converted_lm.home) as home:
+        yield home

@@ -399,7 +399,8 @@ def single_thread(monkeypatch):
 
 @pytest.mark.slow
 @needs_lm
-def test_closing_the_loop_fixes_the_planted_format_rule(tmp_path, single_thread):
+def test_closing_the_loop_fixes_the_planted_format_rule(tmp_path, single_thread,
+                                                        default_lm_home):
     """Sample data end to end: the base model breaks the required answer format; failures
     pull similar pool rows into a targeted version (lineage: the eval run); a brief retrain
     and automatic re-evaluation make off_format fall, and no slice regresses beyond its CI."""

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import lm_home
 from workbench import evaluate as ev
 from workbench import generation
 from workbench import jobs, models
@@ -447,13 +448,15 @@ needs_lm = pytest.mark.skipif(models._default_gguf() is None, reason=models.DEFA
 
 
 @pytest.fixture(scope="module")
-def base_outputs():
-    """The base model's greedy answers to 8 sample eval rows (2 batches of 4)."""
-    model, tokenizer = models.load_lm()
-    rows = [orjson.loads(line) for line in EVAL_FILE.read_text().splitlines()][::8][:8]
-    config = ev.GenerationConfig(max_new_tokens=96, batch_size=4)
-    gens = ev.generate_batch(model, tokenizer, [r["messages"] for r in rows], config)
-    return rows, gens
+def base_outputs(converted_lm):
+    """The base model's greedy answers to 8 sample eval rows (2 batches of 4); "default" is
+    the session's converted copy for the rest of this module."""
+    with lm_home(converted_lm.home):
+        model, tokenizer = models.load_lm()
+        rows = [orjson.loads(line) for line in EVAL_FILE.read_text().splitlines()][::8][:8]
+        config = ev.GenerationConfig(max_new_tokens=96, batch_size=4)
+        gens = ev.generate_batch(model, tokenizer, [r["messages"] for r in rows], config)
+        yield rows, gens
 
 
 @pytest.mark.slow

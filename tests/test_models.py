@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import lm_home
 from workbench import models
 from workbench.exceptions import ConfigError, ModelNotAvailableError
 
@@ -339,14 +340,11 @@ needs_embedder = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Converts the bundled GGUF once for this module (~30 s) into a temporary store root."""
-    home = tmp_path_factory.mktemp("workbench_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKBENCH_HOME", str(home))
-        started = time.perf_counter()
-        folder = models.resolve_lm()
-        yield folder, time.perf_counter() - started
+def converted(converted_lm):
+    """The bundled GGUF converted (once per session, ~30 s, in conftest) into a fresh store
+    root, which is $WORKBENCH_HOME for the rest of this module."""
+    with lm_home(converted_lm.home):
+        yield converted_lm.folder, converted_lm.seconds
 
 
 @pytest.mark.slow

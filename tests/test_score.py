@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import lm_home
 from workbench import jobs, tasks
 from workbench import score as S
 from workbench.cache import StoreCache, get_scores
@@ -400,14 +401,11 @@ def test_cancelled_job_keeps_the_chunks_it_finished(tmp_path, tiny_folder):
 # --- the real default model (slow) ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def default_lm():
-    from workbench.exceptions import ModelNotAvailableError
+def default_lm(converted_lm):
     from workbench.models import load_lm
 
-    try:
+    with lm_home(converted_lm.home):  # the session's converted copy (conftest)
         return load_lm("default")
-    except ModelNotAvailableError as e:
-        pytest.skip(str(e))
 
 
 @pytest.mark.slow

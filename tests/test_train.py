@@ -475,22 +475,24 @@ def short_style_rows(name: str, n: int) -> list[list[dict[str, str]]]:
 
 @pytest.mark.slow
 @needs_lm
-def test_real_model_learns_the_house_style_and_reloads_exactly(tmp_path):
+def test_real_model_learns_the_house_style_and_reloads_exactly(tmp_path, default_lm_home):
     train_rows, held_out = (
         short_style_rows("support_train.jsonl", 200),
         short_style_rows("support_eval.jsonl", 14),
     )
     prompts = [chat[:1] for chat in held_out[:6]]
     before = train.generate_many("default", prompts, max_new_tokens=12)
+    # 16 steps, measured (seed 0): val loss 4.14 -> 1.81, style matches 0/6 -> 5/6; 24 steps
+    # gave 1.63 and 6/6 for 1.5x the training time, 8 steps only 0/6 (loss 2.37).
     config = TrainConfig(
-        max_steps=24,
+        max_steps=16,
         batch_size=4,
         learning_rate=2e-3,
         lr_schedule="constant",
         warmup_ratio=0.1,
         max_seq_len=160,
         eval_every=0,
-        checkpoint_every=12,
+        checkpoint_every=8,
         val_fraction=0.0,
     )
     metrics = train.train(config, train_rows, held_out[6:], run_dir=tmp_path / "run")
