@@ -14,9 +14,10 @@ import codecs
 import gzip
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 Kind = Literal["import", "eval-import", "labels", "config"]
 

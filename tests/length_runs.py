@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from helpers_app import write_jsonl
 
 # system -> mean share of the reference's words in its answers

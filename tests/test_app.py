@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import streamlit as st
+from helpers_app import APP, chat_file, chat_record, emulate_running_server, write_jsonl
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, chat_file, chat_record, emulate_running_server, write_jsonl
 from workbench.schema import StepResult
 from workbench.store import Store
 

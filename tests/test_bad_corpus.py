@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-
 from bad_corpus import Case, write_corpus
+from click.testing import CliRunner, Result
 from helpers_app import chat_file
+
 from workbench.cli import main
 from workbench.store import Store
 

@@ -57,7 +57,7 @@ def test_latin1_bytes_in_a_utf8_jsonl_reject_only_that_line(write_jsonl):
 
 
 def test_latin1_bytes_in_a_utf8_csv_reject_only_that_row(write_bytes):
-    data = "text,src\nfine,a\n".encode() + "café,b\n".encode("latin-1") + b"also fine,c\n"
+    data = b"text,src\nfine,a\n" + "café,b\n".encode("latin-1") + b"also fine,c\n"
     parsed = read_dataset(write_bytes("x.csv", data))
     accounted(parsed)
     assert parsed.lines == [2, 4]

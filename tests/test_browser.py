@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers_app import (
+    CHROMIUM_ARGS,
+    chat_file,
+    chat_record,
+    free_port,
+    start_server,
+    stop_server,
+    wait_until_up,
+    write_jsonl,
+)
 
-from helpers_app import (CHROMIUM_ARGS, chat_file, chat_record, free_port, start_server,
-                         stop_server, wait_until_up, write_jsonl)
 from workbench.store import Store
 
 pytestmark = pytest.mark.browser

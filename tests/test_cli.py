@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from helpers_app import ROOT, chat_file
+
 from workbench import cli
 from workbench.cli import main
 from workbench.schema import StepResult

@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
-
 from helpers_app import chat_file, write_jsonl
 from test_cli import assert_one_line_error, run
+
 from workbench import evaluate, jobs
 from workbench.cli import main
 from workbench.store import Store

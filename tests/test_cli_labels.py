@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from test_cli import assert_one_line_error, run
 from helpers_app import write_jsonl
+from test_cli import assert_one_line_error, run
+
 from workbench import labels as LB
 from workbench.store import Store
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from test_cli import assert_one_line_error, run
 from helpers_app import write_jsonl
+from test_cli import assert_one_line_error, run
+
 from workbench import models, quality
 from workbench import score as S
 from workbench.cache import StoreCache

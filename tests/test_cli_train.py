@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from helpers_app import chat_file
 from test_cli import assert_one_line_error, run
+
 from workbench import jobs
 
 TINY = ["--model", "tiny", "--batch-size", "4", "--max-seq-len", "128", "--lr", "5e-3"]

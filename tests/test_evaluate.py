@@ -16,11 +16,10 @@ import orjson
 import pandas as pd
 import pytest
 import torch
-
 from conftest import lm_home
+
 from workbench import evaluate as ev
-from workbench import generation
-from workbench import jobs, models
+from workbench import generation, jobs, models
 from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError, ImportFormatError
 from workbench.schema import Example

@@ -14,8 +14,8 @@ import orjson
 import pandas as pd
 import pytest
 import torch
-
 from helpers_app import chat_file, write_jsonl
+
 from workbench import evaluate as ev
 from workbench import evaluation, jobs, training
 from workbench.exceptions import ConfigError, ImportFormatError, NotFoundError

@@ -20,15 +20,15 @@ from pathlib import Path
 import duckdb
 import pytest
 from click.testing import CliRunner
-
 from helpers_app import ROOT, chat_file
 from test_train import rows, tiny_config
-from workbench.schema import Example
+
 from workbench import evaluation, jobs, train, training
 from workbench import store as store_module
 from workbench.cli import main
 from workbench.exceptions import StoreError
 from workbench.sample import SAMPLE_DIR
+from workbench.schema import Example
 from workbench.store import Store
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),

@@ -9,17 +9,30 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import chat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workbench.exceptions import ExportError, ImportFormatError
-from workbench.io import (EXPORT_FORMATS, RowBatch, _fast_alpaca, batch_examples, detect_kind,
-                          encode_metadata, encode_row, export_suffix, hf_splits, read_batches,
-                          read_dataset, to_alpaca, to_openai, to_sharegpt, user_metadata,
-                          write_dataset)
+from workbench.io import (
+    EXPORT_FORMATS,
+    RowBatch,
+    _fast_alpaca,
+    batch_examples,
+    detect_kind,
+    encode_metadata,
+    encode_row,
+    export_suffix,
+    hf_splits,
+    read_batches,
+    read_dataset,
+    to_alpaca,
+    to_openai,
+    to_sharegpt,
+    user_metadata,
+    write_dataset,
+)
 from workbench.schema import Example, RowError, convert
-
-from conftest import chat
 
 ALPACA = [{"instruction": "Add", "input": "2 and 2", "output": "4"},
           {"instruction": "Greet", "input": "", "output": "Hello", "lang": "en"}]

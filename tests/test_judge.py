@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from workbench import judge as J
+from workbench.cache import StoreCache
 from workbench.exceptions import ConfigError
 from workbench.judge import JudgeConfig
 from workbench.schema import Example, examples_frame
 from workbench.score import score_frame
-from workbench.cache import StoreCache
 from workbench.store import Store
 
 OK_ANSWER = "Score: 8\nReason: Correct and clear."

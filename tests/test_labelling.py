@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import chat
+
 from workbench import clean, labelling, quality
 from workbench import labels as LB
 from workbench.exceptions import ConfigError

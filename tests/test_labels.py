@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from conftest import chat
+
 from workbench import labelling
 from workbench import labels as LB
 from workbench.exceptions import ConfigError, NotFoundError, WorkbenchError

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import lm_home
+
 from workbench import models
 from workbench.exceptions import ConfigError, ModelNotAvailableError
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, open_on_empty_store, page_store
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import open_on_empty_store
-from helpers_app import APP, page_ok as ok, page_store
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, open_on_empty_store, page_store
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
-
-from helpers_app import open_on_empty_store
-from helpers_app import APP, page_ok as ok, page_store
 from test_loop import chat, write_eval_run
+
 from workbench import jobs, loop, models
 from workbench.store import Store
 

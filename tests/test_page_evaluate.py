@@ -10,11 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, chat_file, open_on_empty_store, page_store, write_jsonl
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import open_on_empty_store
-from helpers_app import APP, chat_file, page_ok as ok, page_store
-from helpers_app import write_jsonl
 from workbench import evaluate as ev
 from workbench import evaluation, jobs
 from workbench.store import Store

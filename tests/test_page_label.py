@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, open_on_empty_store, page_store
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import APP, open_on_empty_store, page_ok as ok, page_store
 from workbench import labelling
 from workbench import labels as LB
 from workbench.sample import SAMPLE_DIR

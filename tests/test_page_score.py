@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, chat_file, open_on_empty_store, page_store
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import open_on_empty_store
-from helpers_app import APP, chat_file, page_ok as ok, page_store
-from workbench import judge, jobs, quality
+from workbench import jobs, judge, quality
 from workbench.curate import embed_frame
 from workbench.models import tiny_embedder, tiny_lm
 from workbench.sample import SAMPLE_DIR

@@ -9,10 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 from pathlib import Path
 
 import pytest
+from helpers_app import APP, chat_file, open_on_empty_store, page_store
+from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from helpers_app import open_on_empty_store
-from helpers_app import APP, chat_file, page_ok as ok, page_store
 from workbench import jobs
 from workbench.store import Store
 

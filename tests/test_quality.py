@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import jobs, quality as Q, tasks
+from workbench import jobs, tasks
+from workbench import quality as Q
 from workbench.curate import embed_frame
 from workbench.exceptions import ConfigError
 from workbench.models import tiny_embedder, tiny_lm

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench.io import EXPORT_FORMATS, export_suffix, read_dataset, user_metadata, write_dataset
-from workbench.schema import Example, RESERVED_KEYS
+from workbench.schema import RESERVED_KEYS, Example
 from workbench.store import Store
 
 TRICKY = ["\n", "\r\n", "\t", '"', "'", "\\", "\\n", "%", "_", "😀", "👩‍💻", "é", "ß", "中文",

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-import xxhash
-
 import orjson
 import pytest
-
-from workbench.schema import (FRAME_COLUMNS, RESERVED_KEYS, SHAPES, Example, RowError,
-                              StepResult, alpaca_split, check_messages, content_id, convert,
-                              detect_shape, encode_messages, examples_frame, prompt_text,
-                              response_text, shape_hint, to_example)
-
+import xxhash
 from conftest import chat
+
+from workbench.schema import (
+    FRAME_COLUMNS,
+    RESERVED_KEYS,
+    SHAPES,
+    Example,
+    RowError,
+    StepResult,
+    alpaca_split,
+    check_messages,
+    content_id,
+    convert,
+    detect_shape,
+    encode_messages,
+    examples_frame,
+    prompt_text,
+    response_text,
+    shape_hint,
+    to_example,
+)
 
 
 @pytest.mark.parametrize("record, shape", [

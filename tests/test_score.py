@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import lm_home
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import lm_home
 from workbench import jobs, tasks
 from workbench import score as S
 from workbench.cache import StoreCache, get_scores

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import chat
+from helpers_app import chat_file
 
 from workbench import store as store_module
 from workbench.exceptions import ExportError, NotFoundError, StoreBusyError, WorkbenchError
 from workbench.migrations import MIGRATIONS
 from workbench.schema import MAX_CHARS, MAX_METADATA_BYTES, MAX_TURNS, StepResult, content_id
 from workbench.store import RowFilter, Store, default_home, default_store_path
-
-from conftest import chat
-from helpers_app import chat_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

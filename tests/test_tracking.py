@@ -249,9 +249,8 @@ def test_cli_switch_and_export(logged, tmp_path, monkeypatch):
 
 
 def test_train_and_evaluate_pages_switch_tracking(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
     from helpers_app import APP, chat_file, page_ok, page_store
+    from streamlit.testing.v1 import AppTest
 
     monkeypatch.delenv(tracking.ENV_URI, raising=False)
     for _ in page_store(tmp_path, monkeypatch, {"chats": chat_file(tmp_path / "c.jsonl", 8)}):
