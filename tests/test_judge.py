@@ -201,12 +201,19 @@ def make_handler(script: Script):
             raise AssertionError(case)
 
         def _structured(self, case: str, wanted: dict | None) -> None:
-            # llamacpp: like llama-cpp-python's server, which takes {"type": "json_object",
-            # "schema": ...} and refuses the json_schema type; strict/winner: like OpenAI.
+            # llamacpp: like llama-cpp-python's server (0.3.36), which takes {"type":
+            # "json_object", "schema": ...} and refuses the json_schema type with an HTTP 500
+            # validation error (seen against the real server); strict/winner: like OpenAI.
             kind = (wanted or {}).get("type")
             takes = "json_object" if case == "llamacpp" else "json_schema"
+            if kind != takes and case == "llamacpp":
+                return self._send(500, json.dumps({"error": {"message": (
+                    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+                    "'response_format', 'type'), 'msg': \"Input should be 'text' or "
+                    f"'json_object'\", 'input': {kind!r}}}"), "type": "internal_server_error"}}
+                    ).encode())
             if kind != takes:
-                return self._send(422 if case == "llamacpp" else 400, json.dumps(
+                return self._send(400, json.dumps(
                     {"detail": f"response_format.type: {kind!r} is not permitted"}).encode())
             if case == "winner":
                 return self._send(200, _chat('{"winner": "1", "reason": "it comes first"}'))
@@ -381,8 +388,9 @@ def test_a_llamacpp_style_server_is_asked_with_json_object_and_a_schema(server):
     assert out["judge_score"].tolist() == [7.0] * 5 and (out["judge_error"] == "").all()
     assert out["judge_reason"].tolist() == ["Right, a bit terse."] * 5
     assert out.attrs["judge_mode"] == "json_object+schema"
-    # The first row learned the mode (json_schema refused with a 422, then json_object with a
-    # schema); the other four were asked that way at once: 6 requests, not 10.
+    # The first row learned the mode (json_schema refused with the server's HTTP 500 validation
+    # error, not retried; then json_object with a schema); the other four were asked that way
+    # at once: 6 requests, not 10.
     assert len(script.calls["llamacpp"]) == 6
 
 
@@ -407,7 +415,8 @@ def test_a_chosen_mode_the_server_refuses_is_each_rows_error(server):
     url, script = server
     out = J.judge_frame(cases_frame(["llamacpp"] * 2), remote(url, response_format="json_schema"))
     assert out["judge_score"].isna().all() and len(script.calls["llamacpp"]) == 2
-    assert out["judge_error"].str.startswith("HTTP 422").all()
+    assert out["judge_error"].str.startswith("HTTP 500").all()  # once per row: not retried
+    assert not out["judge_error"].str.contains("gave up").any()
 
 
 def test_when_no_answer_tells_the_mode_the_rest_probe_for_themselves(server):

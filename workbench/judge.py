@@ -482,6 +482,8 @@ def chat_completion(config: JudgeConfig, prompt: str, *, key: str | None = None,
         try:
             return _content(_post(request, config.timeout_s))
         except _Retryable as e:
+            if _rejects_format(str(e)):  # not passing: asking again gets the same answer
+                raise JudgeError(str(e)) from None
             last = e
             if attempt < config.max_retries:
                 wait = e.retry_after if e.retry_after is not None \
@@ -514,13 +516,16 @@ def _verdict(text: str) -> Verdict:
 
 # Words by which a server's 400/422 says it does not take the response_format asked for (a 400
 # about anything else, such as a wrong model name, is the row's error, not a cue to step down).
+# llama-cpp-python's server answers such a request validation error with HTTP 500.
 _FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "grammar")
 
 
-def _rejects_format(error: JudgeError) -> bool:
+def _rejects_format(error: JudgeError | str) -> bool:
     message = str(error)
-    return message.startswith(("HTTP 400", "HTTP 422")) and any(
-        word in message.lower() for word in _FORMAT_WORDS)
+    lower = message.lower()
+    refused = message.startswith(("HTTP 400", "HTTP 422")) or (
+        message.startswith("HTTP 500") and "validation error" in lower)
+    return refused and any(word in lower for word in _FORMAT_WORDS)
 
 
 def _looks_json(text: str) -> bool:
