@@ -94,7 +94,8 @@ def test_upload_import_and_page_through_rows(app, page, tmp_path):
         expect(page.get_by_text("Import a dataset first (Import tab).").first).to_be_visible()
 
         page.get_by_role("tab", name="Import").click()
-        page.locator("input[type=file]").set_input_files(str(data))
+        # The data file's uploader, not the recipe's (it takes .yaml).
+        page.locator("input[type=file][accept*='.jsonl']").set_input_files(str(data))
         name = page.get_by_label("Dataset name (new, or existing to add a version)")
         expect(name).to_have_value("tickets")  # suggested once the upload reran the script
         page.get_by_role("button", name="Import", exact=True).click()
@@ -297,7 +298,8 @@ def test_train_the_tiny_model_and_follow_the_run(app, page, tmp_path):
         expect(runs_grid).to_contain_text("done")
         expect(runs_grid).to_contain_text("4/4")
         expect(runs_grid).to_contain_text("chats@1")
-    [run] = training.training_runs(home=tmp_path / "runs")
+    [run_id] = training.training_runs(Store(store_path), home=tmp_path / "runs")["run_id"]
+    run = training.get_run(run_id, home=tmp_path / "runs")
     assert (run.state, run.step, run.total) == ("done", 4, 4)
     assert len(training.loss_frame(run).query("split == 'train'")) == 4
     assert training.adapter_dir(run) is not None
