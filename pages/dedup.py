@@ -46,7 +46,7 @@ def options_form() -> curate.DedupOptions:
 def embeddings_section(options: curate.DedupOptions) -> bool:
     """Show the embedding state; return whether every row has an embedding."""
     _, missing = curate.version_embeddings(store(), frame, field=options.field)
-    runs = curate.embedding_jobs(version_id, options.field)
+    runs = curate.embedding_jobs(store(), version_id, options.field)
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="dd_embed")
     if not missing:

@@ -251,7 +251,7 @@ def retrain_section() -> None:
             show_error(e)
             return
         st.rerun()
-    started = loop.retrain_jobs(run_id)
+    started = loop.retrain_jobs(store(), run_id)
     if started:
         job_panel(started[0].run_id, key="er_job")
         if started[0].state == "done":

@@ -287,14 +287,14 @@ def length_view(lc) -> None:
 def judge_view(result: evaluation.RunComparison) -> None:
     """Ask the configured judge which answer is better given the reference (a background job)."""
     with st.expander("Reference-guided judge comparison"):
-        done = evaluation.pairwise_judge_runs(result.run_a, result.run_b)
+        done = evaluation.pairwise_judge_runs(store(), result.run_a, result.run_b)
         if done:
             job_panel(done[0].run_id, key="ev_pj_job")
             if done[0].state == "done":
                 st.text(evaluation.pairwise_summary(done[0]))
                 if done[0].result.get("warning"):  # over a fifth of pairs failed
                     st.warning(md_escape(done[0].result["warning"]), icon=":material/error:")
-        config = evaluation.judge_config()
+        config = evaluation.judge_config(store())
         if config is None:
             st.info(evaluation.NO_JUDGE)
             return
@@ -303,7 +303,8 @@ def judge_view(result: evaluation.RunComparison) -> None:
         if st.button("Ask the judge: A or B, given the reference", key="ev_pj_start",
                      disabled=bool(done) and done[0].active):
             try:
-                job = evaluation.start_pairwise_judge(result.run_a, result.run_b)
+                job = evaluation.start_pairwise_judge(store(), result.run_a, result.run_b,
+                                                       config=config)
             except WorkbenchError as e:
                 show_error(e)
                 return

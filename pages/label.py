@@ -62,7 +62,7 @@ def embeddings_panel() -> None:
     missing = [f for f in LABEL_FIELDS if not labelling.embedded(store(), frame, f)]
     if not missing:
         return
-    runs = {j.run_id: j for f in missing for j in curate.embedding_jobs(version_id, f)[:1]}
+    runs = {j.run_id: j for f in missing for j in curate.embedding_jobs(store(), version_id, f)[:1]}
     for job in runs.values():
         if job.active:
             job_panel(job.run_id, key=f"lb_embed_{job.run_id}")

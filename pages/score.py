@@ -128,7 +128,7 @@ def start(launch) -> None:
 
 def jobs_panel() -> None:
     shown: set[str] = set()
-    for job in quality.scoring_jobs(version_id):
+    for job in quality.scoring_jobs(store(), version_id):
         if job.kind not in shown:  # the newest job of each kind
             shown.add(job.kind)
             job_panel(job.run_id, key=f"sc_job_{job.kind}")
@@ -191,7 +191,7 @@ def embedding_section(frame, columns: list[str]) -> None:
     st.subheader("Embedding map")
     k = st.slider("Clusters (k-means)", 2, 20, 8, key="sc_k")
     points, missing = quality.embedding_map(store(), frame, k=k)
-    runs = curate.embedding_jobs(version_id, "conversation")
+    runs = curate.embedding_jobs(store(), version_id, "conversation")
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="sc_embed")
     if points is None:

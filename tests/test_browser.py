@@ -415,7 +415,7 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
 
         # The retrained model is a training run like any other: on Train with its loss
         # curve, and first among Evaluate's models, where it is evaluated.
-        [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
+        [retrain] = loop.retrain_jobs(store, eval_job.run_id, home=tmp_path / "runs")
         child = f"{retrain.run_id}-train"
         page.goto(url + "/train")
         expect(page.get_by_role("heading", name="Train")).to_be_visible()
@@ -445,7 +445,7 @@ def test_evaluate_tag_a_failure_make_targeted_data_retrain_and_compare(app, page
     assert (targeted.operation, targeted.parent_id, targeted.n_rows) == (
         "targeted", train.version_id, 7)  # the 6 training rows and the corrected failure
     assert targeted.params["eval_run"] == eval_job.run_id
-    [retrain] = loop.retrain_jobs(eval_job.run_id, home=tmp_path / "runs")
+    [retrain] = loop.retrain_jobs(store, eval_job.run_id, home=tmp_path / "runs")
     assert retrain.state == "done"
     from workbench import runs
 

@@ -255,19 +255,19 @@ def test_length_check_of_one_run(length_runs, home):
     assert evaluation.length_check(small)[0] == ""
 
 
-def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs, home,
+def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs, home, store,
                                                                       monkeypatch):
     from workbench import judge, models
 
     small, xl = length_runs["flan-t5-small"], length_runs["flan-t5-xl"]
-    assert evaluation.judge_config(home=home) is None
+    assert evaluation.judge_config(store, home=home) is None
     with pytest.raises(ConfigError, match="No judge is configured"):
-        evaluation.start_pairwise_judge(small, xl, home=home)
+        evaluation.start_pairwise_judge(store, small, xl, home=home)
     # A judge set up on Score & select is a judge job; the newest one's options are used.
     # (Asked in plain text: the fake model below writes "Winner: N", not constrained tokens.)
     judge_options = {"backend": "local", "model": "m", "response_format": "text"}
     jobs.run_inline("jobtasks.count", {"n": 1, "judge": judge_options}, kind="judge", home=home)
-    assert evaluation.judge_config(home=home) == judge_options
+    assert evaluation.judge_config(store, home=home) == judge_options
     # The fake judge prefers the answer with more words from the reference, in either order.
     monkeypatch.setattr(models, "load_lm", lambda name: (None, None))
 
@@ -278,7 +278,7 @@ def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs
         return [f"Winner: {1 if hits(p, 1) >= hits(p, 2) else 2}" for p in prompts]
 
     monkeypatch.setattr(judge, "generate", prefer_reference_words)
-    job = evaluation.start_pairwise_judge(small, xl, limit=10, home=home, inline=True)
+    job = evaluation.start_pairwise_judge(store, small, xl, limit=10, home=home, inline=True)
     assert job.state == "done", job.error + jobs.log_tail(job.run_dir, 20)
     assert job.result["pairs"] == 10 and job.result["failed"] == 0
     assert job.result["win"] + job.result["loss"] + job.result["tie"] == 10
@@ -286,8 +286,8 @@ def test_judge_comparison_needs_a_configured_judge_and_runs_as_a_job(length_runs
     assert table.columns.tolist() == ["row_key", "prompt", "reference", "prediction",
                                       "prediction_b", "judge_b", "judge_consistent",
                                       "judge_error"]
-    assert [j.run_id for j in evaluation.pairwise_judge_runs(small, xl, home=home)] == \
+    assert [j.run_id for j in evaluation.pairwise_judge_runs(store, small, xl, home=home)] == \
         [job.run_id]
-    assert evaluation.pairwise_judge_runs(xl, small, home=home) == []
+    assert evaluation.pairwise_judge_runs(store, xl, small, home=home) == []
     assert evaluation.pairwise_summary(job).startswith("judge (reference-guided, both orders)"
                                                        ": B win rate ")

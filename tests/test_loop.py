@@ -192,7 +192,7 @@ def test_retrain_and_re_evaluate_reports_before_after_and_joins_the_overview(set
     vid = loop.make_targeted_version(store, "eval-1", keys[:1], answers={keys[0]: GOOD},
                                      train_version=setup["train"], home=home)
     job = loop.start_retrain(store, "eval-1", vid, config=TINY_TRAINING, home=home)
-    assert [j.run_id for j in loop.retrain_jobs("eval-1", home=home)] == [job.run_id]
+    assert [j.run_id for j in loop.retrain_jobs(store, "eval-1", home=home)] == [job.run_id]
     done = jobs.wait(job.run_id, home=home, timeout=300)
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 40)
     report = loop.before_after(store, done.run_id, home=home)

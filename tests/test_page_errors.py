@@ -99,7 +99,7 @@ def test_make_targeted_version_then_retrain_and_see_before_after(store):
     at.text_input(key="er_model").set_value("tiny")
     at.number_input(key="er_steps").set_value(2)
     at = ok(at.button(key="er_retrain").click().run())
-    (job,) = loop.retrain_jobs("eval-1")
+    (job,) = loop.retrain_jobs(store, "eval-1")
     done = jobs.wait(job.run_id, timeout=300)
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 40)
     at = ok(at.run())

@@ -190,7 +190,7 @@ def test_compare_offers_the_judge_comparison_once_a_judge_is_configured(store, t
     label = "Judge: " + md_escape("openai · gpt-x at http://127.0.0.1:9/v1")
     assert any(c.value.startswith(label) for c in at.caption)
     at = ok(at.button(key="ev_pj_start").click().run())
-    [job] = evaluation.pairwise_judge_runs(a.run_id, b.run_id)
+    [job] = evaluation.pairwise_judge_runs(store, a.run_id, b.run_id)
     final = jobs.wait(job.run_id, timeout=120)  # nothing listens on port 9: rows fail, said
     assert final.state == "done", final.error + jobs.log_tail(final.run_dir, 20)
     assert final.result["failed"] == 6

@@ -166,7 +166,7 @@ def test_model_score_job_runs_in_the_background(small, tmp_path):
     at.text_input(key="sc_model").input(str(folder))
     at = ok(at.button(key="sc_mstart").click().run())
     version = small.active_version("small")
-    [job] = quality.scoring_jobs(version)
+    [job] = quality.scoring_jobs(small, version)
     assert jobs.wait(job.run_id, timeout=120).state == "done"
     at = ok(at.run())
     frame = quality.with_cached_scores(small, small.frame(version))

@@ -216,7 +216,7 @@ def test_model_scoring_job_runs_in_the_background(store, version, tiny_folder, t
                                                   monkeypatch):
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
     job = Q.start_model_scoring(store, version, model=tiny_folder, scores=["perplexity"])
-    assert [j.run_id for j in Q.scoring_jobs(version)] == [job.run_id]
+    assert [j.run_id for j in Q.scoring_jobs(store, version)] == [job.run_id]
     done = jobs.wait(job.run_id, timeout=120)
     assert done.state == "done", done.error
     frame = Q.with_cached_scores(store, store.frame(version))

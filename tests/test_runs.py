@@ -191,3 +191,61 @@ def test_sync_reads_only_new_and_changed_run_folders(tmp_path, monkeypatch):
     assert runs.table(store, home=home).set_index("run_id").loc["running-run", "state"] == \
         "failed"
     assert reads == ["running-run"]
+
+
+def test_job_lookups_read_only_their_own_runs_folders(tmp_path, monkeypatch):
+    """Score & select's, Deduplicate's, Evaluate's and Errors' job lookups find their runs in
+    the registry and read the live status of those alone: neither the many finished runs of
+    other kinds nor runs of their kind started for something else."""
+    import pandas as pd
+
+    from workbench import curate, evaluation, loop, quality
+
+    store, home = two_datasets(tmp_path), tmp_path / "runs"
+    version, other = (v.version_id for v in store.versions("alpha"))
+    source = home / "eval-src"  # an eval run written by hand: a retrain's source
+    source.mkdir(parents=True)
+    pd.DataFrame({"prompt": ["q"], "reference": ["a"], "prediction": ["a"]}).to_parquet(
+        source / "predictions.parquet")
+
+    def run(kind: str, **params) -> str:
+        return jobs.run_inline("tests.jobtasks.count", {"n": 1, "store": str(store.path),
+                                                        **params}, kind=kind, home=home).run_id
+
+    for kind in ("train", "eval", "import", "count", "count"):  # unrelated finished runs
+        run(kind, version_id=version)
+    judge = {"backend": "local", "model": "m"}
+    score, judged = run("score", version_id=version), run("judge", version_id=version,
+                                                            judge=judge)
+    run("score", version_id=other)
+    embedded = run("embed", version_id=version, field="prompt", fields=["prompt", "response"])
+    run("embed", version_id=version, field="conversation")
+    run("embed", version_id=other, field="prompt")
+    a, b = str(home / "run-a"), str(home / "run-b")
+    compared = run(evaluation.PAIRWISE_KIND, run_a=a, run_b=b)
+    run(evaluation.PAIRWISE_KIND, run_a=b, run_b=a)
+    retrained = run(loop.LOOP_KIND, source_run="eval-src")
+    run(loop.LOOP_KIND, source_run="eval-other")
+    runs.sync(store, home=home)  # the registry's one read of every folder
+
+    reads: list[str] = []
+    real = jobs.status
+    monkeypatch.setattr(jobs, "status", lambda run, **kw: reads.append(Path(run).name)
+                        or real(run, **kw))
+
+    def read_by(lookup) -> tuple[list[str], list[str]]:
+        reads.clear()
+        found = [j.run_id for j in lookup()]
+        return found, sorted(reads)
+
+    assert read_by(lambda: quality.scoring_jobs(store, version, home=home)) == (
+        [judged, score], sorted([judged, score]))  # newest first
+    assert read_by(lambda: curate.embedding_jobs(store, version, "response", home=home)) == (
+        [embedded], [embedded])
+    assert read_by(lambda: evaluation.pairwise_judge_runs(store, "run-a", "run-b",
+                                                          home=home)) == ([compared], [compared])
+    assert read_by(lambda: loop.retrain_jobs(store, "eval-src", home=home)) == (
+        [retrained], [retrained])
+    reads.clear()
+    assert evaluation.judge_config(store, home=home) == judge
+    assert reads == []  # the judge's options are the registry's record of its parameters

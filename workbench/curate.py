@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from . import dedup, jobs
+from . import dedup, jobs, runs
 from .cache import StoreCache, get_embeddings
 from .embed import embed_rows
 from .exceptions import ConfigError
@@ -85,11 +86,13 @@ def start_embedding(store: Store, version_id: int, *, field: str = "conversation
     return jobs.start("embed", params)
 
 
-def embedding_jobs(version_id: int, field: str) -> list[jobs.JobStatus]:
-    """Return the embedding jobs started for a version that embed this field, newest first."""
-    return [j for j in jobs.list_runs("embed")
-            if j.config["params"].get("version_id") == version_id
-            and field in (j.config["params"].get("fields") or [j.config["params"].get("field")])]
+def embedding_jobs(store: Store, version_id: int, field: str, *,
+                   home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the embedding jobs started for a version that embed this field, newest first
+    (found in the store's run registry: only their folders are read)."""
+    return runs.statuses(
+        store, ["embed"], lambda p: p.get("version_id") == version_id
+        and field in (p.get("fields") or [p.get("field")]), home=home)
 
 
 def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,

@@ -410,24 +410,24 @@ NO_JUDGE = ("No judge is configured. Set one up on the Score & select page (LLM 
             "most recently is the one asked here.")
 
 
-def judge_config(*, home: Home = None) -> dict | None:
+def judge_config(store: Store, *, home: Home = None) -> dict | None:
     """Return the options of the judge configured most recently (the newest judge job's on
-    Score & select), or None when no judge has been set up."""
-    for job in jobs.list_runs(kind="judge", home=home):
-        config = job.config.get("params", {}).get("judge")
-        if config:
-            return dict(config)
+    Score & select, as the store's run registry recorded them: no run folder is read), or
+    None when no judge has been set up."""
+    for params in runs.records(store, kinds=["judge"], home=home)["config"]:
+        if params.get("judge"):
+            return dict(params["judge"])
     return None
 
 
-def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
+def start_pairwise_judge(store: Store, run_a: str | Path, run_b: str | Path, *,
                          config: Mapping[str, Any] | None = None, limit: int | None = None,
                          home: Home = None, inline: bool = False) -> jobs.JobStatus:
     """Return the status of a new job asking the judge, per shared row and in both orders,
-    which run's answer is better given the reference (config None: judge_config())."""
+    which run's answer is better given the reference (config None: judge_config(store))."""
     from .judge import JudgeConfig
 
-    config = dict(config) if config is not None else judge_config(home=home)
+    config = dict(config) if config is not None else judge_config(store, home=home)
     if config is None:
         raise ConfigError(NO_JUDGE)
     JudgeConfig(**config)  # a bad option fails here, naming it
@@ -442,11 +442,13 @@ def start_pairwise_judge(run_a: str | Path, run_b: str | Path, *,
     return jobs.start(PAIRWISE_TASK, params, kind=PAIRWISE_KIND, home=home)
 
 
-def pairwise_judge_runs(run_a: str, run_b: str, *, home: Home = None) -> list[jobs.JobStatus]:
-    """Return the judge comparisons of run b against run a, newest first."""
-    return [j for j in jobs.list_runs(kind=PAIRWISE_KIND, home=home)
-            if Path(j.config["params"]["run_a"]).name == run_a
-            and Path(j.config["params"]["run_b"]).name == run_b]
+def pairwise_judge_runs(store: Store, run_a: str, run_b: str, *, home: Home = None
+                        ) -> list[jobs.JobStatus]:
+    """Return the judge comparisons of run b against run a, newest first (found in the
+    store's run registry: only their folders are read)."""
+    return runs.statuses(
+        store, [PAIRWISE_KIND], lambda p: Path(p.get("run_a", "")).name == run_a
+        and Path(p.get("run_b", "")).name == run_b, home=home)
 
 
 def pairwise_summary(job: jobs.JobStatus) -> str:

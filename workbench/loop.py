@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from . import analysis, evaluation, jobs, training
+from . import analysis, evaluation, jobs, runs, training
 from .cache import cache_of
 from .evaluate import (
     PREDICTIONS_FILE,
@@ -314,11 +314,13 @@ def _has_similarity(folder: Path, eval_params: Mapping[str, Any]) -> bool:
     return "similarity" in pq.read_schema(folder / PREDICTIONS_FILE).names
 
 
-def retrain_jobs(run: str | Path, *, home: str | Path | None = None) -> list[jobs.JobStatus]:
-    """Return the retrain jobs started from an eval run, newest first."""
+def retrain_jobs(store: Store, run: str | Path, *, home: str | Path | None = None
+                 ) -> list[jobs.JobStatus]:
+    """Return the retrain jobs started from an eval run, newest first (found in the store's
+    run registry: only their folders are read)."""
     folder = run_dir(run, home=home)
-    return [j for j in jobs.list_runs(LOOP_KIND, home=_home_of(folder, home))
-            if j.config.get("params", {}).get("source_run") == folder.name]
+    return runs.statuses(store, [LOOP_KIND], lambda p: p.get("source_run") == folder.name,
+                         home=_home_of(folder, home))
 
 
 @dataclass

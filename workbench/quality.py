@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import xxhash
 
-from . import curate, jobs
+from . import curate, jobs, runs
 from . import score as S
 from . import select as SEL
 from .cache import StoreCache, params_hash
@@ -240,10 +240,12 @@ def run_judge(store: Store, version_id: int, config: Mapping[str, Any], *,
     return jobs.run_here("judge", params, progress=progress, log=log)
 
 
-def scoring_jobs(version_id: int) -> list[jobs.JobStatus]:
-    """Return the model-scoring and judge jobs started for a version, newest first."""
-    return [j for j in jobs.list_runs() if j.kind in JOB_KINDS
-            and j.config["params"].get("version_id") == version_id]
+def scoring_jobs(store: Store, version_id: int, *, home: str | Path | None = None
+                 ) -> list[jobs.JobStatus]:
+    """Return the model-scoring and judge jobs started for a version, newest first (found in
+    the store's run registry: only their folders are read)."""
+    return runs.statuses(store, JOB_KINDS, lambda p: p.get("version_id") == version_id,
+                         home=home)
 
 
 # --- the embedding map --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ look, so listing a thousand finished runs reads no folder at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,24 @@ def records(store: Store, *, kinds: Sequence[str] | None = None, parent: str | N
     frame["config"] = [orjson.loads(c or "{}") for c in frame["config"]]
     frame["summary"] = [orjson.loads(s or "{}") for s in frame["summary"]]
     return frame
+
+
+def statuses(store: Store, kinds: Sequence[str],
+             match: Callable[[dict[str, Any]], bool] = lambda params: True, *,
+             home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the live status (jobs.status) of the registry's runs of these kinds whose
+    parameters ``match``, newest first. Only those runs' folders are read, so a lookup costs
+    what its own runs cost, not a read of every run folder ever made."""
+    root = jobs.runs_dir(home)
+    found = []
+    for run in records(store, kinds=kinds, home=home).itertuples():
+        if run.state == "missing" or not match(run.config):
+            continue
+        try:
+            found.append(jobs.status(root / run.run_id))
+        except NotFoundError:  # removed since the registry last looked
+            continue
+    return found
 
 
 def table(store: Store, *, kind: str | None = None, parent: str | None = None,
