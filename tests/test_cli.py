@@ -117,7 +117,7 @@ def imported(store_path, data) -> Store:
 
 def test_list_show_and_row(imported):
     assert run("list").stdout.split() == ["name", "active", "rows", "versions",
-                                          "support", "1", "5", "1"]
+                                          "support", "support@1", "5", "1"]
     show = run("show", "support", "--limit", "2").stdout.splitlines()
     assert show[0] == "rows 1-2 of 5"
     assert show[1] == "[1] question 0: how do I reset item 0? -> answer 0: press reset 0 times."

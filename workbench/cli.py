@@ -22,7 +22,7 @@ import pandas as pd
 from .exceptions import WorkbenchError
 from .io import EXPORT_FORMATS
 from .schema import SHAPES
-from .store import RowFilter, Store, default_store_path
+from .store import RowFilter, Store, default_store_path, version_label
 
 
 class _Group(click.Group):
@@ -149,12 +149,14 @@ def _progress_bar(desc: str, *, enabled: bool) -> Iterator[Callable[[int], None]
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
     """List datasets with their active version and row count."""
-    df = _store(ctx).datasets()
+    store = _store(ctx)
+    df = store.datasets()
     if df.empty:
         click.echo("no datasets yet: workbench import FILE --dataset NAME")
         return
-    table = df[["name", "active_version", "n_rows", "versions"]].rename(
-        columns={"active_version": "active", "n_rows": "rows"})
+    refs = store.refs()  # the active version as people name it (support@3), not its id
+    table = df.assign(active=[version_label(v, refs) for v in df["active_version"]])
+    table = table[["name", "active", "n_rows", "versions"]].rename(columns={"n_rows": "rows"})
     click.echo(table.to_string(index=False))
 
 
