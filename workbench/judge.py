@@ -672,12 +672,7 @@ def judge_local(prompts: Sequence[str], config: JudgeConfig, *,
 def generate(lm: tuple[Any, Any], prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
     """Return the model's greedy answers to user prompts, rendered with its chat template
     (generation.py's decoding loop, all prompts in one length-sorted pass)."""
-    from .generation import GenerationConfig, generate_texts
-
-    model, tokenizer = lm
-    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=max(1, len(prompts)))
-    return generate_texts(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
-                          config)
+    return [a.text for a in _answer(lm, prompts, max_new_tokens)]
 
 
 def generate_constrained(lm: tuple[Any, Any], prompts: Sequence[str], shape: AnswerShape, *,
@@ -689,17 +684,25 @@ def generate_constrained(lm: tuple[Any, Any], prompts: Sequence[str], shape: Ans
     (generation.choice_constraint), so even a model that never writes the format gives a
     parseable answer; after that it writes the reason freely (up to max_new_tokens).
     """
-    from .generation import GenerationConfig, choice_constraint, generate_batch
+    from .generation import choice_constraint
+
+    prefix = shape.prefix.rstrip()
+    forced = [lm[1].encode(f" {c}\nReason:", add_special_tokens=False) for c in shape.choices]
+    answers = _answer(lm, prompts, max(map(len, forced)) + max_new_tokens, prefill=prefix,
+                      allowed=choice_constraint(forced))
+    return [f"{prefix} {a.text}" for a in answers]
+
+
+def _answer(lm: tuple[Any, Any], prompts: Sequence[str], max_new_tokens: int,
+            **options: Any) -> list[Any]:
+    """Return generation.Generation per prompt, each asked as one user turn, greedily, in one
+    length-sorted pass (options: generate_batch's prefill and allowed)."""
+    from .generation import GenerationConfig, generate_batch
 
     model, tokenizer = lm
-    prefix = shape.prefix.rstrip()
-    forced = [tokenizer.encode(f" {c}\nReason:", add_special_tokens=False)
-              for c in shape.choices]
-    config = GenerationConfig(max_new_tokens=max(map(len, forced)) + max_new_tokens,
-                              batch_size=max(1, len(prompts)))
-    answers = generate_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
-                             config, prefill=prefix, allowed=choice_constraint(forced))
-    return [f"{prefix} {a.text}" for a in answers]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=max(1, len(prompts)))
+    return generate_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                          config, **options)
 
 
 def judge_frame(frame: pd.DataFrame, config: JudgeConfig, *, lm: tuple[Any, Any] | None = None,

@@ -250,8 +250,7 @@ def version_recipe(store: Store, version_id: int) -> tuple[str, str]:
         return "recipe.yaml", recipes.to_yaml(recipes.build(store, version_id))
     except WorkbenchError:
         pass
-    refs = store.refs()
-    chain = [{"version": refs.get(v.version_id, str(v.version_id)), "operation": v.operation,
+    chain = [{"version": v.ref, "operation": v.operation,
               "params": v.params, "counts": v.counts, "rows": v.n_rows, "message": v.message}
              for v in store.lineage(version_id)]
     return "lineage.json", json.dumps(chain, indent=2, ensure_ascii=False, default=str) + "\n"
