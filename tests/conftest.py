@@ -120,3 +120,12 @@ def default_lm_home(converted_lm: ConvertedLM) -> Iterator[Path]:
     """For one test: $WORKBENCH_HOME is the session's data folder with the converted LM."""
     with lm_home(converted_lm.home) as home:
         yield home
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skips @pytest.mark.gpu tests on a machine without CUDA (CI and the dev machines)."""
+    if item.get_closest_marker("gpu") is not None:
+        from workbench import device
+
+        if not device.probe().gpus:
+            pytest.skip("needs a CUDA GPU")
