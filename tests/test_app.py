@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from workbench.schema import StepResult
 from workbench.store import Store
+from workbench.views import lineage_table
 
 
 def plain(text: str) -> str:
@@ -230,6 +231,14 @@ def test_history_shows_lineage_and_diff_and_switches_versions(store):
     no_exception(at)
     assert store.active_version("support") == 1
     assert "active version support@1 · 120 rows · import" in texts(at.sidebar.caption)
+
+
+def test_a_lineage_parent_that_is_gone_is_named_as_deleted(store):
+    drop_first_row(store)
+    child = store.versions("support")[1]
+    table = lineage_table([child], active=child.version_id)
+    assert table["parent"].iloc[0] == f"deleted version (id {child.parent_id})"
+    assert lineage_table(store.versions("support"))["parent"].tolist() == ["", "support@1"]
 
 
 def test_dropped_rows_show_their_reason_and_can_be_restored(store):

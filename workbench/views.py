@@ -20,7 +20,15 @@ import pandas as pd
 
 from .exceptions import PathNotAllowedError
 from .io import ImportReport, export_data, export_suffix, write_dataset
-from .store import DATASET_NAME_MAX, Diff, Page, Store, VersionInfo, default_home
+from .store import (
+    DATASET_NAME_MAX,
+    Diff,
+    Page,
+    Store,
+    VersionInfo,
+    default_home,
+    version_label,
+)
 
 BROWSE_COLUMNS = ["row_key", "label", "user", "response", "system", "n_turns", "n_chars", "tags",
                   "note"]
@@ -59,8 +67,7 @@ def lineage_table(versions: list[VersionInfo], active: int | None = None) -> pd.
     return pd.DataFrame({
         "active": ["●" if v.version_id == active else "" for v in versions],
         "version": [v.ref for v in versions],
-        "parent": [refs.get(v.parent_id, f"id {v.parent_id}") if v.parent_id else ""
-                   for v in versions],
+        "parent": [version_label(v.parent_id, refs) for v in versions],
         "operation": [v.operation for v in versions],
         "rows": [v.n_rows for v in versions],
         "counts": [_compact(v.counts) for v in versions],
