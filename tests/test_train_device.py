@@ -214,7 +214,7 @@ def test_merging_a_qlora_run_loads_the_base_unquantised(tmp_path, finished):
     out = train.merge_and_export(run_dir, tmp_path / "merged")
     saved = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in saved
-    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")  # as saved
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
     assert not any("4bit" in type(m).__name__ for m in merged.modules())
     base = models.tiny_lm(seed=0)[0].to(torch.bfloat16)
