@@ -163,6 +163,17 @@ def test_gpu_out_of_memory_fails_the_run_with_peak_and_suggestions(
     assert not [p for p in job.run_dir.rglob("*") if p.name.startswith(".tmp")]
 
 
+def test_a_base_that_does_not_fit_fails_with_the_fix(tmp_path, monkeypatch):
+    def too_big(*_: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 14.00 GiB")
+
+    monkeypatch.setattr(train, "load_base", too_big)
+    with pytest.raises(WorkbenchError) as err:
+        train.train(tiny_config(), rows(), run_dir=tmp_path)
+    assert str(err.value) == (f"not enough memory on {D.describe('cpu')} to load tiny (peak "
+                              "0.00 GiB allocated): use QLoRA (--qlora)")
+
+
 def test_batch_tokens_caps_padded_tokens_and_none_keeps_row_batches():
     lengths = [(i * 37) % 90 + 10 for i in range(100)]
     rows_only = train.batch_order(lengths, 8, seed=1, epoch=0)

@@ -902,7 +902,7 @@ def train(
     D.enable_fast_matmul(runtime.device)
     if runtime.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(runtime.device)  # the peak reported is this run's
-    run = _setup(config, rows, val_rows, run_dir, ctx, runtime)
+    run = _setup_within_memory(config, rows, val_rows, run_dir, ctx, runtime)
     start_phase(ctx, "training", run.total, run.state["step"])
     failure = None
     try:
@@ -921,9 +921,33 @@ def train(
     return _finish(run, started)
 
 
+def _setup_within_memory(config: TrainConfig, rows: Sequence[Messages],
+                         val_rows: Sequence[Messages] | None, run_dir: Path, ctx: Any,
+                         runtime: Runtime) -> _Run:
+    failure = None
+    try:
+        return _setup(config, rows, val_rows, run_dir, ctx, runtime)
+    except torch.OutOfMemoryError:
+        failure = (f"not enough memory on {runtime.device_name} to load {config.model} (peak "
+                   f"{_peak_gib(runtime):.2f} GiB allocated): "
+                   + ("use a smaller model" if runtime.qlora else "use QLoRA (--qlora)"))
+    _free_device(runtime)  # out of the handler: the half-loaded model is garbage now
+    raise WorkbenchError(failure)
+
+
+def _peak_gib(runtime: Runtime) -> float:
+    cuda = runtime.device.startswith("cuda")
+    return torch.cuda.max_memory_allocated(runtime.device) / 2**30 if cuda else 0.0
+
+
+def _free_device(runtime: Runtime) -> None:
+    gc.collect()
+    if runtime.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def _out_of_memory_message(run: _Run) -> str:
     c, rt = run.config, run.runtime
-    peak = torch.cuda.max_memory_allocated(rt.device) if rt.device.startswith("cuda") else 0
     longest = max((len(r.input_ids) for r in run.data.train), default=c.max_seq_len)
     budget = c.batch_tokens or c.batch_size * longest
     smaller = max(16, budget // 2)
@@ -935,7 +959,7 @@ def _out_of_memory_message(run: _Run) -> str:
     # Worded without "out of memory": jobs would wrap such a message in a generic one.
     return (
         f"not enough memory on {rt.device_name} at step {run.state['step'] + 1} (peak "
-        f"{peak / 2**30:.2f} GiB allocated, micro-batches of up to {budget} tokens): "
+        f"{_peak_gib(rt):.2f} GiB allocated, micro-batches of up to {budget} tokens): "
         + "; or ".join(tips) + "; the run can resume from its last checkpoint"
     )
 
@@ -943,9 +967,7 @@ def _out_of_memory_message(run: _Run) -> str:
 def _release(run: _Run) -> None:
     """Frees the run's model and optimizer state on its device for the next job."""
     run.model = run.optimizer = run.scheduler = run.scaler = None
-    gc.collect()
-    if run.runtime.device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    _free_device(run.runtime)
 
 
 def _setup(
@@ -1241,7 +1263,7 @@ def _finish(run: _Run, started: float) -> dict[str, Any]:
         "gradient_checkpointing": run.runtime.gradient_checkpointing,
     }
     if run.runtime.device.startswith("cuda"):
-        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated(run.runtime.device) / 2**30
+        metrics["peak_memory_gb"] = _peak_gib(run.runtime)
     _write_json(run.run_dir / METRICS_FILE, metrics)
     run.ctx.log(
         f"done: {state['step']} steps, train loss {state['loss']:.4f}, val loss "

@@ -269,7 +269,7 @@ def run_device(run: Any) -> str:
     QLoRA": as the run recorded it when done, as start_run resolved it before; "" if unknown
     (a run from before devices were recorded)."""
     summary, params = run.summary or {}, run.config or {}
-    name = summary.get("device_name") or run.device or ""
+    name = summary.get("device_name") or (run.device if isinstance(run.device, str) else "")
     precision = summary.get("precision") or params.get("precision")
     qlora = "QLoRA" if (params.get("config") or {}).get("qlora") else None
     return " · ".join(p for p in (name, precision, qlora) if p)
