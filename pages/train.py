@@ -67,6 +67,28 @@ def model_section() -> str:
                          key="tr_model_path").strip()
 
 
+def device_section() -> dict:
+    """Show where the run computes: device, precision, QLoRA, gradient checkpointing."""
+    options = training.device_options()
+    a, b, c, d = st.columns(4)
+    chosen = a.selectbox("Device", options, key="tr_device", format_func=training.device_label,
+                         help="auto picks CUDA, else Apple MPS, else the CPU.")
+    refusal = training.qlora_refusal(chosen)
+    return {
+        "device": chosen,
+        "precision": b.selectbox(
+            "Precision", ["auto", "bf16", "fp16", "fp32"], key="tr_precision",
+            help="auto: bf16 on a GPU that has it, fp16 (loss-scaled) on older GPUs, fp32 on "
+                 "the CPU."),
+        "gradient_checkpointing": c.selectbox(
+            "Gradient checkpointing", ["auto", "on", "off"], key="tr_checkpointing",
+            help="Recomputes activations to save GPU memory (~30% slower). auto: off on the "
+                 "CPU, on for QLoRA or a base that fills the GPU."),
+        "qlora": d.checkbox("QLoRA (4-bit base)", key="tr_qlora", disabled=refusal is not None,
+                            help=refusal or "Loads the base in 4-bit NF4 and trains LoRA on top."),
+    }
+
+
 def config_form(model: str, val_fraction: float) -> dict | None:
     """Show the LoRA and optimizer options; return their values when Start is pressed."""
     targets = training.default_targets(model) if model else []
@@ -111,6 +133,9 @@ def config_form(model: str, val_fraction: float) -> dict | None:
             "checkpoint_every": a.number_input("Checkpoint every N steps",
                                                value=d["checkpoint_every"].default, step=1,
                                                key="tr_ckpt"),
+            "batch_tokens": b.number_input(
+                "Batch tokens (0 = rows only)", value=0, step=256, key="tr_batch_tokens",
+                help="Also caps a micro-batch's padded tokens (rows x longest row)."),
         }
         started = st.form_submit_button("Start training", type="primary", key="tr_start",
                                         icon=":material/play_arrow:")
@@ -123,9 +148,12 @@ def new_run_section() -> None:
         return
     version, val_version, val_fraction = data
     tracking_toggle("tr_mlflow")
-    values = config_form(model_section(), val_fraction)
+    model = model_section()
+    where = device_section()
+    values = config_form(model, val_fraction)
     if values is None:
         return
+    values |= where | {"batch_tokens": values["batch_tokens"] or None}
     try:
         job = training.start_run(store(), version, training.build_config(values),
                                  val_version_id=val_version)
@@ -181,9 +209,11 @@ def _num(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def run_view(run_id: str) -> None:
+def run_view(run_id: str, device_name: str) -> None:
     job = training.get_run(run_id)
     job_panel(run_id, key="tr_job")
+    if device_name:
+        st.caption(f"Device: {device_name}")
     live_section(run_id)
     with st.expander("Config"):
         st.json(job.config["params"].get("config") or {})
@@ -247,7 +277,8 @@ if (table["status"] == "missing").all():
     st.stop()
 st.subheader("Run")
 try:
-    run_view(pick_run(table))
+    picked = pick_run(table)
+    run_view(picked, table.set_index("run_id")["device"].get(picked, ""))
 except WorkbenchError as e:
     show_error(e)
 st.subheader("All runs")

@@ -13,7 +13,7 @@ import pytest
 from helpers_app import chat_file
 from test_cli import assert_one_line_error, run
 
-from workbench import jobs
+from workbench import device, jobs
 
 TINY = ["--model", "tiny", "--batch-size", "4", "--max-seq-len", "128", "--lr", "5e-3"]
 
@@ -30,18 +30,29 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 def test_train_commands_have_help():
     for name in ("train", "runs", "resume", "cancel", "merge"):
         assert f"Usage: workbench {name}" in run(name, "--help").output
-    assert "--val-fraction" in run("train", "--help").output
+    help_text = run("train", "--help").output
+    assert "--val-fraction" in help_text
+    for flag in ("--device", "--precision", "--qlora", "--gradient-checkpointing",
+                 "--batch-tokens"):
+        assert flag in help_text
 
 
 def test_train_runs_to_the_end_then_lists_and_merges(home):
-    result = run("train", "chats", *TINY, "--max-steps", "2", "--val-fraction", "0.25")
+    result = run("train", "chats", *TINY, "--max-steps", "2", "--val-fraction", "0.25",
+                 "--device", "cpu", "--precision", "fp32", "--gradient-checkpointing", "off",
+                 "--batch-tokens", "512")
     assert "done: 2 steps, train loss" in result.stdout and "val loss" in result.stdout
     assert "training" in result.stderr  # the progress bar
+    assert " on cpu (" in result.stderr  # the device it runs on
     run_id = next(d.name for d in (home / "runs").iterdir())
     assert f"adapter: {home / 'runs' / run_id / 'adapter'}" in result.stdout
 
     table = run("runs", "--kind", "train").stdout  # training detail: config and losses
     assert run_id in table and "done" in table and "chats@1" in table and "2/2" in table
+    assert "cpu (" in table and "fp32" in table  # the device it ran on
+    config = jobs.status(run_id, home=home / "runs").config["params"]["config"]
+    assert (config["device"], config["precision"], config["gradient_checkpointing"],
+            config["batch_tokens"], config["qlora"]) == ("cpu", "fp32", "off", 512, False)
     registry = run("runs").stdout.splitlines()  # every run, from the store's registry
     assert registry[0].split()[:5] == ["run_id", "kind", "state", "parent", "data"]
     [line] = [row for row in registry if row.startswith(run_id)]
@@ -75,4 +86,13 @@ def test_bad_input_gives_one_line_errors(home):
                           "must differ")
     assert_one_line_error(run("resume", "no-such-run", ok=False), "no run 'no-such-run'")
     assert_one_line_error(run("merge", "no-such-run", home / "out", ok=False), "no-such-run")
+    assert_one_line_error(run("train", "chats", *TINY, "--device", "tpu", ok=False),
+                          "device must be auto, cpu, cuda, cuda:N or mps")
+    if not device.probe().gpus:  # this machine's refusals (the CI and dev machines have no GPU)
+        assert_one_line_error(run("train", "chats", *TINY, "--qlora", ok=False),
+                              "QLoRA (4-bit base weights) needs a CUDA GPU")
+        assert_one_line_error(run("train", "chats", *TINY, "--device", "cuda", ok=False),
+                              "'cuda' is not available here")
+        assert_one_line_error(run("train", "chats", *TINY, "--precision", "fp16", ok=False),
+                              "fp16 is not supported")
     assert not (home / "runs").exists()  # nothing started

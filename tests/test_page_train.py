@@ -13,7 +13,7 @@ from helpers_app import APP, chat_file, open_on_empty_store, page_store
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
-from workbench import jobs
+from workbench import device, jobs, training
 from workbench.store import Store
 
 PAGE = "pages/train.py"
@@ -54,6 +54,35 @@ def test_invalid_config_names_the_field(store, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
+def test_device_widgets_show_this_machine_and_refuse_qlora_without_cuda(store, tmp_path):
+    at = open_page()
+    chooser = at.selectbox(key="tr_device")
+    assert chooser.value == "auto"
+    assert chooser.options == [training.device_label(o) for o in device.device_options()]
+    assert chooser.options[0] == f"auto: {device.describe(device.resolve_device())}"
+    assert at.selectbox(key="tr_precision").value == "auto"
+    assert at.selectbox(key="tr_checkpointing").value == "auto"
+    qlora = at.checkbox(key="tr_qlora")
+    if device.probe().gpus:
+        pytest.skip("this machine has a GPU: QLoRA is offered")
+    assert qlora.disabled and "needs a CUDA GPU" in qlora.help
+    # a choice the machine cannot run is refused at start in one st.error, no traceback:
+    # fp16 on the CPU, and QLoRA held over in the session (the GPU went away since)
+    at = tiny_form(at)
+    at.selectbox(key="tr_device").set_value("cpu")
+    at.selectbox(key="tr_precision").set_value("fp16")
+    at = at.button(key="tr_start").click().run()
+    assert not at.exception
+    assert "fp16 is not supported" in " ".join(e.value for e in at.error)
+    at.selectbox(key="tr_precision").set_value("auto")
+    at.session_state["tr_qlora"] = True
+    at = at.button(key="tr_start").click().run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "QLoRA (4-bit base weights) needs a CUDA GPU" in errors
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
 def test_start_follow_and_reload_a_short_run(store, tmp_path):
     at = tiny_form(open_page())
     at.selectbox(key="tr_batching").set_value("packed")
@@ -65,11 +94,16 @@ def test_start_follow_and_reload_a_short_run(store, tmp_path):
     assert done.state == "done", done.error + jobs.log_tail(done.run_dir, 20)
     config = done.config["params"]["config"]  # every form option reaches the job
     assert config["batching"] == "packed" and config["weight_decay"] == 0.01
+    assert (config["device"], config["precision"], config["qlora"]) == ("auto", "auto", False)
+    assert config["gradient_checkpointing"] == "auto" and config["batch_tokens"] is None
 
     at = ok(at.run())
     table = at.dataframe[0].value  # the runs table
     assert table.iloc[0]["status"] == "done" and table.iloc[0]["step"] == "3/3"
     assert table.iloc[0]["data"] == "chats@1" and table.iloc[0]["model"] == "tiny"
+    ran_on = device.describe(device.resolve_device())
+    assert table.iloc[0]["device"].startswith(ran_on)
+    assert any(c.value.startswith(f"Device: {ran_on}") for c in at.caption)
     assert len(at.get("plotly_chart")) == 1  # the loss curves
     assert [m.value for m in at.metric][0] == "3/3"
     assert any(t.value.endswith("adapter") for t in at.text)  # the adapter folder

@@ -138,15 +138,29 @@ def reference(tmp_path_factory) -> Path:
 
 def test_config_defaults_are_valid_and_round_trip_through_json(tmp_path):
     config = TrainConfig()
-    assert (config.lora_r, config.lora_alpha, config.batch_size, config.dtype) == (
-        8,
-        16.0,
-        8,
-        "float32",
-    )
+    assert (config.lora_r, config.lora_alpha, config.batch_size) == (8, 16.0, 8)
+    assert (config.device, config.precision, config.qlora) == ("auto", "auto", False)
+    assert (config.gradient_checkpointing, config.batch_tokens, config.dtype) == ("auto", None, None)
     path = config.to_json(tmp_path / "c.json")
     assert TrainConfig.from_json(path) == config
     assert json.loads(path.read_text())["lr_schedule"] == "cosine"
+
+
+def test_configs_saved_before_precision_still_load(tmp_path):
+    # Every config saved before `precision` existed carries dtype; it ran in that precision.
+    old = tiny_config().to_dict() | {"dtype": "float32"}
+    for name in ("device", "precision", "qlora", "gradient_checkpointing", "batch_tokens"):
+        old.pop(name)
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(old))
+    config = TrainConfig.from_json(path)
+    assert (config.precision, config.dtype, config.device) == ("fp32", None, "auto")
+    assert TrainConfig(dtype="bfloat16").precision == "bf16"
+    assert TrainConfig(precision="bfloat16").precision == "bf16"  # the aliases read too
+    with pytest.raises(ConfigError, match="dtype 'float32' and precision 'bf16' disagree"):
+        TrainConfig(dtype="float32", precision="bf16")
+    with pytest.raises(ConfigError, match="dtype 'int8' is not one of"):
+        TrainConfig(dtype="int8")
 
 
 @pytest.mark.parametrize(
@@ -160,6 +174,13 @@ def test_config_defaults_are_valid_and_round_trip_through_json(tmp_path):
         ({"target_modules": []}, "target_modules must be"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"batching": "padded"}, "batching must be one of"),
+        ({"precision": "int4"}, "precision must be one of"),
+        ({"device": "tpu"}, "device must be auto, cpu, cuda, cuda:N or mps"),
+        ({"device": "cuda:x"}, "device must be"),
+        ({"qlora": "yes"}, "qlora must be true or false"),
+        ({"gradient_checkpointing": "maybe"}, "gradient_checkpointing must be one of"),
+        ({"batch_tokens": 8}, "batch_tokens must be None"),
+        ({"qlora": True, "precision": "fp32"}, "qlora computes in bf16 or fp16"),
     ],
 )
 def test_bad_config_names_the_field(values, message):

@@ -284,7 +284,8 @@ def _training_data(store: Store | None, params: dict) -> list[str]:
 
 def _lora(config: Any) -> list[str]:
     c = asdict(config)
-    keys = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "dtype", "learning_rate",
+    keys = ["lora_r", "lora_alpha", "lora_dropout", "target_modules", "precision", "qlora",
+            "device", "learning_rate",
             "lr_schedule", "warmup_ratio", "epochs", "max_steps", "batch_size", "grad_accum",
             "max_seq_len", "val_fraction", "seed"]
     return ["## LoRA configuration", ""] + _table(

@@ -808,7 +808,9 @@ _TRAIN_FLAGS = {"model": "model", "rank": "lora_r", "alpha": "lora_alpha",
                 "lr": "learning_rate", "schedule": "lr_schedule", "warmup": "warmup_ratio",
                 "epochs": "epochs", "max_steps": "max_steps", "batch_size": "batch_size",
                 "grad_accum": "grad_accum", "max_seq_len": "max_seq_len", "seed": "seed",
-                "val_fraction": "val_fraction"}
+                "val_fraction": "val_fraction", "device": "device", "precision": "precision",
+                "qlora": "qlora", "gradient_checkpointing": "gradient_checkpointing",
+                "batch_tokens": "batch_tokens"}
 
 
 @main.command("train")
@@ -834,6 +836,18 @@ _TRAIN_FLAGS = {"model": "model", "rank": "lora_r", "alpha": "lora_alpha",
 @click.option("--grad-accum", type=int, default=None, help="Micro-batches per step (default 1).")
 @click.option("--max-seq-len", type=int, default=None, help="Token limit per row (default 512).")
 @click.option("--seed", type=int, default=None, help="Seed of split, order and LoRA init.")
+@click.option("--device", default=None,
+              help="auto (CUDA, else MPS, else CPU; the default), cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="auto (the default): bf16 on a GPU that has it, fp16 on older GPUs, fp32 "
+                   "on the CPU.")
+@click.option("--qlora/--no-qlora", default=None,
+              help="Load the base model in 4-bit NF4 and train LoRA on top (CUDA only).")
+@click.option("--gradient-checkpointing", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="auto (the default): off on the CPU, on for QLoRA or a base that fills the "
+                   "GPU.")
+@click.option("--batch-tokens", type=int, default=None,
+              help="Also cap a micro-batch's padded tokens (rows x longest row).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="JSON file of training options; flags override it.")
 @click.option("--detach", is_flag=True, help="Start in the background and print the run id.")
@@ -858,7 +872,9 @@ def train_cmd(ctx: click.Context, ref: str, val_ref: str | None, config_file: st
     if detach:
         click.echo(job.run_id)
         return
-    click.echo(f"run {job.run_id} (Ctrl-C cancels it)", err=True)
+    where = job.config["params"].get("device")
+    click.echo(f"run {job.run_id}{f' on {where}' if where else ''} (Ctrl-C cancels it)",
+               err=True)
     _follow_run(job.run_id)
 
 

@@ -48,6 +48,8 @@ class TrainParams:
     val_version_id: int | None = None
     config: dict | None = None
     name: str = ""
+    device: str = ""  # as training.start_run resolved it: shown in listings while it runs
+    precision: str = ""
 
 
 @task("train", TrainParams, old=("workbench.train.train_task",))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import math
 import os
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from workbench import device as D
 from workbench.exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
 from workbench.generation import GenerationConfig, generate_texts
 from workbench.lazy import lazy_module, no_grad
@@ -60,7 +62,8 @@ if TYPE_CHECKING:
 
 Schedule = Literal["cosine", "linear", "constant"]
 Batching = Literal["grouped", "packed"]
-DType = Literal["float32", "bfloat16"]
+PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
+Checkpointing = Literal["auto", "on", "off"]
 Messages = Sequence[dict[str, str]]
 
 IGNORE = -100  # label of a token that carries no loss (what torch's cross_entropy skips)
@@ -89,6 +92,7 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
+RUNTIME_FILE = "runtime.json"  # the device, its name and the precision a run resolved to
 DATA_DIR = "data"
 
 
@@ -104,6 +108,14 @@ class TrainConfig:
     max_steps, when set, overrides epochs. val_fraction is the seeded share of the training
     rows held out for validation when no validation version is given (0 = no validation).
     eval_every 0 validates only at the start and the end.
+
+    device: "auto" (CUDA, else MPS, else CPU: workbench.device), "cpu", "cuda", "cuda:N", "mps".
+    precision: "auto" is the device's best (fp32 on the CPU, bf16 on a GPU that has it, fp16
+    with loss scaling on an older GPU). qlora loads the base in 4-bit NF4 (CUDA only).
+    gradient_checkpointing "auto": off on the CPU (it costs ~30% there), on for QLoRA and when
+    the base's weights take over half the GPU's memory. batch_tokens, when set, also caps a
+    micro-batch's padded tokens (rows x longest row): long rows then come fewer to a batch.
+    dtype is the older name of precision ("float32", "bfloat16"): still read, saved as None.
     """
 
     model: str = "default"
@@ -128,9 +140,18 @@ class TrainConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     seed: int = 0
-    dtype: DType = "float32"
+    device: str = "auto"
+    precision: PrecisionChoice = "auto"
+    qlora: bool = False
+    gradient_checkpointing: Checkpointing = "auto"
+    batch_tokens: int | None = None
+    dtype: str | None = None  # deprecated: read into precision
 
     def __post_init__(self) -> None:
+        self._read_old_dtype()
+        if isinstance(self.precision, str):
+            self.precision = D._PRECISION_ALIASES.get(self.precision.strip().lower(),
+                                                      self.precision)  # type: ignore[assignment]
         if isinstance(self.target_modules, (tuple, str)):
             self.target_modules = (
                 [self.target_modules]
@@ -140,6 +161,21 @@ class TrainConfig:
         problems = _config_problems(self)
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
+
+    def _read_old_dtype(self) -> None:
+        # Configs saved before `precision` carry dtype "float32" or "bfloat16": that was the
+        # precision they ran in, so a resumed old run keeps it.
+        if self.dtype is None:
+            return
+        old = D._PRECISION_ALIASES.get(str(self.dtype).strip().lower())
+        if old is None or old == "auto":
+            raise ConfigError(f"invalid training config: dtype {self.dtype!r} is not one of "
+                              "float32, bfloat16, float16 (dtype is deprecated: use precision)")
+        if self.precision not in ("auto", old) and \
+                D._PRECISION_ALIASES.get(str(self.precision)) != old:
+            raise ConfigError(f"invalid training config: dtype {self.dtype!r} and precision "
+                              f"{self.precision!r} disagree; drop dtype (deprecated)")
+        self.precision, self.dtype = old, None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as a JSON-ready dict."""
@@ -217,9 +253,33 @@ def _config_problems(c: TrainConfig) -> list[str]:
             "keep_checkpoints must be an integer >= 1",
         ),
         (_is_int(c.seed) and c.seed >= 0, "seed must be an integer >= 0"),
-        (c.dtype in get_args(DType), f"dtype must be one of {get_args(DType)}"),
+        (
+            c.precision in get_args(PrecisionChoice),
+            f"precision must be one of {get_args(PrecisionChoice)}",
+        ),
+        (_valid_device(c.device), "device must be auto, cpu, cuda, cuda:N or mps"),
+        (isinstance(c.qlora, bool), "qlora must be true or false"),
+        (
+            c.gradient_checkpointing in get_args(Checkpointing),
+            f"gradient_checkpointing must be one of {get_args(Checkpointing)}",
+        ),
+        (
+            c.batch_tokens is None or (_is_int(c.batch_tokens) and c.batch_tokens >= 16),
+            "batch_tokens must be None (rows per batch only) or an integer >= 16",
+        ),
+        (
+            not (c.qlora and c.precision == "fp32"),
+            "qlora computes in bf16 or fp16: set precision to auto, bf16 or fp16",
+        ),
     ]
     return [message for ok, message in checks if not ok]
+
+
+def _valid_device(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    name = value.strip().lower()
+    return name in D.DEVICE_CHOICES or (name.startswith("cuda:") and name[5:].isdigit())
 
 
 def _is_int(value: Any) -> bool:
@@ -340,9 +400,14 @@ def split_rows(
 
 
 def batch_order(
-    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int
+    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int,
+    batch_tokens: int | None = None,
 ) -> list[list[int]]:
-    """Returns one epoch's batches of row indices: shuffled, grouped by length, batches shuffled."""
+    """Returns one epoch's batches of row indices: shuffled, grouped by length, batches shuffled.
+
+    A batch holds at most batch_size rows and, when batch_tokens is set, at most batch_tokens
+    padded tokens (rows x its longest row; a row longer than the budget goes alone).
+    """
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -351,18 +416,35 @@ def batch_order(
     for start in range(0, len(order), mega):
         # Longest first inside a mega-batch, so a batch holds rows of nearly equal length.
         chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+        batches += _cut(chunk, lengths, batch_size, batch_tokens)
     rng.shuffle(batches)
     return batches
 
 
+def _cut(
+    ordered: list[int], lengths: Sequence[int], batch_size: int, batch_tokens: int | None
+) -> list[list[int]]:
+    if batch_tokens is None:
+        return [ordered[j : j + batch_size] for j in range(0, len(ordered), batch_size)]
+    batches: list[list[int]] = []
+    for i in ordered:  # longest first: a batch's first row sets its padded width
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and (len(last) + 1) * lengths[last[0]] <= batch_tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def micro_batches(
-    lengths: Sequence[int], batch_size: int, *, seed: int, skip: int = 0
+    lengths: Sequence[int], batch_size: int, *, seed: int, skip: int = 0,
+    batch_tokens: int | None = None,
 ) -> Iterator[list[int]]:
     """Yields batches of row indices forever, epoch after epoch, after skipping the first `skip`."""
     epoch, position = 0, 0
     while True:
-        for batch in batch_order(lengths, batch_size, seed=seed, epoch=epoch):
+        for batch in batch_order(lengths, batch_size, seed=seed, epoch=epoch,
+                                 batch_tokens=batch_tokens):
             if position >= skip:
                 yield batch
             position += 1
@@ -434,13 +516,122 @@ def make_batch(
 # ---------------------------------------------------------------- model and loss
 
 
-def load_base(config: TrainConfig) -> LoadedLM:
-    """Returns a private (model, tokenizer) copy of the config's base model, ready to wrap."""
-    dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes, resolved once from its config on this machine."""
+
+    device: str  # "cpu", "cuda:0", "mps"
+    device_name: str  # workbench.device.describe: "cuda:0 (NVIDIA H100, 80 GB)"
+    precision: str  # "fp32", "bf16", "fp16"
+    qlora: bool = False
+    gradient_checkpointing: bool = False
+
+    @property
+    def autocast(self) -> bool:
+        """Whether forwards run under torch.autocast (a GPU in bf16 or fp16)."""
+        return self.device != "cpu" and self.precision != "fp32"
+
+    @property
+    def loss_scaling(self) -> bool:
+        """Whether the loss is scaled (fp16 on CUDA: its gradients underflow otherwise)."""
+        return self.device.startswith("cuda") and self.precision == "fp16"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CPU = Runtime("cpu", "cpu", "fp32")  # what a run without a resolved runtime computes on
+
+
+def resolve_runtime(config: TrainConfig, hardware: D.Hardware | None = None) -> Runtime:
+    """Returns the config's device, precision and 4-bit choice resolved on this machine.
+
+    Raises ConfigError with a one-line reason for an absent device, an impossible precision
+    (bf16 on a GPU without it) or QLoRA without CUDA.
+    """
+    device = D.resolve_device(config.device, hardware)
+    precision = D.resolve_precision(config.precision, device, hardware)
+    if config.qlora:
+        D.check_qlora(device, hardware)
+    checkpointing = config.gradient_checkpointing == "on" or (
+        config.gradient_checkpointing == "auto" and config.qlora
+    )
+    return Runtime(device, D.describe(device, hardware), precision, config.qlora, checkpointing)
+
+
+def load_base(config: TrainConfig, runtime: Runtime = CPU) -> LoadedLM:
+    """Returns a private (model, tokenizer) copy of the config's base model on the runtime's
+    device: in 4-bit NF4 for QLoRA, else in the runtime's precision."""
+    if runtime.qlora:
+        return _load_4bit(config.model, runtime)
+    dtype = D.torch_dtype(runtime.precision)
     if config.model == TINY:
         model, tokenizer = tiny_lm(seed=0)
-        return model.to(dtype), tokenizer
-    return load_lm(config.model, dtype=dtype, cached=False)
+        model = model.to(dtype)
+    else:
+        model, tokenizer = load_lm(config.model, dtype=dtype, cached=False)
+    return model.to(runtime.device), tokenizer
+
+
+def _load_4bit(name: str, runtime: Runtime) -> LoadedLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from workbench.models import _prepare_tokenizer, resolve_lm
+
+    folder = _tiny_folder() if name == TINY else resolve_lm(name)
+    compute = D.torch_dtype(runtime.precision)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(folder, **options))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=quantization, dtype=compute, device_map={"": runtime.device},
+        attn_implementation="sdpa", use_safetensors=True, **options,
+    )
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_folder() -> Path:
+    # 4-bit loading goes through from_pretrained: the tiny model needs a folder to load from.
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="workbench-tiny-"))
+    model, tokenizer = tiny_lm(seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def prepare_for_training(model: Any, runtime: Runtime) -> Any:
+    """Returns the base ready for LoRA on the runtime: k-bit preparation for QLoRA (norms in
+    fp32, frozen base), gradient checkpointing when the runtime asks for it."""
+    kwargs = {"use_reentrant": False}  # frozen inputs: the reentrant variant would drop grads
+    if runtime.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=runtime.gradient_checkpointing,
+            gradient_checkpointing_kwargs=kwargs,
+        )
+    if runtime.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+
+def _weights_fill_gpu(model: Any, runtime: Runtime) -> bool:
+    gpu = D.probe().gpu(runtime.device)
+    return gpu is not None and model.get_memory_footprint() > gpu.memory_bytes / 2
 
 
 def default_target_modules(model: PreTrainedModel) -> list[str]:
@@ -486,7 +677,11 @@ def add_lora(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
     )
     torch.manual_seed(config.seed)  # LoRA's A matrices are random: same seed, same start
     with _quiet_peft():
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora)
+    for param in wrapped.parameters():
+        if param.requires_grad:  # LoRA weights train in fp32 over a bf16/fp16/4-bit base
+            param.data = param.data.float()
+    return wrapped
 
 
 @contextlib.contextmanager
@@ -501,9 +696,10 @@ def _quiet_peft() -> Iterator[None]:
 
 def token_loss_sum(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Returns the summed next-token cross-entropy over the batch's labelled tokens."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    batch = {k: v.to(causal.device) for k, v in batch.items()}
     labels = batch["labels"][:, 1:]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     if causal.config.model_type in _HIDDEN_STATE_LOSS:
         hidden = causal.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
         keep = labels != IGNORE
@@ -515,9 +711,18 @@ def token_loss_sum(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     )
 
 
+def autocast(runtime: Runtime) -> contextlib.AbstractContextManager[Any]:
+    """Returns the context a forward runs in: torch.autocast in bf16/fp16 on a GPU, else none."""
+    if not runtime.autocast:
+        return contextlib.nullcontext()
+    kind = runtime.device.split(":", 1)[0]
+    return torch.autocast(kind, dtype=D.torch_dtype(runtime.precision))
+
+
 @no_grad
 def mean_token_loss(
-    model: PreTrainedModel, rows: Sequence[Encoded], config: TrainConfig, pad_id: int
+    model: PreTrainedModel, rows: Sequence[Encoded], config: TrainConfig, pad_id: int,
+    runtime: Runtime = CPU,
 ) -> float:
     """Returns the per-token loss of the model over rows (eval mode, length-sorted batches)."""
     was_training = model.training
@@ -526,7 +731,8 @@ def mean_token_loss(
     total, count = 0.0, 0
     for start in range(0, len(ordered), config.batch_size):
         chunk = ordered[start : start + config.batch_size]
-        total += float(token_loss_sum(model, make_batch(chunk, config, pad_id)))
+        with autocast(runtime):
+            total += float(token_loss_sum(model, make_batch(chunk, config, pad_id)))
         count += sum(r.n_supervised for r in chunk)
     model.train(was_training)
     return total / max(count, 1)
@@ -560,14 +766,14 @@ def _save_checkpoint(run: _Run, rng: torch.Tensor) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         run.model.save_pretrained(tmp)
-        torch.save(
-            {
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "torch_rng": rng,
-            },
-            tmp / "trainer_state.pt",
-        )
+        saved = {
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "torch_rng": rng,
+        }
+        if run.scaler is not None:
+            saved["scaler"] = run.scaler.state_dict()
+        torch.save(saved, tmp / "trainer_state.pt")
         _write_json(tmp / "state.json", run.state)  # written last: it marks a complete folder
     except BaseException:
         # A full disk (or a kill of the job's thread) must not leave half a checkpoint taking
@@ -582,16 +788,19 @@ def _save_checkpoint(run: _Run, rng: torch.Tensor) -> Path:
     return final
 
 
-def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+def _load_checkpoint(path: Path, run: _Run) -> dict[str, Any]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    device = run.runtime.device
+    set_peft_model_state_dict(run.model, load_file(path / "adapter_model.safetensors", device))
     # weights_only: tensors and plain containers only, never arbitrary pickled objects.
-    saved = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
+    saved = torch.load(path / "trainer_state.pt", weights_only=True, map_location=device)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and "scaler" in saved:
+        run.scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"].cpu())
     return json.loads((path / "state.json").read_text())
 
 
@@ -652,6 +861,8 @@ class _Run:
     pad_id: int
     run_dir: Path
     ctx: Any
+    runtime: Runtime = CPU
+    scaler: Any = None  # torch.amp.GradScaler for fp16 on CUDA
     state: dict[str, Any] = field(
         default_factory=lambda: {
             "step": 0,
@@ -680,19 +891,83 @@ def train(
     saves a checkpoint and raises Cancelled.
     """
     started, run_dir = time.time(), Path(run_dir)
+    runtime = resolve_runtime(config)  # a refusal (no GPU for QLoRA, ...) comes before any file
     run_dir.mkdir(parents=True, exist_ok=True)
     config.to_json(run_dir / CONFIG_FILE)
+    _write_json(run_dir / RUNTIME_FILE, runtime.to_dict())
     ctx = ctx or _Quiet(run_dir)
+    ctx.log(f"device {runtime.device_name}, {runtime.precision}"
+            + (", 4-bit NF4 base (QLoRA)" if runtime.qlora else ""))
     start_phase(ctx, "loading model")
-    run = _setup(config, rows, val_rows, run_dir, ctx)
+    D.enable_fast_matmul(runtime.device)
+    if runtime.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(runtime.device)  # the peak reported is this run's
+    run = _setup_within_memory(config, rows, val_rows, run_dir, ctx, runtime)
     start_phase(ctx, "training", run.total, run.state["step"])
-    with _readable_memory_errors(run):
-        if run.state["step"] == 0 and run.data.val:
-            run.state["val_loss_start"] = _validate(run)
-            run.ctx.log(f"validation loss before training: {run.state['val_loss']:.4f}")
-            run.ctx.progress(0, run.total, val_loss=run.state["val_loss"])
-        _run_steps(run)
+    failure = None
+    try:
+        with _readable_memory_errors(run):
+            if run.state["step"] == 0 and run.data.val:
+                run.state["val_loss_start"] = _validate(run)
+                run.ctx.log(f"validation loss before training: {run.state['val_loss']:.4f}")
+                run.ctx.progress(0, run.total, val_loss=run.state["val_loss"])
+            _run_steps(run)
+    except torch.OutOfMemoryError:
+        failure = _out_of_memory_message(run)
+    if failure is not None:  # out of the handler: its traceback no longer holds the model
+        _release(run)
+        run.ctx.log(failure)
+        raise WorkbenchError(failure)
     return _finish(run, started)
+
+
+def _setup_within_memory(config: TrainConfig, rows: Sequence[Messages],
+                         val_rows: Sequence[Messages] | None, run_dir: Path, ctx: Any,
+                         runtime: Runtime) -> _Run:
+    failure = None
+    try:
+        return _setup(config, rows, val_rows, run_dir, ctx, runtime)
+    except torch.OutOfMemoryError:
+        failure = (f"not enough memory on {runtime.device_name} to load {config.model} (peak "
+                   f"{_peak_gib(runtime):.2f} GiB allocated): "
+                   + ("use a smaller model" if runtime.qlora else "use QLoRA (--qlora)"))
+    _free_device(runtime)  # out of the handler: the half-loaded model is garbage now
+    raise WorkbenchError(failure)
+
+
+def _peak_gib(runtime: Runtime) -> float:
+    cuda = runtime.device.startswith("cuda")
+    return torch.cuda.max_memory_allocated(runtime.device) / 2**30 if cuda else 0.0
+
+
+def _free_device(runtime: Runtime) -> None:
+    gc.collect()
+    if runtime.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _out_of_memory_message(run: _Run) -> str:
+    c, rt = run.config, run.runtime
+    longest = max((len(r.input_ids) for r in run.data.train), default=c.max_seq_len)
+    budget = c.batch_tokens or c.batch_size * longest
+    smaller = max(16, budget // 2)
+    tips = [f"lower batch_tokens to {smaller} (--batch-tokens {smaller})"]
+    if not rt.gradient_checkpointing:
+        tips.append("turn on gradient checkpointing (--gradient-checkpointing on)")
+    if not rt.qlora:
+        tips.append("use QLoRA (--qlora)")
+    # Worded without "out of memory": jobs would wrap such a message in a generic one.
+    return (
+        f"not enough memory on {rt.device_name} at step {run.state['step'] + 1} (peak "
+        f"{_peak_gib(rt):.2f} GiB allocated, micro-batches of up to {budget} tokens): "
+        + "; or ".join(tips) + "; the run can resume from its last checkpoint"
+    )
+
+
+def _release(run: _Run) -> None:
+    """Frees the run's model and optimizer state on its device for the next job."""
+    run.model = run.optimizer = run.scheduler = run.scaler = None
+    _free_device(run.runtime)
 
 
 def _setup(
@@ -701,13 +976,20 @@ def _setup(
     val_rows: Sequence[Messages] | None,
     run_dir: Path,
     ctx: Any,
+    runtime: Runtime = CPU,
 ) -> _Run:
-    model, tokenizer = load_base(config)
+    model, tokenizer = load_base(config, runtime)
     _check_fits(config, model)
-    model = add_lora(model, config)
-    _log_model(ctx, config, model)
+    if config.gradient_checkpointing == "auto" and _weights_fill_gpu(model, runtime):
+        runtime = dataclasses.replace(runtime, gradient_checkpointing=True)
+        ctx.log("gradient checkpointing on: the base model's weights fill over half the GPU")
+    model = add_lora(prepare_for_training(model, runtime), config)
+    _log_model(ctx, config, model, runtime)
     data = _prepare_data(config, tokenizer, rows, val_rows, ctx)
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / config.batch_size) / config.grad_accum)
+    lengths = [len(r.input_ids) for r in data.train]
+    per_epoch = len(batch_order(lengths, config.batch_size, seed=config.seed, epoch=0,
+                                batch_tokens=config.batch_tokens))
+    steps_per_epoch = math.ceil(per_epoch / config.grad_accum)
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -724,18 +1006,21 @@ def _setup(
         tokenizer.pad_token_id,
         run_dir,
         ctx,
+        runtime,
+        torch.amp.GradScaler("cuda") if runtime.loss_scaling else None,
     )
     _clean_partial(run_dir)
     resume_from = last_checkpoint(run_dir)
     if resume_from is not None:
-        run.state = _load_checkpoint(resume_from, model, optimizer, run.scheduler)
+        run.state = _load_checkpoint(resume_from, run)
         ctx.log(f"resumed from {resume_from.name} (step {run.state['step']} of {total})")
     # Steps after the checkpoint are trained again (all of them without one): drop their old
     # events so the curves show each step once.
     if hasattr(ctx, "rewind"):
         ctx.rewind(run.state["step"] if resume_from is not None else -1)
+    tokens = f" (<= {config.batch_tokens} tokens)" if config.batch_tokens else ""
     ctx.log(
-        f"plan: {total} steps ({steps_per_epoch} per epoch), batch {config.batch_size} x "
+        f"plan: {total} steps ({steps_per_epoch} per epoch), batch {config.batch_size}{tokens} x "
         f"accumulation {config.grad_accum}, {config.batching} batches, lr "
         f"{config.learning_rate} {config.lr_schedule}"
     )
@@ -751,15 +1036,17 @@ def _check_fits(config: TrainConfig, model: PreTrainedModel) -> None:
         )
 
 
-def _log_model(ctx: Any, config: TrainConfig, model: Any) -> None:
+def _log_model(ctx: Any, config: TrainConfig, model: Any, runtime: Runtime) -> None:
     trainable, total = model.get_nb_trainable_parameters()
     targets = ",".join(sorted(model.peft_config["default"].target_modules))
+    weights = "4-bit NF4" if runtime.qlora else runtime.precision
     ctx.log(
-        f"model {config.model} ({total / 1e6:.1f}M parameters, {config.dtype}); LoRA r="
-        f"{config.lora_r} alpha={config.lora_alpha} on {targets}: {trainable:,} trainable "
-        f"({100 * trainable / total:.2f}%)"
+        f"model {config.model} ({total / 1e6:.1f}M parameters, {weights} on {runtime.device}); "
+        f"LoRA r={config.lora_r} alpha={config.lora_alpha} on {targets}: {trainable:,} "
+        f"trainable ({100 * trainable / total:.2f}%); gradient checkpointing "
+        f"{'on' if runtime.gradient_checkpointing else 'off'}"
     )
-    if config.dtype == "bfloat16" and not torch.cuda.is_available():
+    if runtime.precision == "bf16" and runtime.device == "cpu":
         ctx.log("warning: bfloat16 is about 12x slower than float32 on this kind of CPU")
 
 
@@ -808,7 +1095,8 @@ def _run_steps(run: _Run) -> None:
     lengths = [len(r.input_ids) for r in run.data.train]
     # The data order is a function of (seed, epoch): resuming only skips what was consumed.
     batches = micro_batches(
-        lengths, config.batch_size, seed=config.seed, skip=state["step"] * config.grad_accum
+        lengths, config.batch_size, seed=config.seed, skip=state["step"] * config.grad_accum,
+        batch_tokens=config.batch_tokens,
     )
     # A checkpoint saves the RNG as it was when its step ended, even if the next step had
     # started drawing dropout masks when it was cancelled.
@@ -850,14 +1138,22 @@ def _train_step(run: _Run, step_rows: list[list[Encoded]], stop: Any) -> dict[st
             optimizer.zero_grad(set_to_none=True)  # a partial step is dropped, not applied
             raise Cancelled()
         batch = make_batch(rows, run.config, run.pad_id)
-        loss = token_loss_sum(run.model, batch)
-        (loss / n_supervised).backward()
+        with autocast(run.runtime):
+            loss = token_loss_sum(run.model, batch)
+        scaled = loss / n_supervised
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         loss_sum += float(loss.detach())
         tokens += sum(len(r.input_ids) for r in rows)  # real tokens, not padding
+    if run.scaler is not None:
+        run.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if run.config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.max_grad_norm)
     lr = run.scheduler.get_last_lr()[0]
-    optimizer.step()
+    if run.scaler is not None:
+        run.scaler.step(optimizer)  # skips the step when a gradient overflowed
+        run.scaler.update()
+    else:
+        optimizer.step()
     run.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -878,7 +1174,9 @@ def _train_step(run: _Run, step_rows: list[list[Encoded]], stop: Any) -> dict[st
 
 
 def _validate(run: _Run) -> float:
-    run.state["val_loss"] = mean_token_loss(run.model, run.data.val, run.config, run.pad_id)
+    run.state["val_loss"] = mean_token_loss(
+        run.model, run.data.val, run.config, run.pad_id, run.runtime
+    )
     return run.state["val_loss"]
 
 
@@ -909,6 +1207,8 @@ def _readable_memory_errors(run: _Run) -> Iterator[None]:
     # torch on CPU says "DefaultCPUAllocator: can't allocate memory"; name the fix instead.
     try:
         yield
+    except torch.OutOfMemoryError:
+        raise  # the GPU's own: train() reports it with the peak memory and frees the device
     except (RuntimeError, MemoryError) as err:
         text = str(err).lower()
         if isinstance(err, MemoryError) or "out of memory" in text or "can't allocate" in text:
@@ -956,8 +1256,14 @@ def _finish(run: _Run, started: float) -> dict[str, Any]:
         "val_rows": len(run.data.val),
         "skipped": run.data.skipped,
         "adapter": str(adapter),
-        "device": str(next(run.model.parameters()).device),
+        "device": run.runtime.device,
+        "device_name": run.runtime.device_name,
+        "precision": run.runtime.precision,
+        "qlora": run.runtime.qlora,
+        "gradient_checkpointing": run.runtime.gradient_checkpointing,
     }
+    if run.runtime.device.startswith("cuda"):
+        metrics["peak_memory_gb"] = _peak_gib(run.runtime)
     _write_json(run.run_dir / METRICS_FILE, metrics)
     run.ctx.log(
         f"done: {state['step']} steps, train loss {state['loss']:.4f}, val loss "
@@ -979,9 +1285,10 @@ def _save_adapter(model: Any, target: Path) -> Path:
 # ---------------------------------------------------------------- using the adapter
 
 
-def load_adapter_model(run_dir: str | os.PathLike[str]) -> LoadedLM:
+def load_adapter_model(run_dir: str | os.PathLike[str], runtime: Runtime = CPU) -> LoadedLM:
     """Returns (base model + the run's adapter, tokenizer) in eval mode; the last checkpoint
-    stands in when the run has not finished."""
+    stands in when the run has not finished. The base loads per runtime (by default fp32 on
+    the CPU, unquantised even for a QLoRA run: the adapter fits either base)."""
     from peft import PeftModel
 
     run_dir = Path(run_dir)
@@ -990,7 +1297,7 @@ def load_adapter_model(run_dir: str | os.PathLike[str]) -> LoadedLM:
     adapter = run_dir / ADAPTER if (run_dir / ADAPTER).is_dir() else last_checkpoint(run_dir)
     if adapter is None:
         raise NotFoundError(f"run {run_dir.name} has no adapter and no checkpoint yet")
-    model, tokenizer = load_base(TrainConfig.from_json(run_dir / CONFIG_FILE))
+    model, tokenizer = load_base(TrainConfig.from_json(run_dir / CONFIG_FILE), runtime)
     with _quiet_peft():
         return PeftModel.from_pretrained(model, adapter).eval(), tokenizer
 
@@ -1000,7 +1307,7 @@ def merge_and_export(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"export folder {out_dir} is not empty; choose a new folder")
-    model, tokenizer = load_adapter_model(run_dir)
+    model, tokenizer = load_adapter_model(run_dir, merge_runtime(run_dir))
     merged = model.merge_and_unload()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
@@ -1011,6 +1318,21 @@ def merge_and_export(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike
         out_dir.rmdir()
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def merge_runtime(run_dir: str | os.PathLike[str]) -> Runtime:
+    """Returns how a run's base loads for merging: never in 4-bit (a merge into NF4 weights
+    would round the update away), on the CPU, in the precision the run trained in (bf16 for a
+    QLoRA run on an Ampere GPU, fp32 for a CPU run)."""
+    precision = _read_runtime(Path(run_dir)).get("precision")
+    return Runtime("cpu", D.describe("cpu"), precision if precision in D.PRECISIONS else "fp32")
+
+
+def _read_runtime(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / RUNTIME_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}  # a run from before runtime.json trained in fp32 on the CPU
 
 
 def _loaded(model: str | os.PathLike[str] | LoadedLM) -> LoadedLM:

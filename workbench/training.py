@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import jobs, models, runs, train
+from . import device, jobs, models, runs, train
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .store import Store, default_home, version_label
 from .train import TrainConfig
@@ -29,8 +29,8 @@ TASK = "train"  # runs are recognised by their task (tasks.py), started or inlin
 BUILTIN_MODELS = ("default", "tiny")
 # The architectures of the built-in models, so their LoRA defaults show without loading them.
 _BUILTIN_TYPES = {"default": "llama", "tiny": "llama"}
-RUN_COLUMNS = ["run_id", "status", "part_of", "step", "data", "validation", "model", "lora", "lr",
-               "length", "batch", "train_loss", "val_loss", "started"]
+RUN_COLUMNS = ["run_id", "status", "part_of", "step", "data", "validation", "model", "device",
+               "lora", "lr", "length", "batch", "train_loss", "val_loss", "started"]
 
 
 # ---------------------------------------------------------------- config and start
@@ -93,10 +93,34 @@ def default_targets(model: str) -> list[str]:
     return list(PEFT.get(kind, []))
 
 
+device_options = device.device_options  # the page's device choices: "auto", then this machine's
+
+
+def device_label(choice: str) -> str:
+    """Return how a device choice reads in a selector: "auto: cuda:0 (NVIDIA H100, 80 GB)",
+    "cpu (2 cores)"; a choice this machine refuses reads with the reason."""
+    try:
+        name = device.describe(device.resolve_device(choice))
+    except ConfigError as err:
+        return f"{choice}: {err}"
+    return f"auto: {name}" if choice == "auto" else name
+
+
+def qlora_refusal(choice: str = "auto", hardware: device.Hardware | None = None) -> str | None:
+    """Return why QLoRA cannot run on a device choice here (one line), or None if it can."""
+    try:
+        device.check_qlora(device.resolve_device(choice, hardware), hardware)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def start_run(store: Store, version_id: int, config: TrainConfig, *,
               val_version_id: int | None = None,
               home: str | os.PathLike[str] | None = None) -> jobs.JobStatus:
-    """Start a background training job on a store version; return its status."""
+    """Start a background training job on a store version; return its status. A device,
+    precision or QLoRA choice this machine cannot run is refused here, before any job."""
+    runtime = train.resolve_runtime(config)
     store.version(version_id)  # a missing version or model folder fails here, not in the job
     model = config.model
     if model not in BUILTIN_MODELS and (Path(model).expanduser().exists()
@@ -106,7 +130,8 @@ def start_run(store: Store, version_id: int, config: TrainConfig, *,
         if int(val_version_id) == int(version_id):
             raise ConfigError("validation version must differ from the training version")
         store.version(val_version_id)
-    return start(store.path, version_id, config, val_version_id=val_version_id, home=home)
+    return start(store.path, version_id, config, val_version_id=val_version_id, home=home,
+                 runtime=runtime)
 
 
 def start(
@@ -116,14 +141,18 @@ def start(
     *,
     val_version_id: int | None = None,
     home: str | os.PathLike[str] | None = None,
+    runtime: train.Runtime | None = None,
 ) -> jobs.JobStatus:
-    """Start a training job in its own process (no checks: see start_run); return its status."""
+    """Start a training job in its own process (no checks: see start_run); return its status.
+    runtime (as start_run resolved it) names the device in the run listings from the start."""
     params = {
         "store": str(store) if store is not None else None,
         "version_id": version_id,
         "val_version_id": val_version_id,
         "config": config.to_dict(),
     }
+    if runtime is not None:
+        params |= {"device": runtime.device_name, "precision": runtime.precision}
     return jobs.start(TASK, params, home=home)
 
 
@@ -223,6 +252,7 @@ def _run_row(run: Any, refs: Mapping[int, str]) -> dict:
         "validation": (version_label(val_version, refs) if val_version is not None
                        else f"{c.get('val_fraction', 0):g} split"),
         "model": c.get("model", ""),
+        "device": run_device(run),
         "lora": f"r={c.get('lora_r')} α={c.get('lora_alpha')}",
         "lr": c.get("learning_rate"),
         "length": (f"{c['max_steps']} steps" if c.get("max_steps")
@@ -232,6 +262,17 @@ def _run_row(run: Any, refs: Mapping[int, str]) -> dict:
         "val_loss": summary.get("val_loss"),
         "started": run.created,
     }
+
+
+def run_device(run: Any) -> str:
+    """Return what a registry run computes on, e.g. "cuda:0 (NVIDIA H100, 80 GB) · bf16 ·
+    QLoRA": as the run recorded it when done, as start_run resolved it before; "" if unknown
+    (a run from before devices were recorded)."""
+    summary, params = run.summary or {}, run.config or {}
+    name = summary.get("device_name") or (run.device if isinstance(run.device, str) else "")
+    precision = summary.get("precision") or params.get("precision")
+    qlora = "QLoRA" if (params.get("config") or {}).get("qlora") else None
+    return " · ".join(p for p in (name, precision, qlora) if p)
 
 
 def _config_values(params: Mapping[str, Any]) -> dict[str, Any]:
