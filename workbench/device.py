@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import platform
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,9 +70,30 @@ class Hardware:
         return next((g for g in self.gpus if g.index == index), None)
 
 
+def _may_have_accelerator() -> bool:
+    """Whether this machine shows any sign of a GPU torch could use, read without torch.
+
+    Importing torch takes 2-3 s, and pages that only offer a device selector must open without
+    it (tests/test_page_imports.py); so torch is asked only where an NVIDIA/AMD driver's device
+    files exist (/dev/dxg: WSL), or on an Apple-silicon Mac (MPS), or once torch is imported.
+    """
+    if "torch" in sys.modules:
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if platform.system() == "Darwin":
+        return platform.machine() == "arm64"
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd",
+                                                      "/dev/dxg"))
+
+
 @functools.lru_cache(maxsize=1)
 def probe() -> Hardware:
-    """Reads this machine once per process (imports torch)."""
+    """Reads this machine once per process (imports torch only where a GPU may be present)."""
+    if not _may_have_accelerator():
+        return Hardware(cpu_cores=os.cpu_count() or 1,
+                        bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
+                        extras={"vllm": importlib.util.find_spec("vllm") is not None})
     gpus: list[GPU] = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
