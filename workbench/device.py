@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -68,15 +69,27 @@ class Hardware:
         return next((g for g in self.gpus if g.index == index), None)
 
 
+# Device files a GPU that torch can use always has (NVIDIA, AMD ROCm, NVIDIA under WSL2).
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def may_have_gpu() -> bool:
+    """Whether torch might find a GPU here, answered without importing torch: False on a
+    Linux machine with no NVIDIA/ROCm device files (a Mac may have MPS)."""
+    return sys.platform == "darwin" or any(os.path.exists(p) for p in _GPU_DEVICE_FILES)
+
+
 @functools.lru_cache(maxsize=1)
 def probe() -> Hardware:
-    """Reads this machine once per process (imports torch)."""
+    """Reads this machine once per process (imports torch only where a GPU may be, so that
+    resolving "auto" on a CPU-only machine costs no torch import: 2-3 s in a page)."""
     gpus: list[GPU] = []
-    if torch.cuda.is_available():
+    if may_have_gpu() and torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gpus.append(GPU(i, p.name, (p.major, p.minor), int(p.total_memory)))
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    mps = may_have_gpu() and bool(getattr(torch.backends, "mps", None)
+                                  and torch.backends.mps.is_available())
     return Hardware(
         gpus=tuple(gpus),
         mps=mps,
@@ -168,6 +181,25 @@ def enable_fast_matmul(device: str, hardware: Hardware | None = None) -> None:
     if gpu is not None and gpu.capability >= (8, 0):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device right now, in bytes; None for the CPU and MPS."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def rows_that_fit(device: str, bytes_per_row: float, *, cpu_rows: int, most: int,
+                  share: float = 0.3) -> int:
+    """Rows per batch on a device: ``cpu_rows`` off CUDA (the CPU figures were measured with
+    it); on a CUDA device as many rows as fit ``share`` of its free memory at
+    ``bytes_per_row``, never fewer than cpu_rows nor more than ``most``."""
+    free = free_bytes(device)
+    if free is None:
+        return cpu_rows
+    return int(max(cpu_rows, min(most, share * free // max(1.0, bytes_per_row))))
 
 
 def describe(device: str, hardware: Hardware | None = None) -> str:
