@@ -219,5 +219,14 @@ def device_options(hardware: Hardware | None = None) -> list[str]:
     return ["auto", *hw.devices()]
 
 
+def option_label(option: str, hardware: Hardware | None = None) -> str:
+    """How a page shows one of device_options(): "auto: cuda:0 (NVIDIA H100, 80 GB)", or the
+    device described."""
+    hw = hardware if hardware is not None else probe()
+    if option == "auto":
+        return f"auto: {describe(resolve_device('auto', hw), hw)}"
+    return describe(option, hw)
+
+
 def _listing(hw: Hardware) -> str:
     return ", ".join(describe(d, hw) for d in hw.devices())
