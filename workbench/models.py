@@ -987,8 +987,10 @@ def tiny_lm(seed: int = 0, *, vocab_size: int | None = None) -> LoadedLM:
     return model.eval(), tokenizer
 
 
-def tiny_embedder(seed: int = 0) -> SentenceTransformer:
-    """Returns a fresh random tiny BERT SentenceTransformer (mean pooling, 32-dim, normalized)."""
+def tiny_embedder(seed: int = 0, *, hidden_size: int = 32, layers: int = 2, heads: int = 2,
+                  intermediate_size: int = 64) -> SentenceTransformer:
+    """Returns a fresh random BERT SentenceTransformer (mean pooling, normalized): tiny (32-dim)
+    by default; a benchmark asks for MiniLM's shape (384, 6, 12, 1536) without its files."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
@@ -996,8 +998,9 @@ def tiny_embedder(seed: int = 0) -> SentenceTransformer:
     configure_torch_threads()
     tokenizer = tiny_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=intermediate_size,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
