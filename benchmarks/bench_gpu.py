@@ -47,6 +47,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import torch
 
+# This folder is on sys.path when a benchmark runs as a script: share bench_train's step timer.
+from bench_train import StepTimes
+
 from workbench import device as D
 from workbench import generation, models, vllm_backend
 from workbench import score as S
@@ -156,23 +159,6 @@ def free_gpu() -> None:
 
 
 # --- training -------------------------------------------------------------------------------------
-
-class StepTimes:
-    """A job context that keeps each training step's time (ours reports step_seconds)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def progress(self, step: int, total: int | None = None, **metrics) -> None:
-        if "step_seconds" in metrics:
-            self.seconds.append(metrics["step_seconds"])
-
-    def log(self, message: str) -> None:
-        pass
-
-    def cancelled(self) -> bool:
-        return False
-
 
 def train_config(folder: Path, args: argparse.Namespace, **device_fields):
     """Return our TrainConfig for the benchmark, or None when it lacks the device fields."""
