@@ -69,6 +69,7 @@ def test_an_eval_run_records_its_device_precision_and_backend(store, tmp_path):
     assert runs.table(store, home=tmp_path / "runs").at[0, "device"] == CPU
     assert evaluation.runs_table(store, home=tmp_path / "runs").at[0, "device"] == CPU
     assert "on cpu" in jobs.log_tail(job.run_dir)
+    assert jobs.progress_text(jobs.status(job.run_dir)) == f"eval · done · on {CPU} · 4/4"
 
 
 def test_a_scoring_run_records_its_device(store, tiny_folder, tmp_path):
@@ -78,6 +79,7 @@ def test_a_scoring_run_records_its_device(store, tiny_folder, tmp_path):
     assert job.state == "done", job.error
     assert job.result["device"] == CPU and job.result["scored"] == 4
     assert runs.table(store, home=tmp_path / "runs").at[0, "device"] == CPU
+    assert jobs.status(job.run_dir).device == CPU  # what a running job's panel shows
     # the device is a runtime option: values scored on any device share one cache entry
     spec = S.ScoreSpec("perplexity", {"model": str(tiny_folder), "device": "cuda:3"})
     assert len(S.cached_values(store.frame(1), spec, quality.StoreCache(store))) == 4

@@ -240,6 +240,8 @@ def batch_rows(model: PreTrainedModel, config: GenerationConfig, prompt_tokens: 
 
     if config.batch_size is not None:
         return config.batch_size
+    if model.device.type != "cuda":
+        return CPU_BATCH_SIZE
     return rows_that_fit(str(model.device), _kv_bytes_per_token(model) *
                          (prompt_tokens + config.max_new_tokens), cpu_rows=CPU_BATCH_SIZE,
                          most=GPU_MAX_BATCH)

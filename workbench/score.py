@@ -465,6 +465,8 @@ def device_batch_tokens(model: Any, batch_tokens: int) -> int:
     temporaries), at most GPU_MAX_BATCH_TOKENS."""
     from .device import rows_that_fit
 
+    if model.device.type != "cuda":
+        return batch_tokens
     c = model.config
     width = c.hidden_size + (getattr(c, "intermediate_size", None) or 4 * c.hidden_size)
     per_token = 4 * width * next(model.parameters()).element_size()

@@ -142,7 +142,7 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
     T.start_phase(ctx, "loading model")
     generate = _generator(p, where, config)
     T.start_phase(ctx, "evaluating", len(frame))
-    generations, seconds = _generate_with_progress(generate, frame, ctx)
+    generations, seconds = _generate_with_progress(generate, frame, ctx, describe(where))
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
@@ -169,10 +169,11 @@ def _generator(p: EvalParams, device: str, config: ev.GenerationConfig) -> Any:
                                                            progress=progress, check=check)
 
 
-def _generate_with_progress(generate: Any, frame: pd.DataFrame, ctx: Any
+def _generate_with_progress(generate: Any, frame: pd.DataFrame, ctx: Any, device: str
                             ) -> tuple[list[ev.Generation], float]:
     started = time.perf_counter()
-    ctx.progress(0, len(frame), tokens_per_s=0.0)  # the ETA clock starts now, not at batch 1
+    # The ETA clock starts now, not at batch 1; the event says where the job runs.
+    ctx.progress(0, len(frame), tokens_per_s=0.0, device=device)
 
     def report(done: int, total: int, tokens: int) -> None:
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -311,6 +312,7 @@ def model_score(p: ModelScoreParams, ctx: Any) -> dict:
     todo = todo.drop_duplicates("id")
     ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)}) "
             f"on {describe(where)}")
+    ctx.progress(0, None, device=describe(where))
     done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
     return {"rows": len(frame), "cached": len(frame) - len(todo), **done,
             "device": describe(where)}
@@ -391,6 +393,7 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
     frame = store.frame(int(p.version_id))
     fields = p.fields or [p.field]
     where = resolve_device(p.device)
+    ctx.progress(0, None, device=describe(where))
     dim = 0
     for i, field in enumerate(fields):
         ctx.log(f"embedding {len(frame)} rows ({field}, {i + 1} of {len(fields)}) with "

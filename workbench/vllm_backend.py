@@ -46,6 +46,9 @@ def check(device: str = "auto") -> str:
     if probe().gpu(where) is None:
         raise ConfigError(f"backend 'vllm' needs a CUDA GPU; this run's device is {where}: "
                           "use backend torch")
+    if where != "cuda:0":
+        raise ConfigError(f"backend 'vllm' runs on the first visible GPU, not {where}: run with "
+                          f"CUDA_VISIBLE_DEVICES={where.split(':')[1]} and device cuda")
     return where
 
 
@@ -123,7 +126,9 @@ def _engine(base: Path, adapter: Path | None, dtype: str, device: str) -> VllmMo
     lora = None
     if adapter is not None:
         rank = int(json.loads((adapter / "adapter_config.json").read_text())["r"])
-        options.update(enable_lora=True, max_lora_rank=max(8, rank), max_loras=1)
+        # vLLM takes LoRA ranks of 8, 16, 32, ...: the next one up holds the adapter's.
+        options.update(enable_lora=True, max_lora_rank=1 << max(3, (rank - 1).bit_length()),
+                       max_loras=1)
         lora = LoRARequest("workbench-adapter", 1, str(adapter))
     config = AutoConfig.from_pretrained(base, trust_remote_code=False, local_files_only=True)
     tokenizer = load_lm_tokenizer(base)
