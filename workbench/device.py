@@ -223,9 +223,12 @@ def option_label(option: str, hardware: Hardware | None = None) -> str:
     """How a page shows one of device_options(): "auto: cuda:0 (NVIDIA H100, 80 GB)", or the
     device described."""
     hw = hardware if hardware is not None else probe()
-    if option == "auto":
+    if option != "auto":
+        return describe(option, hw)
+    try:
         return f"auto: {describe(resolve_device('auto', hw), hw)}"
-    return describe(option, hw)
+    except ConfigError:  # $WORKBENCH_DEVICE names a device this machine lacks: a run says so
+        return f"auto (${DEVICE_ENV}={os.environ.get(DEVICE_ENV)})"
 
 
 def _listing(hw: Hardware) -> str:
