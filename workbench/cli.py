@@ -513,7 +513,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             result = quality.run_model_scoring(store, vid, scores=models, model=model,
                                                max_length=max_length, device=device,
                                                progress=_bar_callback(bar))
-        click.echo(f"model scores: {result['scored']} rows scored on {result['device']}, "
+        click.echo(f"{'/'.join(models)} on {result['device']}: {result['scored']} rows, "
                    f"{result['cached']} from the cache", err=True)
     if judge_config is not None:
         _run_judge(store, vid, judge_config, progress)
