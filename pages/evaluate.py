@@ -17,7 +17,8 @@ from pages.common import (
     store,
     tracking_toggle,
 )
-from workbench import evaluation
+from workbench import evaluation, vllm_backend
+from workbench.device import device_options, option_label
 from workbench.evaluate import GenerationConfig
 from workbench.exceptions import WorkbenchError
 from workbench.judge import judge_label
@@ -56,9 +57,26 @@ def generation_form() -> GenerationConfig:
                                 disabled=not sample)
     top_p = right.slider("Top-p", 0.05, 1.0, 1.0, 0.05, key="ev_top_p", disabled=not sample)
     max_new = left.number_input("Max new tokens", 1, 2048, 128, key="ev_max_new")
-    batch = middle.number_input("Batch size", 1, 64, 16, key="ev_batch")
-    return GenerationConfig(max_new_tokens=int(max_new), batch_size=int(batch), do_sample=sample,
+    batch = middle.number_input("Batch size (0: auto)", 0, 512, 0, key="ev_batch",
+                                help="auto: 16 rows on the CPU; on a GPU as many as fit its "
+                                     "free memory.")
+    return GenerationConfig(max_new_tokens=int(max_new), batch_size=int(batch) or None,
+                            do_sample=sample,
                             **({"temperature": temperature, "top_p": top_p} if sample else {}))
+
+
+def device_form() -> tuple[str, str]:
+    """Return (device, backend): where generation runs, and which code runs it (vLLM only
+    where it is installed and a CUDA GPU is present)."""
+    left, right = st.columns(2)
+    device = left.selectbox("Device", device_options(), key="ev_device",
+                            format_func=option_label,
+                            help="auto takes a CUDA GPU, else Apple MPS, else the CPU; GPUs "
+                                 "generate in bf16 where they have it.")
+    backends = ["torch", "vllm"] if vllm_backend.offered() else ["torch"]
+    backend = right.radio("Generation backend", backends, key="ev_backend", horizontal=True,
+                          help='vLLM: pip install -e ".[vllm]" on a machine with a CUDA GPU.')
+    return device, backend
 
 
 def style_form() -> dict:
@@ -97,6 +115,7 @@ def run_section() -> None:
                             help="Generation is the slow part: start with a sample, then "
                                  "evaluate all rows of the runs worth comparing.")
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
+    device, backend = device_form()
     style = style_form()
     tracking_toggle("ev_mlflow")
     if st.button("Run evaluation", type="primary", key="ev_run_start",
@@ -105,7 +124,8 @@ def run_section() -> None:
             job = evaluation.start_eval(store(), version.version_id, model=model,
                                         generation=generation,
                                         style=style, similarity=similarity,
-                                        limit=int(limit) or None)
+                                        limit=int(limit) or None, device=device,
+                                        backend=backend)
         except WorkbenchError as e:
             show_error(e)
             return

@@ -21,6 +21,7 @@ from pages.common import (
 )
 from workbench import curate, labelling, quality
 from workbench.cache import scores_fingerprint
+from workbench.device import device_options, option_label
 from workbench.exceptions import WorkbenchError
 from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, MODE_LABELS, allowed_key_vars
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
@@ -75,15 +76,20 @@ def run_heuristics() -> None:
 
 def model_form() -> None:
     with st.expander("Model scores: perplexity and IFD (background job)"):
-        a, b, c = st.columns(3)
+        a, b, c, d = st.columns(4)
         scores = a.multiselect("Scores", list(MODEL_SCORES), list(MODEL_SCORES), key="sc_mscores",
                                format_func=describe)
         model = b.text_input("Language model ('default' or a local folder)", "default",
                              key="sc_model")
         max_length = c.number_input("Max tokens per row", 16, 8192, 1024, key="sc_maxlen")
+        device = d.selectbox("Device", device_options(), key="sc_device",
+                             format_func=option_label,
+                             help="Where the model scorers and the embedder run: auto takes "
+                                  "a CUDA GPU, else Apple MPS, else the CPU.")
         if st.button("Start model scoring", key="sc_mstart", disabled=not scores):
             start(lambda: quality.start_model_scoring(store(), version_id, scores=scores,
-                                                      model=model, max_length=max_length))
+                                                      model=model, max_length=max_length,
+                                                      device=device))
 
 
 def judge_form() -> None:
@@ -199,7 +205,9 @@ def embedding_section(frame, columns: list[str]) -> None:
                 "quotas; they are computed once in the background and cached.")
         if st.button("Embed rows in the background", key="sc_embed_start",
                      disabled=bool(runs) and runs[0].active):
-            start(lambda: curate.start_embedding(store(), version_id))
+            start(lambda: curate.start_embedding(store(), version_id,
+                                                 device=st.session_state.get("sc_device",
+                                                                             "auto")))
         return
     colour = st.selectbox("Colour by", ["cluster", *columns], key="sc_colour")
     sample = plot_sample(points, ["x", "y"])

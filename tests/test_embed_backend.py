@@ -33,7 +33,7 @@ def private_home(monkeypatch, tmp_path):
 
 
 def _cpu_only(monkeypatch):
-    monkeypatch.setattr(models, "_embed_device", lambda: "cpu")
+    monkeypatch.setattr(models, "_embed_device", lambda *_: "cpu")
 
 
 def test_bad_backend_names_the_value(monkeypatch):
@@ -56,7 +56,7 @@ def test_environment_variable_chooses_for_auto(monkeypatch):
 
 
 def test_auto_runs_torch_on_a_gpu(monkeypatch):
-    monkeypatch.setattr(models, "_embed_device", lambda: "cuda")
+    monkeypatch.setattr(models, "_embed_device", lambda *_: "cuda")
     assert models.embed_backend() == "torch"
     assert models.embed_backend("onnx") == "onnx"
 
@@ -146,7 +146,7 @@ def _export(tmp_path_factory, int8: bool):
     home = tmp_path_factory.mktemp("onnx_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WORKBENCH_HOME", str(home))
-        patch.setattr(models, "_embed_device", lambda: "cpu")
+        patch.setattr(models, "_embed_device", lambda *_: "cpu")
         patch.setattr(models, "ONNX_INT8", int8)
         yield models.load_embedder(backend="onnx", cached=False), home
 

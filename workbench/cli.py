@@ -78,6 +78,24 @@ def _store(ctx: click.Context) -> Store:
     return Store(ctx.obj["store_path"] or default_store_path())
 
 
+def _check_device(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Refuse a device this machine lacks before anything loads (one line, exit 1)."""
+    from .device import resolve_device
+
+    try:
+        resolve_device(value)
+    except WorkbenchError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _device_option(what: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--device", default="auto", show_default=True, callback=_check_device,
+        help=f"Where {what} runs: auto (CUDA, else Apple MPS, else CPU; $WORKBENCH_DEVICE "
+             "overrides auto), cpu, cuda, cuda:N or mps.")
+
+
 def _echo_json(value: Any) -> None:
     click.echo(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode())
 
@@ -380,10 +398,11 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
 @click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
               show_default=True)
 @click.option("--dry-run", is_flag=True, help="Only report the clusters.")
+@_device_option("the embedding model (--semantic)")
 @click.pass_context
 def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: float,
               ngram: int, num_perm: int, semantic: bool, cosine: float | None, keep: str,
-              dry_run: bool) -> None:
+              dry_run: bool, device: str) -> None:
     """Drop exact, near and (optionally) semantic duplicates of a version into a new one."""
     from tqdm import tqdm
 
@@ -401,7 +420,7 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
-            embed_frame(store, frame, field=field, progress=progress)
+            embed_frame(store, frame, field=field, progress=progress, device=device)
     clusters = curate.find_duplicates(store, frame, options)
     summary = curate.cluster_summary(frame, clusters)
     click.echo(f"{len(summary)} clusters, {int((~clusters['kept']).sum())} rows to drop")
@@ -454,12 +473,13 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
 @click.option("--judge-retries", type=click.IntRange(min=0), default=3, show_default=True,
               help="Retries per row on refused or dropped connections, timeouts, 429 and 5xx "
               "(with backoff); a row still failing is listed as not scored.")
+@_device_option("the model scorers (perplexity, ifd)")
 @click.pass_context
 def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
               format_regex: str | None, format_json: bool, format_prefix: str | None,
               progress: bool, label_set: str, judge_url: str | None, judge_model: str | None,
               api_key_env: str | None, rubric_file: str | None, judge_format: str | None,
-              judge_retries: int) -> None:
+              judge_retries: int, device: str) -> None:
     """Score a version's rows (cached by content) and print score statistics.
 
     The judge (--scorers judge) runs here with a progress bar, into the same cache as the
@@ -490,8 +510,11 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
-            quality.run_model_scoring(store, vid, scores=models, model=model,
-                                      max_length=max_length, progress=_bar_callback(bar))
+            result = quality.run_model_scoring(store, vid, scores=models, model=model,
+                                               max_length=max_length, device=device,
+                                               progress=_bar_callback(bar))
+        click.echo(f"{'/'.join(models)} on {result['device']}: {result['scored']} rows, "
+                   f"{result['cached']} from the cache", err=True)
     if judge_config is not None:
         _run_judge(store, vid, judge_config, progress)
     if "learned" in names:  # last: it uses every score cached above as a feature
@@ -741,10 +764,11 @@ def queue_cmd(ctx: click.Context, ref: str, n: int, search: str, label_set: str,
 @click.option("--clusters", type=click.IntRange(min=1), default=8, show_default=True,
               help="quota: number of k-means clusters.")
 @click.option("--dry-run", is_flag=True, help="Only report what would be kept and dropped.")
+@_device_option("the embedding model (diverse, quota)")
 @click.pass_context
 def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: str | None,
                mins: tuple[str, ...], maxs: tuple[str, ...], similarity: float, clusters: int,
-               dry_run: bool) -> None:
+               dry_run: bool, device: str) -> None:
     """Select a subset of a scored version (thresholds, then a method) as a new version."""
     from . import quality
     from .curate import embed_frame
@@ -764,7 +788,7 @@ def select_cmd(ctx: click.Context, ref: str, method: str, k: int | None, score: 
 
         with tqdm(desc="embedding", unit=" rows", file=sys.stderr) as bar:
             embed_frame(store, frame, field=options.field, model=options.model,
-                        progress=_bar_callback(bar))
+                        progress=_bar_callback(bar), device=device)
     selection = quality.preview_selection(store, frame, options)
     reasons = selection.dropped["reason"].value_counts().to_dict()
     click.echo(f"{len(selection.kept)} of {len(frame)} rows selected; dropped: "
@@ -1101,10 +1125,19 @@ def _run(cmd: list[str]) -> None:
 @click.option("--similarity/--no-similarity", default=True, show_default=True,
               help="Embedding similarity to the reference (loads the embedding model).")
 @click.option("--detach", is_flag=True, help="Start the job and return; it keeps running.")
+@_device_option("generation and the embedder")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              default="auto", show_default=True,
+              help="Generation arithmetic: auto is bf16 on a GPU that has it (fp16 on an older "
+                   "one), fp32 on the CPU.")
+@click.option("--backend", type=click.Choice(["torch", "vllm"]), default="torch",
+              show_default=True, help='Generation backend: our batched decoding loop, or vLLM '
+              '(CUDA GPU only; pip install -e ".[vllm]").')
 @click.pass_context
 def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
              temperature: float | None, top_p: float | None, limit: int | None,
-             style_json: str | None, similarity: bool, detach: bool) -> None:
+             style_json: str | None, similarity: bool, detach: bool, device: str,
+             precision: str, backend: str) -> None:
     """Evaluate a model on a dataset version (REF) in a background job; print metrics with CIs."""
     from . import evaluation
     from .evaluate import GenerationConfig
@@ -1116,7 +1149,8 @@ def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
                                   **({"top_p": top_p} if top_p is not None else {}))
     job = evaluation.start_eval(_store(ctx), ref, model=model, generation=generation,
                                 style=_json_option("--style", style_json), limit=limit,
-                                similarity=similarity)
+                                similarity=similarity, device=device, precision=precision,
+                                backend=backend)
     click.echo(f"started eval run {job.run_id}")
     if detach:
         click.echo(f"follow it in the app, or: workbench compare {job.run_id} OTHER_RUN")

@@ -68,19 +68,24 @@ def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conve
 
 def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
                 model: str = "default", encoder=None, chunk: int = 1024,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Return one vector per frame row, from the store's cache or the model (then cached)."""
+                progress: Callable[[int, int], None] | None = None,
+                device: str = "auto") -> np.ndarray:
+    """Return one vector per frame row, from the store's cache or the model (then cached, the
+    model on ``device``)."""
     return embed_rows(frame, cache=StoreCache(store), field=field, model=model,
-                      encoder=encoder, chunk=chunk, progress=progress)
+                      encoder=encoder, chunk=chunk, progress=progress, device=device)
 
 
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
-                    model: str = "default", fields: Sequence[str] | None = None
-                    ) -> jobs.JobStatus:
+                    model: str = "default", fields: Sequence[str] | None = None,
+                    device: str = "auto") -> jobs.JobStatus:
     """Start a background job that fills the embedding cache for a version's field (or, with
-    ``fields``, several fields one after the other)."""
+    ``fields``, several fields one after the other), the embedder on ``device``."""
+    from .device import resolve_device
+
+    resolve_device(device)  # an absent GPU fails here, not in the job
     params = {"store": str(store.path), "version_id": version_id, "field": field,
-              "model": model}
+              "model": model, "device": device}
     if fields:
         params.update(field=fields[0], fields=list(fields))
     return jobs.start("embed", params)

@@ -70,36 +70,38 @@ class Hardware:
         return next((g for g in self.gpus if g.index == index), None)
 
 
-def _may_have_accelerator() -> bool:
-    """Whether this machine shows any sign of a GPU torch could use, read without torch.
+# Device files a GPU that torch can use always has (NVIDIA, AMD ROCm, NVIDIA under WSL2).
+_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd",
+                     "/dev/dxg")
+
+
+def may_have_gpu() -> bool:
+    """Whether torch might find a GPU here, answered without importing torch.
 
     Importing torch takes 2-3 s, and pages that only offer a device selector must open without
-    it (tests/test_page_imports.py); so torch is asked only where an NVIDIA/AMD driver's device
-    files exist (/dev/dxg: WSL), or on an Apple-silicon Mac (MPS), or once torch is imported.
+    it (tests/test_page_imports.py): torch is asked only where an NVIDIA/AMD driver's device
+    files exist, on an Apple-silicon Mac (MPS), or once torch is imported anyway.
     """
     if "torch" in sys.modules:
         return True
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
         return False
-    if platform.system() == "Darwin":
+    if sys.platform == "darwin":
         return platform.machine() == "arm64"
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd",
-                                                      "/dev/dxg"))
+    return any(os.path.exists(p) for p in _GPU_DEVICE_FILES)
 
 
 @functools.lru_cache(maxsize=1)
 def probe() -> Hardware:
-    """Reads this machine once per process (imports torch only where a GPU may be present)."""
-    if not _may_have_accelerator():
-        return Hardware(cpu_cores=os.cpu_count() or 1,
-                        bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
-                        extras={"vllm": importlib.util.find_spec("vllm") is not None})
+    """Reads this machine once per process (imports torch only where a GPU may be, so that
+    resolving "auto" on a CPU-only machine costs no torch import: 2-3 s in a page)."""
     gpus: list[GPU] = []
-    if torch.cuda.is_available():
+    if may_have_gpu() and torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             gpus.append(GPU(i, p.name, (p.major, p.minor), int(p.total_memory)))
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    mps = may_have_gpu() and bool(getattr(torch.backends, "mps", None)
+                                  and torch.backends.mps.is_available())
     return Hardware(
         gpus=tuple(gpus),
         mps=mps,
@@ -193,6 +195,25 @@ def enable_fast_matmul(device: str, hardware: Hardware | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA device right now, in bytes; None for the CPU and MPS."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def rows_that_fit(device: str, bytes_per_row: float, *, cpu_rows: int, most: int,
+                  share: float = 0.3) -> int:
+    """Rows per batch on a device: ``cpu_rows`` off CUDA (the CPU figures were measured with
+    it); on a CUDA device as many rows as fit ``share`` of its free memory at
+    ``bytes_per_row``, never fewer than cpu_rows nor more than ``most``."""
+    free = free_bytes(device)
+    if free is None:
+        return cpu_rows
+    return int(max(cpu_rows, min(most, share * free // max(1.0, bytes_per_row))))
+
+
 def describe(device: str, hardware: Hardware | None = None) -> str:
     """A short human name for a device: "cuda:0 (NVIDIA H100, 80 GB)", "cpu (2 cores)"."""
     hw = hardware if hardware is not None else probe()
@@ -208,6 +229,18 @@ def device_options(hardware: Hardware | None = None) -> list[str]:
     """Choices for a page's device selector: "auto" first, then what this machine has."""
     hw = hardware if hardware is not None else probe()
     return ["auto", *hw.devices()]
+
+
+def option_label(option: str, hardware: Hardware | None = None) -> str:
+    """How a page shows one of device_options(): "auto: cuda:0 (NVIDIA H100, 80 GB)", or the
+    device described."""
+    hw = hardware if hardware is not None else probe()
+    if option != "auto":
+        return describe(option, hw)
+    try:
+        return f"auto: {describe(resolve_device('auto', hw), hw)}"
+    except ConfigError:  # $WORKBENCH_DEVICE names a device this machine lacks: a run says so
+        return f"auto (${DEVICE_ENV}={os.environ.get(DEVICE_ENV)})"
 
 
 def _listing(hw: Hardware) -> str:

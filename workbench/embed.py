@@ -16,11 +16,30 @@ import pandas as pd
 from .dedup import field_texts
 
 Progress = Callable[[int, int], None]
+CPU_BATCH = 64  # texts per batch on the CPU (and MPS): the measured figures used it
+GPU_MAX_BATCH = 1024
 
 
-def embed_texts(texts: Sequence[str], encoder, *, batch_size: int = 64,
+def batch_texts(encoder) -> int:
+    """Return the texts per embedding batch: 64 off CUDA; on a CUDA GPU as many texts of the
+    encoder's longest input as fit 30% of its free memory (activations of the widest layer,
+    x8 for attention and temporaries), at most GPU_MAX_BATCH."""
+    from .device import rows_that_fit
+
+    device = str(getattr(encoder, "device", "cpu"))
+    if not device.startswith("cuda"):
+        return CPU_BATCH
+    config = getattr(getattr(encoder[0], "auto_model", None), "config", None)
+    width = getattr(config, "intermediate_size", None) or 4096  # unknown: a large encoder's
+    per_text = 8 * 4 * width * (getattr(encoder, "max_seq_length", None) or 512)
+    return rows_that_fit(device, per_text, cpu_rows=CPU_BATCH, most=GPU_MAX_BATCH)
+
+
+def embed_texts(texts: Sequence[str], encoder, *, batch_size: int | None = None,
                 progress: Progress | None = None) -> np.ndarray:
-    """Return unit-length float32 vectors for texts, embedded in length-sorted batches."""
+    """Return unit-length float32 vectors for texts, embedded in length-sorted batches
+    (batch_size None: batch_texts, the encoder's device decides)."""
+    batch_size = batch_size or batch_texts(encoder)
     order = np.argsort([len(t) for t in texts], kind="stable")
     dim = getattr(encoder, "get_embedding_dimension", None) or \
         encoder.get_sentence_embedding_dimension
@@ -37,21 +56,23 @@ def embed_texts(texts: Sequence[str], encoder, *, batch_size: int = 64,
 
 def embed_rows(frame: pd.DataFrame, *, cache, field: str = "conversation",
                model: str = "default", encoder=None, chunk: int = 1024,
-               progress: Progress | None = None) -> np.ndarray:
+               progress: Progress | None = None, device: str = "auto") -> np.ndarray:
     """Return one vector per frame row, from the cache or the model (then cached).
 
     Vectors are cached under the key of the backend that makes them (models.embedding_key):
-    the given encoder's, else the one load_embedder picks here (ONNX on a CPU, else torch).
+    the given encoder's, else the one load_embedder picks on ``device`` (ONNX on a CPU, else
+    torch).
     """
     from .models import embed_backend, encoder_backend, load_embedder
 
     ids = frame["id"].tolist()
-    backend = embed_backend("auto", model) if encoder is None else encoder_backend(encoder)
+    backend = embed_backend("auto", model, device) if encoder is None \
+        else encoder_backend(encoder)
     cached = cache.get_embeddings(ids, model, field, backend=backend)
     texts = dict(zip(ids, field_texts(frame, field)))
     missing = [i for i in dict.fromkeys(ids) if i not in cached]
     if missing and encoder is None:
-        encoder = load_embedder(model)
+        encoder = load_embedder(model, device=device)
         if encoder_backend(encoder) != backend:  # ONNX fell back to torch: another cache key
             backend = encoder_backend(encoder)
             cached = cache.get_embeddings(ids, model, field, backend=backend)

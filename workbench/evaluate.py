@@ -47,6 +47,7 @@ from .generation import (  # noqa: F401
     check_int,
     encode_prompts,
     generate_batch,
+    generate_vllm,
     hf_generation_config,
     length_batches,
     prompt_messages,
@@ -170,9 +171,9 @@ def text_id(text: str) -> str:
 
 
 def text_vectors(texts: Sequence[str], *, cache: Any = None, model: str = "default",
-                 encoder: Any = None) -> np.ndarray:
+                 encoder: Any = None, device: str = "auto") -> np.ndarray:
     """Return unit vectors for texts, read from and written to a cache (cache.StoreCache) when
-    given."""
+    given; the embedder (when needed and no encoder is given) runs on ``device``."""
     from .embed import embed_texts
 
     texts = list(texts)
@@ -183,7 +184,7 @@ def text_vectors(texts: Sequence[str], *, cache: Any = None, model: str = "defau
         if encoder is None:
             from .models import load_embedder
 
-            encoder = load_embedder(model)
+            encoder = load_embedder(model, device=device)
         by_id = dict(zip(ids, texts))
         vectors = embed_texts([by_id[i] for i in missing], encoder)
         cached.update(zip(missing, vectors))
@@ -195,11 +196,12 @@ def text_vectors(texts: Sequence[str], *, cache: Any = None, model: str = "defau
 
 def similarity(predictions: Sequence[str], references: Sequence[str], *,
                vectors: tuple[np.ndarray, np.ndarray] | None = None, cache: Any = None,
-               model: str = "default", encoder: Any = None) -> np.ndarray:
+               model: str = "default", encoder: Any = None, device: str = "auto"
+               ) -> np.ndarray:
     """Return the embedding cosine of each prediction with its reference; 0.0 for empty ones."""
     if vectors is None:
         both = text_vectors([*predictions, *references], cache=cache, model=model,
-                            encoder=encoder)
+                            encoder=encoder, device=device)
         vectors = (both[:len(predictions)], both[len(predictions):])
     sims = cosine_rows(*vectors)
     # An empty answer embeds to some vector; it must not earn credit for being near anything.
@@ -316,12 +318,13 @@ def format_checks(texts: Sequence[str], checks: Mapping[str, Check]) -> pd.DataF
 def score_predictions(frame: pd.DataFrame, *, checks: Mapping[str, Check] | None = None,
                       cache: Any = None, embedder: str | None = "default",
                       encoder: Any = None, vectors: tuple[np.ndarray, np.ndarray] | None = None,
-                      judge: Callable[[pd.DataFrame], Sequence[float]] | None = None
-                      ) -> pd.DataFrame:
+                      judge: Callable[[pd.DataFrame], Sequence[float]] | None = None,
+                      device: str = "auto") -> pd.DataFrame:
     """Return the frame with metric columns added for its prediction and reference columns.
 
-    ``embedder=None`` (and no ``vectors``) skips the similarity column; ``judge`` receives the
-    frame and returns one score in [0, 1] per row (judge_score).
+    ``embedder=None`` (and no ``vectors``) skips the similarity column; the embedder runs on
+    ``device``; ``judge`` receives the frame and returns one score in [0, 1] per row
+    (judge_score).
     """
     _require_columns(frame, ("prediction", "reference"))
     out = frame.reset_index(drop=True).copy()
@@ -334,7 +337,8 @@ def score_predictions(frame: pd.DataFrame, *, checks: Mapping[str, Check] | None
     if vectors is not None or embedder is not None:
         preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
         out["similarity"] = similarity(preds, refs, vectors=vectors, cache=cache,
-                                       model=embedder or "default", encoder=encoder)
+                                       model=embedder or "default", encoder=encoder,
+                                       device=device)
     if checks:
         out = pd.concat([out, format_checks(out["prediction"].astype(str).tolist(), checks)],
                         axis=1)
@@ -641,9 +645,16 @@ def _nothing_imported(path: Path, report: ImportReport) -> str:
 # ---------------------------------------------------------------- jobs
 
 
-def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return (model, tokenizer): "default", "tiny", a model folder or hub id, or
-    {"run_dir": ...}."""
+def load_eval_model(spec: Any = "default", *, device: str | None = "auto",
+                    precision: str | None = "auto"
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return (model, tokenizer) on the device in the precision the device policy picks
+    ("auto": bf16 on a GPU that has it, fp32 on the CPU): "default", "tiny", a model folder or
+    hub id, or {"run_dir": ...}."""
+    from .device import resolve_device, resolve_precision, torch_dtype
+
+    where = resolve_device(device)
+    dtype = torch_dtype(resolve_precision(precision, where))
     if isinstance(spec, Mapping):
         if "run_dir" not in spec:
             raise ConfigError(f"model must be a name, a path or {{'run_dir': ...}}, got {spec!r}")
@@ -655,14 +666,22 @@ def load_eval_model(spec: Any = "default") -> tuple[PreTrainedModel, PreTrainedT
         model, tokenizer = load_adapter_model(spec["run_dir"])
         # The copy is private: merging the LoRA weights in saves two small matmuls per
         # adapted layer at every decoding step.
-        return model.merge_and_unload().eval(), tokenizer
+        return _placed(model.merge_and_unload(), where, dtype), tokenizer
     if spec == "tiny":  # the random 2-layer test model, named as training names it
         from .models import tiny_lm
 
-        return tiny_lm(seed=0)
+        model, tokenizer = tiny_lm(seed=0)
+        return _placed(model, where, dtype), tokenizer
     from .models import load_lm
 
-    return load_lm(spec or "default")
+    return load_lm(spec or "default", device=where, dtype=dtype)
+
+
+def _placed(model: PreTrainedModel, device: str, dtype: Any) -> PreTrainedModel:
+    # A 4-bit (QLoRA) base stays where bitsandbytes put it: it cannot change dtype or device.
+    if getattr(model, "hf_quantizer", None) is None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
 
 
 def model_label(spec: Any) -> str:

@@ -103,8 +103,18 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
                generation: ev.GenerationConfig | None = None,
                style: Mapping[str, Any] | None = None, similarity: bool = True,
                limit: int | None = None, name: str = "", home: Home = None,
-               inline: bool = False) -> jobs.JobStatus:
-    """Return the status of a new eval job of a model on a dataset version (REF: id or name)."""
+               inline: bool = False, device: str = "auto", precision: str = "auto",
+               backend: str = "torch") -> jobs.JobStatus:
+    """Return the status of a new eval job of a model on a dataset version (REF: id or name).
+
+    device ("auto": CUDA, else MPS, else CPU), precision ("auto": bf16 on a GPU that has it,
+    fp32 on the CPU) and backend ("torch", or "vllm" with the vllm extra on a CUDA GPU) are
+    checked here, so an absent GPU or vLLM fails now with the reason, not in the job."""
+    from . import vllm_backend
+    from .device import resolve_device, resolve_precision
+
+    resolve_precision(precision, resolve_device(device))
+    vllm_backend.check_backend(backend, device)
     version = store.version(store.resolve(ref))
     if version.n_rows == 0:
         raise ConfigError(f"version {version.version_id} of {version.dataset!r} has no rows")
@@ -117,7 +127,8 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
               "generation": (generation or ev.GenerationConfig()).to_dict(),
               "style": dict(style) if style else None,
               "embedder": "default" if similarity else None, "limit": limit,
-              "name": name or f"{model} on {version.ref}"}
+              "name": name or f"{model} on {version.ref}", "device": device or "auto",
+              "precision": precision or "auto", "backend": backend}
     if inline:
         return _finished(jobs.run_inline(EVAL_TASK, params, kind="eval", home=home))
     return jobs.start(EVAL_TASK, params, kind="eval", home=home)
@@ -160,7 +171,7 @@ def eval_runs(store: Store, *, home: Home = None, active: bool | None = None,
               finished: bool = False) -> pd.DataFrame:
     """Return the eval runs (eval, import and loop runs, and eval runs written by hand) of the
     store's run registry, newest first: run_id, kind, state, model, data, rows, created,
-    label, summary. active=True/False: only runs in flight / the others; finished: only the
+    label, summary, device. active=True/False: only runs in flight / the others; finished: only the
     done ones, whose predictions can be read. The one listing of eval runs (Evaluate,
     Errors, Iterations)."""
     found = runs.records(store, kinds=list(EVAL_TASKS.values()), home=home)
@@ -170,10 +181,11 @@ def eval_runs(store: Store, *, home: Home = None, active: bool | None = None,
         found = found[found["state"] == "done"]
     rows = [{"run_id": r.run_id, "kind": r.kind, "state": r.state,
              "model": r.model or "default", "data": _data_name(r),
-             "rows": r.summary.get("rows"), "created": r.created, "summary": r.summary}
+             "rows": r.summary.get("rows"), "created": r.created, "summary": r.summary,
+             "device": r.device or ""}
             for r in found.itertuples()]
     frame = pd.DataFrame(rows, columns=["run_id", "kind", "state", "model", "data", "rows",
-                                        "created", "summary"])
+                                        "created", "summary", "device"])
     frame["rows"] = frame["rows"].astype("Int64")
     frame.insert(7, "label", [_label(r) for r in frame.itertuples()])
     return frame
@@ -196,16 +208,18 @@ def _label(run: Any) -> str:
 
 
 def runs_table(store: Store, *, home: Home = None) -> pd.DataFrame:
-    """Return one row per eval run: id, kind, state, model, data, rows, metric means [95% CI]."""
+    """Return one row per eval run: id, kind, state, model, data, rows, device, metric means
+    [95% CI]."""
     rows = []
     for run in eval_runs(store, home=home).itertuples():
         row = {"run": run.run_id, "kind": run.kind, "state": run.state, "model": run.model,
-               "data": run.data, "rows": run.rows}
+               "data": run.data, "rows": run.rows, "device": run.device}
         intervals = run.summary.get("intervals") or {}
         row.update({m: format_ci(ci) for m, ci in intervals.items() if m in ev.METRICS})
         rows.append(row)
     names = [m for m in ev.METRICS if any(m in r for r in rows)]
-    return pd.DataFrame(rows, columns=["run", "kind", "state", "model", "data", "rows", *names])
+    return pd.DataFrame(rows, columns=["run", "kind", "state", "model", "data", "rows", "device",
+                                       *names])
 
 
 def format_ci(ci: Mapping[str, float]) -> str:

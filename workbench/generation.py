@@ -6,7 +6,9 @@ batch, so a batch wastes little compute on padding and the last prompt token of 
 the same column; greedy batched outputs then match one-at-a-time outputs of transformers'
 ``model.generate`` (tests/test_evaluate.py and benchmarks/bench_generate.py check this). Each row
 stops at its own stop token and leaves the batch; sampling is seeded and reproducible; a ``check``
-callback runs between decoding steps so a job can cancel mid-answer.
+callback runs between decoding steps so a job can cancel mid-answer. The loop runs on the
+model's device (CPU, CUDA or MPS) with its KV cache; on a CUDA GPU the batches are as large as
+its free memory allows (batch_rows), on the CPU they keep the measured 16 rows.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ Allowed = Callable[[Sequence[int]], Sequence[int]]
 # One more batch costs a fixed ~50 ms per decoding step (reading the weights), as much as
 # prefilling ~16 padded prompt tokens (~3 ms each), measured with SmolLM2-135M on this CPU.
 STEP_COST_IN_PROMPT_TOKENS = 16
+CPU_BATCH_SIZE = 16  # rows per batch on the CPU and MPS, where the figures above were measured
+# On a CUDA GPU a decoding step reads the weights once whatever the rows in it, so batches are
+# filled: as many rows as fit a share of the free memory with their KV cache, up to this many.
+GPU_MAX_BATCH = 256
 
 
 # ---------------------------------------------------------------- generation settings
@@ -38,7 +44,8 @@ STEP_COST_IN_PROMPT_TOKENS = 16
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How to generate: greedy by default; temperature/top_p/top_k only when do_sample=True."""
+    """How to generate: greedy by default; temperature/top_p/top_k only when do_sample=True;
+    batch_size None picks the rows per batch for the model's device (batch_rows)."""
 
     max_new_tokens: int = 128
     do_sample: bool = False
@@ -46,11 +53,12 @@ class GenerationConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16 on the CPU; on a GPU what fits (batch_rows)
 
     def __post_init__(self) -> None:
         check_int("max_new_tokens", self.max_new_tokens, 1)
-        check_int("batch_size", self.batch_size, 1)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
         check_int("top_k", self.top_k, 0)
         check_int("seed", self.seed, 0)
         if not isinstance(self.do_sample, bool):
@@ -167,10 +175,11 @@ def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                              max_tokens=_prompt_budget(model, tokenizer, config), prefill=prefill)
     results: list[Generation | None] = [None] * len(prompts)
     options = _generate_options(model, tokenizer, config, check, allowed)
-    batches = length_batches([len(p) for p in prompts], config.batch_size,
-                             overhead=STEP_COST_IN_PROMPT_TOKENS * config.max_new_tokens)
+    lengths = [len(p) for p in prompts]
+    batches = length_batches(lengths, batch_rows(model, config, max(lengths, default=0)),
+                             overhead=_batch_overhead(model, config, lengths))
     done = tokens = 0
-    with torch.inference_mode(), _seeded(config):
+    with torch.inference_mode(), _seeded(config, model.device):
         for idx in batches:
             batch = _generate(model, tokenizer, [prompts[i] for i in idx], options)
             for i, generation in zip(idx, batch):
@@ -179,6 +188,83 @@ def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             if progress:
                 progress(done, len(prompts), tokens)
     return results  # type: ignore[return-value]
+
+
+def generate_vllm(engine: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
+                  config: GenerationConfig | None = None, progress: GenProgress | None = None,
+                  *, check: Callable[[], None] | None = None, chunk: int = 256
+                  ) -> list[Generation]:
+    """Return one Generation per conversation from a vLLM engine (vllm_backend.load): the same
+    prompt token ids, max_new_tokens, stop tokens and answer decoding as generate_batch.
+
+    vLLM schedules its own batches; the rows go to it ``chunk`` at a time so that ``progress``
+    and ``check`` (cancel) run between chunks.
+    """
+    config = config or GenerationConfig()
+    tokenizer = engine.tokenizer
+    prompts = encode_prompts(tokenizer, [prompt_messages(c) for c in conversations],
+                             max_tokens=_prompt_budget(engine, tokenizer, config))
+    params = _vllm_sampling(config, engine.stops)
+    stops, results, tokens = set(engine.stops), [], 0
+    for start in range(0, len(prompts), chunk):
+        if check:
+            check()
+        part = [{"prompt_token_ids": p} for p in prompts[start:start + chunk]]
+        outputs = engine.llm.generate(part, params, use_tqdm=False, lora_request=engine.lora)
+        for out in outputs:
+            results.append(_decode(tokenizer, list(out.outputs[0].token_ids), stops,
+                                   config.max_new_tokens))
+        tokens += sum(g.n_tokens for g in results[start:])
+        if progress:
+            progress(len(results), len(prompts), tokens)
+    return results
+
+
+def _vllm_sampling(config: GenerationConfig, stops: list[int]) -> Any:
+    """vLLM SamplingParams equal to ours: greedy (temperature 0) unless do_sample, the same
+    max_new_tokens and stop tokens."""
+    from vllm import SamplingParams
+
+    sampling = ({"temperature": config.temperature, "top_p": config.top_p,
+                 "top_k": config.top_k or -1, "seed": config.seed}
+                if config.do_sample else {"temperature": 0.0})
+    return SamplingParams(max_tokens=config.max_new_tokens, stop_token_ids=list(stops),
+                          **sampling)
+
+
+def batch_rows(model: PreTrainedModel, config: GenerationConfig, prompt_tokens: int) -> int:
+    """Return the rows per generation batch: config.batch_size when set; else 16 off CUDA, and
+    on a CUDA GPU as many rows as fit 30% of its free memory with a KV cache of
+    prompt_tokens + max_new_tokens positions each (at most GPU_MAX_BATCH)."""
+    from .device import rows_that_fit
+
+    if config.batch_size is not None:
+        return config.batch_size
+    if model.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    return rows_that_fit(str(model.device), _kv_bytes_per_token(model) *
+                         (prompt_tokens + config.max_new_tokens), cpu_rows=CPU_BATCH_SIZE,
+                         most=GPU_MAX_BATCH)
+
+
+def _batch_overhead(model: PreTrainedModel, config: GenerationConfig, lengths: list[int]
+                    ) -> float:
+    # On the CPU one more batch costs its decoding steps (measured above). On a CUDA GPU a
+    # step costs about the same for one row or many, so the fewest batches win: an extra
+    # batch costs more than all the padding of any split could (max length x rows).
+    if model.device.type != "cuda":
+        return float(STEP_COST_IN_PROMPT_TOKENS * config.max_new_tokens)
+    return float(max(lengths, default=0) * len(lengths) + 1)
+
+
+def _kv_bytes_per_token(model: PreTrainedModel) -> float:
+    # Keys and values of every layer, plus the full-vocabulary logits of the last position
+    # spread over the tokens (they are per row, not per token; generous on purpose).
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    size = next(model.parameters()).element_size()
+    return 2 * c.num_hidden_layers * heads * head_dim * size + 4 * c.vocab_size / 64
 
 
 def generate_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -231,14 +317,16 @@ def _prompt_budget(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 @contextlib.contextmanager
-def _seeded(config: GenerationConfig) -> Iterator[None]:
+def _seeded(config: GenerationConfig, device: Any = None) -> Iterator[None]:
     import torch
 
     if not config.do_sample:
         yield
         return
-    # A private RNG stream: sampling is reproducible and the caller's global RNG is untouched.
-    with torch.random.fork_rng(devices=[]):
+    # A private RNG stream: sampling is reproducible and the caller's global RNG is untouched
+    # (on a CUDA device its generator is forked too: multinomial draws from it there).
+    gpus = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(config.seed)
         yield
 
@@ -273,7 +361,8 @@ def _generate_options(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _Options(torch.tensor(stop_token_ids(model, tokenizer)), config.max_new_tokens,
+    return _Options(torch.tensor(stop_token_ids(model, tokenizer), device=model.device),
+                    config.max_new_tokens,
                     _picker(config), check,
                     "logits_to_keep" in inspect.signature(type(base).forward).parameters,
                     allowed)
@@ -315,9 +404,9 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     # Left padding puts every prompt's last token in the last column; the mask hides the pads
     # and the position ids count real tokens only, so a row computes what it computes alone.
     batch = tokenizer.pad({"input_ids": prompts}, padding=True, padding_side="left",
-                          return_tensors="pt")
+                          return_tensors="pt").to(model.device)
     mask = batch["attention_mask"]
-    rows = torch.arange(len(prompts))  # batch position -> prompt index, for live rows
+    rows = torch.arange(len(prompts), device=model.device)  # batch position -> prompt index
     outputs: list[list[int]] = [[] for _ in prompts]
     cache = DynamicCache(config=model.config)
     logits = _step(model, batch["input_ids"], mask, cache, options)

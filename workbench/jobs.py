@@ -186,6 +186,7 @@ class JobStatus:
     started: float | None = None
     finished: float | None = None
     phase: str = ""
+    device: str = ""  # where the task said it runs (a progress event's "device"), if it did
 
     @property
     def task(self) -> str:
@@ -681,6 +682,7 @@ def _add_progress(job: JobStatus, evs: list[dict]) -> None:
     last = evs[-1]
     job.last, job.step, job.total = last, int(last.get("step", 0)), last.get("total")
     job.phase = last.get("phase") or ""
+    job.device = next((e["device"] for e in reversed(evs) if e.get("device")), "")
     start = len(evs) - 1  # rate and ETA are timed within the current phase
     while start > 0 and (evs[start - 1].get("phase") or "") == job.phase:
         start -= 1
@@ -694,8 +696,9 @@ def _add_progress(job: JobStatus, evs: list[dict]) -> None:
 
 def progress_text(job: JobStatus) -> str:
     """Return what a progress bar says: "train · running · training 3/6", "loading model"
-    while a phase has no count yet, never a bare "0/?"."""
-    head = f"{job.kind} · {job.state}"
+    while a phase has no count yet, never a bare "0/?"; "· on cuda:0 (...)" once the task
+    said where it runs."""
+    head = f"{job.kind} · {job.state}" + (f" · on {job.device}" if job.device else "")
     if job.state == "queued":
         return f"{head} · waiting to start"
     if not job.active:

@@ -10,11 +10,14 @@ The default LM ships as a GGUF file that takes ~40 s to load, so the first ``res
 converts it once into a safetensors folder under ``<store root>/models/`` (the store root is
 ``$WORKBENCH_HOME`` or ``./storage``); later calls return that folder at once.
 
-The embedder runs on ONNX Runtime on the CPU when it can (``load_embedder(backend="auto")``):
+On the CPU the embedder runs on ONNX Runtime when it can (``load_embedder(backend="auto")``):
 the model is exported once into ``<store root>/models/`` with ONNX Runtime's attention fusion,
 which embeds 1.2-1.7x faster than torch on the shared 2-core dev machine, with the same vectors
-to ~4e-7. A GPU, a missing onnxruntime or a failed export means torch. Cached vectors are keyed
-by ``embedding_key``.
+to ~4e-7. A GPU (device.resolve_device: CUDA, else MPS), a missing onnxruntime or a failed
+export means torch, on that device. Cached vectors are keyed by ``embedding_key``.
+
+Language models load on ``device="auto"`` too, in the precision the device policy picks (fp32
+on the CPU, bf16 on a GPU that has it); the per-process cache keys on model, device and dtype.
 
 Loaded models are cached per process and shared: treat them as read-only. Training wraps a
 model in place (peft), so it must ask for its own copy with ``load_lm(..., cached=False)``.
@@ -35,7 +38,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -450,57 +452,83 @@ def _usable_cpus() -> int:
 
 
 def load_lm(
-    name: ModelName = "default", *, dtype: torch.dtype | None = None, cached: bool = True
+    name: ModelName = "default", *, dtype: torch.dtype | None = None, device: str | None = "auto",
+    precision: str | None = None, cached: bool = True,
 ) -> LoadedLM:
-    """Returns (model, tokenizer) in eval mode on CPU; cached=True shares one copy per process.
+    """Returns (model, tokenizer) in eval mode on the device; cached=True shares one copy per
+    (model, device, dtype) per process.
 
-    The tokenizer pads on the right with a pad token set (eos if the model has none). Pass
-    cached=False for a private copy that you may modify (e.g. wrap with peft for training).
-    dtype: a torch dtype, float32 when None.
+    device: "auto" (CUDA, else MPS, else CPU; $WORKBENCH_DEVICE overrides), "cpu", "cuda",
+    "cuda:N" or "mps" (device.resolve_device). dtype: a torch dtype; without one, ``precision``
+    ("auto", "fp32", "bf16", "fp16") decides: "auto" is fp32 on the CPU, bf16 on a GPU that has
+    it, fp16 on an older one (device.resolve_precision). The tokenizer pads on the right with a
+    pad token set (eos if the model has none). Pass cached=False for a private copy that you
+    may modify (e.g. wrap with peft for training).
     """
+    from workbench import device as D
+
+    where = D.resolve_device(device)
+    if dtype is None:
+        dtype = D.torch_dtype(D.resolve_precision(precision, where))
     path = resolve_lm(name)
-    dtype = torch.float32 if dtype is None else dtype
     if cached:
-        return _load_lm_cached(str(path), dtype)
-    return _load_lm(path, dtype)
+        return _load_lm_cached(str(path), dtype, where)
+    return _load_lm(path, dtype, where)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_lm_cached(path: str, dtype: torch.dtype) -> LoadedLM:
-    return _load_lm(Path(path), dtype)
+def _load_lm_cached(path: str, dtype: torch.dtype, device: str = "cpu") -> LoadedLM:
+    return _load_lm(Path(path), dtype, device)
 
 
-def _load_lm(path: Path, dtype: torch.dtype) -> LoadedLM:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_lm_tokenizer(name: ModelName = "default") -> PreTrainedTokenizerBase:
+    """Returns the tokenizer load_lm pairs with a language model (pad token set, right padding,
+    assistant turns marked), without loading the weights."""
+    from transformers import AutoTokenizer
+
+    path = resolve_lm(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False,
+                                                  local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # a broken or foreign folder
+        raise ModelNotAvailableError(f"Could not load the tokenizer in {path}: {err}") from err
+    return _prepare_tokenizer(tokenizer)
+
+
+def _load_lm(path: Path, dtype: torch.dtype, device: str = "cpu") -> LoadedLM:
+    from transformers import AutoModelForCausalLM
 
     configure_torch_threads()
+    tokenizer = load_lm_tokenizer(path)
     options: dict[str, Any] = {"trust_remote_code": False, "local_files_only": True}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **options)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True, **options
         )
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # a broken or foreign folder
         raise ModelNotAvailableError(f"Could not load the language model in {path}: {err}") from err
-    tokenizer = _prepare_tokenizer(tokenizer)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 def load_embedder(
-    name: ModelName = "default", *, backend: EmbedBackend = "auto", cached: bool = True
+    name: ModelName = "default", *, backend: EmbedBackend = "auto", device: str | None = "auto",
+    cached: bool = True,
 ) -> Embedder:
     """Returns an embedder with SentenceTransformer's encode(); cached=True shares one per process.
 
-    backend "auto" reads $WORKBENCH_EMBED_BACKEND, else picks ONNX Runtime on a CPU-only machine
-    and torch where a GPU is. When ONNX is wanted but onnxruntime is missing or the export fails,
-    it logs the reason in one line and returns the torch model. Ask embedding_key() which cache
-    key the returned embedder's vectors belong under.
+    device: as for load_lm ("auto": CUDA, else MPS, else CPU). backend "auto" reads
+    $WORKBENCH_EMBED_BACKEND, else picks ONNX Runtime on the CPU and torch on a GPU (an
+    explicit "onnx" runs on the CPU whatever the device). When ONNX is wanted but onnxruntime
+    is missing or the export fails, it logs the reason in one line and returns the torch model.
+    Vectors are fp32 on every device, so they share one cache key (embedding_key) whichever
+    device made them.
     """
     backend = _check_backend(backend)
+    where = _embed_device(device)
     path = resolve_embedder(name)
-    choice, reason = _pick_backend(backend, name)
+    choice, reason = _pick_backend(backend, name, where)
     if choice == "onnx":
         try:
             if cached:
@@ -510,13 +538,14 @@ def load_embedder(
             reason = _record_onnx_failure(name, err)
     if reason:
         log.warning("Embedding with torch, not ONNX Runtime: %s", reason)
-    device = _embed_device()
-    return _load_embedder_cached(str(path), device) if cached else _load_embedder(path, device)
+    return _load_embedder_cached(str(path), where) if cached else _load_embedder(path, where)
 
 
-def embed_backend(backend: EmbedBackend = "auto", name: ModelName = "default") -> str:
-    """Returns the backend, "torch" or "onnx", that load_embedder(name, backend=...) runs."""
-    return _pick_backend(_check_backend(backend), name)[0]
+def embed_backend(backend: EmbedBackend = "auto", name: ModelName = "default",
+                  device: str | None = "auto") -> str:
+    """Returns the backend, "torch" or "onnx", that load_embedder(name, backend=..., device=...)
+    runs."""
+    return _pick_backend(_check_backend(backend), name, _embed_device(device))[0]
 
 
 def embedding_key(model: str, backend: str = "auto") -> str:
@@ -559,10 +588,12 @@ def _check_backend(backend: str) -> str:
     return chosen
 
 
-def _pick_backend(backend: str, name: ModelName) -> tuple[str, str | None]:
+def _pick_backend(backend: str, name: ModelName, device: str = "cpu") -> tuple[str, str | None]:
     # (backend to run, why ONNX was wanted but is not used). Cheap and file-based, so every
     # process (the app, a job, the CLI) agrees on the cache key without loading a model.
-    if backend == "torch" or (backend == "auto" and _embed_device() != "cpu"):
+    # ONNX Runtime runs on the CPU: asking for it (here or in $WORKBENCH_EMBED_BACKEND) means
+    # the CPU whatever the device.
+    if backend == "torch" or (backend == "auto" and device != "cpu"):
         return "torch", None  # a GPU runs torch faster than ONNX Runtime runs on the CPU
     try:
         import onnx  # noqa: F401  (the exporter and quantizer need it)
@@ -573,18 +604,12 @@ def _pick_backend(backend: str, name: ModelName) -> tuple[str, str | None]:
     return ("torch", failure) if failure else ("onnx", None)
 
 
-# Device files a GPU that torch can use always has (NVIDIA, AMD ROCm, NVIDIA under WSL2).
-_GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+def _embed_device(requested: str | None = "auto") -> str:
+    from workbench import device as D
 
-
-def _embed_device() -> str:
-    if sys.platform != "darwin" and not any(os.path.exists(p) for p in _GPU_DEVICE_FILES):
-        # No GPU device here, so torch would say "cpu": answer without importing it (2-3 s),
-        # so a page that only reads the embedding cache does not import torch for its key.
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
+    # device.probe imports torch only where a GPU may be, so a page that only reads the
+    # embedding cache's key on a CPU machine does not import it.
+    return D.resolve_device(requested)
 
 
 @functools.lru_cache(maxsize=4)
@@ -962,8 +987,10 @@ def tiny_lm(seed: int = 0, *, vocab_size: int | None = None) -> LoadedLM:
     return model.eval(), tokenizer
 
 
-def tiny_embedder(seed: int = 0) -> SentenceTransformer:
-    """Returns a fresh random tiny BERT SentenceTransformer (mean pooling, 32-dim, normalized)."""
+def tiny_embedder(seed: int = 0, *, hidden_size: int = 32, layers: int = 2, heads: int = 2,
+                  intermediate_size: int = 64) -> SentenceTransformer:
+    """Returns a fresh random BERT SentenceTransformer (mean pooling, normalized): tiny (32-dim)
+    by default; a benchmark asks for MiniLM's shape (384, 6, 12, 1536) without its files."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
@@ -971,8 +998,9 @@ def tiny_embedder(seed: int = 0) -> SentenceTransformer:
     configure_torch_threads()
     tokenizer = tiny_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=intermediate_size,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

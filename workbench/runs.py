@@ -93,7 +93,7 @@ def _record(folder: Path, store: Store) -> dict[str, Any] | None:
             "output_version_id": job.result.get("version_id"),
             "model": _model(params, written), "name": params.get("name") or "",
             "config": orjson.dumps(params, default=str).decode(),
-            "device": summary.get("device") or params.get("device") or "",
+            "device": summary.get("device") or job.device or params.get("device") or "",
             "created_at": _time(job.config.get("created")), "started_at": _time(job.started),
             "finished_at": _time(job.finished),
             "summary": orjson.dumps(summary, default=str).decode(), "error": job.error}

@@ -14,7 +14,10 @@ template's end-of-turn marker, which the model must learn to emit):
   assistant header. IFD near or above 1 means the instruction does not help predict the answer.
 Sequences are sorted by length and packed into batches of about ``batch_tokens`` tokens, right
 padded: under a causal mask real tokens never see the padding that follows them and position
-ids start at 0 in every row, so batched values equal one-at-a-time values (to ~1e-6).
+ids start at 0 in every row, so batched values equal one-at-a-time values (to ~1e-6). The model
+runs on the ``device`` option ("auto": CUDA, else MPS, else CPU) in fp32 everywhere, since the
+cache key leaves the device out; on a CUDA GPU the batches hold as many tokens as its free memory
+allows (device_batch_tokens), on the CPU ``batch_tokens`` as measured.
 
 ``score_frame`` runs several scorers and reads/writes a score cache handed in
 (``cache.StoreCache``), keyed by (row id, scorer, parameters); ``score_into_cache`` is the
@@ -291,6 +294,9 @@ def _truncate(context: list[int], response: list[int], max_length: int, bare: in
 
 _HEAD_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 HEAD_CHUNK = 128
+# A scoring batch on a GPU holds at most this many padded tokens: a bigger one would only space
+# out the progress reports and the checks for a cancel.
+GPU_MAX_BATCH_TOKENS = 65536
 SHARED_MIN = 8  # shorter common prefixes are recomputed: the bookkeeping would cost more
 
 
@@ -309,7 +315,7 @@ def _probe_head(model: Any) -> bool:
     head, base = model.get_output_embeddings(), getattr(model, "base_model", None)
     if head is None or base is None or base is model:
         return False
-    ids = (torch.arange(1, 13).unsqueeze(0) * 7) % model.config.vocab_size
+    ids = (torch.arange(1, 13, device=model.device).unsqueeze(0) * 7) % model.config.vocab_size
     with torch.inference_mode():
         full = model(input_ids=ids, use_cache=False).logits
         try:
@@ -326,7 +332,8 @@ def _with_prefix(base: Any, ids: Any, mask: Any, cache: Any, shared: int) -> Any
     """Return the last hidden states of ids that follow a cached prefix of ``shared`` tokens."""
     import torch
 
-    positions = torch.arange(shared, shared + ids.shape[1]).expand(ids.shape[0], -1)
+    positions = torch.arange(shared, shared + ids.shape[1], device=ids.device).expand(
+        ids.shape[0], -1)
     return base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True).last_hidden_state
 
@@ -345,8 +352,8 @@ class _Prefixes:
 
         key = tuple(prefix)
         if key not in self._kv:
-            self._kv[key] = self.model.base_model(input_ids=torch.tensor([prefix]),
-                                                  use_cache=True).past_key_values
+            ids = torch.tensor([prefix], device=self.model.device)
+            self._kv[key] = self.model.base_model(input_ids=ids, use_cache=True).past_key_values
         fresh = copy.deepcopy(self._kv[key])  # the forward pass appends to the cache it gets
         fresh.batch_repeat_interleave(rows)
         return fresh
@@ -363,7 +370,7 @@ def _selected_states(model: Any, ids: Any, mask: Any, select: Any, prefix: list[
     if not _head_matches(model):
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[select]
     if prefix:
-        full_mask = torch.cat([torch.ones((len(ids), len(prefix)), dtype=mask.dtype), mask], 1)
+        full_mask = torch.cat([mask.new_ones((len(ids), len(prefix))), mask], 1)
         hidden = _with_prefix(model.base_model, ids, full_mask,
                               prefixes.cache(prefix, len(ids)), len(prefix))
     else:
@@ -417,12 +424,16 @@ def _batch_nll(model: Any, seqs: list[tuple[list[int], list[int]]], pad_id: int,
         # the last context token up to the second-to-last token.
         select[row, len(context) - 1:end - 1] = True
         labels[row, len(context) - 1:end - 1] = torch.tensor(response)
+    # Built on the CPU row by row, moved to the model's device in one copy each.
+    picked = labels[select].to(model.device)
+    ids, mask, select = (t.to(model.device) for t in (ids, mask, select))
     states = _selected_states(model, ids, mask, select, seqs[0][0][:shared],
-                               prefixes)
-    nll = _token_nll(model, states, labels[select])
+                              prefixes)
+    nll = _token_nll(model, states, picked)
     owner = select.nonzero()[:, 0]
-    sums = torch.zeros(len(tails), dtype=torch.float64).index_add_(0, owner, nll.double())
-    return (sums / select.sum(1).double()).numpy()
+    sums = torch.zeros(len(tails), dtype=torch.float64, device=nll.device).index_add_(
+        0, owner, nll.double())
+    return (sums / select.sum(1).double()).cpu().numpy()
 
 
 def _batches(seqs: Sequence[tuple[list[int], list[int]]], batch_tokens: int
@@ -447,6 +458,22 @@ def _batches(seqs: Sequence[tuple[list[int], list[int]]], batch_tokens: int
     return batches
 
 
+def device_batch_tokens(model: Any, batch_tokens: int) -> int:
+    """Return the padded tokens per scoring batch: batch_tokens off CUDA (the CPU figures were
+    measured with it); on a CUDA GPU as many as fit 30% of its free memory at the activations
+    of one token (hidden states and the MLP's widest layer, kept x4 for attention and
+    temporaries), at most GPU_MAX_BATCH_TOKENS."""
+    from .device import rows_that_fit
+
+    if model.device.type != "cuda":
+        return batch_tokens
+    c = model.config
+    width = c.hidden_size + (getattr(c, "intermediate_size", None) or 4 * c.hidden_size)
+    per_token = 4 * width * next(model.parameters()).element_size()
+    return rows_that_fit(str(model.device), per_token, cpu_rows=batch_tokens,
+                         most=max(batch_tokens, GPU_MAX_BATCH_TOKENS))
+
+
 def sequence_losses(model: Any, tokenizer: Any, seqs: list[tuple[list[int], list[int]]], *,
                     batch_tokens: int = 1024, progress: Progress | None = None) -> np.ndarray:
     """Return the mean response-token loss of each (context, response) pair, batched by length."""
@@ -455,6 +482,7 @@ def sequence_losses(model: Any, tokenizer: Any, seqs: list[tuple[list[int], list
     lengths = [len(c) + len(r) for c, r in seqs]
     out, done, total = np.zeros(len(seqs)), 0, sum(lengths)
     prefixes = _Prefixes(model)
+    batch_tokens = device_batch_tokens(model, batch_tokens)
     with torch.inference_mode():
         for batch in _batches(seqs, batch_tokens):
             out[batch] = _batch_nll(model, [seqs[i] for i in batch], tokenizer.pad_token_id,
@@ -494,37 +522,47 @@ def _check_model_options(scores: Sequence[str], max_length: int, batch_tokens: i
 def model_scores(frame: pd.DataFrame, *, scores: Sequence[str] = MODEL_SCORES,
                  model: str = "default", lm: tuple[Any, Any] | None = None,
                  max_length: int = 1024, batch_tokens: int = 1024,
-                 progress: Progress | None = None) -> pd.DataFrame:
+                 progress: Progress | None = None, device: str = "auto") -> pd.DataFrame:
     """Return ``<score>_score`` columns (perplexity, ifd) aligned with the frame's rows.
 
-    ``lm`` is a loaded (model, tokenizer); without it ``model`` is loaded with load_lm.
-    ``progress(done_tokens, total_tokens)`` is called after every batch (it may raise to stop).
+    ``lm`` is a loaded (model, tokenizer); without it ``model`` is loaded with load_lm on
+    ``device`` (scoring_lm). ``progress(done_tokens, total_tokens)`` is called after every
+    batch (it may raise to stop).
     """
     _check_model_options(scores, max_length, batch_tokens)
     if lm is None:
-        from .models import load_lm
-
-        lm = load_lm(model)
+        lm = scoring_lm(model, device)
     encoded = encode_rows(frame, lm[1], max_length=max_length)
     values = score_encoded(lm[0], lm[1], encoded, scores=scores, batch_tokens=batch_tokens,
                            progress=progress)
     return pd.DataFrame({f"{k}_score": v for k, v in values.items()}, index=frame.index)
 
 
+def scoring_lm(model: str = "default", device: str = "auto") -> tuple[Any, Any]:
+    """Return (model, tokenizer) for perplexity/IFD on a device, in fp32 on every device:
+    cached scores are keyed without the device, so any device must give the same values
+    (bf16 would change them)."""
+    from .models import load_lm
+
+    return load_lm(model, device=device, precision="fp32")
+
+
 def perplexity_score(frame: pd.DataFrame, *, model: str = "default", max_length: int = 1024,
-                     batch_tokens: int = 1024, lm: tuple[Any, Any] | None = None) -> np.ndarray:
+                     batch_tokens: int = 1024, lm: tuple[Any, Any] | None = None,
+                     device: str = "auto") -> np.ndarray:
     """Return exp(mean response-token loss given the prompt) (higher = less predictable)."""
     return model_scores(frame, scores=("perplexity",), model=model, lm=lm,
-                        max_length=max_length, batch_tokens=batch_tokens
+                        max_length=max_length, batch_tokens=batch_tokens, device=device
                         )["perplexity_score"].to_numpy()
 
 
 def ifd_score(frame: pd.DataFrame, *, model: str = "default", max_length: int = 1024,
-              batch_tokens: int = 1024, lm: tuple[Any, Any] | None = None) -> np.ndarray:
+              batch_tokens: int = 1024, lm: tuple[Any, Any] | None = None,
+              device: str = "auto") -> np.ndarray:
     """Return loss(response | prompt) / loss(response alone) (higher = harder to follow;
     at or above 1 the prompt does not help, often a mismatched pair)."""
     return model_scores(frame, scores=("ifd",), model=model, lm=lm, max_length=max_length,
-                        batch_tokens=batch_tokens)["ifd_score"].to_numpy()
+                        batch_tokens=batch_tokens, device=device)["ifd_score"].to_numpy()
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -569,7 +607,9 @@ def _learned_fn(frame: pd.DataFrame, **params: Any) -> np.ndarray:
                       "learned`")
 
 
-_MODEL_DEFAULTS = {"model": "default", "max_length": 1024, "batch_tokens": 1024}
+_MODEL_DEFAULTS = {"model": "default", "max_length": 1024, "batch_tokens": 1024,
+                   "device": "auto"}
+_MODEL_RUNTIME = frozenset({"batch_tokens", "device"})  # speed, not values: not in the key
 _SCORERS = (
     Scorer("length", length_score, "higher", "higher = longer response",
            defaults={"unit": "words"}),
@@ -582,10 +622,10 @@ _SCORERS = (
            defaults={"n": 2}),
     Scorer("format", format_score, "higher", "higher = passes more format checks"),
     Scorer("perplexity", perplexity_score, "lower", "higher = less predictable response",
-           kind="model", defaults=_MODEL_DEFAULTS, runtime=frozenset({"batch_tokens"})),
+           kind="model", defaults=_MODEL_DEFAULTS, runtime=_MODEL_RUNTIME),
     Scorer("ifd", ifd_score, "higher",
            "higher = harder to follow (>= 1: the prompt does not help)", kind="model",
-           defaults=_MODEL_DEFAULTS, runtime=frozenset({"batch_tokens"})),
+           defaults=_MODEL_DEFAULTS, runtime=_MODEL_RUNTIME),
     Scorer("judge", _judge_fn, "higher", "higher = better (1-10, LLM judge)", kind="judge",
            runtime=frozenset({"api_key_env", "max_concurrency", "requests_per_minute",
                               "timeout_s", "max_retries", "backoff_s"})),
@@ -731,7 +771,7 @@ def _run_model_group(frame: pd.DataFrame, group: list[ScoreSpec], cache: Any,
     opts = {**_MODEL_DEFAULTS, **group[0].params}
     values = model_scores(todo, scores=[s.name for s in group], model=opts["model"], lm=lm,
                           max_length=opts["max_length"], batch_tokens=opts["batch_tokens"],
-                          progress=progress) if len(todo) else None
+                          progress=progress, device=opts["device"]) if len(todo) else None
     out = {}
     for spec in group:
         new = values[spec.scorer.column].to_numpy() if values is not None else np.zeros(0)
@@ -826,10 +866,8 @@ def score_into_cache(todo: pd.DataFrame, specs: list[ScoreSpec], cache: Any,
                      progress: Callable[..., None], chunk_rows: int = 64) -> dict:
     """Score rows with perplexity/ifd in length-sorted chunks, caching each chunk as it is done;
     return counts. ``progress(done, total, **metrics)`` counts tokens, so the ETA holds."""
-    from .models import load_lm
-
     opts = {**_MODEL_DEFAULTS, **specs[0].params}
-    model, tokenizer = load_lm(opts["model"])
+    model, tokenizer = scoring_lm(opts["model"], opts["device"])
     encoded = encode_rows(todo, tokenizer, max_length=opts["max_length"])
     names = [s.name for s in specs]
     lengths = encoded.tokens("ifd" in names)

@@ -31,6 +31,7 @@ from . import evaluate as ev
 from . import score as S
 from . import train as T
 from .cache import StoreCache
+from .device import describe, resolve_device, resolve_precision
 from .embed import embed_rows
 from .exceptions import ConfigError
 from .jobs import run_child, task
@@ -111,7 +112,9 @@ def _read_rows(path: Path) -> list[T.Messages]:
 class EvalParams:
     """An eval job: model ("default" | path | {"run_dir": ...}) on a version; generation
     (GenerationConfig fields), style (style_checks spec), embedder ("default"; None skips
-    similarity), limit (first N rows), name."""
+    similarity), limit (first N rows), name; device ("auto", "cpu", "cuda[:N]", "mps"),
+    precision ("auto", "fp32", "bf16", "fp16") and backend ("torch", or "vllm" on a CUDA GPU)
+    for generation."""
 
     store: str | None
     version_id: int
@@ -121,6 +124,9 @@ class EvalParams:
     embedder: str | None = "default"
     limit: int | None = None
     name: str | None = ""
+    device: str = "auto"
+    precision: str = "auto"
+    backend: str = "torch"
 
 
 @task("eval", EvalParams, old=("workbench.evaluate.eval_task",))
@@ -132,35 +138,50 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
     frame = store.frame(int(p.version_id))  # one short read; the store stays free
     if p.limit:
         frame = frame.head(int(p.limit))
+    where = resolve_device(p.device)
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
-            f"({len(frame)} rows, {config.to_dict()})")
+            f"({len(frame)} rows, {config.to_dict()}) on {describe(where)}, backend {p.backend}")
     T.start_phase(ctx, "loading model")
-    model, tokenizer = ev.load_eval_model(p.model)
+    generate = _generator(p, where, config)
     T.start_phase(ctx, "evaluating", len(frame))
-    generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
+    generations, seconds = _generate_with_progress(generate, frame, ctx, describe(where))
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
-                                  embedder=p.embedder)
+                                  embedder=p.embedder, device=where)
     summary = _eval_summary(p, config, scored, generations, seconds)
-    summary["device"] = str(model.device)
+    summary.update(device=describe(where), backend=p.backend,
+                   precision=resolve_precision(p.precision, where))
     ev.write_run(ctx.run_dir, scored, summary)
     tracking.after_run(ctx, summary, store=p.store)
     return summary
 
 
-def _generate_with_progress(model: Any, tokenizer: Any, frame: pd.DataFrame,
-                            config: ev.GenerationConfig, ctx: Any
+def _generator(p: EvalParams, device: str, config: ev.GenerationConfig) -> Any:
+    """Return generate(conversations, progress, check) for the run's backend, model loaded."""
+    from . import vllm_backend
+
+    vllm_backend.check_backend(p.backend, device)
+    if p.backend == "vllm":
+        engine = vllm_backend.load(p.model, device=device, precision=p.precision)
+        return lambda rows, progress, check: ev.generate_vllm(engine, rows, config, progress,
+                                                              check=check)
+    model, tokenizer = ev.load_eval_model(p.model, device=device, precision=p.precision)
+    return lambda rows, progress, check: ev.generate_batch(model, tokenizer, rows, config,
+                                                           progress=progress, check=check)
+
+
+def _generate_with_progress(generate: Any, frame: pd.DataFrame, ctx: Any, device: str
                             ) -> tuple[list[ev.Generation], float]:
     started = time.perf_counter()
-    ctx.progress(0, len(frame), tokens_per_s=0.0)  # the ETA clock starts now, not at batch 1
+    # The ETA clock starts now, not at batch 1; the event says where the job runs.
+    ctx.progress(0, len(frame), tokens_per_s=0.0, device=device)
 
     def report(done: int, total: int, tokens: int) -> None:
         elapsed = max(time.perf_counter() - started, 1e-9)
         ctx.progress(done, total, tokens=tokens, tokens_per_s=round(tokens / elapsed, 2))
 
-    generations = ev.generate_batch(model, tokenizer, list(frame["messages"]), config,
-                                    progress=report, check=ctx.check_cancel)
+    generations = generate(list(frame["messages"]), report, ctx.check_cancel)
     return generations, time.perf_counter() - started
 
 
@@ -270,6 +291,7 @@ class ModelScoreParams:
     max_length: int = 1024
     batch_tokens: int = 1024
     chunk_rows: int = 64
+    device: str = "auto"
 
 
 @task("model_score", ModelScoreParams, kind="score", old=("workbench.score.model_score_task",))
@@ -283,14 +305,19 @@ def model_score(p: ModelScoreParams, ctx: Any) -> dict:
     cache = StoreCache(store)
     frame = store.frame(int(p.version_id))  # a short read; no connection stays open
     names = list(p.scores or S.MODEL_SCORES)
-    options = {"model": p.model, "max_length": p.max_length, "batch_tokens": p.batch_tokens}
+    where = resolve_device(p.device)
+    options = {"model": p.model, "max_length": p.max_length, "batch_tokens": p.batch_tokens,
+               "device": where}
     specs = [S.ScoreSpec(n, options) for n in names]
     cached = [S.cached_values(frame, s, cache) for s in specs]
     todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
     todo = todo.drop_duplicates("id")
-    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)})")
+    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)}) "
+            f"on {describe(where)}")
+    ctx.progress(0, None, device=describe(where))
     done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
-    return {"rows": len(frame), "cached": len(frame) - len(todo), **done}
+    return {"rows": len(frame), "cached": len(frame) - len(todo), **done,
+            "device": describe(where)}
 
 
 @dataclass(frozen=True)
@@ -357,6 +384,7 @@ class EmbedParams:
     field: str = "conversation"
     fields: list | None = None
     model: str = "default"
+    device: str = "auto"
 
 
 @task("embed", EmbedParams, old=("workbench.embed.embed_task",))
@@ -366,18 +394,20 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
     store = Store(p.store)
     frame = store.frame(int(p.version_id))
     fields = p.fields or [p.field]
+    where = resolve_device(p.device)
+    ctx.progress(0, None, device=describe(where))
     dim = 0
     for i, field in enumerate(fields):
         ctx.log(f"embedding {len(frame)} rows ({field}, {i + 1} of {len(fields)}) with "
-                f"{p.model}")
+                f"{p.model} on {describe(where)}")
 
         def report(done: int, total: int, i: int = i) -> None:
             ctx.progress(i * total + done, len(fields) * total)
 
         vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
-                             progress=report)
+                             progress=report, device=where)
         dim = int(vectors.shape[1]) if len(vectors) else 0
-    return {"rows": len(frame), "fields": fields, "dim": dim}
+    return {"rows": len(frame), "fields": fields, "dim": dim, "device": describe(where)}
 
 
 # ---------------------------------------------------------------- a judge between two runs
