@@ -142,6 +142,12 @@ def resolve_device(requested: str | None = "auto", hardware: Hardware | None = N
     raise ConfigError(f"device {requested!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
+def precision_name(name: object) -> str | None:
+    """The canonical spelling of a precision ("auto", "fp32", "bf16", "fp16"), reading the
+    older dtype names ("float32", "bfloat16", "float16"); None for anything else."""
+    return _PRECISION_ALIASES.get(str(name).strip().lower())
+
+
 def resolve_precision(requested: str | None, device: str,
                       hardware: Hardware | None = None) -> Precision:
     """Returns the precision to run a model in on a (resolved) device.

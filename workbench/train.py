@@ -150,8 +150,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._read_old_dtype()
         if isinstance(self.precision, str):
-            self.precision = D._PRECISION_ALIASES.get(self.precision.strip().lower(),
-                                                      self.precision)  # type: ignore[assignment]
+            self.precision = D.precision_name(self.precision) or self.precision  # type: ignore[assignment]
         if isinstance(self.target_modules, (tuple, str)):
             self.target_modules = (
                 [self.target_modules]
@@ -167,12 +166,12 @@ class TrainConfig:
         # precision they ran in, so a resumed old run keeps it.
         if self.dtype is None:
             return
-        old = D._PRECISION_ALIASES.get(str(self.dtype).strip().lower())
+        old = D.precision_name(self.dtype)
         if old is None or old == "auto":
             raise ConfigError(f"invalid training config: dtype {self.dtype!r} is not one of "
                               "float32, bfloat16, float16 (dtype is deprecated: use precision)")
         if self.precision not in ("auto", old) and \
-                D._PRECISION_ALIASES.get(str(self.precision)) != old:
+                D.precision_name(self.precision) != old:
             raise ConfigError(f"invalid training config: dtype {self.dtype!r} and precision "
                               f"{self.precision!r} disagree; drop dtype (deprecated)")
         self.precision, self.dtype = old, None  # type: ignore[assignment]
@@ -569,7 +568,7 @@ def load_base(config: TrainConfig, runtime: Runtime = CPU) -> LoadedLM:
         model, tokenizer = tiny_lm(seed=0)
         model = model.to(dtype)
     else:
-        model, tokenizer = load_lm(config.model, dtype=dtype, cached=False)
+        model, tokenizer = load_lm(config.model, dtype=dtype, device=runtime.device, cached=False)
     return model.to(runtime.device), tokenizer
 
 
