@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -93,6 +94,14 @@ def test_edge_cases_match_local(texts):
     frame = examples_frame([Example(({"role": "assistant", "content": t or " "},))
                             for t in texts])
     check_same(frame, near=NEAR, field="assistant")
+
+
+def test_messages_as_json_text_match_local():
+    frame = texts_frame(planted())
+    local = dedup.find_duplicates(frame, near=NEAR, keep="longest")
+    shards = frame.assign(messages=[orjson.dumps(m).decode() for m in frame["messages"]])
+    pd.testing.assert_frame_equal(
+        find_duplicates_ray(as_dataset(shards), near=NEAR, keep="longest"), local)
 
 
 def test_empty_dataset_and_bad_options():

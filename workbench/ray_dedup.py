@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 
@@ -75,7 +76,8 @@ def find_duplicates_ray(ds: Any, *, field: Field = "conversation",
     """Return the clusters frame `dedup.find_duplicates` returns, computed with Ray Data.
 
     ``ds`` holds a version's rows in order with the columns find_duplicates reads plus
-    ``_pos`` (int64 position 0..n-1). ``progress(stages_done, STAGES)`` follows the stages.
+    ``_pos`` (int64 position 0..n-1); ``messages`` may be lists of {role, content} or their
+    JSON text. ``progress(stages_done, STAGES)`` follows the stages.
     """
     _check_field(field)
     columns = ds.columns()
@@ -134,14 +136,21 @@ def _find(ds: Any, n: int, field: str, near: MinHashConfig | None, keep: str,
 
 def _features(batch: pd.DataFrame, *, field: str, near: MinHashConfig | None,
               strip_punctuation: bool, parts: int) -> pa.Table:
-    keys, sig = row_keys_and_signatures(field_texts(batch, field), near=near,  # type: ignore
-                                        strip_punctuation=strip_punctuation)
+    keys, sig = row_keys_and_signatures(field_texts(_decoded(batch), field),  # type: ignore
+                                        near=near, strip_punctuation=strip_punctuation)
     out = {"pos": batch["_pos"].to_numpy(np.int64), "key": keys, "part": _part(keys, parts)}
     if sig is not None:
         out["sig"] = _to_bytes(sig)
         out["sig_part"] = _part(_row_hashes(sig), parts)
         out["valid"] = has_shingles(sig)
     return pa.table(out)
+
+
+def _decoded(batch: pd.DataFrame) -> pd.DataFrame:
+    """Return the batch with messages as lists of dicts (Parquet shards may hold JSON text)."""
+    if len(batch) and isinstance(batch["messages"].iloc[0], str):
+        return batch.assign(messages=[orjson.loads(m) for m in batch["messages"]])
+    return batch
 
 
 def _part(keys: np.ndarray, parts: int) -> np.ndarray:
@@ -320,7 +329,7 @@ def _assemble(ds: Any, exact: Any, edges: dict[str, tuple[np.ndarray, np.ndarray
 
 
 def _member_rows(batch: pd.DataFrame, *, members: np.ndarray) -> pd.DataFrame:
-    return batch[np.isin(batch["_pos"].to_numpy(), members)]
+    return _decoded(batch[np.isin(batch["_pos"].to_numpy(), members)])
 
 
 def _exact_groups(exact: Any, keys: np.ndarray) -> np.ndarray:
