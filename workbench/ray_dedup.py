@@ -111,9 +111,9 @@ def _shuffle_strategy(strategy: str) -> Iterator[None]:
 def _find(ds: Any, n: int, field: str, near: MinHashConfig | None, keep: str,
           score_column: str | None, strip_punctuation: bool,
           progress: Callable[[int, int], None]) -> pd.DataFrame:
-    parts = max(2, math.ceil(n / ROWS_PER_PARTITION))
     import ray
 
+    parts = max(2, math.ceil(n / ROWS_PER_PARTITION))
     # A Dataset keeps the DataContext it was made under: rebuilt from its blocks here, the
     # features (and all shuffles derived from them) use SHUFFLE, the caller's ds is untouched.
     rows = ray.data.from_arrow_refs(ds.map_batches(_features, batch_format="pandas", fn_kwargs={
@@ -125,7 +125,6 @@ def _find(ds: Any, n: int, field: str, near: MinHashConfig | None, keep: str,
     edges = {"exact": _collect(_where(exact, "right", True))}
     if near is not None:
         edges["near"] = _near_edges(rows, near, parts, progress)
-    del rows
     progress(STAGES - 1, STAGES)
     clusters = _assemble(ds, exact, edges, field, near, keep, score_column, strip_punctuation)
     progress(STAGES, STAGES)
