@@ -341,15 +341,25 @@ def minhash_pairs(signatures: np.ndarray, config: MinHashConfig | None = None) -
     if signatures.ndim != 2 or signatures.shape[1] != config.num_perm:
         raise ConfigError(f"signatures: expected shape (rows, {config.num_perm}), "
                           f"got {signatures.shape}")
-    valid = np.flatnonzero(~(signatures == EMPTY_SIGNATURE).all(axis=1))
+    valid = np.flatnonzero(has_shingles(signatures))
     reps, copies = _identical_rows(signatures, valid)
     left, right = _lsh_candidates(signatures[reps], *config.lsh_params())
     left, right = _unique_pairs(reps[left], reps[right], len(signatures))
     sim = jaccard_estimate(signatures, left, right)
-    ok = sim >= config.threshold - 1e-9
+    ok = near_enough(sim, config)
     return _pairs_frame(np.concatenate([copies[0], left[ok]]),
                         np.concatenate([copies[1], right[ok]]),
                         np.concatenate([np.ones(len(copies[0])), sim[ok]]))
+
+
+def has_shingles(signatures: np.ndarray) -> np.ndarray:
+    """Return a bool per signature row: False for a text without shingles (never matched)."""
+    return ~(signatures == EMPTY_SIGNATURE).all(axis=1)
+
+
+def near_enough(similarity: np.ndarray, config: MinHashConfig) -> np.ndarray:
+    """Return a bool per estimated Jaccard: at or above config.threshold (float slack)."""
+    return similarity >= config.threshold - 1e-9
 
 
 def _unique_pairs(left: np.ndarray, right: np.ndarray, n: int
@@ -406,12 +416,19 @@ def _identical_rows(signatures: np.ndarray, valid: np.ndarray
 def _lsh_candidates(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Return candidate pairs (positions in sig) sharing at least one LSH band."""
     lefts, rights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for band in range(bands):
-        keys = _row_hashes(sig[:, band * rows:(band + 1) * rows])
+    for keys in band_keys(sig, bands, rows).T:
         left, right = _bucket_pairs(keys)
         lefts.append(left)
         rights.append(right)
     return np.concatenate(lefts), np.concatenate(rights)
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Return a (len(sig), bands) uint64 matrix: the hash of each row's values in each band."""
+    out = np.empty((len(sig), bands), dtype=np.uint64)
+    for band in range(bands):
+        out[:, band] = _row_hashes(sig[:, band * rows:(band + 1) * rows])
+    return out
 
 
 def _bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -568,14 +585,11 @@ def _find_edges(frame: pd.DataFrame, field: str, near: MinHashConfig | None,
                 semantic_threshold: float | None, embeddings: Any, embed: Any,
                 strip_punctuation: bool, signatures: Any, progress: Any = None) -> _Found:
     texts = field_texts(frame, field)  # type: ignore[arg-type]
-    normalized = [normalize_text(t, strip_punctuation=strip_punctuation) for t in texts]
-    keys = _keys_of(normalized)
+    keys, sig = row_keys_and_signatures(texts, near=near, strip_punctuation=strip_punctuation,
+                                        signatures=signatures, progress=progress)
     group = _dense_groups(keys)
     found = _Found({"exact": _exact_edges(group)}, group, {})
     if near is not None:
-        same = near.strip_punctuation == strip_punctuation
-        sig = _given_signatures(signatures, len(frame), near, normalized if same else texts,
-                                same, progress)
         found.edges["near"] = minhash_pairs(sig, near)
         found.similarity["near"] = lambda a, b: jaccard_estimate(sig, a, b)
     if semantic_threshold is not None:
@@ -585,6 +599,22 @@ def _find_edges(frame: pd.DataFrame, field: str, near: MinHashConfig | None,
         found.similarity["semantic"] = lambda a, b: np.minimum(
             (unit[a] * unit[b]).sum(axis=1).astype(np.float64), 1.0)
     return found
+
+
+def row_keys_and_signatures(texts: Sequence[str], *, near: MinHashConfig | None,
+                            strip_punctuation: bool = False, signatures: Any = None,
+                            progress: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (exact key per text, MinHash signatures or None when near is None).
+
+    Row-wise: batches computed apart (e.g. by Ray Data's map_batches) give the same values.
+    """
+    normalized = [normalize_text(t, strip_punctuation=strip_punctuation) for t in texts]
+    keys = _keys_of(normalized)
+    if near is None:
+        return keys, None
+    same = near.strip_punctuation == strip_punctuation
+    return keys, _given_signatures(signatures, len(texts), near,
+                                   normalized if same else list(texts), same, progress)
 
 
 def _dense_groups(keys: np.ndarray) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""find_duplicates_ray returns exactly dedup.find_duplicates's clusters frame on a local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from workbench import dedup
+from workbench.dedup import MinHashConfig
+from workbench.exceptions import ConfigError
+from workbench.io import read_dataset
+from workbench.schema import Example, examples_frame
+
+ray = pytest.importorskip("ray")
+from workbench.ray_dedup import find_duplicates_ray  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
+BASE = ("The quick brown fox jumps over the lazy dog while the farmer watches from the porch "
+        "and wonders whether the fence needs painting before the long winter arrives")
+OTHER = ("Photosynthesis lets plants turn sunlight, water and carbon dioxide into glucose and "
+         "oxygen; the light reactions happen in the thylakoid membranes of the chloroplast")
+NEAR = MinHashConfig(threshold=0.7)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def as_dataset(frame: pd.DataFrame, blocks: int = 3):
+    """Return the frame as a Ray Dataset of several blocks, in row order, with _pos."""
+    frame = frame.drop(columns=["id", "metadata"]).assign(_pos=np.arange(len(frame)))
+    bounds = np.linspace(0, len(frame), blocks + 1).astype(int)
+    return ray.data.from_pandas([frame.iloc[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])
+                                 if hi > lo])
+
+
+def check_same(frame: pd.DataFrame, **options) -> pd.DataFrame:
+    """Assert the Ray clusters equal the local ones; return them."""
+    local = dedup.find_duplicates(frame, **options)
+    distributed = find_duplicates_ray(as_dataset(frame), **options)
+    pd.testing.assert_frame_equal(distributed, local)
+    return local
+
+
+def texts_frame(texts: list[str], scores: list[float] | None = None) -> pd.DataFrame:
+    frame = examples_frame([Example(({"role": "user", "content": f"q{i % 3}"},
+                                     {"role": "assistant", "content": t}))
+                            for i, t in enumerate(texts)])
+    if scores is not None:
+        frame["quality"] = scores
+    return frame
+
+
+def planted() -> list[str]:
+    words = BASE.split()
+    edited = " ".join(words[:5] + ["purple"] + words[6:])
+    return ["", OTHER, BASE, "unrelated short text", edited, BASE.upper(), "",
+            OTHER + " Indeed!", "  " + BASE + "  ", "another unrelated line of words",
+            OTHER.replace(",", ""), edited]
+
+
+def test_sample_data_exact_and_near_match_local():
+    frame = examples_frame(read_dataset(SAMPLE / "support_train.jsonl").examples)
+    clusters = check_same(frame, near=MinHashConfig())
+    assert len(clusters) > 0 and set(clusters["method"]) == {"exact", "near"}
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"near": NEAR},
+    {"near": NEAR, "keep": "longest", "field": "assistant"},
+    {"near": NEAR, "keep": "highest_score", "score_column": "quality",
+     "strip_punctuation": True},
+    {"near": MinHashConfig(threshold=0.7, strip_punctuation=True, shingle="word", ngram=2)},
+], ids=["exact", "near", "longest", "highest_score_strip", "word_shingles"])
+def test_planted_duplicates_match_local(options):
+    texts = planted()
+    frame = texts_frame(texts, scores=[float((i * 7) % 5) for i in range(len(texts))])
+    clusters = check_same(frame, **options)
+    assert clusters["cluster_id"].nunique() >= 2
+
+
+@pytest.mark.parametrize("texts", [[BASE], [BASE, OTHER, "third"], [BASE] * 5, ["", "", ""]],
+                         ids=["one_row", "no_duplicates", "all_identical", "all_empty"])
+def test_edge_cases_match_local(texts):
+    frame = examples_frame([Example(({"role": "assistant", "content": t or " "},))
+                            for t in texts])
+    check_same(frame, near=NEAR, field="assistant")
+
+
+def test_messages_as_json_text_match_local():
+    frame = texts_frame(planted())
+    local = dedup.find_duplicates(frame, near=NEAR, keep="longest")
+    shards = frame.assign(messages=[orjson.dumps(m).decode() for m in frame["messages"]])
+    pd.testing.assert_frame_equal(
+        find_duplicates_ray(as_dataset(shards), near=NEAR, keep="longest"), local)
+
+
+def test_empty_dataset_and_bad_options():
+    empty = ray.data.from_pandas(pd.DataFrame({"row_key": pd.Series(dtype=np.int64),
+                                               "messages": pd.Series(dtype=object),
+                                               "_pos": pd.Series(dtype=np.int64)}))
+    assert find_duplicates_ray(empty).equals(dedup._empty_clusters())
+    ds = as_dataset(texts_frame([BASE, OTHER]))
+    with pytest.raises(ConfigError, match="score_column"):
+        find_duplicates_ray(ds, keep="highest_score", score_column="nope")
+    with pytest.raises(ConfigError, match="_pos"):
+        find_duplicates_ray(ds.drop_columns(["_pos"]))
