@@ -24,6 +24,7 @@ import pyarrow as pa
 import xxhash
 
 from . import curate, jobs, runs
+from . import engine as E
 from . import score as S
 from . import select as SEL
 from .cache import StoreCache, params_hash
@@ -66,14 +67,23 @@ def heuristic_specs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
 
 def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreSpec], *,
                      progress: Callable[[int, int], None] | None = None,
-                     chunk_rows: int = 5_000) -> pd.DataFrame:
+                     chunk_rows: int = 5_000, engine: str = "local",
+                     cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Return the frame with the heuristic score columns (read from / written to the cache).
 
     Rows are scored ``chunk_rows`` at a time (heuristics look at one row at a time, so the
-    values are the same) and ``progress(rows_done, rows)`` follows them.
+    values are the same) and ``progress(rows_done, rows)`` follows them. ``engine="ray"``
+    scores the uncached rows batch by batch on Ray Data from the size threshold on
+    (``engine.choose``); the values and the cache are the same.
     """
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
+    if E.choose(engine, len(frame)).engine == "ray":
+        out = _score_ray(store, frame, list(specs), progress, cancelled)
+        for spec in specs:
+            _touch(store, frame["id"].tolist(), spec.name,
+                   spec.scorer.cache_params(spec.params))
+        return out
     parts, cache = [], StoreCache(store)
     for start in range(0, len(frame), chunk_rows):
         parts.append(S.score_frame(frame.iloc[start:start + chunk_rows], list(specs),
@@ -83,6 +93,30 @@ def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreS
     out = pd.concat(parts) if parts else S.score_frame(frame, list(specs), cache=cache)
     for spec in specs:
         _touch(store, frame["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
+    return out
+
+
+def _score_ray(store: Store, frame: pd.DataFrame, specs: list[S.ScoreSpec],
+               progress: Callable[[int, int], None] | None,
+               cancelled: Callable[[], bool] | None) -> pd.DataFrame:
+    """Score on Ray the rows some scorer has no cached value for; cache them as the local path
+    does (never a NaN); return the frame with the score columns."""
+    from . import ray_steps
+
+    cache, out = StoreCache(store), frame.copy()
+    cached = {s.out: S.cached_values(frame, s, cache) for s in specs}
+    missing = set().union(*(set(frame["id"]) - set(c) for c in cached.values()))
+    todo = frame[frame["id"].isin(missing)].drop_duplicates("id")
+    values = E.map_rows(todo, ray_steps.score_batch, kwargs={"specs": specs},
+                        home=E.data_folder(store.path), progress=progress,
+                        cancelled=cancelled) if len(todo) else pd.DataFrame()
+    for spec in specs:
+        new = {} if values.empty else dict(zip(todo["id"], values[spec.out].tolist()))
+        fresh = {i: v for i, v in new.items() if i not in cached[spec.out] and np.isfinite(v)}
+        cache.put_scores(list(fresh), list(fresh.values()), spec.name,
+                         spec.scorer.cache_params(spec.params))
+        found = {**new, **cached[spec.out]}
+        out[spec.out] = np.array([found[i] for i in frame["id"].tolist()], dtype=np.float64)
     return out
 
 
