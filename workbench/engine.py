@@ -275,7 +275,10 @@ def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | No
         raise ConfigError(f"batch_rows={batch_rows}: must be >= 1")
     ray = ray_session()
     with shards(frame, home, rows_per_file=shard_rows) as folder:
-        ds = ray.data.read_parquet(str(folder))
+        # One block per shard: Ray merges small files into one block (even with
+        # override_num_blocks), and a block is what comes back at once.
+        ds = ray.data.read_parquet(str(folder)).repartition(
+            len(list(folder.glob("*.parquet"))))
         mapped = ds.map_batches(**_map_args(fn, kwargs or {}, load, load_kwargs or {}, workers,
                                             batch_rows))
         parts = _collect(mapped, len(frame), progress, cancelled)
