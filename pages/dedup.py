@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages.common import (
     curation_header,
+    engine_setting,
     flash,
     job_panel,
     progress_bar,
@@ -146,11 +147,12 @@ def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
 options = options_form()
 embedded = embeddings_section(options) if options.semantic else False
 explorer(options, embedded)
+engine = engine_setting("dd_engine", len(frame), note="Semantic duplicates run locally only.")
 if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded):
     try:
         with progress_bar("Finding duplicates: rows hashed") as progress:
             st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
-                store(), frame, options, progress=progress))
+                store(), frame, options, progress=progress, engine=engine))
         st.session_state["dd_overrides"] = {}
     except WorkbenchError as e:
         show_error(e)

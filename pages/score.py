@@ -11,6 +11,7 @@ import streamlit as st
 
 from pages.common import (
     curation_header,
+    engine_setting,
     flash,
     job_panel,
     progress_bar,
@@ -61,11 +62,13 @@ def heuristics_form() -> tuple[list[str], dict]:
 
 def run_heuristics() -> None:
     names, params = heuristics_form()
+    engine = engine_setting("sc_engine", len(base), note="Model scores and the judge run as "
+                            "local background jobs.")
     if st.button("Score now", type="primary", key="sc_run", disabled=not names):
         try:
             with progress_bar("Scoring rows") as progress:
                 quality.score_heuristics(store(), base, quality.heuristic_specs(names, params),
-                                         progress=progress)
+                                         progress=progress, engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return
