@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages.common import (
     current_dataset,
+    engine_setting,
     flash,
     job_panel,
     show_error,
@@ -98,6 +99,7 @@ def run_section() -> None:
                                  "evaluate all rows of the runs worth comparing.")
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
     style = style_form()
+    engine = engine_setting("ev_engine", int(limit) or version.n_rows)
     tracking_toggle("ev_mlflow")
     if st.button("Run evaluation", type="primary", key="ev_run_start",
                  icon=":material/play_arrow:"):
@@ -105,7 +107,7 @@ def run_section() -> None:
             job = evaluation.start_eval(store(), version.version_id, model=model,
                                         generation=generation,
                                         style=style, similarity=similarity,
-                                        limit=int(limit) or None)
+                                        limit=int(limit) or None, engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return

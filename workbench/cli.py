@@ -516,9 +516,8 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
         quality.score_heuristics(store, frame,
                                  quality.heuristic_specs(heuristics, {"format": checks}),
                                  engine=engine)
-    if engine == "ray" and (models or judge_config is not None):
-        click.echo("engine ray: perplexity, ifd and the judge run on the local engine",
-                   err=True)
+    if engine == "ray" and judge_config is not None:
+        click.echo("engine ray: the judge runs on the local engine", err=True)
     if models:
         if not progress:  # transformers draws its own bar while it loads the weights
             from transformers.utils import logging as hf_logging
@@ -526,8 +525,10 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
+            _say_engine(engine, len(frame))
             quality.run_model_scoring(store, vid, scores=models, model=model,
-                                      max_length=max_length, progress=_bar_callback(bar))
+                                      max_length=max_length, progress=_bar_callback(bar),
+                                      engine=engine)
     if judge_config is not None:
         _run_judge(store, vid, judge_config, progress)
     if "learned" in names:  # last: it uses every score cached above as a feature
@@ -1121,10 +1122,11 @@ def _run(cmd: list[str]) -> None:
 @click.option("--similarity/--no-similarity", default=True, show_default=True,
               help="Embedding similarity to the reference (loads the embedding model).")
 @click.option("--detach", is_flag=True, help="Start the job and return; it keeps running.")
+@_engine_option
 @click.pass_context
 def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
              temperature: float | None, top_p: float | None, limit: int | None,
-             style_json: str | None, similarity: bool, detach: bool) -> None:
+             style_json: str | None, similarity: bool, detach: bool, engine: str) -> None:
     """Evaluate a model on a dataset version (REF) in a background job; print metrics with CIs."""
     from . import evaluation
     from .evaluate import GenerationConfig
@@ -1136,7 +1138,7 @@ def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
                                   **({"top_p": top_p} if top_p is not None else {}))
     job = evaluation.start_eval(_store(ctx), ref, model=model, generation=generation,
                                 style=_json_option("--style", style_json), limit=limit,
-                                similarity=similarity)
+                                similarity=similarity, engine=engine)
     click.echo(f"started eval run {job.run_id}")
     if detach:
         click.echo(f"follow it in the app, or: workbench compare {job.run_id} OTHER_RUN")

@@ -95,6 +95,7 @@ def _embed_ray(store: Store, frame: pd.DataFrame, field: str, model: str,
     if len(todo):
         rows = E.map_rows(todo, ray_steps.embed_batch, kwargs={"field": field},
                           load=ray_steps.load_encoder, load_kwargs={"model": model},
+                          use_gpu=True,
                           home=E.data_folder(store.path), progress=progress,
                           cancelled=cancelled)
         vectors = ray_steps.vectors_of(rows)
@@ -107,12 +108,13 @@ def _embed_ray(store: Store, frame: pd.DataFrame, field: str, model: str,
 
 
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
-                    model: str = "default", fields: Sequence[str] | None = None
-                    ) -> jobs.JobStatus:
+                    model: str = "default", fields: Sequence[str] | None = None,
+                    engine: str = "local") -> jobs.JobStatus:
     """Start a background job that fills the embedding cache for a version's field (or, with
-    ``fields``, several fields one after the other)."""
+    ``fields``, several fields one after the other); ``engine="ray"`` embeds on Ray Data from
+    the size threshold on."""
     params = {"store": str(store.path), "version_id": version_id, "field": field,
-              "model": model}
+              "model": model, **({} if E.check_engine(engine) == "local" else {"engine": engine})}
     if fields:
         params.update(field=fields[0], fields=list(fields))
     return jobs.start("embed", params)

@@ -258,7 +258,7 @@ class _ModelBatches:
 
 def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | None = None,
              load: Callable[..., Any] | None = None, load_kwargs: dict | None = None,
-             workers: int | None = None, batch_rows: int = BATCH_ROWS,
+             workers: int | None = None, use_gpu: bool = False, batch_rows: int = BATCH_ROWS,
              shard_rows: int = 10 * BATCH_ROWS, progress: Callable[[int, int], None] | None = None,
              cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Return ``fn`` applied to the frame batch by batch on Ray, one output row per input row,
@@ -266,7 +266,8 @@ def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | No
 
     ``fn(batch, **kwargs)`` is a pure, importable function. With ``load``, ``fn(batch, model,
     **kwargs)`` runs in an actor pool of ``workers`` actors that each call ``load(**load_kwargs)``
-    once (one GPU per actor when the cluster has GPUs). ``progress(rows_done, rows)`` follows
+    once (with ``use_gpu``, one GPU per actor when the cluster has GPUs: for loaders that put
+    the model on a GPU when there is one). ``progress(rows_done, rows)`` follows
     the batches as they come back; ``cancelled()`` (or a progress callback raising Cancelled)
     is checked between batches and stops the run. The rows travel as Parquet shards of
     ``shard_rows`` rows under the data folder ``home``, removed afterwards.
@@ -280,7 +281,7 @@ def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | No
         ds = ray.data.read_parquet(str(folder)).repartition(
             len(list(folder.glob("*.parquet"))))
         mapped = ds.map_batches(**_map_args(fn, kwargs or {}, load, load_kwargs or {}, workers,
-                                            batch_rows))
+                                            use_gpu, batch_rows))
         parts = _collect(mapped, len(frame), progress, cancelled)
     if not parts:
         return pd.DataFrame()
@@ -289,13 +290,13 @@ def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | No
 
 
 def _map_args(fn: Fn, kwargs: dict, load: Callable[..., Any] | None, load_kwargs: dict,
-              workers: int | None, batch_rows: int) -> dict:
+              workers: int | None, use_gpu: bool, batch_rows: int) -> dict:
     ray = _import_ray()
     common = {"batch_format": "pandas", "batch_size": batch_rows,
               "udf_modifying_row_count": False}
     if load is None:  # a plain function: Ray tasks, as many as the CPUs allow
         return {"fn": _run_batch, "fn_kwargs": {"fn": fn, "kwargs": kwargs}, **common}
-    gpus = gpu_count()
+    gpus = gpu_count() if use_gpu else 0
     size = workers or max(gpus, 1)
     return {"fn": _ModelBatches, "fn_constructor_kwargs": {
                 "fn": fn, "load": load, "load_kwargs": load_kwargs, "kwargs": kwargs},

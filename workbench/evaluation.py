@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import analysis, jobs, runs, training
 from . import evaluate as ev
+from .engine import check_engine
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .io import ImportReport
 from .store import Store, version_label
@@ -103,8 +104,9 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
                generation: ev.GenerationConfig | None = None,
                style: Mapping[str, Any] | None = None, similarity: bool = True,
                limit: int | None = None, name: str = "", home: Home = None,
-               inline: bool = False) -> jobs.JobStatus:
-    """Return the status of a new eval job of a model on a dataset version (REF: id or name)."""
+               inline: bool = False, engine: str = "local") -> jobs.JobStatus:
+    """Return the status of a new eval job of a model on a dataset version (REF: id or name);
+    ``engine="ray"`` generates on Ray Data from the size threshold on (``engine.choose``)."""
     version = store.version(store.resolve(ref))
     if version.n_rows == 0:
         raise ConfigError(f"version {version.version_id} of {version.dataset!r} has no rows")
@@ -117,7 +119,8 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
               "generation": (generation or ev.GenerationConfig()).to_dict(),
               "style": dict(style) if style else None,
               "embedder": "default" if similarity else None, "limit": limit,
-              "name": name or f"{model} on {version.ref}"}
+              "name": name or f"{model} on {version.ref}",
+              **({} if check_engine(engine) == "local" else {"engine": engine})}
     if inline:
         return _finished(jobs.run_inline(EVAL_TASK, params, kind="eval", home=home))
     return jobs.start(EVAL_TASK, params, kind="eval", home=home)

@@ -209,16 +209,18 @@ def score_summary(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
 # --- model scores and the judge: background jobs ------------------------------------------------
 
 def model_params(store: Store, version_id: int, *, scores: Sequence[str] = S.MODEL_SCORES,
-                 model: str = "default", max_length: int = 1024, batch_tokens: int = 1024
-                 ) -> dict:
-    """Return the checked parameters of a model-scoring job (the "model_score" task)."""
+                 model: str = "default", max_length: int = 1024, batch_tokens: int = 1024,
+                 engine: str = "local") -> dict:
+    """Return the checked parameters of a model-scoring job (the "model_score" task);
+    ``engine="ray"`` scores on Ray Data from the size threshold on (``engine.choose``)."""
     names = [scorer_name(s) for s in scores]
     S._check_model_options(names, max_length, batch_tokens)
     if not str(model).strip():
         raise ConfigError("model: give 'default' or a local model folder")
     return {"store": str(store.path), "version_id": int(version_id), "scores": names,
             "model": str(model).strip(), "max_length": int(max_length),
-            "batch_tokens": int(batch_tokens)}
+            "batch_tokens": int(batch_tokens),
+            **({} if E.check_engine(engine) == "local" else {"engine": engine})}
 
 
 def start_model_scoring(store: Store, version_id: int, **options: Any) -> jobs.JobStatus:

@@ -134,3 +134,42 @@ def vectors_of(rows: pd.DataFrame) -> np.ndarray:
     if rows.empty:
         return np.zeros((0, 384), np.float32)
     return np.stack([np.asarray(v, np.float32) for v in rows["vector"]])
+
+
+# --- model scores (perplexity, ifd) --------------------------------------------------------
+
+def load_scoring_lm(model: str) -> Any:
+    """Return (model, tokenizer) as the local model scorers load them (once per actor; on the
+    CPU: score.py runs the language model where load_lm puts it)."""
+    from .models import load_lm
+
+    return load_lm(model)
+
+
+def model_score_batch(batch: pd.DataFrame, lm: Any, *, scores: Sequence[str], max_length: int,
+                      batch_tokens: int) -> pd.DataFrame:
+    """Return the ``<score>_score`` columns (perplexity, ifd) of a batch's rows."""
+    out = S.model_scores(batch, scores=list(scores), lm=lm, max_length=max_length,
+                         batch_tokens=batch_tokens)
+    return out.reset_index(drop=True)
+
+
+# --- eval generation ----------------------------------------------------------------------
+
+def load_generator(spec: Any) -> Any:
+    """Return (model, tokenizer) as the eval job loads them (once per actor)."""
+    from .evaluate import load_eval_model
+
+    return load_eval_model(spec)
+
+
+def generate_batch(batch: pd.DataFrame, lm: Any, *, config: dict) -> pd.DataFrame:
+    """Return one generation per row (text, token ids, hit_max as JSON) and the device."""
+    from .evaluate import GenerationConfig
+    from .evaluate import generate_batch as generate
+
+    made = generate(lm[0], lm[1], list(batch["messages"]), GenerationConfig.from_dict(config))
+    return pd.DataFrame({
+        "generation": [orjson.dumps({"text": g.text, "token_ids": list(g.token_ids),
+                                     "hit_max": g.hit_max}).decode() for g in made],
+        "device": [str(lm[0].device)] * len(made)})

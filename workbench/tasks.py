@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
 from . import analysis, tracking
+from . import engine as E
 from . import evaluate as ev
 from . import score as S
 from . import train as T
@@ -119,6 +121,7 @@ class EvalParams:
     embedder: str | None = "default"
     limit: int | None = None
     name: str | None = ""
+    engine: str = "local"
 
 
 @task("eval", EvalParams, old=("workbench.evaluate.eval_task",))
@@ -132,16 +135,23 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
         frame = frame.head(int(p.limit))
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
             f"({len(frame)} rows, {config.to_dict()})")
-    T.start_phase(ctx, "loading model")
-    model, tokenizer = ev.load_eval_model(p.model)
-    T.start_phase(ctx, "evaluating", len(frame))
-    generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
+    choice = E.choose(p.engine, len(frame))
+    if choice.engine == "ray":
+        ctx.log(f"engine {choice}")
+        T.start_phase(ctx, "evaluating", len(frame))
+        generations, seconds, device = _generate_ray(p, frame, config, ctx)
+    else:
+        T.start_phase(ctx, "loading model")
+        model, tokenizer = ev.load_eval_model(p.model)
+        T.start_phase(ctx, "evaluating", len(frame))
+        generations, seconds = _generate_with_progress(model, tokenizer, frame, config, ctx)
+        device = str(model.device)
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
                                   embedder=p.embedder)
     summary = _eval_summary(p, config, scored, generations, seconds)
-    summary["device"] = str(model.device)
+    summary["device"] = device
     ev.write_run(ctx.run_dir, scored, summary)
     tracking.after_run(ctx, summary, store=p.store)
     return summary
@@ -160,6 +170,23 @@ def _generate_with_progress(model: Any, tokenizer: Any, frame: pd.DataFrame,
     generations = ev.generate_batch(model, tokenizer, list(frame["messages"]), config,
                                     progress=report, check=ctx.check_cancel)
     return generations, time.perf_counter() - started
+
+
+def _generate_ray(p: EvalParams, frame: pd.DataFrame, config: ev.GenerationConfig, ctx: Any
+                  ) -> tuple[list[ev.Generation], float, str]:
+    """Generate on Ray Data: an actor pool loads the model once per worker (a GPU each where
+    the cluster has them); return the generations in row order, seconds, and the device."""
+    from . import ray_steps
+
+    started = time.perf_counter()
+    rows = E.map_rows(frame, ray_steps.generate_batch, load=ray_steps.load_generator,
+                      load_kwargs={"spec": p.model}, kwargs={"config": config.to_dict()},
+                      use_gpu=True, batch_rows=16, home=E.data_folder(p.store),
+                      progress=ctx.progress, cancelled=getattr(ctx, "cancelled", None))
+    generations = [ev.Generation(r["text"], tuple(r["token_ids"]), r["hit_max"])
+                   for r in map(orjson.loads, rows["generation"])]
+    device = rows["device"].iloc[0] if len(rows) else "ray"
+    return generations, time.perf_counter() - started, f"ray ({device})"
 
 
 def _eval_summary(p: EvalParams, config: ev.GenerationConfig, scored: pd.DataFrame,
@@ -268,6 +295,7 @@ class ModelScoreParams:
     max_length: int = 1024
     batch_tokens: int = 1024
     chunk_rows: int = 64
+    engine: str = "local"
 
 
 @task("model_score", ModelScoreParams, kind="score", old=("workbench.score.model_score_task",))
@@ -287,8 +315,36 @@ def model_score(p: ModelScoreParams, ctx: Any) -> dict:
     todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
     todo = todo.drop_duplicates("id")
     ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)})")
-    done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
+    choice = E.choose(p.engine, len(todo))
+    if choice.engine == "ray":
+        ctx.log(f"engine {choice}")
+        done = _model_score_ray(store, todo, specs, options, ctx)
+    else:
+        done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
     return {"rows": len(frame), "cached": len(frame) - len(todo), **done}
+
+
+def _model_score_ray(store: Store, todo: pd.DataFrame, specs: list[S.ScoreSpec],
+                     options: dict, ctx: Any) -> dict:
+    """Score rows on Ray (an actor pool: the model loads once per worker); cache them as the
+    local path does (never a NaN); return counts."""
+    from . import ray_steps
+
+    started = time.perf_counter()
+    values = E.map_rows(todo, ray_steps.model_score_batch, load=ray_steps.load_scoring_lm,
+                        load_kwargs={"model": options["model"]},
+                        kwargs={"scores": [s.name for s in specs],
+                                "max_length": options["max_length"],
+                                "batch_tokens": options["batch_tokens"]},
+                        home=E.data_folder(store.path), batch_rows=64, progress=ctx.progress,
+                        cancelled=getattr(ctx, "cancelled", None))
+    cache = StoreCache(store)
+    for spec in specs:
+        column = values[spec.scorer.column].to_numpy(dtype=float)
+        ok = np.isfinite(column)
+        cache.put_scores(todo["id"][ok].tolist(), column[ok].tolist(), spec.name,
+                         spec.scorer.cache_params(spec.params))
+    return {"scored": len(todo), "seconds": round(time.perf_counter() - started, 2)}
 
 
 @dataclass(frozen=True)
@@ -355,6 +411,7 @@ class EmbedParams:
     field: str = "conversation"
     fields: list | None = None
     model: str = "default"
+    engine: str = "local"
 
 
 @task("embed", EmbedParams, old=("workbench.embed.embed_task",))
@@ -372,8 +429,15 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
         def report(done: int, total: int, i: int = i) -> None:
             ctx.progress(i * total + done, len(fields) * total)
 
-        vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
-                             progress=report)
+        if E.choose(p.engine, len(frame)).engine == "ray":
+            from .curate import embed_frame
+
+            ctx.log(f"engine {E.choose(p.engine, len(frame))}")
+            vectors = embed_frame(store, frame, field=field, model=p.model, progress=report,
+                                  engine=p.engine, cancelled=getattr(ctx, "cancelled", None))
+        else:
+            vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
+                                 progress=report)
         dim = int(vectors.shape[1]) if len(vectors) else 0
     return {"rows": len(frame), "fields": fields, "dim": dim}
 
