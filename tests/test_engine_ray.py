@@ -25,31 +25,7 @@ pytest.importorskip("ray.data")
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 EMBED_ROWS = 24  # the real embedder on a few rows: enough for an actor pool, cheap on a CPU
-
-
-# --- choosing the engine (no Ray needed) ---------------------------------------------------
-
-def test_small_jobs_run_locally_and_say_why():
-    choice = E.choose("ray", 400, threshold=1_000)
-    assert choice.engine == "local"
-    assert choice.reason == ("400 rows is below the Ray threshold of 1000 rows "
-                             "(Ray's start-up would take longer than the step)")
-    assert E.choose("ray", 1_000, threshold=1_000).engine == "ray"
-    assert E.choose("ray", 3, force=True).engine == "ray"
-    assert E.choose("local", 10**9).engine == "local"
-
-
-def test_threshold_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "0")
-    assert E.choose("ray", 1).engine == "ray"
-    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "many")
-    with pytest.raises(ConfigError, match="WORKBENCH_RAY_MIN_ROWS='many'"):
-        E.choose("ray", 1)
-
-
-def test_unknown_engine_is_refused():
-    with pytest.raises(ConfigError, match="engine='spark': use one of local, ray"):
-        E.choose("spark", 10)
+MODEL_ROWS = 12  # perplexity and IFD with the tiny random model
 
 
 def _closed_port() -> int:
@@ -167,6 +143,32 @@ def test_embeddings_are_the_same_on_ray(use_ray, stores):
     np.testing.assert_allclose(vectors["ray"], vectors["local"], atol=1e-5)
     again = curate.embed_frame(stores["ray"], _frame(stores["ray"], EMBED_ROWS), engine="ray")
     np.testing.assert_array_equal(again, vectors["ray"])  # read back from the cache
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> str:
+    from workbench.models import tiny_lm
+
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    model, tokenizer = tiny_lm()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_model_scores_are_the_same_on_ray(use_ray, stores, tiny_folder):
+    scored = {}
+    for name, store in stores.items():
+        rows = store.examples(store.versions("support")[0].version_id)[:MODEL_ROWS]
+        vid = store.add_examples("model-rows", rows)  # its own dataset: support stays
+        quality.run_model_scoring(store, vid, model=tiny_folder, scores=["ppl", "ifd"],
+                                  engine=name)
+        frame = quality.with_cached_scores(store, store.frame(vid))
+        scored[name] = frame[["id", "perplexity_score", "ifd_score"]]
+    assert len(scored["ray"]) == MODEL_ROWS
+    # Padding differs between the local length-sorted chunks and Ray's batches: float noise.
+    pd.testing.assert_frame_equal(scored["ray"], scored["local"], check_exact=False,
+                                  rtol=1e-4)
 
 
 def test_exact_and_near_duplicates_are_the_same_on_ray(use_ray, stores):
