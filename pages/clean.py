@@ -203,7 +203,7 @@ try:
 except WorkbenchError as e:
     show_error(e)
     st.stop()
-engine = engine_setting("cl_engine", len(frame))
+engine = engine_setting("cl_engine", len(frame), "clean")
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
     try:

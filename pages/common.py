@@ -221,8 +221,8 @@ def tracking_toggle(key: str) -> None:
                    f"{md_escape(config.experiment)}")
 
 
-def engine_setting(key: str, rows: int, *, note: str = "") -> str:
-    """An "Engine" choice (local or Ray Data); shows which engine a run over ``rows`` rows
+def engine_setting(key: str, rows: int, step: str, *, note: str = "") -> str:
+    """An "Engine" choice (local or Ray Data); shows which engine ``step`` over ``rows`` rows
     would use and why. Returns the requested engine."""
     from workbench.engine import ENGINES, choose
 
@@ -232,7 +232,7 @@ def engine_setting(key: str, rows: int, *, note: str = "") -> str:
              "cluster at RAY_ADDRESS); below a size threshold it still runs locally, since "
              "starting Ray takes longer than a small step." + (f" {note}" if note else ""))
     try:
-        st.caption(f"Engine: {md_escape(str(choose(requested, rows)))}")
+        st.caption(f"Engine: {md_escape(str(choose(requested, rows, step)))}")
     except WorkbenchError as e:  # a bad WORKBENCH_RAY_MIN_ROWS
         show_error(e)
     return requested

@@ -145,8 +145,9 @@ def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
 
 
 options = options_form()
-engine = engine_setting("dd_engine", len(frame), note="Semantic duplicates are found on the "
-                        "local engine only (their embeddings may be computed on Ray).")
+engine = engine_setting("dd_engine", len(frame), "dedup",
+                        note="Semantic duplicates are found on the local engine only (their "
+                        "embeddings may be computed on Ray).")
 embedded = embeddings_section(options, engine) if options.semantic else False
 explorer(options, embedded)
 if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded):

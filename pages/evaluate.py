@@ -99,7 +99,7 @@ def run_section() -> None:
                                  "evaluate all rows of the runs worth comparing.")
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
     style = style_form()
-    engine = engine_setting("ev_engine", int(limit) or version.n_rows)
+    engine = engine_setting("ev_engine", int(limit) or version.n_rows, "eval")
     tracking_toggle("ev_mlflow")
     if st.button("Run evaluation", type="primary", key="ev_run_start",
                  icon=":material/play_arrow:"):

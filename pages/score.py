@@ -62,8 +62,9 @@ def heuristics_form() -> tuple[list[str], dict]:
 
 def run_heuristics() -> None:
     names, params = heuristics_form()
-    engine = engine_setting("sc_engine", len(base), note="Model scores and the judge run as "
-                            "local background jobs.")
+    engine = engine_setting("sc_engine", len(base), "score",
+                            note="It also applies to model scores (a background job); the "
+                            "judge runs locally.")
     if st.button("Score now", type="primary", key="sc_run", disabled=not names):
         try:
             with progress_bar("Scoring rows") as progress:
@@ -85,8 +86,9 @@ def model_form() -> None:
                              key="sc_model")
         max_length = c.number_input("Max tokens per row", 16, 8192, 1024, key="sc_maxlen")
         if st.button("Start model scoring", key="sc_mstart", disabled=not scores):
-            start(lambda: quality.start_model_scoring(store(), version_id, scores=scores,
-                                                      model=model, max_length=max_length))
+            start(lambda: quality.start_model_scoring(
+                store(), version_id, scores=scores, model=model, max_length=max_length,
+                engine=st.session_state.get("sc_engine", "local")))
 
 
 def judge_form() -> None:

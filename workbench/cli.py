@@ -324,12 +324,12 @@ def _engine_option(fn: Callable) -> Callable:
         "runs locally: Ray's start-up would cost more.")(fn)
 
 
-def _say_engine(requested: str, rows: int) -> None:
+def _say_engine(requested: str, rows: int, step: str) -> None:
     """Print which engine runs the step and why (on stderr, with the progress bars)."""
     from .engine import choose
 
     if requested != "local":
-        click.echo(f"engine {choose(requested, rows)}", err=True)
+        click.echo(f"engine {choose(requested, rows, step)}", err=True)
 
 
 def _split_names(text: str | None) -> list[str]:
@@ -371,7 +371,7 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
              **{n: "flag" for n in _split_names(flag_rules)}}
     chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
     frame = store.frame(vid)
-    _say_engine(engine, len(frame))
+    _say_engine(engine, len(frame), "clean")
     checked = curate.clean_preview(frame, chosen, samples=1, engine=engine,
                                    home=_data_folder(store))
     report = checked.preview
@@ -419,13 +419,14 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
                                   num_perm=num_perm, semantic=semantic, keep=keep,
                                   **({"semantic_threshold": cosine} if cosine else {}))
     frame = store.frame(vid)
+    curate.check_dedup_engine(options, engine, len(frame))  # before minutes of embedding
     if semantic:
         with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
             embed_frame(store, frame, field=field, progress=progress, engine=engine)
-    _say_engine(engine, len(frame))
+    _say_engine(engine, len(frame), "dedup")
     clusters = curate.find_duplicates(store, frame, options, engine=engine)
     summary = curate.cluster_summary(frame, clusters)
     click.echo(f"{len(summary)} clusters, {int((~clusters['kept']).sum())} rows to drop")
@@ -512,7 +513,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
                                  judge_format, judge_retries) if "judge" in names else None
     frame = store.frame(vid)
     if heuristics:
-        _say_engine(engine, len(frame))
+        _say_engine(engine, len(frame), "score")
         quality.score_heuristics(store, frame,
                                  quality.heuristic_specs(heuristics, {"format": checks}),
                                  engine=engine)
@@ -525,7 +526,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
-            _say_engine(engine, len(frame))
+            _say_engine(engine, len(frame), "model_score")
             quality.run_model_scoring(store, vid, scores=models, model=model,
                                       max_length=max_length, progress=_bar_callback(bar),
                                       engine=engine)

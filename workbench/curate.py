@@ -76,7 +76,7 @@ def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation
     ``engine="ray"`` embeds the uncached rows on Ray Data from the size threshold on, in an
     actor pool that loads the model once per worker (a GPU each where the cluster has them).
     """
-    if encoder is None and E.choose(engine, len(frame)).engine == "ray":
+    if encoder is None and E.choose(engine, len(frame), "embed").engine == "ray":
         return _embed_ray(store, frame, field, model, progress, cancelled)
     return embed_rows(frame, cache=StoreCache(store), field=field, model=model,
                       encoder=encoder, chunk=chunk, progress=progress)
@@ -136,10 +136,7 @@ def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
     ``progress(rows_hashed, rows)`` follows the MinHash pass. ``engine="ray"`` finds exact and
     near duplicates on Ray Data from the size threshold on (``engine.choose``); semantic
     duplicates stay local (they need every vector in one place)."""
-    if E.choose(engine, len(frame)).engine == "ray":
-        if options.semantic:
-            raise ConfigError("semantic duplicates run on the local engine only: switch "
-                              "--semantic off for engine ray, or use engine local")
+    if check_dedup_engine(options, engine, len(frame)).engine == "ray":
         return _find_duplicates_ray(store, frame, options, progress)
     vectors = None
     if options.semantic:
@@ -153,6 +150,16 @@ def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
         semantic_threshold=options.semantic_threshold if options.semantic else None,
         embeddings=vectors, keep=options.keep, score_column=options.score_column,
         progress=progress)
+
+
+def check_dedup_engine(options: DedupOptions, engine: str, rows: int) -> E.Choice:
+    """Return the engine that finds duplicates over ``rows`` rows; raise ConfigError when that
+    is Ray and semantic duplicates are asked for (they run on the local engine only)."""
+    choice = E.choose(engine, rows, "dedup")
+    if choice.engine == "ray" and options.semantic:
+        raise ConfigError("semantic duplicates run on the local engine only: switch semantic "
+                          "off for engine ray, or use engine local")
+    return choice
 
 
 def _find_duplicates_ray(store: Store, frame: pd.DataFrame, options: DedupOptions,
@@ -254,7 +261,7 @@ def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
     shards under ``home`` (the data folder), and returns the same CleanRun."""
     from . import clean, ray_steps
 
-    if E.choose(engine, len(frame)).engine == "local":
+    if E.choose(engine, len(frame), "clean").engine == "local":
         return clean.run(frame, list(rules), samples=samples, progress=progress,
                          row_progress=row_progress)
     clean._check_inputs(frame, rules)

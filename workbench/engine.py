@@ -34,12 +34,20 @@ from .exceptions import Cancelled, ConfigError, WorkbenchError
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
-# Starting Ray costs far more than a small step: measured on this 2-core shared machine
-# (ray 2.60, tiny frame), ray.init took 20.6 s and the first map_batches 12.2 s more (a second
-# one 0.14 s), ~33 s before any row is processed. Locally the clean rules run ~1.5k rows/s
-# and the heuristic scores faster, so below ~100k rows the local engine finishes before Ray
-# has started; Ray only pays off on more cores (a cluster) and bigger data.
-RAY_MIN_ROWS = 100_000
+# Starting Ray costs far more than a small step. Measured on this 2-core shared machine (ray
+# 2.60, load average ~13): ray.init 20.6 s, the first map_batches 12.2 s more (a second one
+# 0.14 s), so ~33 s before any row is processed.
+RAY_START_S = 33.0
+# Local speed of each step in rows/s on the same machine: clean (default rules) 198 and
+# heuristic scores 19k (measured on 4,000 sample rows, load ~14); embeddings ~50, perplexity
+# ~1.8 and greedy generation ~10 tokens/s (~0.08 rows of 128 tokens) from DESIGN.md; exact +
+# near dedup ~15k (DESIGN.md: 14-17x datasketch's ~1k docs/s).
+LOCAL_ROWS_PER_S = {"clean": 198.0, "score": 19_000.0, "embed": 50.0, "model_score": 1.8,
+                    "eval": 0.08, "dedup": 15_000.0}
+# Two workers at best halve a step, so Ray pays off once the local run takes longer than twice
+# Ray's start-up: from 2 * RAY_START_S * rows/s rows (clean ~13k rows, scores ~1.25M).
+RAY_MIN_ROWS = {step: max(1, round(2 * RAY_START_S * rate))
+                for step, rate in LOCAL_ROWS_PER_S.items()}
 BATCH_ROWS = 1_000  # rows per map_batches call: progress and cancel are checked between them
 SHARD_DIR = "ray_shards"  # under the data folder; removed after each step
 ATTACH_TIMEOUT_S = 3.0  # how long a RAY_ADDRESS may take to answer a TCP connect
@@ -68,11 +76,14 @@ def check_engine(name: Any) -> Engine:
     return name
 
 
-def ray_threshold() -> int:
-    """Return the row count from which ``ray`` is really used ($WORKBENCH_RAY_MIN_ROWS)."""
+def ray_threshold(step: str) -> int:
+    """Return the row count from which ``ray`` is really used for a step: $WORKBENCH_RAY_MIN_ROWS
+    for every step when set, else the step's measured break-even (RAY_MIN_ROWS)."""
     raw = os.environ.get("WORKBENCH_RAY_MIN_ROWS")
     if raw is None:
-        return RAY_MIN_ROWS
+        if step not in RAY_MIN_ROWS:
+            raise ConfigError(f"step={step!r}: use one of {', '.join(RAY_MIN_ROWS)}")
+        return RAY_MIN_ROWS[step]
     try:
         value = int(raw)
     except ValueError:
@@ -82,22 +93,23 @@ def ray_threshold() -> int:
     return value
 
 
-def choose(requested: str, n_rows: int, *, threshold: int | None = None,
+def choose(requested: str, n_rows: int, step: str, *, threshold: int | None = None,
            force: bool = False) -> Choice:
-    """Return the engine that runs a step over ``n_rows`` rows, and why.
+    """Return the engine that runs ``step`` (clean, score, embed, model_score, eval, dedup)
+    over ``n_rows`` rows, and why.
 
-    "ray" below the threshold runs locally (Ray's start-up would cost more than the step);
-    ``force`` (or ``threshold=0``) uses Ray whatever the size, as the tests do.
+    "ray" below the step's threshold runs locally (Ray's start-up would cost more than the
+    step); ``force`` (or ``threshold=0``) uses Ray whatever the size, as the tests do.
     """
     check_engine(requested)
     if requested == "local":
         return Choice("local", "the local engine was asked for")
-    limit = ray_threshold() if threshold is None else int(threshold)
+    limit = ray_threshold(step) if threshold is None else int(threshold)
     if force or n_rows >= limit:
         where = os.environ.get("RAY_ADDRESS") or "a local Ray"
         return Choice("ray", f"{n_rows} rows on {where}")
-    return Choice("local", f"{n_rows} rows is below the Ray threshold of {limit} rows "
-                           "(Ray's start-up would take longer than the step)")
+    return Choice("local", f"{n_rows} rows is below the Ray threshold of {limit} rows for "
+                           f"{step} (Ray's start-up would take longer than the step)")
 
 
 # --- starting Ray ---------------------------------------------------------------------------

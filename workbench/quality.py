@@ -78,7 +78,7 @@ def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreS
     """
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
-    if E.choose(engine, len(frame)).engine == "ray":
+    if E.choose(engine, len(frame), "score").engine == "ray":
         out = _score_ray(store, frame, list(specs), progress, cancelled)
         for spec in specs:
             _touch(store, frame["id"].tolist(), spec.name,

@@ -57,10 +57,8 @@ def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[cl
     rows = [orjson.loads(o) for o in outcomes["outcome"]]
     keys = frame["row_key"].tolist()
     reports = _reports(rules, rows, keys, samples)
-    drops = {r.name for r in rules if r.action == "drop"}
-    flags = {r.name for r in rules if r.action == "flag"}
-    hit_drop = [any(rules[n].name in drops for n in r["hits"]) for r in rows]
-    hit_flag = [any(rules[n].name in flags for n in r["hits"]) for r in rows]
+    hit_drop = [any(rules[n].action == "drop" for n in r["hits"]) for r in rows]
+    hit_flag = [any(rules[n].action == "flag" for n in r["hits"]) for r in rows]
     preview = clean.CleanPreview(len(rows), sum(hit_drop), reports,
                                  sum(f and not d for f, d in zip(hit_flag, hit_drop)))
     alive = [i for i, r in enumerate(rows) if r["drop"] is None]

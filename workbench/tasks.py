@@ -135,7 +135,7 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
         frame = frame.head(int(p.limit))
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
             f"({len(frame)} rows, {config.to_dict()})")
-    choice = E.choose(p.engine, len(frame))
+    choice = E.choose(p.engine, len(frame), "eval")
     if choice.engine == "ray":
         ctx.log(f"engine {choice}")
         T.start_phase(ctx, "evaluating", len(frame))
@@ -315,7 +315,7 @@ def model_score(p: ModelScoreParams, ctx: Any) -> dict:
     todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
     todo = todo.drop_duplicates("id")
     ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)})")
-    choice = E.choose(p.engine, len(todo))
+    choice = E.choose(p.engine, len(todo), "model_score")
     if choice.engine == "ray":
         ctx.log(f"engine {choice}")
         done = _model_score_ray(store, todo, specs, options, ctx)
@@ -429,10 +429,11 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
         def report(done: int, total: int, i: int = i) -> None:
             ctx.progress(i * total + done, len(fields) * total)
 
-        if E.choose(p.engine, len(frame)).engine == "ray":
+        choice = E.choose(p.engine, len(frame), "embed")
+        if choice.engine == "ray":
             from .curate import embed_frame
 
-            ctx.log(f"engine {E.choose(p.engine, len(frame))}")
+            ctx.log(f"engine {choice}")
             vectors = embed_frame(store, frame, field=field, model=p.model, progress=report,
                                   engine=p.engine, cancelled=getattr(ctx, "cancelled", None))
         else:
