@@ -26,6 +26,7 @@ pytest.importorskip("ray.data")
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 EMBED_ROWS = 24  # the real embedder on a few rows: enough for an actor pool, cheap on a CPU
 MODEL_ROWS = 12  # perplexity and IFD with the tiny random model
+EVAL_ROWS = 4  # greedy generation with the tiny random model: one Ray batch
 
 
 def _closed_port() -> int:
@@ -169,6 +170,23 @@ def test_model_scores_are_the_same_on_ray(use_ray, stores, tiny_folder):
     # Padding differs between the local length-sorted chunks and Ray's batches: float noise.
     pd.testing.assert_frame_equal(scored["ray"], scored["local"], check_exact=False,
                                   rtol=1e-4)
+
+
+def test_eval_generations_are_the_same_on_ray(use_ray, stores, tmp_path):
+    from workbench import evaluation
+    from workbench.evaluate import GenerationConfig
+
+    predictions = {}
+    for name, store in stores.items():
+        home = tmp_path / name
+        job = evaluation.start_eval(store, "support", model="tiny", limit=EVAL_ROWS,
+                                    generation=GenerationConfig(max_new_tokens=6),
+                                    similarity=False, home=home, inline=True, engine=name)
+        assert job.state == "done" and job.result["rows"] == EVAL_ROWS
+        predictions[name] = evaluation.run_predictions(job.run_id, home=home)
+    assert predictions["ray"]["prediction"].tolist() == \
+        predictions["local"]["prediction"].tolist()  # greedy, the same batch: the same text
+    pd.testing.assert_frame_equal(predictions["ray"], predictions["local"])
 
 
 def test_exact_and_near_duplicates_are_the_same_on_ray(use_ray, stores):
