@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import curation_header, flash, progress_bar, show_error, store
+from pages.common import (
+    curation_header,
+    engine_setting,
+    flash,
+    progress_bar,
+    show_error,
+    store,
+)
 from workbench import clean, curate, labelling
+from workbench.engine import data_folder
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
@@ -195,12 +203,16 @@ try:
 except WorkbenchError as e:
     show_error(e)
     st.stop()
+engine = engine_setting("cl_engine", len(frame), "clean")
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
-    with progress_bar("Rows checked, all rules") as progress:
-        st.session_state["cl_report"] = (version_id, rules,
-                                         curate.clean_preview(frame, rules,
-                                                              row_progress=progress))
+    try:
+        with progress_bar("Rows checked, all rules") as progress:
+            st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(
+                frame, rules, row_progress=progress, engine=engine,
+                home=data_folder(store().path)))
+    except WorkbenchError as e:
+        show_error(e)
 report = st.session_state.get("cl_report")
 fresh = bool(report) and report[0] == version_id and report[1] == rules
 if report and report[0] == version_id:
@@ -216,7 +228,8 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
         with progress_bar("Applying: rows checked, all rules") as progress:
             # The preview of these same rules already holds the new version's rows.
             result = report[2].result if fresh else \
-                curate.clean_preview(frame, rules, samples=0, row_progress=progress).result
+                curate.clean_preview(frame, rules, samples=0, row_progress=progress,
+                                     engine=engine, home=data_folder(store().path)).result
             version = curate.apply_clean(store(), version_id, frame, rules, extra_params=extra,
                                          result=result)
     except WorkbenchError as e:

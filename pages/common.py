@@ -219,3 +219,20 @@ def tracking_toggle(key: str) -> None:
     if config.enabled:
         st.caption(f"MLflow: {md_escape(config.shown_uri)}, experiment "
                    f"{md_escape(config.experiment)}")
+
+
+def engine_setting(key: str, rows: int, step: str, *, note: str = "") -> str:
+    """An "Engine" choice (local or Ray Data); shows which engine ``step`` over ``rows`` rows
+    would use and why. Returns the requested engine."""
+    from workbench.engine import ENGINES, choose
+
+    requested = st.selectbox(
+        "Engine", ENGINES, key=key,
+        help="local: this process. ray: batch by batch on Ray Data (a local Ray, or the "
+             "cluster at RAY_ADDRESS); below a size threshold it still runs locally, since "
+             "starting Ray takes longer than a small step." + (f" {note}" if note else ""))
+    try:
+        st.caption(f"Engine: {md_escape(str(choose(requested, rows, step)))}")
+    except WorkbenchError as e:  # a bad WORKBENCH_RAY_MIN_ROWS
+        show_error(e)
+    return requested

@@ -7,6 +7,7 @@ import streamlit as st
 
 from pages.common import (
     curation_header,
+    engine_setting,
     flash,
     job_panel,
     progress_bar,
@@ -43,7 +44,7 @@ def options_form() -> curate.DedupOptions:
                                keep=keep)
 
 
-def embeddings_section(options: curate.DedupOptions) -> bool:
+def embeddings_section(options: curate.DedupOptions, engine: str) -> bool:
     """Show the embedding state; return whether every row has an embedding."""
     _, missing = curate.version_embeddings(store(), frame, field=options.field)
     runs = curate.embedding_jobs(store(), version_id, options.field)
@@ -56,7 +57,7 @@ def embeddings_section(options: curate.DedupOptions) -> bool:
     st.info(f"{missing:,} rows need embeddings for semantic duplicates; they are computed once "
             "in the background and cached.")
     if st.button("Embed rows in the background", disabled=active, key="dd_embed_start"):
-        curate.start_embedding(store(), version_id, field=options.field)
+        curate.start_embedding(store(), version_id, field=options.field, engine=engine)
         st.rerun()
     return False
 
@@ -144,13 +145,16 @@ def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
 
 
 options = options_form()
-embedded = embeddings_section(options) if options.semantic else False
+engine = engine_setting("dd_engine", len(frame), "dedup",
+                        note="Semantic duplicates are found on the local engine only (their "
+                        "embeddings may be computed on Ray).")
+embedded = embeddings_section(options, engine) if options.semantic else False
 explorer(options, embedded)
 if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded):
     try:
         with progress_bar("Finding duplicates: rows hashed") as progress:
             st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
-                store(), frame, options, progress=progress))
+                store(), frame, options, progress=progress, engine=engine))
         st.session_state["dd_overrides"] = {}
     except WorkbenchError as e:
         show_error(e)

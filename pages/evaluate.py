@@ -10,6 +10,7 @@ import streamlit as st
 
 from pages.common import (
     current_dataset,
+    engine_setting,
     flash,
     job_panel,
     show_error,
@@ -117,6 +118,7 @@ def run_section() -> None:
     similarity = st.checkbox("Embedding similarity to the reference", value=True, key="ev_sim")
     device, backend = device_form()
     style = style_form()
+    engine = engine_setting("ev_engine", int(limit) or version.n_rows, "eval")
     tracking_toggle("ev_mlflow")
     if st.button("Run evaluation", type="primary", key="ev_run_start",
                  icon=":material/play_arrow:"):
@@ -125,7 +127,7 @@ def run_section() -> None:
                                         generation=generation,
                                         style=style, similarity=similarity,
                                         limit=int(limit) or None, device=device,
-                                        backend=backend)
+                                        backend=backend, engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return

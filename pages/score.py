@@ -11,6 +11,7 @@ import streamlit as st
 
 from pages.common import (
     curation_header,
+    engine_setting,
     flash,
     job_panel,
     progress_bar,
@@ -62,11 +63,14 @@ def heuristics_form() -> tuple[list[str], dict]:
 
 def run_heuristics() -> None:
     names, params = heuristics_form()
+    engine = engine_setting("sc_engine", len(base), "score",
+                            note="It also applies to model scores (a background job); the "
+                            "judge runs locally.")
     if st.button("Score now", type="primary", key="sc_run", disabled=not names):
         try:
             with progress_bar("Scoring rows") as progress:
                 quality.score_heuristics(store(), base, quality.heuristic_specs(names, params),
-                                         progress=progress)
+                                         progress=progress, engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return
@@ -87,9 +91,9 @@ def model_form() -> None:
                              help="Where the model scorers and the embedder run: auto takes "
                                   "a CUDA GPU, else Apple MPS, else the CPU.")
         if st.button("Start model scoring", key="sc_mstart", disabled=not scores):
-            start(lambda: quality.start_model_scoring(store(), version_id, scores=scores,
-                                                      model=model, max_length=max_length,
-                                                      device=device))
+            start(lambda: quality.start_model_scoring(
+                store(), version_id, scores=scores, model=model, max_length=max_length,
+                device=device, engine=st.session_state.get("sc_engine", "local")))
 
 
 def judge_form() -> None:

@@ -334,6 +334,22 @@ def _clean_rules(names: list[str] | None, pii: str | None, eval_texts: tuple | N
     return rules
 
 
+def _engine_option(fn: Callable) -> Callable:
+    return click.option(
+        "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        help="Where the rows are processed: here, or batch by batch on Ray Data (a local Ray, "
+        "or the cluster at RAY_ADDRESS). Below a size threshold (WORKBENCH_RAY_MIN_ROWS) ray "
+        "runs locally: Ray's start-up would cost more.")(fn)
+
+
+def _say_engine(requested: str, rows: int, step: str) -> None:
+    """Print which engine runs the step and why (on stderr, with the progress bars)."""
+    from .engine import choose
+
+    if requested != "local":
+        click.echo(f"engine {choose(requested, rows, step)}", err=True)
+
+
 def _split_names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
@@ -353,10 +369,11 @@ def _split_names(text: str | None) -> list[str]:
               help="Also drop rows overlapping this eval dataset/version (n-gram check).")
 @click.option("--preview", is_flag=True, help="Only report what would change.")
 @click.option("--list", "list_rules", is_flag=True, help="List the rules and their defaults.")
+@_engine_option
 @click.pass_context
 def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules: str | None,
               flag_rules: str | None, pii: str | None, eval_ref: str | None, preview: bool,
-              list_rules: bool) -> None:
+              list_rules: bool, engine: str) -> None:
     """Apply cleaning rules to a version (REF) as a new version, or preview them."""
     from . import clean, curate
 
@@ -372,7 +389,9 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
              **{n: "flag" for n in _split_names(flag_rules)}}
     chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
     frame = store.frame(vid)
-    checked = curate.clean_preview(frame, chosen, samples=1)
+    _say_engine(engine, len(frame), "clean")
+    checked = curate.clean_preview(frame, chosen, samples=1, engine=engine,
+                                   home=_data_folder(store))
     report = checked.preview
     click.echo(report.to_frame().to_string(index=False))
     click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped, "
@@ -399,11 +418,15 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
               show_default=True)
 @click.option("--dry-run", is_flag=True, help="Only report the clusters.")
 @_device_option("the embedding model (--semantic)")
+@_engine_option
 @click.pass_context
 def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: float,
               ngram: int, num_perm: int, semantic: bool, cosine: float | None, keep: str,
-              dry_run: bool, device: str) -> None:
-    """Drop exact, near and (optionally) semantic duplicates of a version into a new one."""
+              dry_run: bool, device: str, engine: str) -> None:
+    """Drop exact, near and (optionally) semantic duplicates of a version into a new one.
+
+    With --engine ray, exact and near duplicates are found on Ray Data; semantic duplicates
+    run on the local engine only (the embeddings themselves are computed on Ray)."""
     from tqdm import tqdm
 
     from . import curate
@@ -415,19 +438,28 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
                                   num_perm=num_perm, semantic=semantic, keep=keep,
                                   **({"semantic_threshold": cosine} if cosine else {}))
     frame = store.frame(vid)
+    curate.check_dedup_engine(options, engine, len(frame))  # before minutes of embedding
     if semantic:
         with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
-            embed_frame(store, frame, field=field, progress=progress, device=device)
-    clusters = curate.find_duplicates(store, frame, options)
+            embed_frame(store, frame, field=field, progress=progress, device=device,
+                        engine=engine)
+    _say_engine(engine, len(frame), "dedup")
+    clusters = curate.find_duplicates(store, frame, options, engine=engine)
     summary = curate.cluster_summary(frame, clusters)
     click.echo(f"{len(summary)} clusters, {int((~clusters['kept']).sum())} rows to drop")
     click.echo(summary.head(20).to_string(index=False) if len(summary) else "")
     if not dry_run and len(summary):
         version = curate.apply_dedup(store, vid, frame, clusters, options)
         click.echo(f"{version.ref}: {version.n_rows} rows")
+
+
+def _data_folder(store: Any) -> Path:
+    from .engine import data_folder
+
+    return data_folder(store.path)
 
 
 def _bar_callback(bar: Any) -> Callable[[int, int], None]:
@@ -474,12 +506,13 @@ def _bar_callback(bar: Any) -> Callable[[int, int], None]:
               help="Retries per row on refused or dropped connections, timeouts, 429 and 5xx "
               "(with backoff); a row still failing is listed as not scored.")
 @_device_option("the model scorers (perplexity, ifd)")
+@_engine_option
 @click.pass_context
 def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length: int,
               format_regex: str | None, format_json: bool, format_prefix: str | None,
               progress: bool, label_set: str, judge_url: str | None, judge_model: str | None,
               api_key_env: str | None, rubric_file: str | None, judge_format: str | None,
-              judge_retries: int, device: str) -> None:
+              judge_retries: int, device: str, engine: str) -> None:
     """Score a version's rows (cached by content) and print score statistics.
 
     The judge (--scorers judge) runs here with a progress bar, into the same cache as the
@@ -501,8 +534,12 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
                                  judge_format, judge_retries) if "judge" in names else None
     frame = store.frame(vid)
     if heuristics:
+        _say_engine(engine, len(frame), "score")
         quality.score_heuristics(store, frame,
-                                 quality.heuristic_specs(heuristics, {"format": checks}))
+                                 quality.heuristic_specs(heuristics, {"format": checks}),
+                                 engine=engine)
+    if engine == "ray" and judge_config is not None:
+        click.echo("engine ray: the judge runs on the local engine", err=True)
     if models:
         if not progress:  # transformers draws its own bar while it loads the weights
             from transformers.utils import logging as hf_logging
@@ -510,9 +547,10 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
+            _say_engine(engine, len(frame), "model_score")
             result = quality.run_model_scoring(store, vid, scores=models, model=model,
                                                max_length=max_length, device=device,
-                                               progress=_bar_callback(bar))
+                                               progress=_bar_callback(bar), engine=engine)
         click.echo(f"{'/'.join(models)} on {result['device']}: {result['scored']} rows, "
                    f"{result['cached']} from the cache", err=True)
     if judge_config is not None:
@@ -1133,11 +1171,12 @@ def _run(cmd: list[str]) -> None:
 @click.option("--backend", type=click.Choice(["torch", "vllm"]), default="torch",
               show_default=True, help='Generation backend: our batched decoding loop, or vLLM '
               '(CUDA GPU only; pip install -e ".[vllm]").')
+@_engine_option
 @click.pass_context
 def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
              temperature: float | None, top_p: float | None, limit: int | None,
              style_json: str | None, similarity: bool, detach: bool, device: str,
-             precision: str, backend: str) -> None:
+             precision: str, backend: str, engine: str) -> None:
     """Evaluate a model on a dataset version (REF) in a background job; print metrics with CIs."""
     from . import evaluation
     from .evaluate import GenerationConfig
@@ -1150,7 +1189,7 @@ def eval_cmd(ctx: click.Context, ref: str, model: str, max_new_tokens: int,
     job = evaluation.start_eval(_store(ctx), ref, model=model, generation=generation,
                                 style=_json_option("--style", style_json), limit=limit,
                                 similarity=similarity, device=device, precision=precision,
-                                backend=backend)
+                                backend=backend, engine=engine)
     click.echo(f"started eval run {job.run_id}")
     if detach:
         click.echo(f"follow it in the app, or: workbench compare {job.run_id} OTHER_RUN")

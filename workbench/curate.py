@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import dedup, jobs, runs
+from . import engine as E
 from .cache import StoreCache, get_embeddings
 from .embed import embed_rows
 from .exceptions import ConfigError
@@ -69,23 +70,57 @@ def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conve
 def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
                 model: str = "default", encoder=None, chunk: int = 1024,
                 progress: Callable[[int, int], None] | None = None,
-                device: str = "auto") -> np.ndarray:
+                device: str = "auto", engine: str = "local",
+                cancelled: Callable[[], bool] | None = None) -> np.ndarray:
     """Return one vector per frame row, from the store's cache or the model (then cached, the
-    model on ``device``)."""
+    model on ``device``).
+
+    ``engine="ray"`` embeds the uncached rows on Ray Data from the size threshold on, in an
+    actor pool that loads the model once per worker (a GPU each where the cluster has them).
+    """
+    if encoder is None and E.choose(engine, len(frame), "embed").engine == "ray":
+        return _embed_ray(store, frame, field, model, progress, cancelled)
     return embed_rows(frame, cache=StoreCache(store), field=field, model=model,
                       encoder=encoder, chunk=chunk, progress=progress, device=device)
 
 
+def _embed_ray(store: Store, frame: pd.DataFrame, field: str, model: str,
+               progress: Callable[[int, int], None] | None,
+               cancelled: Callable[[], bool] | None) -> np.ndarray:
+    from . import ray_steps
+    from .models import embed_backend
+
+    cache = StoreCache(store)
+    ids = frame["id"].tolist()
+    cached = cache.get_embeddings(ids, model, field, backend=embed_backend("auto", model))
+    todo = frame[~frame["id"].isin(cached.keys())].drop_duplicates("id")
+    if len(todo):
+        rows = E.map_rows(todo, ray_steps.embed_batch, kwargs={"field": field},
+                          load=ray_steps.load_encoder, load_kwargs={"model": model},
+                          use_gpu=True,
+                          home=E.data_folder(store.path), progress=progress,
+                          cancelled=cancelled)
+        vectors = ray_steps.vectors_of(rows)
+        made = dict(zip(todo["id"], vectors))
+        for backend, part in rows.groupby("backend", sort=False):  # the key of what made them
+            part_ids = todo["id"].iloc[part.index].tolist()
+            cache.put_embeddings(part_ids, vectors[part.index], model, field, backend=backend)
+        cached = {**cached, **made}
+    return np.stack([cached[i] for i in ids]) if ids else np.zeros((0, 384), np.float32)
+
+
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
                     model: str = "default", fields: Sequence[str] | None = None,
-                    device: str = "auto") -> jobs.JobStatus:
+                    device: str = "auto", engine: str = "local") -> jobs.JobStatus:
     """Start a background job that fills the embedding cache for a version's field (or, with
-    ``fields``, several fields one after the other), the embedder on ``device``."""
+    ``fields``, several fields one after the other), the embedder on ``device``;
+    ``engine="ray"`` embeds on Ray Data from the size threshold on."""
     from .device import resolve_device
 
     resolve_device(device)  # an absent GPU fails here, not in the job
     params = {"store": str(store.path), "version_id": version_id, "field": field,
-              "model": model, "device": device}
+              "model": model, "device": device,
+              **({} if E.check_engine(engine) == "local" else {"engine": engine})}
     if fields:
         params.update(field=fields[0], fields=list(fields))
     return jobs.start("embed", params)
@@ -101,9 +136,14 @@ def embedding_jobs(store: Store, version_id: int, field: str, *,
 
 
 def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
-                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                    progress: Callable[[int, int], None] | None = None,
+                    engine: str = "local") -> pd.DataFrame:
     """Return duplicate clusters of a version's frame (exact, plus near/semantic if asked);
-    ``progress(rows_hashed, rows)`` follows the MinHash pass."""
+    ``progress(rows_hashed, rows)`` follows the MinHash pass. ``engine="ray"`` finds exact and
+    near duplicates on Ray Data from the size threshold on (``engine.choose``); semantic
+    duplicates stay local (they need every vector in one place)."""
+    if check_dedup_engine(options, engine, len(frame)).engine == "ray":
+        return _find_duplicates_ray(store, frame, options, progress)
     vectors = None
     if options.semantic:
         vectors, missing = version_embeddings(store, frame, field=options.field,
@@ -116,6 +156,29 @@ def find_duplicates(store: Store, frame: pd.DataFrame, options: DedupOptions, *,
         semantic_threshold=options.semantic_threshold if options.semantic else None,
         embeddings=vectors, keep=options.keep, score_column=options.score_column,
         progress=progress)
+
+
+def check_dedup_engine(options: DedupOptions, engine: str, rows: int) -> E.Choice:
+    """Return the engine that finds duplicates over ``rows`` rows; raise ConfigError when that
+    is Ray and semantic duplicates are asked for (they run on the local engine only)."""
+    choice = E.choose(engine, rows, "dedup")
+    if choice.engine == "ray" and options.semantic:
+        raise ConfigError("semantic duplicates run on the local engine only: switch semantic "
+                          "off for engine ray, or use engine local")
+    return choice
+
+
+def _find_duplicates_ray(store: Store, frame: pd.DataFrame, options: DedupOptions,
+                         progress: Callable[[int, int], None] | None) -> pd.DataFrame:
+    from .ray_dedup import find_duplicates_ray
+
+    columns = [c for c in ("row_key", "id", "messages", "prompt", "response",
+                           options.score_column) if c and c in frame.columns]
+    with E.dataset(frame, E.data_folder(store.path), columns) as ds:
+        return find_duplicates_ray(ds, field=options.field,
+                                   near=options.minhash() if options.near else None,
+                                   keep=options.keep, score_column=options.score_column,
+                                   progress=progress)
 
 
 def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
@@ -194,28 +257,44 @@ def default_token_counter():
 
 def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
                   progress: Callable[[int, int, str], None] | None = None,
-                  row_progress: Callable[[int, int, str], None] | None = None):
+                  row_progress: Callable[[int, int, str], None] | None = None,
+                  engine: str = "local", home: str | Path | None = None,
+                  cancelled: Callable[[], bool] | None = None):
     """Return what each rule would drop or change, and the version apply would save from it
     (a ``clean.CleanRun``), without changing anything. ``progress`` follows the rules,
-    ``row_progress`` the rows of every rule (``clean.run`` says how)."""
-    from . import clean
+    ``row_progress`` the rows of every rule (``clean.run`` says how). ``engine="ray"`` runs
+    the rules batch by batch on Ray Data from the size threshold on (``engine.choose``), with
+    shards under ``home`` (the data folder), and returns the same CleanRun."""
+    from . import clean, ray_steps
 
-    return clean.run(frame, list(rules), samples=samples, progress=progress,
-                     row_progress=row_progress)
+    if E.choose(engine, len(frame), "clean").engine == "local":
+        return clean.run(frame, list(rules), samples=samples, progress=progress,
+                         row_progress=row_progress)
+    clean._check_inputs(frame, rules)
+    if samples < 0:
+        raise ConfigError(f"samples: must be >= 0, got {samples}")
+    report = None if row_progress is None else (
+        lambda done, total: row_progress(done, total, "rules on Ray"))
+    outcomes = E.map_rows(frame, ray_steps.clean_batch,
+                          kwargs={"rules": list(rules), "samples": samples},
+                          home=home or E.data_folder(), progress=report, cancelled=cancelled)
+    return ray_steps.clean_result(frame, outcomes, list(rules), samples)
 
 
 def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,
-                extra_params: dict | None = None, result=None) -> VersionInfo:
+                extra_params: dict | None = None, result=None, engine: str = "local",
+                progress: Callable[[int, int], None] | None = None) -> VersionInfo:
     """Apply cleaning rules in order into a new version; return it.
 
     ``result``: the StepResult of a preview of these same rules on this frame
     (``clean_preview(...).result``), saved as it is instead of running the rules again.
+    ``engine``: where the rules run when there is no result (the version is the same).
     """
-    from . import clean
-
     if not rules:
         raise ConfigError("no cleaning rule is switched on")
     if result is None:
-        result = clean.apply(frame, list(rules))
+        report = None if progress is None else (lambda d, t, _n: progress(d, t))
+        result = clean_preview(frame, rules, samples=0, engine=engine, row_progress=report,
+                               home=E.data_folder(store.path)).result
     params = {"rules": [r.params() for r in rules], **(extra_params or {})}
     return store.apply_step(version_id, result, operation="clean", params=params)

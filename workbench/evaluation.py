@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import analysis, jobs, runs, training
 from . import evaluate as ev
+from .engine import check_engine
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .io import ImportReport
 from .store import Store, version_label
@@ -104,12 +105,13 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
                style: Mapping[str, Any] | None = None, similarity: bool = True,
                limit: int | None = None, name: str = "", home: Home = None,
                inline: bool = False, device: str = "auto", precision: str = "auto",
-               backend: str = "torch") -> jobs.JobStatus:
+               backend: str = "torch", engine: str = "local") -> jobs.JobStatus:
     """Return the status of a new eval job of a model on a dataset version (REF: id or name).
 
     device ("auto": CUDA, else MPS, else CPU), precision ("auto": bf16 on a GPU that has it,
     fp32 on the CPU) and backend ("torch", or "vllm" with the vllm extra on a CUDA GPU) are
-    checked here, so an absent GPU or vLLM fails now with the reason, not in the job."""
+    checked here, so an absent GPU or vLLM fails now with the reason, not in the job.
+    ``engine="ray"`` generates on Ray Data from the size threshold on (``engine.choose``)."""
     from . import vllm_backend
     from .device import resolve_device, resolve_precision
 
@@ -128,7 +130,8 @@ def start_eval(store: Store, ref: str | int, *, model: str = "default",
               "style": dict(style) if style else None,
               "embedder": "default" if similarity else None, "limit": limit,
               "name": name or f"{model} on {version.ref}", "device": device or "auto",
-              "precision": precision or "auto", "backend": backend}
+              "precision": precision or "auto", "backend": backend,
+              **({} if check_engine(engine) == "local" else {"engine": engine})}
     if inline:
         return _finished(jobs.run_inline(EVAL_TASK, params, kind="eval", home=home))
     return jobs.start(EVAL_TASK, params, kind="eval", home=home)

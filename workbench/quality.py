@@ -24,6 +24,7 @@ import pyarrow as pa
 import xxhash
 
 from . import curate, jobs, runs
+from . import engine as E
 from . import score as S
 from . import select as SEL
 from .cache import StoreCache, params_hash
@@ -66,14 +67,23 @@ def heuristic_specs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
 
 def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreSpec], *,
                      progress: Callable[[int, int], None] | None = None,
-                     chunk_rows: int = 5_000) -> pd.DataFrame:
+                     chunk_rows: int = 5_000, engine: str = "local",
+                     cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
     """Return the frame with the heuristic score columns (read from / written to the cache).
 
     Rows are scored ``chunk_rows`` at a time (heuristics look at one row at a time, so the
-    values are the same) and ``progress(rows_done, rows)`` follows them.
+    values are the same) and ``progress(rows_done, rows)`` follows them. ``engine="ray"``
+    scores the uncached rows batch by batch on Ray Data from the size threshold on
+    (``engine.choose``); the values and the cache are the same.
     """
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
+    if E.choose(engine, len(frame), "score").engine == "ray":
+        out = _score_ray(store, frame, list(specs), progress, cancelled)
+        for spec in specs:
+            _touch(store, frame["id"].tolist(), spec.name,
+                   spec.scorer.cache_params(spec.params))
+        return out
     parts, cache = [], StoreCache(store)
     for start in range(0, len(frame), chunk_rows):
         parts.append(S.score_frame(frame.iloc[start:start + chunk_rows], list(specs),
@@ -83,6 +93,30 @@ def score_heuristics(store: Store, frame: pd.DataFrame, specs: Sequence[S.ScoreS
     out = pd.concat(parts) if parts else S.score_frame(frame, list(specs), cache=cache)
     for spec in specs:
         _touch(store, frame["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
+    return out
+
+
+def _score_ray(store: Store, frame: pd.DataFrame, specs: list[S.ScoreSpec],
+               progress: Callable[[int, int], None] | None,
+               cancelled: Callable[[], bool] | None) -> pd.DataFrame:
+    """Score on Ray the rows some scorer has no cached value for; cache them as the local path
+    does (never a NaN); return the frame with the score columns."""
+    from . import ray_steps
+
+    cache, out = StoreCache(store), frame.copy()
+    cached = {s.out: S.cached_values(frame, s, cache) for s in specs}
+    missing = set().union(*(set(frame["id"]) - set(c) for c in cached.values()))
+    todo = frame[frame["id"].isin(missing)].drop_duplicates("id")
+    values = E.map_rows(todo, ray_steps.score_batch, kwargs={"specs": specs},
+                        home=E.data_folder(store.path), progress=progress,
+                        cancelled=cancelled) if len(todo) else pd.DataFrame()
+    for spec in specs:
+        new = {} if values.empty else dict(zip(todo["id"], values[spec.out].tolist()))
+        fresh = {i: v for i, v in new.items() if i not in cached[spec.out] and np.isfinite(v)}
+        cache.put_scores(list(fresh), list(fresh.values()), spec.name,
+                         spec.scorer.cache_params(spec.params))
+        found = {**new, **cached[spec.out]}
+        out[spec.out] = np.array([found[i] for i in frame["id"].tolist()], dtype=np.float64)
     return out
 
 
@@ -176,9 +210,10 @@ def score_summary(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
 
 def model_params(store: Store, version_id: int, *, scores: Sequence[str] = S.MODEL_SCORES,
                  model: str = "default", max_length: int = 1024, batch_tokens: int = 1024,
-                 device: str = "auto") -> dict:
+                 device: str = "auto", engine: str = "local") -> dict:
     """Return the checked parameters of a model-scoring job (the "model_score" task); device
-    is checked here ("cuda" on a machine without one fails now, not in the job)."""
+    is checked here ("cuda" on a machine without one fails now, not in the job);
+    ``engine="ray"`` scores on Ray Data from the size threshold on (``engine.choose``)."""
     from .device import resolve_device
 
     names = [scorer_name(s) for s in scores]
@@ -188,7 +223,8 @@ def model_params(store: Store, version_id: int, *, scores: Sequence[str] = S.MOD
     resolve_device(device)
     return {"store": str(store.path), "version_id": int(version_id), "scores": names,
             "model": str(model).strip(), "max_length": int(max_length),
-            "batch_tokens": int(batch_tokens), "device": str(device or "auto")}
+            "batch_tokens": int(batch_tokens), "device": str(device or "auto"),
+            **({} if E.check_engine(engine) == "local" else {"engine": engine})}
 
 
 def start_model_scoring(store: Store, version_id: int, **options: Any) -> jobs.JobStatus:

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
 from . import analysis, tracking
+from . import engine as E
 from . import evaluate as ev
 from . import score as S
 from . import train as T
@@ -127,6 +129,7 @@ class EvalParams:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "torch"
+    engine: str = "local"
 
 
 @task("eval", EvalParams, old=("workbench.evaluate.eval_task",))
@@ -140,17 +143,25 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
         frame = frame.head(int(p.limit))
     where = resolve_device(p.device)
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
-            f"({len(frame)} rows, {config.to_dict()}) on {describe(where)}, backend {p.backend}")
-    T.start_phase(ctx, "loading model")
-    generate = _generator(p, where, config)
-    T.start_phase(ctx, "evaluating", len(frame))
-    generations, seconds = _generate_with_progress(generate, frame, ctx, describe(where))
+            f"({len(frame)} rows, {config.to_dict()})")
+    choice = E.choose(p.engine, len(frame), "eval")
+    if choice.engine == "ray":
+        ctx.log(f"engine {choice}")
+        T.start_phase(ctx, "evaluating", len(frame))
+        generations, seconds, ran_on = _generate_ray(p, frame, config, ctx)
+    else:
+        ctx.log(f"on {describe(where)}, backend {p.backend}")
+        T.start_phase(ctx, "loading model")
+        generate = _generator(p, where, config)
+        T.start_phase(ctx, "evaluating", len(frame))
+        generations, seconds = _generate_with_progress(generate, frame, ctx, describe(where))
+        ran_on = describe(where)
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
                                   embedder=p.embedder, device=where)
     summary = _eval_summary(p, config, scored, generations, seconds)
-    summary.update(device=describe(where), backend=p.backend,
+    summary.update(device=ran_on, backend=p.backend,
                    precision=resolve_precision(p.precision, where))
     ev.write_run(ctx.run_dir, scored, summary)
     tracking.after_run(ctx, summary, store=p.store)
@@ -183,6 +194,23 @@ def _generate_with_progress(generate: Any, frame: pd.DataFrame, ctx: Any, device
 
     generations = generate(list(frame["messages"]), report, ctx.check_cancel)
     return generations, time.perf_counter() - started
+
+
+def _generate_ray(p: EvalParams, frame: pd.DataFrame, config: ev.GenerationConfig, ctx: Any
+                  ) -> tuple[list[ev.Generation], float, str]:
+    """Generate on Ray Data: an actor pool loads the model once per worker (a GPU each where
+    the cluster has them); return the generations in row order, seconds, and the device."""
+    from . import ray_steps
+
+    started = time.perf_counter()
+    rows = E.map_rows(frame, ray_steps.generate_batch, load=ray_steps.load_generator,
+                      load_kwargs={"spec": p.model}, kwargs={"config": config.to_dict()},
+                      use_gpu=True, batch_rows=16, home=E.data_folder(p.store),
+                      progress=ctx.progress, cancelled=getattr(ctx, "cancelled", None))
+    generations = [ev.Generation(r["text"], tuple(r["token_ids"]), r["hit_max"])
+                   for r in map(orjson.loads, rows["generation"])]
+    device = rows["device"].iloc[0] if len(rows) else "ray"
+    return generations, time.perf_counter() - started, f"ray ({device})"
 
 
 def _eval_summary(p: EvalParams, config: ev.GenerationConfig, scored: pd.DataFrame,
@@ -292,6 +320,7 @@ class ModelScoreParams:
     batch_tokens: int = 1024
     chunk_rows: int = 64
     device: str = "auto"
+    engine: str = "local"
 
 
 @task("model_score", ModelScoreParams, kind="score", old=("workbench.score.model_score_task",))
@@ -312,12 +341,40 @@ def model_score(p: ModelScoreParams, ctx: Any) -> dict:
     cached = [S.cached_values(frame, s, cache) for s in specs]
     todo = frame[~frame["id"].isin(set.intersection(*(set(c) for c in cached)))]
     todo = todo.drop_duplicates("id")
-    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)}) "
-            f"on {describe(where)}")
+    ctx.log(f"{len(frame)} rows, {len(todo)} to score with {p.model} ({', '.join(names)})")
+    choice = E.choose(p.engine, len(todo), "model_score")
+    if choice.engine == "ray":
+        ctx.log(f"engine {choice}")
+        done = _model_score_ray(store, todo, specs, options, ctx)
+        return {"rows": len(frame), "cached": len(frame) - len(todo), **done, "device": "ray"}
+    ctx.log(f"on {describe(where)}")
     ctx.progress(0, None, device=describe(where))
     done = S.score_into_cache(todo, specs, cache, ctx.progress, int(p.chunk_rows))
     return {"rows": len(frame), "cached": len(frame) - len(todo), **done,
             "device": describe(where)}
+
+
+def _model_score_ray(store: Store, todo: pd.DataFrame, specs: list[S.ScoreSpec],
+                     options: dict, ctx: Any) -> dict:
+    """Score rows on Ray (an actor pool: the model loads once per worker); cache them as the
+    local path does (never a NaN); return counts."""
+    from . import ray_steps
+
+    started = time.perf_counter()
+    values = E.map_rows(todo, ray_steps.model_score_batch, load=ray_steps.load_scoring_lm,
+                        load_kwargs={"model": options["model"]},
+                        kwargs={"scores": [s.name for s in specs],
+                                "max_length": options["max_length"],
+                                "batch_tokens": options["batch_tokens"]},
+                        home=E.data_folder(store.path), batch_rows=64, progress=ctx.progress,
+                        cancelled=getattr(ctx, "cancelled", None))
+    cache = StoreCache(store)
+    for spec in specs:
+        column = values[spec.scorer.column].to_numpy(dtype=float)
+        ok = np.isfinite(column)
+        cache.put_scores(todo["id"][ok].tolist(), column[ok].tolist(), spec.name,
+                         spec.scorer.cache_params(spec.params))
+    return {"scored": len(todo), "seconds": round(time.perf_counter() - started, 2)}
 
 
 @dataclass(frozen=True)
@@ -385,6 +442,7 @@ class EmbedParams:
     fields: list | None = None
     model: str = "default"
     device: str = "auto"
+    engine: str = "local"
 
 
 @task("embed", EmbedParams, old=("workbench.embed.embed_task",))
@@ -404,8 +462,16 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
         def report(done: int, total: int, i: int = i) -> None:
             ctx.progress(i * total + done, len(fields) * total)
 
-        vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
-                             progress=report, device=where)
+        choice = E.choose(p.engine, len(frame), "embed")
+        if choice.engine == "ray":
+            from .curate import embed_frame
+
+            ctx.log(f"engine {choice}")
+            vectors = embed_frame(store, frame, field=field, model=p.model, progress=report,
+                                  engine=p.engine, cancelled=getattr(ctx, "cancelled", None))
+        else:
+            vectors = embed_rows(frame, cache=StoreCache(store), field=field, model=p.model,
+                                 progress=report, device=where)
         dim = int(vectors.shape[1]) if len(vectors) else 0
     return {"rows": len(frame), "fields": fields, "dim": dim, "device": describe(where)}
 

@@ -1,0 +1,79 @@
+"""Choosing the engine: small jobs stay local and say why; the CLI shows the choice. No Ray is
+started here (tests/test_engine_ray.py runs the steps on Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from workbench import engine as E
+from workbench.cli import main
+from workbench.exceptions import ConfigError
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def test_small_jobs_run_locally_and_say_why():
+    choice = E.choose("ray", 400, "clean", threshold=1_000)
+    assert choice.engine == "local"
+    assert str(choice) == ("local: 400 rows is below the Ray threshold of 1000 rows for clean "
+                           "(Ray's start-up would take longer than the step)")
+    assert E.choose("ray", 1_000, "clean", threshold=1_000).engine == "ray"
+    assert E.choose("ray", 3, "clean", force=True).engine == "ray"
+    assert E.choose("local", 10**9, "clean").reason == "the local engine was asked for"
+
+
+def test_thresholds_follow_each_steps_measured_speed():
+    # Ray pays once the local run takes twice Ray's start-up: slow steps go to Ray sooner.
+    assert E.RAY_MIN_ROWS["clean"] == round(2 * E.RAY_START_S * 198)
+    assert E.RAY_MIN_ROWS["model_score"] < E.RAY_MIN_ROWS["embed"] < E.RAY_MIN_ROWS["clean"] \
+        < E.RAY_MIN_ROWS["dedup"] < E.RAY_MIN_ROWS["score"]
+    assert E.choose("ray", 400, "model_score").engine == "ray"
+    assert E.choose("ray", 400, "clean").engine == "local"
+    with pytest.raises(ConfigError, match="step='train': use one of clean, score"):
+        E.choose("ray", 400, "train")
+
+
+def test_threshold_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "0")
+    assert E.choose("ray", 1, "score").engine == "ray"
+    monkeypatch.delenv("WORKBENCH_RAY_MIN_ROWS")
+    assert E.choose("ray", E.RAY_MIN_ROWS["score"] - 1, "score").engine == "local"
+    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "many")
+    with pytest.raises(ConfigError, match="WORKBENCH_RAY_MIN_ROWS='many'"):
+        E.choose("ray", 1, "score")
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ConfigError, match="engine='spark': use one of local, ray"):
+        E.choose("spark", 10, "clean")
+
+
+def test_cli_clean_with_engine_ray_below_the_threshold_runs_locally(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_RAY_MIN_ROWS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    db = str(tmp_path / "wb.duckdb")
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["--store", db, *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("import", str(SAMPLE / "support_train.jsonl"), "--dataset", "support")
+    out = run("clean", "support@1", "--engine", "ray")
+    assert ("engine local: 400 rows is below the Ray threshold of "
+            f"{E.RAY_MIN_ROWS['clean']} rows for clean" in out)
+    local = run("clean", "support@1", "--engine", "local")
+    shown = [line for line in out.splitlines() if not line.startswith("engine ")]
+    assert shown[:-1] == local.splitlines()[:-1]  # the same report; then the new version
+    assert shown[-1].split(":")[1] == local.splitlines()[-1].split(":")[1]  # same row count
+
+
+def test_cli_refuses_an_unknown_engine(tmp_path):
+    result = CliRunner().invoke(main, ["--store", str(tmp_path / "wb.duckdb"), "clean", "x",
+                                       "--engine", "spark"])
+    assert result.exit_code == 1
+    assert "'spark' is not one of 'local', 'ray'" in result.output

@@ -1,0 +1,173 @@
+"""The row-local steps as batch functions for ``engine.map_rows``, and their results put back
+together into exactly what the local path returns.
+
+A batch function gets a slice of the step frame and returns one row per input row (what the
+step decided about that row, as plain columns), so Ray can run it on any slice; the ``*_result``
+functions turn the rows, back in input order, into the local result: the same ``CleanRun``
+(preview and StepResult), the same score columns, the same vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from . import clean
+from . import score as S
+from .dedup import field_texts
+from .schema import StepResult, content_id, prompt_text, response_text
+
+# --- cleaning -------------------------------------------------------------------------------
+
+
+def clean_batch(batch: pd.DataFrame, *, rules: Sequence[clean.Rule], samples: int
+                ) -> pd.DataFrame:
+    """Return, per row, what the rules did to it: rules hit, drop, changes, flags, samples."""
+    done = clean.run(batch, list(rules), samples=samples)
+    keys = batch["row_key"].tolist()
+    at = {k: i for i, k in enumerate(keys)}
+    rows: list[dict[str, Any]] = [{"hits": [], "samples": [], "drop": None, "changes": [],
+                                   "flags": [], "messages": None} for _ in keys]
+    for number, report in enumerate(done.preview.rules):
+        for key in report.row_keys:
+            rows[at[key]]["hits"].append(number)
+        for sample in report.samples:
+            rows[at[sample["row_key"]]]["samples"].append([number, sample])
+    result = done.result
+    for key, reason, detail in result.dropped[["row_key", "reason", "detail"]].itertuples(
+            index=False):
+        rows[at[key]]["drop"] = [reason, detail]
+    for name, frame in (("changes", result.changed), ("flags", result.flagged)):
+        for key, reason, detail in frame.itertuples(index=False):
+            rows[at[key]][name].append([reason, detail])
+    changed = set(result.changed["row_key"])
+    for key, messages in zip(result.kept["row_key"], result.kept["messages"]):
+        if key in changed:
+            rows[at[key]]["messages"] = messages
+    return pd.DataFrame({"outcome": [orjson.dumps(r).decode() for r in rows]})
+
+
+def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[clean.Rule],
+                 samples: int) -> clean.CleanRun:
+    """Return the CleanRun that ``clean.run(frame, rules)`` returns, from clean_batch rows."""
+    rows = [orjson.loads(o) for o in outcomes["outcome"]]
+    keys = frame["row_key"].tolist()
+    reports = _reports(rules, rows, keys, samples)
+    hit_drop = [any(rules[n].action == "drop" for n in r["hits"]) for r in rows]
+    hit_flag = [any(rules[n].action == "flag" for n in r["hits"]) for r in rows]
+    preview = clean.CleanPreview(len(rows), sum(hit_drop), reports,
+                                 sum(f and not d for f, d in zip(hit_flag, hit_drop)))
+    alive = [i for i, r in enumerate(rows) if r["drop"] is None]
+    survivors = set(alive)
+    dropped = [(i, *r["drop"]) for i, r in enumerate(rows) if r["drop"] is not None]
+    changes = [(i, *c) for i, r in enumerate(rows) for c in r["changes"]]
+    flagged = [(i, *f) for i, r in enumerate(rows) for f in r["flags"]]
+    result = StepResult(_kept(frame, alive, rows), clean._dropped_frame(dropped, keys),
+                        clean._notes_frame(changes, keys, survivors),
+                        clean._notes_frame(flagged, keys, survivors))
+    return clean.CleanRun(preview, result)
+
+
+def _reports(rules: Sequence[clean.Rule], rows: list[dict], keys: list, samples: int
+             ) -> list[clean.RuleReport]:
+    reports = []
+    for number, rule in enumerate(rules):
+        hit = [i for i, r in enumerate(rows) if number in r["hits"]]
+        shown = [s for r in rows for n, s in r["samples"] if n == number][:samples]
+        reports.append(clean.RuleReport(rule.name, rule.action, len(hit), shown,
+                                        [keys[i] for i in hit]))
+    return reports
+
+
+def _kept(frame: pd.DataFrame, alive: list[int], rows: list[dict]) -> pd.DataFrame:
+    kept = frame.iloc[alive].reset_index(drop=True)
+    touched = [(pos, rows[i]["messages"]) for pos, i in enumerate(alive)
+               if rows[i]["messages"] is not None]
+    if not touched:
+        return kept
+    derive = {"messages": lambda m: m, "prompt": prompt_text, "response": response_text,
+              "id": content_id}
+    for column, fn in derive.items():
+        if column in kept.columns:
+            values = kept[column].tolist()
+            for pos, messages in touched:
+                values[pos] = fn(messages)
+            kept[column] = values
+    return kept
+
+
+# --- heuristic scores -----------------------------------------------------------------------
+
+def score_batch(batch: pd.DataFrame, *, specs: Sequence[S.ScoreSpec]) -> pd.DataFrame:
+    """Return the heuristic score columns of a batch (no cache: the driver owns the store)."""
+    out = S.score_frame(batch, list(specs))
+    return out[[s.out for s in specs]]
+
+
+# --- embeddings -----------------------------------------------------------------------------
+
+def load_encoder(model: str) -> Any:
+    """Return the embedding model as ``models.load_embedder`` loads it (once per actor)."""
+    from .models import load_embedder
+
+    return load_embedder(model)
+
+
+def embed_batch(batch: pd.DataFrame, encoder: Any, *, field: str) -> pd.DataFrame:
+    """Return a unit vector per row of the batch's field, and the backend that made it."""
+    from .embed import embed_texts
+    from .models import encoder_backend
+
+    vectors = embed_texts(field_texts(batch, field), encoder)
+    return pd.DataFrame({"vector": list(vectors),
+                         "backend": [encoder_backend(encoder)] * len(batch)})
+
+
+def vectors_of(rows: pd.DataFrame) -> np.ndarray:
+    """Return the embed_batch rows' vectors as one float32 matrix."""
+    if rows.empty:
+        return np.zeros((0, 384), np.float32)
+    return np.stack([np.asarray(v, np.float32) for v in rows["vector"]])
+
+
+# --- model scores (perplexity, ifd) --------------------------------------------------------
+
+def load_scoring_lm(model: str) -> Any:
+    """Return (model, tokenizer) as the local model scorers load them (once per actor; on the
+    CPU: score.py runs the language model where load_lm puts it)."""
+    from .models import load_lm
+
+    return load_lm(model)
+
+
+def model_score_batch(batch: pd.DataFrame, lm: Any, *, scores: Sequence[str], max_length: int,
+                      batch_tokens: int) -> pd.DataFrame:
+    """Return the ``<score>_score`` columns (perplexity, ifd) of a batch's rows."""
+    out = S.model_scores(batch, scores=list(scores), lm=lm, max_length=max_length,
+                         batch_tokens=batch_tokens)
+    return out.reset_index(drop=True)
+
+
+# --- eval generation ----------------------------------------------------------------------
+
+def load_generator(spec: Any) -> Any:
+    """Return (model, tokenizer) as the eval job loads them (once per actor)."""
+    from .evaluate import load_eval_model
+
+    return load_eval_model(spec)
+
+
+def generate_batch(batch: pd.DataFrame, lm: Any, *, config: dict) -> pd.DataFrame:
+    """Return one generation per row (text, token ids, hit_max as JSON) and the device."""
+    from .evaluate import GenerationConfig
+    from .evaluate import generate_batch as generate
+
+    made = generate(lm[0], lm[1], list(batch["messages"]), GenerationConfig.from_dict(config))
+    return pd.DataFrame({
+        "generation": [orjson.dumps({"text": g.text, "token_ids": list(g.token_ids),
+                                     "hit_max": g.hit_max}).decode() for g in made],
+        "device": [str(lm[0].device)] * len(made)})
