@@ -140,12 +140,9 @@ def labels_jsonl(store: Store, frame: pd.DataFrame, label_set: str = LB.DEFAULT_
 # --- label-based filters ------------------------------------------------------------------------
 def flagged_to_drop(store: Store, version_id: int, rule: str, *, keep_good: bool = True,
                     label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
-    """Return the rows of a version that ``rule`` flagged for review (row_key, detail, label),
-    one per row, less those labelled good when ``keep_good``."""
-    flagged = store.flagged(version_id)
-    chosen = flagged[flagged["reason"] == rule]
-    chosen = with_labels(store, chosen, label_set=label_set) if len(chosen) else \
-        chosen.assign(label=pd.Series(dtype=str))
+    """Return the rows of a version that ``rule`` flagged for review (row_key, reason, detail,
+    label), one per row, less those labelled good when ``keep_good``; texts stay in the store."""
+    chosen = store.flagged_keys(version_id, rule, label_set=label_set)
     if keep_good:
         chosen = chosen[chosen["label"] != "good"]
     return chosen.drop_duplicates("row_key").reset_index(drop=True)

@@ -167,9 +167,13 @@ class Diff:
     added: pd.DataFrame
     removed: pd.DataFrame
     changed: pd.DataFrame
+    totals: dict[str, int] | None = None  # set when the tables hold only the first rows
 
     def counts(self) -> dict[str, int]:
-        """Return how many rows were added, removed and changed."""
+        """Return how many rows were added, removed and changed (all of them, also when the
+        tables hold only the first ``limit`` rows)."""
+        if self.totals is not None:
+            return dict(self.totals)
         return {"added": len(self.added), "removed": len(self.removed),
                 "changed": len(self.changed)}
 
@@ -1038,31 +1042,64 @@ class Store:
             self._finish_version(con, vid, activate=active is not None and active[0] == version_id)
         return self.version(vid)
 
-    def removed(self, version_id: int) -> pd.DataFrame:
-        """Return rows dropped along this version's lineage and not in it, with reasons."""
+    def removed(self, version_id: int, *, limit: int | None = None) -> pd.DataFrame:
+        """Return rows dropped along this version's lineage and not in it, with reasons (the
+        first ``limit`` of them in row order, if given; ``removed_count`` counts them all)."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        cap = "" if limit is None else f"LIMIT {max(int(limit), 0)}"
+        with self.connect() as con:
+            df = con.execute(f"""SELECT d.dropped_in, d.row_key, d.reason, d.duplicate_of,
+                d.detail, {_ROW_COLS} FROM ({_REMOVED_SQL}) d JOIN rows r USING (row_key)
+                ORDER BY r.origin_key, r.row_key {cap}""", [chain, version_id]).df()
+        return _with_previews(df)
+
+    def removed_count(self, version_id: int) -> int:
+        """Return how many rows were dropped along this version's lineage and are not in it."""
         chain = [v.version_id for v in self.lineage(version_id)]
         with self.connect() as con:
-            df = con.execute(f"""SELECT d.version_id AS dropped_in, d.row_key, d.reason,
-                d.duplicate_of, d.detail, {_ROW_COLS} FROM dropped d JOIN rows r USING (row_key)
-                WHERE d.version_id IN (SELECT unnest(?::INTEGER[])) AND d.row_key NOT IN
-                (SELECT row_key FROM version_rows WHERE version_id = ?)
-                QUALIFY row_number() OVER (PARTITION BY d.row_key ORDER BY d.version_id DESC) = 1
-                ORDER BY r.origin_key, r.row_key""", [chain, version_id]).df()
-        return _with_previews(df)
+            return int(_one(con, f"SELECT count(*) FROM ({_REMOVED_SQL})",
+                            [chain, version_id])[0])
 
     def flagged(self, version_id: int) -> pd.DataFrame:
         """Return rows of this version that a step along its lineage flagged for review, with
         the rule (``reason``), its detail and the version that flagged them."""
         chain = [v.version_id for v in self.lineage(version_id)]
         with self.connect() as con:
-            df = con.execute(f"""SELECT f.version_id AS flagged_in, f.row_key, f.reason,
-                f.detail, {_ROW_COLS} FROM flagged f JOIN rows r USING (row_key)
-                WHERE f.version_id IN (SELECT unnest(?::INTEGER[])) AND f.row_key IN
-                (SELECT row_key FROM version_rows WHERE version_id = ?)
-                QUALIFY row_number() OVER (PARTITION BY f.row_key, f.reason
-                                           ORDER BY f.version_id DESC) = 1
+            df = con.execute(f"""SELECT f.flagged_in, f.row_key, f.reason, f.detail,
+                {_ROW_COLS} FROM ({_FLAGGED_SQL}) f JOIN rows r USING (row_key)
                 ORDER BY r.origin_key, r.row_key, f.reason""", [chain, version_id]).df()
         return _with_previews(df)
+
+    def flagged_count(self, version_id: int) -> int:
+        """Return how many rows of this version are flagged for review by any rule."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return int(_one(con, f"SELECT count(DISTINCT row_key) FROM ({_FLAGGED_SQL})",
+                            [chain, version_id])[0])
+
+    def flagged_summary(self, version_id: int, *, label_set: str = "quality") -> pd.DataFrame:
+        """Return one row per rule that flagged rows of this version (as ``flagged`` finds
+        them): reason, rows, and how many of them are labelled bad and good; by reason."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return con.execute(f"""SELECT f.reason, count(DISTINCT f.row_key) AS rows,
+                count(*) FILTER (WHERE l.label = 'bad') AS labelled_bad,
+                count(*) FILTER (WHERE l.label = 'good') AS labelled_good
+                FROM ({_FLAGGED_SQL}) f JOIN rows r USING (row_key)
+                LEFT JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id
+                GROUP BY f.reason ORDER BY f.reason""", [chain, version_id, label_set]).df()
+
+    def flagged_keys(self, version_id: int, reason: str, *, label_set: str = "quality"
+                     ) -> pd.DataFrame:
+        """Return the rows of this version a rule flagged, without their texts: row_key,
+        reason, detail and current label ('' if none), in row order."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return con.execute(f"""SELECT f.row_key, f.reason, f.detail,
+                coalesce(l.label, '') AS label FROM ({_FLAGGED_SQL}) f
+                JOIN rows r USING (row_key) LEFT JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id
+                WHERE f.reason = ? ORDER BY r.origin_key, r.row_key""",
+                               [chain, version_id, label_set, reason]).df()
 
     def drop_rows(self, version_id: int, row_keys: Sequence[int], *, reason: str,
                   details: Sequence[str] | str = "", operation: str = "drop",
@@ -1101,27 +1138,37 @@ class Store:
         return self.version(vid)
 
     # --- diff and export -------------------------------------------------------------------
-    def diff(self, a: int, b: int) -> Diff:
-        """Return rows added, removed (with the reason) and changed from version a to b."""
+    def diff(self, a: int, b: int, *, limit: int | None = None) -> Diff:
+        """Return rows added, removed (with the reason) and changed from version a to b.
+
+        With ``limit``, each table holds its first ``limit`` rows (in row order) and
+        ``counts()`` still counts every row: the texts of a million-row diff stay in the store.
+        """
         chain = [v.version_id for v in self.lineage(b)]
+        cap = "" if limit is None else f"LIMIT {max(int(limit), 0)}"
         with self.connect() as con:
             self._check_version(con, a)
             for name, vid in (("_a", a), ("_b", b)):  # keys only: the texts stay where they are
                 con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS SELECT r.row_key,
                     r.origin_key FROM version_rows vr JOIN rows r USING (row_key)
                     WHERE vr.version_id = ?""", [vid])
-            added = con.execute(f"""SELECT {_ROW_COLS} FROM rows r SEMI JOIN (SELECT row_key
-                FROM _b ANTI JOIN _a USING (origin_key)) x USING (row_key)
-                ORDER BY r.origin_key""").df()
+            con.execute("""CREATE OR REPLACE TEMP TABLE _added AS SELECT row_key FROM _b
+                ANTI JOIN _a USING (origin_key); CREATE OR REPLACE TEMP TABLE _gone AS
+                SELECT row_key FROM _a ANTI JOIN _b USING (origin_key)""")
+            added = con.execute(f"""SELECT {_ROW_COLS} FROM rows r SEMI JOIN _added
+                USING (row_key) ORDER BY r.origin_key {cap}""").df()
             removed = con.execute(f"""SELECT {_ROW_COLS}, d.reason, d.duplicate_of, d.detail
-                FROM rows r SEMI JOIN (SELECT row_key FROM _a ANTI JOIN _b USING (origin_key)) x
-                USING (row_key) LEFT JOIN (SELECT * FROM dropped WHERE version_id IN
-                (SELECT unnest(?::INTEGER[])) QUALIFY row_number() OVER (PARTITION BY row_key
-                ORDER BY version_id DESC) = 1) d USING (row_key)
-                ORDER BY r.origin_key""", [chain]).df()
-            changed = con.execute(_CHANGED_SQL).df()
-            con.execute("DROP TABLE _a; DROP TABLE _b")
-        return Diff(_with_previews(added), _with_previews(removed), changed)
+                FROM rows r SEMI JOIN _gone USING (row_key) LEFT JOIN (SELECT * FROM dropped
+                WHERE version_id IN (SELECT unnest(?::INTEGER[])) QUALIFY row_number() OVER
+                (PARTITION BY row_key ORDER BY version_id DESC) = 1) d USING (row_key)
+                ORDER BY r.origin_key {cap}""", [chain]).df()
+            changed = con.execute(f"{_CHANGED_SQL} {cap}").df()
+            totals = None if limit is None else dict(zip(("added", "removed", "changed"), _one(
+                con, """SELECT (SELECT count(*) FROM _added), (SELECT count(*) FROM _gone),
+                (SELECT count(*) FROM _a a JOIN _b b USING (origin_key)
+                 WHERE a.row_key <> b.row_key)""")))
+            con.execute("DROP TABLE _a; DROP TABLE _b; DROP TABLE _added; DROP TABLE _gone")
+        return Diff(_with_previews(added), _with_previews(removed), changed, totals)
 
     def export(self, version_id: int, path: str | Path, fmt: str, *,
                overwrite: bool = False) -> Path:
@@ -1174,6 +1221,16 @@ _CHANGED_SQL = """SELECT ra.row_key AS old_row_key, rb.row_key AS new_row_key, r
     WHERE c.new_row_key = rb.row_key) AS reason
     FROM _a a JOIN _b b USING (origin_key) JOIN rows ra ON ra.row_key = a.row_key
     JOIN rows rb ON rb.row_key = b.row_key WHERE a.row_key <> b.row_key ORDER BY ra.origin_key"""
+# Rows dropped along a version's lineage (versions in ?) and not in the version (?), each
+# with its newest drop; rows flagged along the lineage and in the version, newest per rule.
+_REMOVED_SQL = """SELECT d.version_id AS dropped_in, d.row_key, d.reason, d.duplicate_of,
+    d.detail FROM dropped d WHERE d.version_id IN (SELECT unnest(?::INTEGER[]))
+    AND d.row_key NOT IN (SELECT row_key FROM version_rows WHERE version_id = ?)
+    QUALIFY row_number() OVER (PARTITION BY d.row_key ORDER BY d.version_id DESC) = 1"""
+_FLAGGED_SQL = """SELECT f.version_id AS flagged_in, f.row_key, f.reason, f.detail
+    FROM flagged f WHERE f.version_id IN (SELECT unnest(?::INTEGER[]))
+    AND f.row_key IN (SELECT row_key FROM version_rows WHERE version_id = ?)
+    QUALIFY row_number() OVER (PARTITION BY f.row_key, f.reason ORDER BY f.version_id DESC) = 1"""
 _VERSION_SQL = """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params, v.counts,
     v.n_rows, v.created_at, v.message, r.number
     FROM versions v JOIN datasets d USING (dataset_id) JOIN version_refs r USING (version_id)"""

@@ -1,0 +1,92 @@
+"""Queries the pages run in DuckDB instead of over a whole version in pandas: each gives what
+the pandas path over the full frame gives, on small data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import chat
+
+from workbench import labelling
+from workbench.schema import StepResult
+from workbench.store import Store
+
+
+def version(store: Store, n: int = 40) -> int:
+    rows = [chat(("user", f"question {i}"), ("assistant", f"answer {i} " + "x" * (i % 7)))
+            for i in range(n)]
+    return store.add_examples("d", rows)
+
+
+def flag_and_drop(store: Store, vid: int) -> int:
+    """A child of vid: rows 0-3 dropped, 4-11 flagged by rule a, 8-15 by rule b."""
+    keys = store.frame(vid)["row_key"].tolist()
+    flagged = pd.concat([pd.DataFrame({"row_key": keys[4:12], "reason": "a", "detail": "da"}),
+                         pd.DataFrame({"row_key": keys[8:16], "reason": "b", "detail": "db"})])
+    dropped = pd.DataFrame({"row_key": keys[:4], "reason": "short", "detail": "why"})
+    kept = pd.DataFrame({"row_key": keys[4:]})
+    return store.apply_step(vid, StepResult(kept, dropped, None, flagged),
+                            operation="clean").version_id
+
+
+@pytest.fixture
+def flagged_version(store: Store) -> int:
+    vid = version(store)
+    child = flag_and_drop(store, vid)
+    keys = store.frame(child)["row_key"].tolist()
+    labelling.label_rows(store, child, keys[5:7], "bad")   # rows 9, 10: a and b
+    labelling.label_rows(store, child, keys[0:2], "good")  # rows 4, 5: a only
+    labelling.label_rows(store, child, keys[10:11], "bad")  # row 14: b only
+    return child
+
+
+def pandas_flagged_summary(store: Store, vid: int) -> pd.DataFrame:
+    """What the Clean page computed before: every flagged row with its text, then pandas."""
+    flagged = store.flagged(vid)
+    labels = labelling.with_labels(store, flagged)["label"]
+    return flagged.assign(label=labels.to_numpy()).groupby("reason").agg(
+        rows=("row_key", "nunique"), labelled_bad=("label", lambda s: int((s == "bad").sum())),
+        labelled_good=("label", lambda s: int((s == "good").sum()))).reset_index()
+
+
+def test_flagged_summary_and_count_equal_the_pandas_path(store, flagged_version):
+    got = store.flagged_summary(flagged_version)
+    want = pandas_flagged_summary(store, flagged_version)
+    assert got.astype({c: int for c in got.columns[1:]}).to_dict("list") == \
+        want.to_dict("list")
+    assert got.to_dict("list") == {"reason": ["a", "b"], "rows": [8, 8],
+                                   "labelled_bad": [2, 3], "labelled_good": [2, 0]}
+    assert store.flagged_count(flagged_version) == store.flagged(flagged_version)[
+        "row_key"].nunique() == 12
+
+
+def test_flagged_to_drop_reads_keys_and_labels_only(store, flagged_version):
+    flagged = store.flagged(flagged_version)
+    labels = labelling.with_labels(store, flagged)["label"].to_numpy()
+    for rule in ("a", "b"):
+        for keep_good in (True, False):
+            want = flagged.assign(label=labels)
+            want = want[(want["reason"] == rule) & ((not keep_good) | (want["label"] != "good"))]
+            got = labelling.flagged_to_drop(store, flagged_version, rule, keep_good=keep_good)
+            assert got[["row_key", "detail", "label"]].values.tolist() == \
+                want[["row_key", "detail", "label"]].values.tolist()
+    assert labelling.flagged_to_drop(store, flagged_version, "nothing").empty
+
+
+def test_removed_with_a_limit_is_the_head_and_the_count_counts_all(store, flagged_version):
+    everything = store.removed(flagged_version)
+    head = store.removed(flagged_version, limit=3)
+    assert len(everything) == store.removed_count(flagged_version) == 4
+    pd.testing.assert_frame_equal(head, everything.head(3))
+
+
+def test_diff_with_a_limit_keeps_every_count(store, flagged_version):
+    parent = store.version(flagged_version).parent_id
+    edited = store.edit_row(flagged_version, store.frame(flagged_version)["row_key"].iloc[0],
+                            note="seen").version_id
+    full, head = store.diff(parent, edited), store.diff(parent, edited, limit=2)
+    assert head.counts() == full.counts() == {"added": 0, "removed": 4, "changed": 1}
+    pd.testing.assert_frame_equal(head.removed, full.removed.head(2))
+    pd.testing.assert_frame_equal(head.changed, full.changed)
+    assert store.diff(edited, parent, limit=0).counts() == {"added": 4, "removed": 0,
+                                                             "changed": 1}
