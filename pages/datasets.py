@@ -17,8 +17,6 @@ from pages.common import (
     store,
     switch_dataset,
 )
-from workbench import labelling
-from workbench.cards import dataset_card
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
@@ -320,6 +318,8 @@ def label_rows_form(version_id: int, row_keys: list[int], key: str) -> None:
               else "clear" if clear.button("Clear label", key=f"{key}_clear") else None)
     if chosen is None:
         return
+    from workbench import labelling  # its model code loads only when a label is set
+
     try:
         action = labelling.label_rows(store(), version_id, row_keys,
                                       None if chosen == "clear" else chosen)
@@ -406,25 +406,35 @@ def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
     if a == b:
         st.caption("Pick two different versions to compare.")
         return
-    diff = store().diff(a, b)
-    for col, (kind, n) in zip(st.columns(3), diff.counts().items()):
+    diff = store().diff(a, b, limit=SHOWN_ROWS)  # every count, the first rows of each kind
+    counts = diff.counts()
+    for col, (kind, n) in zip(st.columns(3), counts.items()):
         col.metric(f"Rows {kind}", f"{n:,}")
     for kind, table in diff_tables(diff).items():
         if len(table):
-            with st.expander(f"{kind} ({len(table):,})"):
-                st.dataframe(table.head(1000), hide_index=True, key=f"diff_{kind}",
-                             width="stretch")
+            with st.expander(f"{kind} ({counts[kind]:,})"):
+                st.dataframe(table, hide_index=True, key=f"diff_{kind}", width="stretch")
+                shown_caption(len(table), counts[kind])
+
+
+SHOWN_ROWS = 1000  # rows a history table shows; its count covers all of them
+
+
+def shown_caption(shown: int, total: int) -> None:
+    if shown < total:
+        st.caption(f"The first {shown:,} of {total:,} rows, in row order.")
 
 
 def removed_section(active: int) -> None:
-    removed = store().removed(active)
-    st.subheader(f"Dropped rows ({len(removed):,})")
-    if removed.empty:
+    total = store().removed_count(active)
+    st.subheader(f"Dropped rows ({total:,})")
+    if not total:
         st.caption("No rows were dropped on the way to this version.")
         return
+    removed = store().removed(active, limit=SHOWN_ROWS)
     st.dataframe(removed[["row_key", "reason", "duplicate_of", "detail", "dropped_in", "prompt",
-                          "response"]].head(1000), hide_index=True, key="removed_table",
-                 width="stretch")
+                          "response"]], hide_index=True, key="removed_table", width="stretch")
+    shown_caption(len(removed), total)
     keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
     if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
@@ -441,6 +451,8 @@ def export_section(dataset: str) -> None:
     # file); the server keeps nothing.
     st.caption(f"Exports the active version {md_escape(ref_of(version_id))} as a download.")
     if st.button("Prepare download", key="export_prepare"):
+        from workbench.cards import dataset_card
+
         try:
             name, data = export_bytes(store(), version_id, fmt)
             card = dataset_card(store(), version_id, fmt=fmt)
