@@ -3,6 +3,7 @@ the pandas path over the full frame gives, on small data."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import chat
@@ -90,3 +91,73 @@ def test_diff_with_a_limit_keeps_every_count(store, flagged_version):
     pd.testing.assert_frame_equal(head.changed, full.changed)
     assert store.diff(edited, parent, limit=0).counts() == {"added": 4, "removed": 0,
                                                              "changed": 1}
+
+
+def test_version_summary_equals_the_summary_of_the_frame(store, flagged_version):
+    frame = store.frame(flagged_version)
+    labelling.label_rows(store, flagged_version, frame["row_key"].tolist()[20:22], "bad")
+    want, got = labelling.summary(store, frame), labelling.version_summary(store,
+                                                                           flagged_version)
+    assert (got.good, got.bad, got.unlabelled, got.total_good, got.total_bad) == \
+        (want.good, want.bad, want.unlabelled, want.total_good, want.total_bad) == \
+        (2, 5, 29, 2, 5)
+    pd.testing.assert_frame_equal(got.actions, want.actions)
+
+
+def test_version_labels_are_the_labelled_rows_of_the_frame(store, flagged_version):
+    frame = labelling.with_labels(store, store.frame(flagged_version))
+    want = frame[frame["label"] != ""]
+    got = labelling.version_labels(store, flagged_version)
+    assert got[["row_key", "id", "label"]].values.tolist() == \
+        want[["row_key", "id", "label"]].values.tolist()
+    assert labelling.labels_jsonl(store, got) == \
+        labelling.labels_jsonl(store, store.frame(flagged_version))
+
+
+def test_bulk_preview_reads_the_rows_pandas_would_sample(store, flagged_version):
+    frame = store.frame(flagged_version)
+    keys = frame["row_key"].tolist()[3:30:2]
+    rows = frame[frame["row_key"].isin(set(keys))]
+    for seed in (0, 3):
+        want = rows.sample(8, random_state=seed)["row_key"].tolist()
+        got = labelling.bulk_preview(store, flagged_version, keys[::-1], seed=seed)
+        assert got["row_key"].tolist() == want
+        assert got["response"].tolist() == frame.set_index("row_key").loc[want,
+                                                                          "response"].tolist()
+    assert labelling.bulk_preview(store, flagged_version, keys[:3])["row_key"].tolist() == \
+        rows.head(3).sample(3, random_state=0)["row_key"].tolist()
+
+
+def test_sample_frame_is_the_whole_version_up_to_n_and_a_fixed_sample_beyond(store):
+    vid = version(store, 50)
+    frame = store.frame(vid)
+    pd.testing.assert_frame_equal(store.sample_frame(vid, 50), frame)
+    sample = store.sample_frame(vid, 20, seed=1)
+    assert len(sample) == 20 and sample["row_key"].is_monotonic_increasing
+    assert sample["row_key"].tolist() == store.sample_frame(vid, 20, seed=1)["row_key"].tolist()
+    pd.testing.assert_frame_equal(
+        sample.reset_index(drop=True),
+        frame.set_index("row_key").loc[sample["row_key"]].reset_index()[frame.columns])
+
+
+def test_rows_of_reads_rows_by_key_in_version_order(store):
+    vid = version(store, 10)
+    frame = store.frame(vid)
+    keys = frame["row_key"].tolist()
+    got = store.rows_of(vid, [keys[7], keys[2]])
+    assert got["row_key"].tolist() == [keys[2], keys[7]]
+    assert got["response"].tolist() == frame["response"].iloc[[2, 7]].tolist()
+
+
+def test_version_embedded_counts_in_the_store(store):
+    from workbench.cache import put_embeddings
+
+    vid = version(store, 6)
+    ids = store.frame(vid)["id"].tolist()
+    assert not labelling.version_embedded(store, vid, "user")
+    put_embeddings(store, ids[:5], np.ones((5, 3), np.float32), "default", "user")
+    assert labelling.version_embedded(store, vid, "user", "default") == \
+        labelling.embedded(store, store.frame(vid), "user") is False
+    put_embeddings(store, ids[5:], np.ones((1, 3), np.float32), "default", "user")
+    assert labelling.version_embedded(store, vid, "user") == \
+        labelling.embedded(store, store.frame(vid), "user") is True

@@ -844,6 +844,33 @@ class Store:
                 ORDER BY vr.pos""", [version_id]).df()
         return _step_frame(df)
 
+    def sample_frame(self, version_id: int, n: int, *, seed: int = 0) -> pd.DataFrame:
+        """Return, as a step DataFrame in version order, every row of a version of at most n
+        rows, else a fixed random sample of n of them (the same rows for the same seed)."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            total = _one(con, "SELECT n_rows FROM versions WHERE version_id = ?",
+                         [version_id])[0] or 0
+            picked = "" if total <= n else "AND vr.pos IN (SELECT unnest(?::BIGINT[]))"
+            args = [version_id] + ([] if total <= n else [np.sort(np.random.default_rng(
+                seed).choice(total, int(n), replace=False)).tolist()])
+            df = con.execute(f"""SELECT r.row_key, r.id, r.messages, r.metadata, r.tags, r.note
+                FROM version_rows vr JOIN rows r USING (row_key) WHERE vr.version_id = ?
+                {picked} ORDER BY vr.pos""", args).df()
+        return _step_frame(df)
+
+    def rows_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
+        """Return rows of a version by key, in version order, with their position (``pos``)
+        and one-line previews: a few rows' texts without reading the others."""
+        keys = pd.DataFrame({"row_key": [int(k) for k in row_keys]}, dtype="int64")
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            positions = con.execute("""SELECT pos, row_key FROM version_rows
+                WHERE version_id = ? AND row_key IN (SELECT unnest(?::BIGINT[]))""",
+                                    [version_id, keys["row_key"].tolist()]).df()
+            rows = self._rows_for(con, positions.sort_values("pos"))
+        return _with_previews(rows)
+
     def dataset_rows(self, version_id: int, ids: Sequence[str]) -> pd.DataFrame:
         """Return, as a step DataFrame, the rows with these content ids in any version of this
         version's dataset (one row per id: the newest)."""
