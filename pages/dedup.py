@@ -6,20 +6,26 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import (
-    curation_header,
+    curation_title,
     flash,
     job_panel,
     progress_bar,
     session_cached,
     show_error,
     store,
+    version_frame,
 )
 from workbench import curate
 from workbench.dedup import KEEP_ALL
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
-_, version_id, frame = curation_header("Deduplicate")
+_, version_id, _ = curation_title("Deduplicate")
+
+
+def rows():
+    """The version's rows, read when finding or applying duplicates (not to open the page)."""
+    return version_frame(str(store().path), version_id)
 
 
 def options_form() -> curate.DedupOptions:
@@ -45,7 +51,7 @@ def options_form() -> curate.DedupOptions:
 
 def embeddings_section(options: curate.DedupOptions) -> bool:
     """Show the embedding state; return whether every row has an embedding."""
-    _, missing = curate.version_embeddings(store(), frame, field=options.field)
+    missing = curate.missing_embeddings(store(), version_id, field=options.field)
     runs = curate.embedding_jobs(store(), version_id, options.field)
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="dd_embed")
@@ -84,11 +90,11 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
 
 def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
     with progress_bar("Threshold explorer: rows hashed") as progress:
-        return curate.duplicate_curve(store(), frame, options, method, grid, progress=progress)
+        return curate.duplicate_curve(store(), rows(), options, method, grid, progress=progress)
 
 
 def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
-    summary = curate.cluster_summary(frame, clusters)
+    summary = curate.cluster_summary(rows(), clusters)
     dropped = int((~clusters["kept"]).sum())
     a, b = st.columns(2)
     a.metric("Clusters", f"{len(summary):,}")
@@ -102,7 +108,7 @@ def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
     if st.button(f"Apply: drop {dropped:,} rows into a new version", type="primary",
                  disabled=clusters.empty or stale, key="dd_apply"):
         try:
-            version = curate.apply_dedup(store(), version_id, frame, clusters, options,
+            version = curate.apply_dedup(store(), version_id, rows(), clusters, options,
                                          overrides)
         except WorkbenchError as e:
             show_error(e)
@@ -115,7 +121,7 @@ def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
 
 
 def member_view(clusters, cluster_id: int, overrides: dict) -> None:
-    members = curate.cluster_members(frame, clusters, cluster_id)
+    members = curate.cluster_members(rows(), clusters, cluster_id)
     st.subheader(f"Cluster {cluster_id}: {len(members)} rows")
     columns = st.columns(min(len(members), 4))
     for i, row in members.head(4).iterrows():
@@ -150,7 +156,7 @@ if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not
     try:
         with progress_bar("Finding duplicates: rows hashed") as progress:
             st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
-                store(), frame, options, progress=progress))
+                store(), rows(), options, progress=progress))
         st.session_state["dd_overrides"] = {}
     except WorkbenchError as e:
         show_error(e)

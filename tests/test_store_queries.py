@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import chat
 
-from workbench import labelling
+from workbench import curate, labelling
 from workbench.schema import StepResult
 from workbench.store import Store
 
@@ -158,6 +158,9 @@ def test_version_embedded_counts_in_the_store(store):
     put_embeddings(store, ids[:5], np.ones((5, 3), np.float32), "default", "user")
     assert labelling.version_embedded(store, vid, "user", "default") == \
         labelling.embedded(store, store.frame(vid), "user") is False
+    assert curate.missing_embeddings(store, vid, field="user") == \
+        curate.version_embeddings(store, store.frame(vid), field="user")[1] == 1
     put_embeddings(store, ids[5:], np.ones((1, 3), np.float32), "default", "user")
+    assert curate.missing_embeddings(store, vid, field="user") == 0
     assert labelling.version_embedded(store, vid, "user") == \
         labelling.embedded(store, store.frame(vid), "user") is True
