@@ -20,7 +20,7 @@ from pages.common import (
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
-from workbench.store import RowFilter
+from workbench.store import RowFilter, Store
 from workbench.views import (
     ALLOW_ANY_PATH_ENV,
     dataset_name_for,
@@ -406,11 +406,10 @@ def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
     if a == b:
         st.caption("Pick two different versions to compare.")
         return
-    diff = store().diff(a, b, limit=SHOWN_ROWS)  # every count, the first rows of each kind
-    counts = diff.counts()
+    counts, tables = version_diff(str(store().path), a, b)
     for col, (kind, n) in zip(st.columns(3), counts.items()):
         col.metric(f"Rows {kind}", f"{n:,}")
-    for kind, table in diff_tables(diff).items():
+    for kind, table in tables.items():
         if len(table):
             with st.expander(f"{kind} ({counts[kind]:,})"):
                 st.dataframe(table, hide_index=True, key=f"diff_{kind}", width="stretch")
@@ -420,18 +419,32 @@ def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
 SHOWN_ROWS = 1000  # rows a history table shows; its count covers all of them
 
 
+# Versions are immutable, so what two version ids give never changes: reruns reuse it.
+@st.cache_data(max_entries=4, show_spinner=False)
+def version_diff(store_path: str, a: int, b: int):
+    """Every count of a diff and the first SHOWN_ROWS rows of each kind, as display tables."""
+    diff = Store(store_path).diff(a, b, limit=SHOWN_ROWS)
+    return diff.counts(), diff_tables(diff)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def dropped_rows(store_path: str, version_id: int):
+    """How many rows were dropped on the way to a version, and the first SHOWN_ROWS of them."""
+    found = Store(store_path)
+    return found.removed_count(version_id), found.removed(version_id, limit=SHOWN_ROWS)
+
+
 def shown_caption(shown: int, total: int) -> None:
     if shown < total:
         st.caption(f"The first {shown:,} of {total:,} rows, in row order.")
 
 
 def removed_section(active: int) -> None:
-    total = store().removed_count(active)
+    total, removed = dropped_rows(str(store().path), active)
     st.subheader(f"Dropped rows ({total:,})")
     if not total:
         st.caption("No rows were dropped on the way to this version.")
         return
-    removed = store().removed(active, limit=SHOWN_ROWS)
     st.dataframe(removed[["row_key", "reason", "duplicate_of", "detail", "dropped_in", "prompt",
                           "response"]], hide_index=True, key="removed_table", width="stretch")
     shown_caption(len(removed), total)
