@@ -202,11 +202,10 @@ def browse_section(dataset: str) -> None:
     number = page_col.number_input("Page", min_value=1, step=1, key="browse_page")
     # A search reads every row's text (1M rows: seconds); the spinner shows only past 0.5 s.
     with st.spinner("Filtering the rows…"):
-        page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
+        page = rows_page(version_id, filters, number, size)
         if page.rows.empty and page.total:  # past the last page: show the last one instead
             number = page_count(page.total, size)
-            page = store().page(version_id, offset=(number - 1) * size, limit=size,
-                                filters=filters)
+            page = rows_page(version_id, filters, number, size)
     info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
                      f"{page_count(page.total, size)} · "
                      f"{md_escape(store().version(version_id).ref)}")
@@ -222,6 +221,22 @@ def browse_section(dataset: str) -> None:
         tag_rows_form(version_id, chosen)
     else:
         st.caption("Select a row to read and edit it; select several to tag them.")
+
+
+def rows_page(version_id: int, filters: RowFilter, number: int, size: int):
+    """Page `number` of the rows the filters match. A version's rows never change, so the
+    matches of a filter that does not read labels are found once and paged from then on."""
+    offset = (number - 1) * size
+    if filters == RowFilter() or filters.label is not None:
+        return store().page(version_id, offset=offset, limit=size, filters=filters)
+    keys = matching_keys(str(store().path), version_id, filters)
+    return store().page_of(version_id, keys, offset=offset, limit=size,
+                           label_set=filters.label_set)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def matching_keys(store_path: str, version_id: int, filters: RowFilter):
+    return Store(store_path).matches(version_id, filters)
 
 
 # Pixel widths that fit a laptop screen: the two text columns get the room, the rest stays

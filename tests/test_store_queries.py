@@ -10,7 +10,7 @@ from conftest import chat
 
 from workbench import curate, labelling
 from workbench.schema import StepResult
-from workbench.store import Store
+from workbench.store import RowFilter, Store
 
 
 def version(store: Store, n: int = 40) -> int:
@@ -164,3 +164,17 @@ def test_version_embedded_counts_in_the_store(store):
     assert curate.missing_embeddings(store, vid, field="user") == 0
     assert labelling.version_embedded(store, vid, "user") == \
         labelling.embedded(store, store.frame(vid), "user") is True
+
+
+@pytest.mark.parametrize("filters", [RowFilter(search="answer 1"), RowFilter(min_chars=25),
+                                     RowFilter(search="question", max_turns=2),
+                                     RowFilter(search="nothing like this")])
+def test_a_page_of_the_matches_is_the_filtered_page(store, filters):
+    vid = version(store, 40)
+    keys = store.matches(vid, filters)
+    for offset, limit in ((0, 5), (5, 5), (0, 100), (38, 10)):
+        want = store.page(vid, offset=offset, limit=limit, filters=filters)
+        got = store.page_of(vid, keys, offset=offset, limit=limit)
+        assert got.total == want.total and (got.offset, got.limit) == (want.offset, want.limit)
+        pd.testing.assert_frame_equal(got.rows.reset_index(drop=True),
+                                      want.rows.reset_index(drop=True), check_dtype=False)

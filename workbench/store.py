@@ -787,6 +787,32 @@ class Store:
                                             (filters or RowFilter()).label_set)
         return Page(_with_previews(rows), total, offset, limit)
 
+    def matches(self, version_id: int, filters: RowFilter) -> np.ndarray:
+        """Return the keys of a version's rows that the filters match, in version order: one
+        scan of the text, so that ``page_of`` can then show any page of them without another."""
+        where, args = _filter_sql(filters)
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            keys = con.execute(f"""SELECT vr.row_key FROM version_rows vr JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? {'AND ' + where if where else ''}
+                ORDER BY vr.pos""", [version_id, *args]).fetchnumpy()["row_key"]
+        return np.asarray(keys, dtype=np.int64)
+
+    def page_of(self, version_id: int, keys: Sequence[int], *, offset: int = 0,
+                limit: int = 50, label_set: str = "quality") -> Page:
+        """Return one page of the given row keys of a version (as ``matches`` lists them):
+        what ``page`` returns for the same filters, offset and limit."""
+        offset, limit = max(int(offset), 0), max(int(limit), 0)
+        chosen = [int(k) for k in keys[offset:offset + limit]]
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            found = con.execute("""SELECT pos, row_key FROM version_rows WHERE version_id = ?
+                AND row_key IN (SELECT unnest(?::BIGINT[])) ORDER BY pos""",
+                                [version_id, chosen]).df()
+            rows = self._rows_for(con, found)
+            rows["label"] = self._labels_of(con, rows["id"].tolist(), label_set)
+        return Page(_with_previews(rows), len(keys), offset, limit)
+
     def _labels_of(self, con: Any, ids: list[str], label_set: str) -> list[str]:
         if not ids:
             return []
