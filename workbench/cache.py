@@ -111,6 +111,11 @@ def _any_vectors(store: Store, model: str, field: str) -> bool:
                                 [field, model, f"{model}@"]).fetchall())
 
 
+def any_embedding(store: Store, model: str, field: str) -> bool:
+    """Return whether the store holds any vector of this model and field (any backend)."""
+    return _any_vectors(store, model, field)
+
+
 def _embedding_key(model: str, backend: str) -> str:
     from .models import embedding_key  # imports torch: only once embeddings are touched
 

@@ -33,7 +33,13 @@ import xxhash
 
 from . import labels as LB
 from . import learn as L
-from .cache import count_embedded, count_embedded_version, get_embeddings, params_hash
+from .cache import (
+    any_embedding,
+    count_embedded,
+    count_embedded_version,
+    get_embeddings,
+    params_hash,
+)
 from .exceptions import ConfigError, NotFoundError
 from .store import CURRENT_LABELS_SQL, RowFilter, Store, VersionInfo
 
@@ -353,6 +359,8 @@ def version_embedded(store: Store, version_id: int, field: str, model: str = "de
                      ) -> bool:
     """Return whether every row of a version has a cached embedding of this field (counted in
     the store, as ``embedded`` counts over a frame)."""
+    if not any_embedding(store, model, field):  # nothing to count over every row
+        return False
     found, total = count_embedded_version(store, version_id, model, field)
     return total > 0 and found == total
 
