@@ -22,6 +22,8 @@ def queue_sample(store_path: str, version: int):
     sample (versions are immutable, so the id is the key)."""
     from workbench.store import Store
 
+    if Store(store_path).version(version).n_rows <= labelling.QUEUE_ROWS:
+        return version_frame(store_path, version)  # the rows the other pages share
     return Store(store_path).sample_frame(version, labelling.QUEUE_ROWS)
 
 
@@ -140,7 +142,8 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
                "of, and a few random ones; never two near-identical rows in a round.")
     if n_rows > labelling.QUEUE_ROWS:
         st.caption(f"The queue draws from a fixed random sample of {labelling.QUEUE_ROWS:,} of "
-                   f"the {n_rows:,} rows; bulk labels below cover every row.")
+                   f"the {n_rows:,} rows, and its rounds do not save the learned score (train "
+                   "it on Score & select to score every row); bulk labels cover every row.")
     st.progress(batch["at"] / len(batch["rows"]),
                 text=f"row {batch['at'] + 1} of {len(batch['rows'])} in this round")
     review(batch, label_set)

@@ -178,3 +178,23 @@ def test_a_page_of_the_matches_is_the_filtered_page(store, filters):
         assert got.total == want.total and (got.offset, got.limit) == (want.offset, want.limit)
         pd.testing.assert_frame_equal(got.rows.reset_index(drop=True),
                                       want.rows.reset_index(drop=True), check_dtype=False)
+
+
+def test_a_queue_over_a_sample_leaves_the_cached_learned_score_alone(store):
+    from test_labelling import dataset
+
+    vid, truth = dataset(store, n=200)
+    frame = store.frame(vid)
+    keys = frame["row_key"].tolist()
+    labelling.label_rows(store, vid, [k for k, t in zip(keys, truth) if t][:6], "bad")
+    labelling.label_rows(store, vid, [k for k, t in zip(keys, truth) if not t][:6], "good")
+
+    def cached() -> int:
+        with store.connect() as con:
+            return con.execute("SELECT count(*) FROM scores WHERE scorer = 'learned'"
+                               ).fetchall()[0][0]
+
+    queue = labelling.next_rows(store, vid, store.sample_frame(vid, 50))
+    assert queue.stage == "model" and len(queue.rows) == 20 and cached() == 0
+    queue = labelling.next_rows(store, vid, frame)
+    assert queue.stage == "model" and cached() == frame["id"].nunique()

@@ -53,7 +53,7 @@ SEED_SCAN_ROWS = 5_000
 # The review queue (Label page) draws from at most this many rows of a version, a fixed sample
 # beyond (Store.sample_frame): reading and ranking every row of 1M took minutes and gigabytes
 # for the 20 rows of a round. Bulk labels and the learned score's training data cover all rows.
-QUEUE_ROWS = 20_000
+QUEUE_ROWS = 100_000
 
 
 def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
@@ -496,13 +496,15 @@ def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
 
 
 def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
-           config: L.LearnConfig) -> tuple[LearnedResult, np.ndarray]:
-    """Train and cache the learned score; return the result and P(bad) of the frame's rows."""
+           config: L.LearnConfig, *, save: bool = True) -> tuple[LearnedResult, np.ndarray]:
+    """Train and (if ``save``) cache the learned score; return the result and P(bad) of the
+    frame's rows."""
     start = time.perf_counter()
     fitted = _fit(store, version_id, frame, config, label_set)
     p_bad = fitted.model.predict(fitted.features, np.arange(len(frame)))
     auc, low, high = fitted.model.auroc()
-    _save_scores(store, frame, p_bad, label_set, config)
+    if save:
+        _save_scores(store, frame, p_bad, label_set, config)
     result = LearnedResult(label_set, learned_column(label_set), fitted.model.n_good,
                            fitted.model.n_bad, fitted.outside, auc, low, high, fitted.names,
                            fitted.model.calibrated, round(time.perf_counter() - start, 3),
@@ -609,7 +611,11 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     if min(good, bad) >= options.config.min_per_class:
         if progress:
             progress("training the learned score")
-        result, p_bad = _train(store, version_id, frame, options.label_set, options.config)
+        # A queue drawn from a sample of the version must not leave the cached learned score
+        # fresh on the sample and stale elsewhere: only a queue over every row saves it.
+        every_row = len(frame) >= store.version(version_id).n_rows
+        result, p_bad = _train(store, version_id, frame, options.label_set, options.config,
+                               save=every_row)
         picks = L.pick_queue(p_bad, candidates, options.n, vectors=vectors, mix=options.mix,
                              seed=options.seed + len(done))
         return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)
