@@ -10,24 +10,30 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import (
-    curation_header,
+    curation_title,
     engine_setting,
     flash,
     progress_bar,
     show_error,
     store,
+    version_frame,
 )
 from workbench import clean, curate, labelling
 from workbench.engine import data_folder
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
-dataset, version_id, frame = curation_header(
+dataset, version_id, n_rows = curation_title(
     "Clean", " · rules run in the order listed; a row dropped by one rule is not checked by "
     "later ones")
 ROLES = ["system", "user", "assistant"]
 DEFAULTS = {r.name: r for r in clean.default_rules()}
 VERBS = {"drop": "dropped", "flag": "flagged for review", "change": "changed"}
+
+
+def rows():
+    """The version's rows, read when a preview or an apply needs them (not to open the page)."""
+    return version_frame(str(store().path), version_id)
 
 
 def roles(key: str, default: tuple) -> tuple:
@@ -145,7 +151,7 @@ def show_preview(report) -> None:
     b.metric("Rows dropped", f"{report.dropped_rows:,}")
     c.metric("Rows flagged for review", f"{report.flagged_rows:,}")
     d.metric("Rows kept", f"{report.total_rows - report.dropped_rows:,}")
-    table = labelling.rule_table(store(), frame, report)
+    table = labelling.rule_table(store(), rows(), report)
     labelled = int(table["labelled_bad"].sum() + table["labelled_good"].sum())
     if labelled:
         st.caption("With your labels: of the labelled rows each rule hits, how many you marked "
@@ -174,16 +180,12 @@ def show_preview(report) -> None:
 
 def flagged_section() -> None:
     """Rows flagged for review in this version: per rule, label them or drop them at once."""
-    flagged = store().flagged(version_id)
-    if flagged.empty:
+    summary = store().flagged_summary(version_id)
+    if summary.empty:
         return
-    st.subheader(f"Flagged for review ({flagged['row_key'].nunique():,} rows)")
+    st.subheader(f"Flagged for review ({store().flagged_count(version_id):,} rows)")
     st.page_link("pages/label.py", label="Review them one at a time in the queue",
                  icon=":material/thumbs_up_down:")
-    labels = labelling.with_labels(store(), flagged)["label"]
-    summary = flagged.assign(label=labels.to_numpy()).groupby("reason").agg(
-        rows=("row_key", "nunique"), labelled_bad=("label", lambda s: int((s == "bad").sum())),
-        labelled_good=("label", lambda s: int((s == "good").sum()))).reset_index()
     st.dataframe(summary, hide_index=True, key="cl_flag_summary")
     reason = st.selectbox("Rule", summary["reason"].tolist(), key="cl_flag_rule")
     keep_good = st.checkbox("Keep the rows you labelled good", value=True, key="cl_flag_keep")
@@ -203,13 +205,13 @@ try:
 except WorkbenchError as e:
     show_error(e)
     st.stop()
-engine = engine_setting("cl_engine", len(frame), "clean")
+engine = engine_setting("cl_engine", n_rows, "clean")
 preview_col, apply_col = st.columns(2)
 if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
     try:
         with progress_bar("Rows checked, all rules") as progress:
             st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(
-                frame, rules, row_progress=progress, engine=engine,
+                rows(), rules, row_progress=progress, engine=engine,
                 home=data_folder(store().path)))
     except WorkbenchError as e:
         show_error(e)
@@ -228,9 +230,9 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
         with progress_bar("Applying: rows checked, all rules") as progress:
             # The preview of these same rules already holds the new version's rows.
             result = report[2].result if fresh else \
-                curate.clean_preview(frame, rules, samples=0, row_progress=progress,
+                curate.clean_preview(rows(), rules, samples=0, row_progress=progress,
                                      engine=engine, home=data_folder(store().path)).result
-            version = curate.apply_clean(store(), version_id, frame, rules, extra_params=extra,
+            version = curate.apply_clean(store(), version_id, rows(), rules, extra_params=extra,
                                          result=result)
     except WorkbenchError as e:
         show_error(e)
@@ -238,7 +240,7 @@ if apply_col.button("Apply as a new version", type="primary", key="cl_apply", di
         st.session_state.pop("cl_report", None)
         flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
         flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
-              f"{len(frame) - version.n_rows:,} dropped, {flagged:,} flags for review "
+              f"{n_rows - version.n_rows:,} dropped, {flagged:,} flags for review "
               "(dropped rows with their reasons are under Datasets → History).")
         st.rerun()
 flagged_section()

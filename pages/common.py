@@ -134,22 +134,25 @@ def session_cached(name: str, key: tuple, compute, keep: int = 4):
 
 def curation_header(title: str, detail: str = ""):
     """Show a curation page's title and flash; return (dataset, version id, frame) or stop."""
+    dataset, version_id, _ = curation_title(title, detail)
+    return dataset, version_id, version_frame(str(store().path), version_id)
+
+
+def curation_title(title: str, detail: str = ""):
+    """Show a curation page's title and flash; return (dataset, version id, row count) or stop.
+
+    Reads no rows: a page that works on a sample or a page of rows opens in the same time
+    whatever the version's size.
+    """
     st.title(title)
     show_flash()
     dataset = current_dataset()
     if dataset is None:
         st.info("Import a dataset first (Datasets page).")
         st.stop()
-    version_id, frame = active_frame(dataset)
-    ref = store().version(version_id).ref
-    st.caption(f"Version {md_escape(ref)} · {len(frame):,} rows{detail}")
-    return dataset, version_id, frame
-
-
-def active_frame(dataset: str):
-    """Return (active version id, its step DataFrame) for a dataset."""
-    version_id = store().active_version(dataset)
-    return version_id, version_frame(str(store().path), version_id)
+    info = store().version(store().active_version(dataset))
+    st.caption(f"Version {md_escape(info.ref)} · {info.n_rows:,} rows{detail}")
+    return dataset, info.version_id, info.n_rows
 
 
 @contextmanager

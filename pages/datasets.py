@@ -17,12 +17,10 @@ from pages.common import (
     store,
     switch_dataset,
 )
-from workbench import labelling
-from workbench.cards import dataset_card
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
 from workbench.schema import SHAPES
-from workbench.store import RowFilter
+from workbench.store import RowFilter, Store
 from workbench.views import (
     ALLOW_ANY_PATH_ENV,
     dataset_name_for,
@@ -204,11 +202,10 @@ def browse_section(dataset: str) -> None:
     number = page_col.number_input("Page", min_value=1, step=1, key="browse_page")
     # A search reads every row's text (1M rows: seconds); the spinner shows only past 0.5 s.
     with st.spinner("Filtering the rows…"):
-        page = store().page(version_id, offset=(number - 1) * size, limit=size, filters=filters)
+        page = rows_page(version_id, filters, number, size)
         if page.rows.empty and page.total:  # past the last page: show the last one instead
             number = page_count(page.total, size)
-            page = store().page(version_id, offset=(number - 1) * size, limit=size,
-                                filters=filters)
+            page = rows_page(version_id, filters, number, size)
     info_col.caption(f"{plural(page.total, 'matching row')} · page {number} of "
                      f"{page_count(page.total, size)} · "
                      f"{md_escape(store().version(version_id).ref)}")
@@ -224,6 +221,22 @@ def browse_section(dataset: str) -> None:
         tag_rows_form(version_id, chosen)
     else:
         st.caption("Select a row to read and edit it; select several to tag them.")
+
+
+def rows_page(version_id: int, filters: RowFilter, number: int, size: int):
+    """Page `number` of the rows the filters match. A version's rows never change, so the
+    matches of a filter that does not read labels are found once and paged from then on."""
+    offset = (number - 1) * size
+    if filters == RowFilter() or filters.label is not None:
+        return store().page(version_id, offset=offset, limit=size, filters=filters)
+    keys = matching_keys(str(store().path), version_id, filters)
+    return store().page_of(version_id, keys, offset=offset, limit=size,
+                           label_set=filters.label_set)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def matching_keys(store_path: str, version_id: int, filters: RowFilter):
+    return Store(store_path).matches(version_id, filters)
 
 
 # Pixel widths that fit a laptop screen: the two text columns get the room, the rest stays
@@ -320,6 +333,8 @@ def label_rows_form(version_id: int, row_keys: list[int], key: str) -> None:
               else "clear" if clear.button("Clear label", key=f"{key}_clear") else None)
     if chosen is None:
         return
+    from workbench import labelling  # its model code loads only when a label is set
+
     try:
         action = labelling.label_rows(store(), version_id, row_keys,
                                       None if chosen == "clear" else chosen)
@@ -406,25 +421,48 @@ def diff_section(ids: list[int], active: int, refs: dict[int, str]) -> None:
     if a == b:
         st.caption("Pick two different versions to compare.")
         return
-    diff = store().diff(a, b)
-    for col, (kind, n) in zip(st.columns(3), diff.counts().items()):
+    counts, tables = version_diff(str(store().path), a, b)
+    for col, (kind, n) in zip(st.columns(3), counts.items()):
         col.metric(f"Rows {kind}", f"{n:,}")
-    for kind, table in diff_tables(diff).items():
+    for kind, table in tables.items():
         if len(table):
-            with st.expander(f"{kind} ({len(table):,})"):
-                st.dataframe(table.head(1000), hide_index=True, key=f"diff_{kind}",
-                             width="stretch")
+            with st.expander(f"{kind} ({counts[kind]:,})"):
+                st.dataframe(table, hide_index=True, key=f"diff_{kind}", width="stretch")
+                shown_caption(len(table), counts[kind])
+
+
+SHOWN_ROWS = 1000  # rows a history table shows; its count covers all of them
+
+
+# Versions are immutable, so what two version ids give never changes: reruns reuse it.
+@st.cache_data(max_entries=4, show_spinner=False)
+def version_diff(store_path: str, a: int, b: int):
+    """Every count of a diff and the first SHOWN_ROWS rows of each kind, as display tables."""
+    diff = Store(store_path).diff(a, b, limit=SHOWN_ROWS)
+    return diff.counts(), diff_tables(diff)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def dropped_rows(store_path: str, version_id: int):
+    """How many rows were dropped on the way to a version, and the first SHOWN_ROWS of them."""
+    found = Store(store_path)
+    return found.removed_count(version_id), found.removed(version_id, limit=SHOWN_ROWS)
+
+
+def shown_caption(shown: int, total: int) -> None:
+    if shown < total:
+        st.caption(f"The first {shown:,} of {total:,} rows, in row order.")
 
 
 def removed_section(active: int) -> None:
-    removed = store().removed(active)
-    st.subheader(f"Dropped rows ({len(removed):,})")
-    if removed.empty:
+    total, removed = dropped_rows(str(store().path), active)
+    st.subheader(f"Dropped rows ({total:,})")
+    if not total:
         st.caption("No rows were dropped on the way to this version.")
         return
     st.dataframe(removed[["row_key", "reason", "duplicate_of", "detail", "dropped_in", "prompt",
-                          "response"]].head(1000), hide_index=True, key="removed_table",
-                 width="stretch")
+                          "response"]], hide_index=True, key="removed_table", width="stretch")
+    shown_caption(len(removed), total)
     keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
     if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
@@ -441,6 +479,8 @@ def export_section(dataset: str) -> None:
     # file); the server keeps nothing.
     st.caption(f"Exports the active version {md_escape(ref_of(version_id))} as a download.")
     if st.button("Prepare download", key="export_prepare"):
+        from workbench.cards import dataset_card
+
         try:
             name, data = export_bytes(store(), version_id, fmt)
             card = dataset_card(store(), version_id, fmt=fmt)

@@ -6,7 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from pages.common import (
-    curation_header,
+    curation_title,
     engine_setting,
     flash,
     job_panel,
@@ -14,13 +14,19 @@ from pages.common import (
     session_cached,
     show_error,
     store,
+    version_frame,
 )
 from workbench import curate
 from workbench.dedup import KEEP_ALL
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
-_, version_id, frame = curation_header("Deduplicate")
+_, version_id, n_rows = curation_title("Deduplicate")
+
+
+def rows():
+    """The version's rows, read when finding or applying duplicates (not to open the page)."""
+    return version_frame(str(store().path), version_id)
 
 
 def options_form() -> curate.DedupOptions:
@@ -46,7 +52,7 @@ def options_form() -> curate.DedupOptions:
 
 def embeddings_section(options: curate.DedupOptions, engine: str) -> bool:
     """Show the embedding state; return whether every row has an embedding."""
-    _, missing = curate.version_embeddings(store(), frame, field=options.field)
+    missing = curate.missing_embeddings(store(), version_id, field=options.field)
     runs = curate.embedding_jobs(store(), version_id, options.field)
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="dd_embed")
@@ -85,11 +91,11 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
 
 def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
     with progress_bar("Threshold explorer: rows hashed") as progress:
-        return curate.duplicate_curve(store(), frame, options, method, grid, progress=progress)
+        return curate.duplicate_curve(store(), rows(), options, method, grid, progress=progress)
 
 
 def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
-    summary = curate.cluster_summary(frame, clusters)
+    summary = curate.cluster_summary(rows(), clusters)
     dropped = int((~clusters["kept"]).sum())
     a, b = st.columns(2)
     a.metric("Clusters", f"{len(summary):,}")
@@ -103,7 +109,7 @@ def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
     if st.button(f"Apply: drop {dropped:,} rows into a new version", type="primary",
                  disabled=clusters.empty or stale, key="dd_apply"):
         try:
-            version = curate.apply_dedup(store(), version_id, frame, clusters, options,
+            version = curate.apply_dedup(store(), version_id, rows(), clusters, options,
                                          overrides)
         except WorkbenchError as e:
             show_error(e)
@@ -116,7 +122,7 @@ def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
 
 
 def member_view(clusters, cluster_id: int, overrides: dict) -> None:
-    members = curate.cluster_members(frame, clusters, cluster_id)
+    members = curate.cluster_members(rows(), clusters, cluster_id)
     st.subheader(f"Cluster {cluster_id}: {len(members)} rows")
     columns = st.columns(min(len(members), 4))
     for i, row in members.head(4).iterrows():
@@ -145,7 +151,7 @@ def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
 
 
 options = options_form()
-engine = engine_setting("dd_engine", len(frame), "dedup",
+engine = engine_setting("dd_engine", n_rows, "dedup",
                         note="Semantic duplicates are found on the local engine only (their "
                         "embeddings may be computed on Ray).")
 embedded = embeddings_section(options, engine) if options.semantic else False
@@ -154,7 +160,7 @@ if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not
     try:
         with progress_bar("Finding duplicates: rows hashed") as progress:
             st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
-                store(), frame, options, progress=progress, engine=engine))
+                store(), rows(), options, progress=progress, engine=engine))
         st.session_state["dd_overrides"] = {}
     except WorkbenchError as e:
         show_error(e)

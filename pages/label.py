@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import curation_header, flash, job_panel, show_error, store, version_frame
+from pages.common import curation_title, flash, job_panel, show_error, store, version_frame
 from workbench import curate, labelling
 from workbench import labels as LB
 from workbench.exceptions import WorkbenchError
 from workbench.learn import MIN_PER_CLASS
 from workbench.views import md_escape
 
-_, version_id, frame = curation_header(
+_, version_id, n_rows = curation_title(
     "Label", " · labels are kept by row content, so they survive new versions")
 LABEL_FIELDS = ("user", "assistant")
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading rows for the review queue…")
+def queue_sample(store_path: str, version: int):
+    """The rows the review queue draws from: all of a version up to QUEUE_ROWS, else a fixed
+    sample (versions are immutable, so the id is the key)."""
+    from workbench.store import Store
+
+    if Store(store_path).version(version).n_rows <= labelling.QUEUE_ROWS:
+        return version_frame(store_path, version)  # the rows the other pages share
+    return Store(store_path).sample_frame(version, labelling.QUEUE_ROWS)
+
+
+def whole_version():
+    """Every row of the version: read only for a bulk label by rule or by cluster."""
+    return version_frame(str(store().path), version_id)
 
 
 def label_set_picker() -> str:
@@ -59,7 +75,7 @@ def progress_panel(label_set: str, info: labelling.LabelSummary) -> None:
 
 def embeddings_panel() -> None:
     """Offer the embeddings the learned score and the queue's diversity use, as jobs."""
-    missing = [f for f in LABEL_FIELDS if not labelling.embedded(store(), frame, f)]
+    missing = [f for f in LABEL_FIELDS if not labelling.version_embedded(store(), version_id, f)]
     if not missing:
         return
     runs = {j.run_id: j for f in missing for j in curate.embedding_jobs(store(), version_id, f)[:1]}
@@ -94,7 +110,8 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
         return batch
     status = st.status("Choosing rows to label…")
     try:
-        queue = labelling.next_rows(store(), version_id, frame, labelling.QueueOptions(
+        queue = labelling.next_rows(store(), version_id, queue_sample(
+            str(store().path), version_id), labelling.QueueOptions(
             n=20, search=search, label_set=label_set,
             skip=st.session_state.get("lb_skipped", [])),
             progress=lambda text: status.update(label=text.capitalize() + "…"))
@@ -123,6 +140,10 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     st.caption(md_escape(batch["message"]) if batch["stage"] == "seeds" else
                "Active learning: rows the learned score thinks likely bad, rows it is unsure "
                "of, and a few random ones; never two near-identical rows in a round.")
+    if n_rows > labelling.QUEUE_ROWS:
+        st.caption(f"The queue draws from a fixed random sample of {labelling.QUEUE_ROWS:,} of "
+                   f"the {n_rows:,} rows, and its rounds do not save the learned score (train "
+                   "it on Score & select to score every row); bulk labels cover every row.")
     st.progress(batch["at"] / len(batch["rows"]),
                 text=f"row {batch['at'] + 1} of {len(batch['rows'])} in this round")
     review(batch, label_set)
@@ -173,7 +194,8 @@ def bulk_tab(label_set: str) -> None:
     if value is None:
         return
     try:
-        keys = labelling.bulk_rows(store(), version_id, frame, source, value)
+        keys = labelling.bulk_rows(store(), version_id, whole_version()
+                                   if source in ("rule", "cluster") else None, source, value)
     except WorkbenchError as e:
         show_error(e)
         return
@@ -181,7 +203,8 @@ def bulk_tab(label_set: str) -> None:
     if not keys:
         return
     st.caption("A random sample of them: check before labelling them all")
-    st.dataframe(labelling.bulk_preview(frame, keys), hide_index=True, key="lb_bulk_sample")
+    st.dataframe(labelling.bulk_preview(store(), version_id, keys), hide_index=True,
+                 key="lb_bulk_sample")
     a, b = st.columns([1, 2])
     label = a.radio("Label", ["bad", "good"], horizontal=True, key="lb_bulk_label")
     reason = b.text_input("Reason", key="lb_bulk_reason")
@@ -221,8 +244,7 @@ def bulk_value(source: str):
 # --- labels: list, import, export ------------------------------------------------------------
 
 def labels_tab(label_set: str) -> None:
-    labelled = labelling.with_labels(store(), frame, label_set=label_set)
-    labelled = labelled[labelled["label"] != ""]
+    labelled = labelling.version_labels(store(), version_id, label_set=label_set)
     st.dataframe(labelled[["row_key", "label", "prompt", "response"]], hide_index=True,
                  key="lb_table", width="stretch")
     st.dataframe(LB.actions(store(), label_set=label_set), hide_index=True, key="lb_actions")
@@ -230,7 +252,7 @@ def labels_tab(label_set: str) -> None:
                               type=["jsonl"], key="lb_upload")
     if upload is not None and st.button("Import", key="lb_import"):
         import_upload(upload, label_set)
-    st.download_button("Download labels (JSONL)", labelling.labels_jsonl(store(), frame,
+    st.download_button("Download labels (JSONL)", labelling.labels_jsonl(store(), labelled,
                                                                          label_set),
                        file_name=f"labels-{label_set}.jsonl", key="lb_download")
 
@@ -257,7 +279,7 @@ def import_upload(upload, label_set: str) -> None:
 
 
 label_set = label_set_picker()
-summary = labelling.summary(store(), frame, label_set=label_set)
+summary = labelling.version_summary(store(), version_id, label_set=label_set)
 batch = current_batch(label_set, summary)
 progress_panel(label_set, summary)
 embeddings_panel()

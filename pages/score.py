@@ -270,7 +270,7 @@ def labels_section(frame) -> None:
     st.subheader("Scores against your labels")
     st.page_link("pages/label.py", label="Label rows in the review queue",
                  icon=":material/thumbs_up_down:")
-    info = labelling.summary(store(), base)
+    info = labelling.version_summary(store(), version_id)
     if info.good + info.bad == 0:
         st.caption("No labels on this version yet: mark rows good or bad on the Label page, "
                    "and every score here is checked against them (AUROC with a CI).")

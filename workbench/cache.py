@@ -62,6 +62,23 @@ def count_embedded(store: Store, ids: Sequence[str], model: str, field: str, *,
     return int(n)
 
 
+def count_embedded_version(store: Store, version_id: int, model: str, field: str, *,
+                           backend: str = "auto") -> tuple[int, int]:
+    """Return (distinct ids of a version with a cached vector, distinct ids of the version),
+    counted in the store without reading the ids or the vectors."""
+    with store.connect() as con:
+        ids = """SELECT DISTINCT r.id FROM version_rows vr JOIN rows r USING (row_key)
+                 WHERE vr.version_id = ?"""
+        total = con.execute(f"SELECT count(*) FROM ({ids})", [int(version_id)]).fetchall()[0][0]
+        if not total or not _any_vectors(store, model, field):
+            return 0, int(total)
+        found = con.execute(f"""SELECT count(DISTINCT e.id) FROM embeddings e SEMI JOIN ({ids})
+            v USING (id) WHERE e.model = ? AND e.field = ?""",
+                            [int(version_id), _embedding_key(model, backend), field]
+                            ).fetchall()[0][0]
+    return int(found), int(total)
+
+
 def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model: str,
                    field: str, *, backend: str = "auto") -> int:
     """Store vectors (made by backend; "auto": as loaded here) for ids not cached yet; return
@@ -92,6 +109,11 @@ def _any_vectors(store: Store, model: str, field: str) -> bool:
         return bool(con.execute("""SELECT 1 FROM embeddings WHERE field = ? AND (model = ?
                                    OR starts_with(model, ?)) LIMIT 1""",
                                 [field, model, f"{model}@"]).fetchall())
+
+
+def any_embedding(store: Store, model: str, field: str) -> bool:
+    """Return whether the store holds any vector of this model and field (any backend)."""
+    return _any_vectors(store, model, field)
 
 
 def _embedding_key(model: str, backend: str) -> str:

@@ -699,14 +699,13 @@ def _bulk_label(store: Store, vid: int, search: str | None, rule: str | None,
 
     if as_label is None:
         raise click.UsageError("--search and --rule need --as-label good or bad")
-    frame = store.frame(vid)
     source, value = ("search", search) if search else ("rule", rule)
-    keys = labelling.bulk_rows(store, vid, frame, source, value)
+    keys = labelling.bulk_rows(store, vid, None, source, value)
     if not keys:
         raise WorkbenchError(f"no row of {store.ref_of(vid)} matches {source} {value!r}")
     if not yes:
         click.echo(f"{len(keys)} rows match {source} {value!r}; a sample:")
-        for row in labelling.bulk_preview(frame, keys).itertuples():
+        for row in labelling.bulk_preview(store, vid, keys).itertuples():
             click.echo(f"  {row.row_key:>8}  {_one_line(row.prompt, 60)}  ->  "
                        f"{_one_line(row.response, 60)}")
         click.echo(f"run again with --yes to label all {len(keys)} rows {as_label}")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import dedup, jobs, runs
 from . import engine as E
-from .cache import StoreCache, get_embeddings
+from .cache import StoreCache, count_embedded_version, get_embeddings
 from .embed import embed_rows
 from .exceptions import ConfigError
 from .store import Store, VersionInfo
@@ -65,6 +65,14 @@ def version_embeddings(store: Store, frame: pd.DataFrame, *, field: str = "conve
     if missing or not ids:
         return None, missing
     return np.stack([cached[i] for i in ids]), 0
+
+
+def missing_embeddings(store: Store, version_id: int, *, field: str = "conversation",
+                       model: str = "default") -> int:
+    """Return how many distinct rows of a version have no cached embedding of this field
+    (``version_embeddings``' missing count, counted in the store)."""
+    found, total = count_embedded_version(store, version_id, model, field)
+    return total - found
 
 
 def embed_frame(store: Store, frame: pd.DataFrame, *, field: str = "conversation",

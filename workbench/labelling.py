@@ -33,16 +33,27 @@ import xxhash
 
 from . import labels as LB
 from . import learn as L
-from .cache import count_embedded, get_embeddings, params_hash
+from .cache import (
+    any_embedding,
+    count_embedded,
+    count_embedded_version,
+    get_embeddings,
+    params_hash,
+)
 from .exceptions import ConfigError, NotFoundError
-from .store import RowFilter, Store, VersionInfo
+from .store import CURRENT_LABELS_SQL, RowFilter, Store, VersionInfo
 
 LEARNED = "learned"
 SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
 # Rule hits seed the queue from at most this many rows (a fixed sample beyond): the queue takes
 # a few rows per rule, and scanning every rule over 1M rows kept the Label page from opening
-# for minutes.
-SEED_SCAN_ROWS = 50_000
+# for minutes (50,000 Alpaca rows: 38 s of a 42 s first open, under cProfile; cached after).
+# Rows a cleaning step flagged seed it from every row, without a scan.
+SEED_SCAN_ROWS = 5_000
+# The review queue (Label page) draws from at most this many rows of a version, a fixed sample
+# beyond (Store.sample_frame): reading and ranking every row of 1M took minutes and gigabytes
+# for the 20 rows of a round. Bulk labels and the learned score's training data cover all rows.
+QUEUE_ROWS = 100_000
 
 
 def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
@@ -120,6 +131,37 @@ def summary(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAULT_SE
                         LB.actions(store, label_set=label_set))
 
 
+def version_summary(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET
+                    ) -> LabelSummary:
+    """Return what ``summary`` returns for a version's frame, counted in the store."""
+    with store.connect() as con:
+        good, bad, none = con.execute(f"""SELECT count(*) FILTER (WHERE l.label = 'good'),
+            count(*) FILTER (WHERE l.label = 'bad'), count(*) FILTER (WHERE l.label IS NULL)
+            FROM version_rows vr JOIN rows r USING (row_key)
+            LEFT JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id WHERE vr.version_id = ?""",
+                                      [label_set, int(version_id)]).fetchall()[0]
+        total_good, total_bad = con.execute(f"""SELECT count(*) FILTER (WHERE label = 'good'),
+            count(*) FILTER (WHERE label = 'bad') FROM ({CURRENT_LABELS_SQL})""",
+                                            [label_set]).fetchall()[0]
+    return LabelSummary(int(good), int(bad), int(none), int(total_good), int(total_bad),
+                        LB.actions(store, label_set=label_set))
+
+
+def version_labels(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET
+                   ) -> pd.DataFrame:
+    """Return the labelled rows of a version in version order (row_key, id, label, prompt,
+    response previews), read in the store: what ``with_labels`` keeps of labelled rows."""
+    with store.connect() as con:
+        keys = con.execute(f"""SELECT vr.pos, vr.row_key FROM version_rows vr
+            JOIN rows r USING (row_key) JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id
+            WHERE vr.version_id = ? AND l.label IS NOT NULL ORDER BY vr.pos""",
+                           [label_set, int(version_id)]).df()
+    rows = store.rows_of(version_id, keys["row_key"].tolist())
+    labels = LB.label_column(store, rows["id"].tolist(), label_set=label_set)
+    return rows.assign(label=labels.to_numpy())[["row_key", "id", "label", "prompt",
+                                                 "response"]]
+
+
 def with_labels(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAULT_SET
                 ) -> pd.DataFrame:
     """Return the frame plus a ``label`` column ('good', 'bad' or '')."""
@@ -128,7 +170,8 @@ def with_labels(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAUL
 
 
 def labels_jsonl(store: Store, frame: pd.DataFrame, label_set: str = LB.DEFAULT_SET) -> bytes:
-    """Return the current labels of a frame's rows as JSONL bytes (for a download)."""
+    """Return the current labels of a frame's rows (row_key, id) as JSONL bytes (for a
+    download); ``version_labels`` gives the labelled rows of a version without the others."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
@@ -140,12 +183,9 @@ def labels_jsonl(store: Store, frame: pd.DataFrame, label_set: str = LB.DEFAULT_
 # --- label-based filters ------------------------------------------------------------------------
 def flagged_to_drop(store: Store, version_id: int, rule: str, *, keep_good: bool = True,
                     label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
-    """Return the rows of a version that ``rule`` flagged for review (row_key, detail, label),
-    one per row, less those labelled good when ``keep_good``."""
-    flagged = store.flagged(version_id)
-    chosen = flagged[flagged["reason"] == rule]
-    chosen = with_labels(store, chosen, label_set=label_set) if len(chosen) else \
-        chosen.assign(label=pd.Series(dtype=str))
+    """Return the rows of a version that ``rule`` flagged for review (row_key, reason, detail,
+    label), one per row, less those labelled good when ``keep_good``; texts stay in the store."""
+    chosen = store.flagged_keys(version_id, rule, label_set=label_set)
     if keep_good:
         chosen = chosen[chosen["label"] != "good"]
     return chosen.drop_duplicates("row_key").reset_index(drop=True)
@@ -178,15 +218,19 @@ def drop_flagged(store: Store, version_id: int, rule: str, *, keep_good: bool = 
 BulkSource = Literal["search", "rule", "cluster", "rows"]
 
 
-def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame, source: BulkSource,
+def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame | None, source: BulkSource,
               value: Any) -> list[int]:
     """Return the row keys a bulk action would label: a search text's matches, a cleaning
-    rule's hits (flagged by a step, or found by the rule now), an embedding cluster's rows."""
+    rule's hits (flagged by a step, or found by the rule now), an embedding cluster's rows.
+    ``frame`` (the version's rows) is needed by the rule and cluster sources only."""
+    if source in ("rule", "cluster") and frame is None:
+        frame = store.frame(version_id)
     if source == "search":
         text = str(value or "").strip()
         if not text:
             raise ConfigError("search: type the text to look for")
-        page = store.page(version_id, limit=len(frame) or 1, filters=RowFilter(search=text))
+        rows = store.version(version_id).n_rows
+        page = store.page(version_id, limit=rows or 1, filters=RowFilter(search=text))
         return [int(k) for k in page.rows["row_key"]]
     if source == "rule":
         hits = rule_hits(store, frame)
@@ -205,12 +249,20 @@ def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame, source: BulkSo
     raise ConfigError(f"source={source!r}: use search, rule, cluster or rows")
 
 
-def bulk_preview(frame: pd.DataFrame, row_keys: Sequence[int], *, n: int = 8, seed: int = 0
-                 ) -> pd.DataFrame:
-    """Return a random sample of the rows a bulk action would label (row_key, prompt, response)."""
-    rows = frame[frame["row_key"].isin(set(int(k) for k in row_keys))]
-    take = rows.sample(min(n, len(rows)), random_state=seed) if len(rows) else rows
-    return take[["row_key", "prompt", "response"]].reset_index(drop=True)
+def bulk_preview(store: Store, version_id: int, row_keys: Sequence[int], *, n: int = 8,
+                 seed: int = 0) -> pd.DataFrame:
+    """Return a random sample of the rows a bulk action would label (row_key, prompt, response
+    previews); only the sampled rows are read."""
+    with store.connect() as con:
+        ordered = [r[0] for r in con.execute("""SELECT row_key FROM version_rows
+            WHERE version_id = ? AND row_key IN (SELECT unnest(?::BIGINT[])) ORDER BY pos""",
+                                             [int(version_id), [int(k) for k in row_keys]]
+                                             ).fetchall()]
+    # The positions pandas' DataFrame.sample picks from the rows in version order.
+    at = pd.RangeIndex(len(ordered)).to_series().sample(min(n, len(ordered)),
+                                                        random_state=seed).tolist()
+    rows = store.rows_of(version_id, [ordered[i] for i in at]).set_index("row_key")
+    return rows.loc[[ordered[i] for i in at], ["prompt", "response"]].reset_index()
 
 
 # --- the learned score ----------------------------------------------------------------------------
@@ -301,6 +353,16 @@ def _scores_signature(scores: pd.DataFrame | None) -> str:
         return ""
     return params_hash({c: [int(scores[c].notna().sum()), float(np.nansum(scores[c]))]
                         for c in scores.columns})
+
+
+def version_embedded(store: Store, version_id: int, field: str, model: str = "default"
+                     ) -> bool:
+    """Return whether every row of a version has a cached embedding of this field (counted in
+    the store, as ``embedded`` counts over a frame)."""
+    if not any_embedding(store, model, field):  # nothing to count over every row
+        return False
+    found, total = count_embedded_version(store, version_id, model, field)
+    return total > 0 and found == total
 
 
 def embedded(store: Store, frame: pd.DataFrame, field: str, model: str = "default") -> bool:
@@ -434,13 +496,15 @@ def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
 
 
 def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,
-           config: L.LearnConfig) -> tuple[LearnedResult, np.ndarray]:
-    """Train and cache the learned score; return the result and P(bad) of the frame's rows."""
+           config: L.LearnConfig, *, save: bool = True) -> tuple[LearnedResult, np.ndarray]:
+    """Train and (if ``save``) cache the learned score; return the result and P(bad) of the
+    frame's rows."""
     start = time.perf_counter()
     fitted = _fit(store, version_id, frame, config, label_set)
     p_bad = fitted.model.predict(fitted.features, np.arange(len(frame)))
     auc, low, high = fitted.model.auroc()
-    _save_scores(store, frame, p_bad, label_set, config)
+    if save:
+        _save_scores(store, frame, p_bad, label_set, config)
     result = LearnedResult(label_set, learned_column(label_set), fitted.model.n_good,
                            fitted.model.n_bad, fitted.outside, auc, low, high, fitted.names,
                            fitted.model.calibrated, round(time.perf_counter() - start, 3),
@@ -547,7 +611,11 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     if min(good, bad) >= options.config.min_per_class:
         if progress:
             progress("training the learned score")
-        result, p_bad = _train(store, version_id, frame, options.label_set, options.config)
+        # A queue drawn from a sample of the version must not leave the cached learned score
+        # fresh on the sample and stale elsewhere: only a queue over every row saves it.
+        every_row = len(frame) >= store.version(version_id).n_rows
+        result, p_bad = _train(store, version_id, frame, options.label_set, options.config,
+                               save=every_row)
         picks = L.pick_queue(p_bad, candidates, options.n, vectors=vectors, mix=options.mix,
                              seed=options.seed + len(done))
         return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)

@@ -167,9 +167,13 @@ class Diff:
     added: pd.DataFrame
     removed: pd.DataFrame
     changed: pd.DataFrame
+    totals: dict[str, int] | None = None  # set when the tables hold only the first rows
 
     def counts(self) -> dict[str, int]:
-        """Return how many rows were added, removed and changed."""
+        """Return how many rows were added, removed and changed (all of them, also when the
+        tables hold only the first ``limit`` rows)."""
+        if self.totals is not None:
+            return dict(self.totals)
         return {"added": len(self.added), "removed": len(self.removed),
                 "changed": len(self.changed)}
 
@@ -783,6 +787,32 @@ class Store:
                                             (filters or RowFilter()).label_set)
         return Page(_with_previews(rows), total, offset, limit)
 
+    def matches(self, version_id: int, filters: RowFilter) -> np.ndarray:
+        """Return the keys of a version's rows that the filters match, in version order: one
+        scan of the text, so that ``page_of`` can then show any page of them without another."""
+        where, args = _filter_sql(filters)
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            keys = con.execute(f"""SELECT vr.row_key FROM version_rows vr JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? {'AND ' + where if where else ''}
+                ORDER BY vr.pos""", [version_id, *args]).fetchnumpy()["row_key"]
+        return np.asarray(keys, dtype=np.int64)
+
+    def page_of(self, version_id: int, keys: Sequence[int], *, offset: int = 0,
+                limit: int = 50, label_set: str = "quality") -> Page:
+        """Return one page of the given row keys of a version (as ``matches`` lists them):
+        what ``page`` returns for the same filters, offset and limit."""
+        offset, limit = max(int(offset), 0), max(int(limit), 0)
+        chosen = [int(k) for k in keys[offset:offset + limit]]
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            found = con.execute("""SELECT pos, row_key FROM version_rows WHERE version_id = ?
+                AND row_key IN (SELECT unnest(?::BIGINT[])) ORDER BY pos""",
+                                [version_id, chosen]).df()
+            rows = self._rows_for(con, found)
+            rows["label"] = self._labels_of(con, rows["id"].tolist(), label_set)
+        return Page(_with_previews(rows), len(keys), offset, limit)
+
     def _labels_of(self, con: Any, ids: list[str], label_set: str) -> list[str]:
         if not ids:
             return []
@@ -839,6 +869,33 @@ class Store:
                 FROM version_rows vr JOIN rows r USING (row_key) WHERE vr.version_id = ?
                 ORDER BY vr.pos""", [version_id]).df()
         return _step_frame(df)
+
+    def sample_frame(self, version_id: int, n: int, *, seed: int = 0) -> pd.DataFrame:
+        """Return, as a step DataFrame in version order, every row of a version of at most n
+        rows, else a fixed random sample of n of them (the same rows for the same seed)."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            total = _one(con, "SELECT n_rows FROM versions WHERE version_id = ?",
+                         [version_id])[0] or 0
+            picked = "" if total <= n else "AND vr.pos IN (SELECT unnest(?::BIGINT[]))"
+            args = [version_id] + ([] if total <= n else [np.sort(np.random.default_rng(
+                seed).choice(total, int(n), replace=False)).tolist()])
+            df = con.execute(f"""SELECT r.row_key, r.id, r.messages, r.metadata, r.tags, r.note
+                FROM version_rows vr JOIN rows r USING (row_key) WHERE vr.version_id = ?
+                {picked} ORDER BY vr.pos""", args).df()
+        return _step_frame(df)
+
+    def rows_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
+        """Return rows of a version by key, in version order, with their position (``pos``)
+        and one-line previews: a few rows' texts without reading the others."""
+        keys = pd.DataFrame({"row_key": [int(k) for k in row_keys]}, dtype="int64")
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            positions = con.execute("""SELECT pos, row_key FROM version_rows
+                WHERE version_id = ? AND row_key IN (SELECT unnest(?::BIGINT[]))""",
+                                    [version_id, keys["row_key"].tolist()]).df()
+            rows = self._rows_for(con, positions.sort_values("pos"))
+        return _with_previews(rows)
 
     def dataset_rows(self, version_id: int, ids: Sequence[str]) -> pd.DataFrame:
         """Return, as a step DataFrame, the rows with these content ids in any version of this
@@ -1038,31 +1095,64 @@ class Store:
             self._finish_version(con, vid, activate=active is not None and active[0] == version_id)
         return self.version(vid)
 
-    def removed(self, version_id: int) -> pd.DataFrame:
-        """Return rows dropped along this version's lineage and not in it, with reasons."""
+    def removed(self, version_id: int, *, limit: int | None = None) -> pd.DataFrame:
+        """Return rows dropped along this version's lineage and not in it, with reasons (the
+        first ``limit`` of them in row order, if given; ``removed_count`` counts them all)."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        cap = "" if limit is None else f"LIMIT {max(int(limit), 0)}"
+        with self.connect() as con:
+            df = con.execute(f"""SELECT d.dropped_in, d.row_key, d.reason, d.duplicate_of,
+                d.detail, {_ROW_COLS} FROM ({_REMOVED_SQL}) d JOIN rows r USING (row_key)
+                ORDER BY r.origin_key, r.row_key {cap}""", [chain, version_id]).df()
+        return _with_previews(df)
+
+    def removed_count(self, version_id: int) -> int:
+        """Return how many rows were dropped along this version's lineage and are not in it."""
         chain = [v.version_id for v in self.lineage(version_id)]
         with self.connect() as con:
-            df = con.execute(f"""SELECT d.version_id AS dropped_in, d.row_key, d.reason,
-                d.duplicate_of, d.detail, {_ROW_COLS} FROM dropped d JOIN rows r USING (row_key)
-                WHERE d.version_id IN (SELECT unnest(?::INTEGER[])) AND d.row_key NOT IN
-                (SELECT row_key FROM version_rows WHERE version_id = ?)
-                QUALIFY row_number() OVER (PARTITION BY d.row_key ORDER BY d.version_id DESC) = 1
-                ORDER BY r.origin_key, r.row_key""", [chain, version_id]).df()
-        return _with_previews(df)
+            return int(_one(con, f"SELECT count(*) FROM ({_REMOVED_SQL})",
+                            [chain, version_id])[0])
 
     def flagged(self, version_id: int) -> pd.DataFrame:
         """Return rows of this version that a step along its lineage flagged for review, with
         the rule (``reason``), its detail and the version that flagged them."""
         chain = [v.version_id for v in self.lineage(version_id)]
         with self.connect() as con:
-            df = con.execute(f"""SELECT f.version_id AS flagged_in, f.row_key, f.reason,
-                f.detail, {_ROW_COLS} FROM flagged f JOIN rows r USING (row_key)
-                WHERE f.version_id IN (SELECT unnest(?::INTEGER[])) AND f.row_key IN
-                (SELECT row_key FROM version_rows WHERE version_id = ?)
-                QUALIFY row_number() OVER (PARTITION BY f.row_key, f.reason
-                                           ORDER BY f.version_id DESC) = 1
+            df = con.execute(f"""SELECT f.flagged_in, f.row_key, f.reason, f.detail,
+                {_ROW_COLS} FROM ({_FLAGGED_SQL}) f JOIN rows r USING (row_key)
                 ORDER BY r.origin_key, r.row_key, f.reason""", [chain, version_id]).df()
         return _with_previews(df)
+
+    def flagged_count(self, version_id: int) -> int:
+        """Return how many rows of this version are flagged for review by any rule."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return int(_one(con, f"SELECT count(DISTINCT row_key) FROM ({_FLAGGED_SQL})",
+                            [chain, version_id])[0])
+
+    def flagged_summary(self, version_id: int, *, label_set: str = "quality") -> pd.DataFrame:
+        """Return one row per rule that flagged rows of this version (as ``flagged`` finds
+        them): reason, rows, and how many of them are labelled bad and good; by reason."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return con.execute(f"""SELECT f.reason, count(DISTINCT f.row_key) AS rows,
+                count(*) FILTER (WHERE l.label = 'bad') AS labelled_bad,
+                count(*) FILTER (WHERE l.label = 'good') AS labelled_good
+                FROM ({_FLAGGED_SQL}) f JOIN rows r USING (row_key)
+                LEFT JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id
+                GROUP BY f.reason ORDER BY f.reason""", [chain, version_id, label_set]).df()
+
+    def flagged_keys(self, version_id: int, reason: str, *, label_set: str = "quality"
+                     ) -> pd.DataFrame:
+        """Return the rows of this version a rule flagged, without their texts: row_key,
+        reason, detail and current label ('' if none), in row order."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        with self.connect() as con:
+            return con.execute(f"""SELECT f.row_key, f.reason, f.detail,
+                coalesce(l.label, '') AS label FROM ({_FLAGGED_SQL}) f
+                JOIN rows r USING (row_key) LEFT JOIN ({CURRENT_LABELS_SQL}) l ON l.id = r.id
+                WHERE f.reason = ? ORDER BY r.origin_key, r.row_key""",
+                               [chain, version_id, label_set, reason]).df()
 
     def drop_rows(self, version_id: int, row_keys: Sequence[int], *, reason: str,
                   details: Sequence[str] | str = "", operation: str = "drop",
@@ -1101,27 +1191,37 @@ class Store:
         return self.version(vid)
 
     # --- diff and export -------------------------------------------------------------------
-    def diff(self, a: int, b: int) -> Diff:
-        """Return rows added, removed (with the reason) and changed from version a to b."""
+    def diff(self, a: int, b: int, *, limit: int | None = None) -> Diff:
+        """Return rows added, removed (with the reason) and changed from version a to b.
+
+        With ``limit``, each table holds its first ``limit`` rows (in row order) and
+        ``counts()`` still counts every row: the texts of a million-row diff stay in the store.
+        """
         chain = [v.version_id for v in self.lineage(b)]
+        cap = "" if limit is None else f"LIMIT {max(int(limit), 0)}"
         with self.connect() as con:
             self._check_version(con, a)
             for name, vid in (("_a", a), ("_b", b)):  # keys only: the texts stay where they are
                 con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS SELECT r.row_key,
                     r.origin_key FROM version_rows vr JOIN rows r USING (row_key)
                     WHERE vr.version_id = ?""", [vid])
-            added = con.execute(f"""SELECT {_ROW_COLS} FROM rows r SEMI JOIN (SELECT row_key
-                FROM _b ANTI JOIN _a USING (origin_key)) x USING (row_key)
-                ORDER BY r.origin_key""").df()
+            con.execute("""CREATE OR REPLACE TEMP TABLE _added AS SELECT row_key FROM _b
+                ANTI JOIN _a USING (origin_key); CREATE OR REPLACE TEMP TABLE _gone AS
+                SELECT row_key FROM _a ANTI JOIN _b USING (origin_key)""")
+            added = con.execute(f"""SELECT {_ROW_COLS} FROM rows r SEMI JOIN _added
+                USING (row_key) ORDER BY r.origin_key {cap}""").df()
             removed = con.execute(f"""SELECT {_ROW_COLS}, d.reason, d.duplicate_of, d.detail
-                FROM rows r SEMI JOIN (SELECT row_key FROM _a ANTI JOIN _b USING (origin_key)) x
-                USING (row_key) LEFT JOIN (SELECT * FROM dropped WHERE version_id IN
-                (SELECT unnest(?::INTEGER[])) QUALIFY row_number() OVER (PARTITION BY row_key
-                ORDER BY version_id DESC) = 1) d USING (row_key)
-                ORDER BY r.origin_key""", [chain]).df()
-            changed = con.execute(_CHANGED_SQL).df()
-            con.execute("DROP TABLE _a; DROP TABLE _b")
-        return Diff(_with_previews(added), _with_previews(removed), changed)
+                FROM rows r SEMI JOIN _gone USING (row_key) LEFT JOIN (SELECT * FROM dropped
+                WHERE version_id IN (SELECT unnest(?::INTEGER[])) QUALIFY row_number() OVER
+                (PARTITION BY row_key ORDER BY version_id DESC) = 1) d USING (row_key)
+                ORDER BY r.origin_key {cap}""", [chain]).df()
+            changed = con.execute(f"{_CHANGED_SQL} {cap}").df()
+            totals = None if limit is None else dict(zip(("added", "removed", "changed"), _one(
+                con, """SELECT (SELECT count(*) FROM _added), (SELECT count(*) FROM _gone),
+                (SELECT count(*) FROM _a a JOIN _b b USING (origin_key)
+                 WHERE a.row_key <> b.row_key)""")))
+            con.execute("DROP TABLE _a; DROP TABLE _b; DROP TABLE _added; DROP TABLE _gone")
+        return Diff(_with_previews(added), _with_previews(removed), changed, totals)
 
     def export(self, version_id: int, path: str | Path, fmt: str, *,
                overwrite: bool = False) -> Path:
@@ -1174,6 +1274,16 @@ _CHANGED_SQL = """SELECT ra.row_key AS old_row_key, rb.row_key AS new_row_key, r
     WHERE c.new_row_key = rb.row_key) AS reason
     FROM _a a JOIN _b b USING (origin_key) JOIN rows ra ON ra.row_key = a.row_key
     JOIN rows rb ON rb.row_key = b.row_key WHERE a.row_key <> b.row_key ORDER BY ra.origin_key"""
+# Rows dropped along a version's lineage (versions in ?) and not in the version (?), each
+# with its newest drop; rows flagged along the lineage and in the version, newest per rule.
+_REMOVED_SQL = """SELECT d.version_id AS dropped_in, d.row_key, d.reason, d.duplicate_of,
+    d.detail FROM dropped d WHERE d.version_id IN (SELECT unnest(?::INTEGER[]))
+    AND d.row_key NOT IN (SELECT row_key FROM version_rows WHERE version_id = ?)
+    QUALIFY row_number() OVER (PARTITION BY d.row_key ORDER BY d.version_id DESC) = 1"""
+_FLAGGED_SQL = """SELECT f.version_id AS flagged_in, f.row_key, f.reason, f.detail
+    FROM flagged f WHERE f.version_id IN (SELECT unnest(?::INTEGER[]))
+    AND f.row_key IN (SELECT row_key FROM version_rows WHERE version_id = ?)
+    QUALIFY row_number() OVER (PARTITION BY f.row_key, f.reason ORDER BY f.version_id DESC) = 1"""
 _VERSION_SQL = """SELECT v.version_id, d.name, v.parent_id, v.operation, v.params, v.counts,
     v.n_rows, v.created_at, v.message, r.number
     FROM versions v JOIN datasets d USING (dataset_id) JOIN version_refs r USING (version_id)"""
