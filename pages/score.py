@@ -61,7 +61,8 @@ def heuristics_form() -> tuple[list[str], dict]:
     return names, params
 
 
-def run_heuristics() -> None:
+def run_heuristics() -> str:
+    """Heuristic scores now; returns the engine chosen, which model scoring uses too."""
     names, params = heuristics_form()
     engine = engine_setting("sc_engine", len(base), "score",
                             note="It also applies to model scores (a background job); the "
@@ -73,12 +74,13 @@ def run_heuristics() -> None:
                                          progress=progress, engine=engine)
         except WorkbenchError as e:
             show_error(e)
-            return
+            return engine
         flash(f"Scored {len(base):,} rows with {', '.join(names)}.")
         st.rerun()
+    return engine
 
 
-def model_form() -> None:
+def model_form(engine: str) -> None:
     with st.expander("Model scores: perplexity and IFD (background job)"):
         a, b, c, d = st.columns(4)
         scores = a.multiselect("Scores", list(MODEL_SCORES), list(MODEL_SCORES), key="sc_mscores",
@@ -93,7 +95,7 @@ def model_form() -> None:
         if st.button("Start model scoring", key="sc_mstart", disabled=not scores):
             start(lambda: quality.start_model_scoring(
                 store(), version_id, scores=scores, model=model, max_length=max_length,
-                device=device, engine=st.session_state.get("sc_engine", "local")))
+                device=device, engine=engine))
 
 
 def judge_form() -> None:
@@ -380,8 +382,8 @@ def scored_frame(store_path: str, version_id: int, fingerprint: tuple):
     return quality.with_cached_scores(Store(store_path), version_frame(store_path, version_id))
 
 
-run_heuristics()
-model_form()
+engine = run_heuristics()
+model_form(engine)
 judge_form()
 jobs_panel()
 try:

@@ -31,6 +31,16 @@ def chat(*turns: tuple[str, str], **metadata: Any) -> Example:
     return Example(tuple({"role": r, "content": c} for r, c in turns), metadata)
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny random language model saved as a local folder, for code that loads by path."""
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    model, tokenizer = models.tiny_lm()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def store() -> Store:
     """An in-memory store: fast, private to the test."""

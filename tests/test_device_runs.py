@@ -50,15 +50,6 @@ def store(tmp_path: Path, monkeypatch) -> Store:
     return store
 
 
-@pytest.fixture
-def tiny_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "tiny"
-    model, tokenizer = models.tiny_lm()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 # --- runs record the device they ran on ---------------------------------------------------------
 
 def test_an_eval_run_records_its_device_precision_and_backend(store, tmp_path):

@@ -146,17 +146,6 @@ def test_embeddings_are_the_same_on_ray(use_ray, stores):
     np.testing.assert_array_equal(again, vectors["ray"])  # read back from the cache
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    from workbench.models import tiny_lm
-
-    folder = tmp_path_factory.mktemp("tiny_lm")
-    model, tokenizer = tiny_lm()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def test_model_scores_are_the_same_on_ray(use_ray, stores, tiny_folder):
     scored = {}
     for name, store in stores.items():

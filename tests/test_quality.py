@@ -10,7 +10,7 @@ from workbench import jobs, tasks
 from workbench import quality as Q
 from workbench.curate import embed_frame
 from workbench.exceptions import ConfigError
-from workbench.models import tiny_embedder, tiny_lm
+from workbench.models import tiny_embedder
 from workbench.schema import Example
 from workbench.store import Store
 
@@ -193,15 +193,6 @@ def test_embedding_map_reopens_from_its_cache_without_loading_vectors(store, emb
 
 
 # --- model scores as a job ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny_lm")
-    model, tokenizer = tiny_lm()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
 
 def test_model_scores_run_inline_then_load_from_the_cache(store, version, tiny_folder):
     seen = []

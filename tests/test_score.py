@@ -345,15 +345,6 @@ def test_score_specs_are_checked_and_columns_can_be_named():
 
 # --- the background job ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny):
-    """A tiny model saved as a local folder, so the job can load it by path."""
-    folder = tmp_path_factory.mktemp("tiny_lm")
-    tiny[0].save_pretrained(folder)
-    tiny[1].save_pretrained(folder)
-    return str(folder)
-
-
 def _store_with(tmp_path, frame: pd.DataFrame) -> tuple[str, int]:
     path = str(tmp_path / "store.duckdb")
     store = Store(path)

@@ -19,7 +19,7 @@ import pandas as pd
 from . import clean
 from . import score as S
 from .dedup import field_texts
-from .schema import StepResult, content_id, prompt_text, response_text
+from .schema import StepResult
 
 # --- cleaning -------------------------------------------------------------------------------
 
@@ -66,7 +66,10 @@ def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[cl
     dropped = [(i, *r["drop"]) for i, r in enumerate(rows) if r["drop"] is not None]
     changes = [(i, *c) for i, r in enumerate(rows) for c in r["changes"]]
     flagged = [(i, *f) for i, r in enumerate(rows) for f in r["flags"]]
-    result = StepResult(_kept(frame, alive, rows), clean._dropped_frame(dropped, keys),
+    convs = [r["messages"] for r in rows]  # None where no rule changed the row
+    changed = {i for i, m in enumerate(convs) if m is not None}
+    result = StepResult(clean._kept(frame, alive, convs, changed),
+                        clean._dropped_frame(dropped, keys),
                         clean._notes_frame(changes, keys, survivors),
                         clean._notes_frame(flagged, keys, survivors))
     return clean.CleanRun(preview, result)
@@ -81,23 +84,6 @@ def _reports(rules: Sequence[clean.Rule], rows: list[dict], keys: list, samples:
         reports.append(clean.RuleReport(rule.name, rule.action, len(hit), shown,
                                         [keys[i] for i in hit]))
     return reports
-
-
-def _kept(frame: pd.DataFrame, alive: list[int], rows: list[dict]) -> pd.DataFrame:
-    kept = frame.iloc[alive].reset_index(drop=True)
-    touched = [(pos, rows[i]["messages"]) for pos, i in enumerate(alive)
-               if rows[i]["messages"] is not None]
-    if not touched:
-        return kept
-    derive = {"messages": lambda m: m, "prompt": prompt_text, "response": response_text,
-              "id": content_id}
-    for column, fn in derive.items():
-        if column in kept.columns:
-            values = kept[column].tolist()
-            for pos, messages in touched:
-                values[pos] = fn(messages)
-            kept[column] = values
-    return kept
 
 
 # --- heuristic scores -----------------------------------------------------------------------
