@@ -13,13 +13,13 @@ from pages.common import (
     curation_title,
     engine_setting,
     flash,
-    progress_bar,
+    job_panel,
+    session_cached,
     show_error,
     store,
     version_frame,
 )
-from workbench import clean, curate, labelling
-from workbench.engine import data_folder
+from workbench import clean, curate, jobs, labelling
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
@@ -206,41 +206,82 @@ except WorkbenchError as e:
     show_error(e)
     st.stop()
 engine = engine_setting("cl_engine", n_rows, "clean")
-preview_col, apply_col = st.columns(2)
-if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
+eval_version = st.session_state.get("cl_eval_version") \
+    if any(r.name == "contamination" for r in rules) else None
+
+
+def applied_notice() -> None:
+    """While an Apply job runs, show it; once it ends, say what it made (once)."""
+    run_id = st.session_state.get("cl_applying")
+    if not run_id:
+        return
+    job = jobs.status(run_id)
+    if job.active or job.state != "done":
+        job_panel(run_id, key=f"cl_job_{run_id}")
+        if job.active:
+            st.stop()  # the rules, the preview and Apply wait for the running Apply
+        st.session_state.pop("cl_applying")
+        return
+    st.session_state.pop("cl_applying")
+    cleaned(store().version(int(job.result["version_id"])), int(job.result["rows"]))
+
+
+def cleaned(version, rows: int) -> None:
+    """Say what Apply made, on the next run of the page."""
+    flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
+    flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
+          f"{rows - version.n_rows:,} dropped, {flagged:,} flags for review "
+          "(dropped rows with their reasons are under Datasets → History).")
+    st.rerun()
+
+
+def start(apply: bool = False):
     try:
-        with progress_bar("Rows checked, all rules") as progress:
-            st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(
-                rows(), rules, row_progress=progress, engine=engine,
-                home=data_folder(store().path)))
+        return curate.start_clean(store(), version_id, rules, eval_version=eval_version,
+                                  engine=engine, apply=apply)
     except WorkbenchError as e:
         show_error(e)
-report = st.session_state.get("cl_report")
-fresh = bool(report) and report[0] == version_id and report[1] == rules
-if report and report[0] == version_id:
+
+
+applied_notice()
+preview_col, apply_col = st.columns(2)
+if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules,
+                      help="Runs the rules as a background job: it survives a page reload"):
+    start()
+started = curate.clean_jobs(store(), version_id)
+done = next((j for j in started if j.state == "done" and not j.config["params"].get("apply")),
+            None)
+if started and started[0] is not done and not started[0].config["params"].get("apply"):
+    job_panel(started[0].run_id, key=f"cl_job_{started[0].run_id}")  # running, failed, cancelled
+fresh = done is not None and curate.job_matches(done, rules, eval_version)
+report = None
+if done is not None:
+    try:
+        report = session_cached("cl_run", (done.run_id,), lambda: curate.clean_job_run(
+            done, rows()), keep=1)
+    except WorkbenchError as e:
+        show_error(e)
+        fresh = False
+if report is not None:
     if not fresh:
         st.warning("The rules changed since this preview: preview again to see their effect.",
                    icon=":material/warning:")
-    show_preview(report[2].preview)
+    show_preview(report.preview)
 if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules,
-                    help="Saves the preview above as it is" if fresh else None):
-    extra = {"eval_version": st.session_state.get("cl_eval_version")} \
-        if any(r.name == "contamination" for r in rules) else {}
-    try:
-        with progress_bar("Applying: rows checked, all rules") as progress:
-            # The preview of these same rules already holds the new version's rows.
-            result = report[2].result if fresh else \
-                curate.clean_preview(rows(), rules, samples=0, row_progress=progress,
-                                     engine=engine, home=data_folder(store().path)).result
+                    help="Saves the preview above as it is" if fresh else
+                    "Runs the rules as a background job, then saves the new version"):
+    if fresh:  # the preview of these same rules already holds the new version's rows
+        extra = {"eval_version": eval_version} if eval_version is not None else {}
+        try:
             version = curate.apply_clean(store(), version_id, rows(), rules, extra_params=extra,
-                                         result=result)
-    except WorkbenchError as e:
-        show_error(e)
+                                         result=report.result)
+        except WorkbenchError as e:
+            show_error(e)
+        else:
+            cleaned(version, n_rows)
     else:
-        st.session_state.pop("cl_report", None)
-        flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
-        flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
-              f"{n_rows - version.n_rows:,} dropped, {flagged:,} flags for review "
-              "(dropped rows with their reasons are under Datasets → History).")
-        st.rerun()
+        job = start(apply=True)
+        if job is not None:
+            st.session_state["cl_applying"] = job.run_id
+            st.rerun()
 flagged_section()
