@@ -1095,23 +1095,53 @@ class Store:
             self._finish_version(con, vid, activate=active is not None and active[0] == version_id)
         return self.version(vid)
 
-    def removed(self, version_id: int, *, limit: int | None = None) -> pd.DataFrame:
+    def removed(self, version_id: int, *, limit: int | None = None, offset: int = 0,
+                reason: str | None = None, search: str = "") -> pd.DataFrame:
         """Return rows dropped along this version's lineage and not in it, with reasons (the
-        first ``limit`` of them in row order, if given; ``removed_count`` counts them all)."""
+        first ``limit`` of them in row order, if given; ``removed_count`` counts them all).
+        ``offset`` skips that many first; ``reason`` keeps one reason; ``search`` keeps rows
+        whose text matches as ``RowFilter.search`` does, so any dropped row can be paged to."""
         chain = [v.version_id for v in self.lineage(version_id)]
+        where, args = self._removed_where(reason, search)
         cap = "" if limit is None else f"LIMIT {max(int(limit), 0)}"
+        cap += f" OFFSET {max(int(offset), 0)}" if offset else ""
         with self.connect() as con:
             df = con.execute(f"""SELECT d.dropped_in, d.row_key, d.reason, d.duplicate_of,
                 d.detail, {_ROW_COLS} FROM ({_REMOVED_SQL}) d JOIN rows r USING (row_key)
-                ORDER BY r.origin_key, r.row_key {cap}""", [chain, version_id]).df()
+                {where} ORDER BY r.origin_key, r.row_key {cap}""", [chain, version_id, *args]
+                             ).df()
         return _with_previews(df)
 
-    def removed_count(self, version_id: int) -> int:
-        """Return how many rows were dropped along this version's lineage and are not in it."""
+    def removed_count(self, version_id: int, *, reason: str | None = None,
+                      search: str = "") -> int:
+        """Return how many rows were dropped along this version's lineage and are not in it
+        (of one ``reason`` and matching ``search``, when given, as ``removed`` filters)."""
+        chain = [v.version_id for v in self.lineage(version_id)]
+        where, args = self._removed_where(reason, search)
+        join = " JOIN rows r USING (row_key)" if search.strip() else ""
+        with self.connect() as con:
+            return int(_one(con, f"SELECT count(*) FROM ({_REMOVED_SQL}) d{join} {where}",
+                            [chain, version_id, *args])[0])
+
+    def removed_reasons(self, version_id: int) -> pd.DataFrame:
+        """Return how many rows each reason dropped along this version's lineage (of those
+        ``removed`` lists): reason, rows; most first."""
         chain = [v.version_id for v in self.lineage(version_id)]
         with self.connect() as con:
-            return int(_one(con, f"SELECT count(*) FROM ({_REMOVED_SQL})",
-                            [chain, version_id])[0])
+            return con.execute(f"""SELECT reason, count(*) AS rows FROM ({_REMOVED_SQL})
+                GROUP BY reason ORDER BY rows DESC, reason""", [chain, version_id]).df()
+
+    @staticmethod
+    def _removed_where(reason: str | None, search: str) -> tuple[str, list]:
+        parts, args = [], []
+        if reason:
+            parts.append("d.reason = ?")
+            args.append(reason)
+        text, more = _filter_sql(RowFilter(search=search))
+        if text:
+            parts.append(text)
+            args += more
+        return ("WHERE " + " AND ".join(parts)) if parts else "", args
 
     def flagged(self, version_id: int) -> pd.DataFrame:
         """Return rows of this version that a step along its lineage flagged for review, with
