@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit as st
-from helpers_app import APP, chat_file, emulate_running_server
+from helpers_app import APP, chat_file, page_store
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
@@ -22,14 +21,9 @@ ROWS = 2_600  # more dropped rows than one page (pages/datasets.py SHOWN_ROWS = 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> Store:
     """2,600 rows; all but the first 100 dropped, 'too_short' for odd ones, 'pii' for even."""
-    path = tmp_path / "store.duckdb"
-    monkeypatch.setenv("WORKBENCH_STORE", str(path))
-    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
-    emulate_running_server(monkeypatch)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    s = Store(path)
-    s.import_file(chat_file(tmp_path / "rows.jsonl", ROWS), "support")
+    stores = page_store(tmp_path, monkeypatch, {"support": chat_file(tmp_path / "rows.jsonl",
+                                                                     ROWS)})
+    s = next(stores)
     frame = s.frame(1)
     gone = frame.iloc[100:]
     dropped = pd.DataFrame({"row_key": gone["row_key"].astype(int).tolist(),
@@ -39,8 +33,7 @@ def store(tmp_path: Path, monkeypatch) -> Store:
                             "detail": ["planted"] * len(gone)})
     s.apply_step(1, StepResult(kept=frame.iloc[:100], dropped=dropped), operation="filter")
     yield s
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    next(stores, None)  # page_store's clean-up
 
 
 def question(frame: pd.DataFrame) -> list[int]:
