@@ -145,13 +145,14 @@ def _long(key: str):
                          mode=mode(key, "too_long"), **kwargs)
 
 
-def show_preview(report) -> None:
+def show_preview(report, hits) -> None:
+    """Show a preview; ``hits``: row_key and id of the rows its rules hit (for their labels)."""
     a, b, c, d = st.columns(4)
     a.metric("Rows", f"{report.total_rows:,}")
     b.metric("Rows dropped", f"{report.dropped_rows:,}")
     c.metric("Rows flagged for review", f"{report.flagged_rows:,}")
     d.metric("Rows kept", f"{report.total_rows - report.dropped_rows:,}")
-    table = labelling.rule_table(store(), rows(), report)
+    table = labelling.rule_table(store(), hits, report)
     labelled = int(table["labelled_bad"].sum() + table["labelled_good"].sum())
     if labelled:
         st.caption("With your labels: of the labelled rows each rule hits, how many you marked "
@@ -256,9 +257,9 @@ if started and started[0] is not done and not started[0].config["params"].get("a
 fresh = done is not None and curate.job_matches(done, rules, eval_version)
 report = None
 if done is not None:
-    try:
-        report = session_cached("cl_run", (done.run_id,), lambda: curate.clean_job_run(
-            done, rows()), keep=1)
+    try:  # the preview alone: the rows are read when Apply needs them
+        report = session_cached("cl_preview", (done.run_id,),
+                                lambda: curate.clean_job_preview(done), keep=1)
     except WorkbenchError as e:
         show_error(e)
         fresh = False
@@ -266,15 +267,17 @@ if report is not None:
     if not fresh:
         st.warning("The rules changed since this preview: preview again to see their effect.",
                    icon=":material/warning:")
-    show_preview(report.preview)
+    show_preview(*report)
 if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules,
                     help="Saves the preview above as it is" if fresh else
                     "Runs the rules as a background job, then saves the new version"):
     if fresh:  # the preview of these same rules already holds the new version's rows
         extra = {"eval_version": eval_version} if eval_version is not None else {}
         try:
-            version = curate.apply_clean(store(), version_id, rows(), rules, extra_params=extra,
-                                         result=report.result)
+            with st.spinner("Saving the preview as a new version…"):
+                result = curate.clean_job_run(done, rows()).result
+                version = curate.apply_clean(store(), version_id, rows(), rules,
+                                             extra_params=extra, result=result)
         except WorkbenchError as e:
             show_error(e)
         else:

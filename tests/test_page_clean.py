@@ -152,9 +152,10 @@ def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store,
     assert any("Cleaned into train\\@3" in s.value for s in at.success)
 
 
-def test_the_preview_survives_a_reload_and_a_changed_rule_marks_it_stale(store):
+def test_the_preview_survives_a_reload_and_a_changed_rule_marks_it_stale(store, monkeypatch):
     at = preview(open_page())
     shown = metrics(at)
+    monkeypatch.setattr(Store, "frame", lambda *a: pytest.fail("showing it read every row"))
     again = open_page()  # a new session: the finished job's result shows, no rerun of rules
     assert metrics(again) == shown and not again.warning
     again = ok(again.number_input(key="cl_short_limit").set_value(5).run())

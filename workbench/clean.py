@@ -1778,10 +1778,14 @@ def run_from_record(frame: Any, record: dict[str, Any]) -> CleanRun:
         for name in ("dropped", "changed", "flagged")}
     result = StepResult(_kept(frame, alive, convs, set(convs)), tables["dropped"],
                         tables["changed"], tables["flagged"])
+    return CleanRun(preview_from_record(record), result)
+
+
+def preview_from_record(record: dict[str, Any]) -> CleanPreview:
+    """Return the CleanPreview that ``run_record`` wrote (it needs no rows)."""
     p = record["preview"]
-    preview = CleanPreview(p["total_rows"], p["dropped_rows"],
-                           [RuleReport(**r) for r in p["rules"]], p.get("flagged_rows", 0))
-    return CleanRun(preview, result)
+    return CleanPreview(p["total_rows"], p["dropped_rows"],
+                        [RuleReport(**r) for r in p["rules"]], p.get("flagged_rows", 0))
 
 
 ROW_CHUNK = 2_000  # rows a rule scans between two row_progress calls, at least

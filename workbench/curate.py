@@ -341,16 +341,21 @@ def clean_jobs(store: Store, version_id: int, *,
                          home=home)
 
 
-def save_clean_run(run_dir: str | Path, run) -> None:
-    """Write a CleanRun into a run folder (atomically: a reader never sees half a file)."""
+def save_clean_run(run_dir: str | Path, run, frame: pd.DataFrame) -> None:
+    """Write a CleanRun of ``frame`` into a run folder (atomically: a reader never sees half a
+    file), with the id of every row a rule hits: the preview's label precision reads those
+    rows' labels without loading the version."""
     import orjson
 
     from . import clean
 
+    record = clean.run_record(run)
+    hit = {int(k) for r in run.preview.rules for k in r.row_keys}
+    ids = frame[frame["row_key"].isin(hit)]
+    record["ids"] = dict(zip((str(int(k)) for k in ids["row_key"]), ids["id"]))
     path = Path(run_dir) / CLEAN_RUN_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(clean.run_record(run), default=_plain,
-                                 option=orjson.OPT_SERIALIZE_NUMPY))
+    tmp.write_bytes(orjson.dumps(record, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY))
     tmp.replace(path)
 
 
@@ -360,19 +365,33 @@ def _plain(value):
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def clean_job_run(job: jobs.JobStatus, frame: pd.DataFrame):
-    """Return the CleanRun a finished clean job saved, its kept rows from ``frame`` (the
-    version the job read)."""
+def _clean_record(job: jobs.JobStatus) -> dict:
     import orjson
 
-    from . import clean
-
     try:
-        record = orjson.loads((job.run_dir / CLEAN_RUN_FILE).read_bytes())
+        return orjson.loads((job.run_dir / CLEAN_RUN_FILE).read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"clean run {job.run_id}: no saved result ({CLEAN_RUN_FILE}); "
                           "preview the rules again") from None
-    return clean.run_from_record(frame, record)
+
+
+def clean_job_run(job: jobs.JobStatus, frame: pd.DataFrame):
+    """Return the CleanRun a finished clean job saved, its kept rows from ``frame`` (the
+    version the job read)."""
+    from . import clean
+
+    return clean.run_from_record(frame, _clean_record(job))
+
+
+def clean_job_preview(job: jobs.JobStatus) -> tuple:
+    """Return (CleanPreview, row_key and id of every row a rule hits) of a finished clean job,
+    without reading the version's rows."""
+    from . import clean
+
+    record = _clean_record(job)
+    ids = record.get("ids") or {}
+    hits = pd.DataFrame({"row_key": [int(k) for k in ids], "id": list(ids.values())})
+    return clean.preview_from_record(record), hits
 
 
 def job_matches(job: jobs.JobStatus, rules: Sequence, eval_version: int | None) -> bool:

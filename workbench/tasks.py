@@ -518,7 +518,7 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
                                home=E.data_folder(store.path),
                                cancelled=getattr(ctx, "cancelled", None))
     ctx.check_cancel()
-    curate.save_clean_run(ctx.run_dir, run)
+    curate.save_clean_run(ctx.run_dir, run, frame)
     out = {"rows": run.preview.total_rows, "dropped": run.preview.dropped_rows,
            "flagged": run.preview.flagged_rows,
            "hits": {r.name: r.rows for r in run.preview.rules}}
