@@ -17,7 +17,6 @@ from pages.common import (
     session_cached,
     show_error,
     store,
-    version_frame,
 )
 from workbench import clean, curate, jobs, labelling
 from workbench.exceptions import WorkbenchError
@@ -29,11 +28,6 @@ dataset, version_id, n_rows = curation_title(
 ROLES = ["system", "user", "assistant"]
 DEFAULTS = {r.name: r for r in clean.default_rules()}
 VERBS = {"drop": "dropped", "flag": "flagged for review", "change": "changed"}
-
-
-def rows():
-    """The version's rows, read when a preview or an apply needs them (not to open the page)."""
-    return version_frame(str(store().path), version_id)
 
 
 def roles(key: str, default: tuple) -> tuple:
@@ -224,11 +218,7 @@ def applied_notice() -> None:
         st.session_state.pop("cl_applying")
         return
     st.session_state.pop("cl_applying")
-    cleaned(store().version(int(job.result["version_id"])), int(job.result["rows"]))
-
-
-def cleaned(version, rows: int) -> None:
-    """Say what Apply made, on the next run of the page."""
+    version, rows = store().version(int(job.result["version_id"])), int(job.result["rows"])
     flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
     flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
           f"{rows - version.n_rows:,} dropped, {flagged:,} flags for review "
@@ -236,10 +226,10 @@ def cleaned(version, rows: int) -> None:
     st.rerun()
 
 
-def start(apply: bool = False):
+def start(apply: bool = False, from_run: str = ""):
     try:
         return curate.start_clean(store(), version_id, rules, eval_version=eval_version,
-                                  engine=engine, apply=apply)
+                                  engine=engine, apply=apply, from_run=from_run)
     except WorkbenchError as e:
         show_error(e)
 
@@ -257,7 +247,7 @@ if started and started[0] is not done and not started[0].config["params"].get("a
 fresh = done is not None and curate.job_matches(done, rules, eval_version)
 report = None
 if done is not None:
-    try:  # the preview alone: the rows are read when Apply needs them
+    try:  # the preview alone: the page never reads the version's rows
         report = session_cached("cl_preview", (done.run_id,),
                                 lambda: curate.clean_job_preview(done), keep=1)
     except WorkbenchError as e:
@@ -271,20 +261,10 @@ if report is not None:
 if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules,
                     help="Saves the preview above as it is" if fresh else
                     "Runs the rules as a background job, then saves the new version"):
-    if fresh:  # the preview of these same rules already holds the new version's rows
-        extra = {"eval_version": eval_version} if eval_version is not None else {}
-        try:
-            with st.spinner("Saving the preview as a new version…"):
-                result = curate.clean_job_run(done, rows()).result
-                version = curate.apply_clean(store(), version_id, rows(), rules,
-                                             extra_params=extra, result=result)
-        except WorkbenchError as e:
-            show_error(e)
-        else:
-            cleaned(version, n_rows)
-    else:
-        job = start(apply=True)
-        if job is not None:
-            st.session_state["cl_applying"] = job.run_id
-            st.rerun()
+    # A job either way, so the app process never holds the new version's rows: it saves the
+    # fresh preview of these same rules as it is, or runs the rules first.
+    job = start(apply=True, from_run=done.run_id if fresh else "")
+    if job is not None:
+        st.session_state["cl_applying"] = job.run_id
+        st.rerun()
 flagged_section()

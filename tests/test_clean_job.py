@@ -71,14 +71,21 @@ def test_an_apply_job_makes_the_version_apply_clean_makes(setup, tmp_path):
         store.flagged(direct.version_id)["reason"].tolist()
 
 
-def test_a_saved_result_applies_without_running_the_rules(setup, tmp_path, monkeypatch):
+def test_an_apply_job_saves_a_previews_result_without_running_the_rules(setup, tmp_path,
+                                                                        monkeypatch):
     store, vid, rules = setup
     job = jobs.run_inline("clean", params(store, vid, rules), home=tmp_path)
-    frame = store.frame(vid)
-    saved = curate.clean_job_run(job, frame)
+    saved = curate.clean_job_run(job, store.frame(vid))
     monkeypatch.setattr(clean, "run", lambda *a, **k: pytest.fail("the rules ran again"))
-    made = curate.apply_clean(store, vid, frame, rules, result=saved.result)
+    applied = jobs.run_inline("clean", params(store, vid, rules, apply=True,
+                                              from_run=job.run_id), home=tmp_path)
+    made = store.version(applied.result["version_id"])
     assert made.n_rows == saved.preview.total_rows - saved.preview.dropped_rows
+    monkeypatch.undo()
+    direct = curate.apply_clean(store, vid, store.frame(vid), rules)
+    assert made.counts == direct.counts and made.params == direct.params
+    assert store.frame(made.version_id)["id"].tolist() == \
+        store.frame(direct.version_id)["id"].tolist()
 
 
 def test_cancel_leaves_no_version_and_no_result(setup, tmp_path, monkeypatch):

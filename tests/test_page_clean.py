@@ -57,7 +57,7 @@ def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
     at = preview(at)
     dropped = metrics(at)["Rows dropped"]
     assert 10 <= dropped < 400
-    at = ok(at.button(key="cl_apply").click().run())
+    at = finish(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and latest.parent_id == store.versions("train")[0].version_id
     assert latest.n_rows == 400 - dropped and latest.counts["placeholder"] == dropped
@@ -116,7 +116,7 @@ def test_contamination_against_the_eval_set(store):
     at = ok(at.checkbox(key="cl_cont_on").check().run())
     at = preview(at)
     assert metrics(at)["Rows dropped"] >= 8  # the planted copies of eval prompts (drop mode)
-    at = ok(at.button(key="cl_apply").click().run())
+    at = finish(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.params["eval_version"] == store.active_version("eval")
 
@@ -129,24 +129,24 @@ def test_no_rule_on_disables_the_buttons(store):
     assert at.button(key="cl_preview").disabled and at.button(key="cl_apply").disabled
 
 
-def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store, monkeypatch):
-    from workbench import clean
-
-    runs = []
-    real = clean.run
-    monkeypatch.setattr(clean, "run", lambda *a, **k: runs.append(1) or real(*a, **k))
+def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store):
     at = preview(open_page())
     vid = store.active_version("train")
-    assert len(curate.clean_jobs(store, vid)) == 1
+    (shown,) = curate.clean_jobs(store, vid)
     flagged = metrics(at)["Rows flagged for review"]
-    at = ok(at.button(key="cl_apply").click().run())
-    assert not runs and len(jobs.list_runs()) == 1  # the preview's scan made the version
+    at = finish(ok(at.button(key="cl_apply").click().run()))
+    applied = jobs.list_runs()[0]
+    assert applied.config["params"]["from_run"] == shown.run_id  # the preview's scan
+    assert not [e for e in jobs.events(applied.run_dir) if "rule" in e.get("phase", "")]
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and store.flagged(latest.version_id)[
         "row_key"].nunique() == flagged
+    assert any("Cleaned into train\\@2" in s.value for s in at.success)
     at = ok(at.checkbox(key="cl_ref_on").uncheck().run())  # no preview of these rules yet
-    at = finish(ok(at.button(key="cl_apply").click().run()))  # runs them as a job
-    assert len(jobs.list_runs()) == 2 and not runs
+    at = finish(ok(at.button(key="cl_apply").click().run()))  # runs them in the job
+    again = jobs.list_runs()[0]
+    assert again.config["params"]["from_run"] == "" and len(jobs.list_runs()) == 3
+    assert [e for e in jobs.events(again.run_dir) if "rule" in e.get("phase", "")]
     newest = store.versions("train")[-1]
     assert newest.parent_id == latest.version_id and "refusal" not in str(newest.params)
     assert any("Cleaned into train\\@3" in s.value for s in at.success)

@@ -321,16 +321,18 @@ def rule_specs(rules: Sequence) -> list[dict]:
 
 def start_clean(store: Store, version_id: int, rules: Sequence, *,
                 eval_version: int | None = None, engine: str = "local",
-                apply: bool = False) -> jobs.JobStatus:
+                apply: bool = False, from_run: str = "") -> jobs.JobStatus:
     """Start a background job that runs the cleaning rules over a version (the "clean" task):
     its progress counts rows x rules and names the rule being run; its CleanRun is saved in
     the run folder (``clean_job_run``). ``apply``: the job also saves the result as a new
-    version. ``eval_version``: the evaluation version a contamination rule reads."""
+    version. ``eval_version``: the evaluation version a contamination rule reads.
+    ``from_run``: a finished clean job of these rules on this version, whose saved result the
+    job applies instead of running the rules again."""
     if not rules:
         raise ConfigError("no cleaning rule is switched on")
     params = {"store": str(store.path), "version_id": int(version_id),
               "rules": rule_specs(rules), "eval_version": eval_version,
-              "engine": E.check_engine(engine), "apply": apply}
+              "engine": E.check_engine(engine), "apply": apply, "from_run": from_run}
     return jobs.start("clean", params)
 
 

@@ -490,6 +490,7 @@ class CleanParams:
     eval_version: int | None = None
     engine: str = "local"
     apply: bool = False
+    from_run: str = ""  # a finished preview job of these rules: apply its saved result
 
 
 @task("clean", CleanParams)
@@ -513,22 +514,34 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
         else:
             ctx.progress(done, total)
 
-    ctx.phase("reading rows", len(frame) * len(rules))
-    run = curate.clean_preview(frame, rules, row_progress=report, engine=p.engine,
-                               home=E.data_folder(store.path),
-                               cancelled=getattr(ctx, "cancelled", None))
-    ctx.check_cancel()
-    curate.save_clean_run(ctx.run_dir, run, frame)
+    if p.from_run:  # the rules ran in that preview: its saved result is the new version
+        ctx.phase("reading the preview's result")
+        run = curate.clean_job_run(jobs_status(p.from_run, ctx), frame)
+    else:
+        ctx.phase("reading rows", len(frame) * len(rules))
+        run = curate.clean_preview(frame, rules, row_progress=report, engine=p.engine,
+                                   home=E.data_folder(store.path),
+                                   cancelled=getattr(ctx, "cancelled", None))
+        ctx.check_cancel()
+        curate.save_clean_run(ctx.run_dir, run, frame)
     out = {"rows": run.preview.total_rows, "dropped": run.preview.dropped_rows,
            "flagged": run.preview.flagged_rows,
            "hits": {r.name: r.rows for r in run.preview.rules}}
     if p.apply:
         extra = {"eval_version": p.eval_version} if p.eval_version is not None else {}
+        ctx.phase("saving the new version")
         version = curate.apply_clean(store, int(p.version_id), frame, rules,
                                      extra_params=extra, result=run.result)
         ctx.log(f"saved version {version.ref} ({version.n_rows} rows)")
         out.update(version_id=version.version_id, ref=version.ref, kept=version.n_rows)
     return out
+
+
+def jobs_status(run_id: str, ctx: Any):
+    """Return the status of a run beside this job's own run folder."""
+    from .jobs import check_run_id, status
+
+    return status(Path(ctx.run_dir).parent / check_run_id(run_id))
 
 
 # ---------------------------------------------------------------- a judge between two runs
