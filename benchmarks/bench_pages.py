@@ -126,8 +126,9 @@ def walk(w: Walk) -> None:
     w.step("Clean", "Preview again: starts a job",
            lambda at: at.button(key="cl_preview").click(), work=True)
     w.finish_jobs("Clean", "rerun after the job: the preview shows")
-    w.step("Clean", "Apply (saves the finished preview)",
+    w.step("Clean", "Apply: a job saves the finished preview",
            lambda at: at.button(key="cl_apply").click(), work=True)
+    w.finish_jobs("Clean", "rerun after the job: the new version")
     w.open("dedup", "Deduplicate")
     w.step("Deduplicate", "Find duplicates", lambda at: at.button(key="dd_find").click(),
            work=True)
