@@ -2,9 +2,10 @@
 
 Imports ../shared/data/alpaca/alpaca_data.json (52,002 rows) into a throwaway store under
 /tmp (its own WORKBENCH_HOME), then drives the app with Streamlit's AppTest in one session,
-as a user moves between pages: open a page, then its main interactions (Clean: preview,
-apply; Deduplicate: find, move the threshold; Score & select: score, change the scatter's
-axis, move a threshold slider, pick a method; Label: mark a row; ...). Prints the server time
+as a user moves between pages: open a page, then its main interactions (Clean: preview (a
+job: its wait is printed, then the rerun that shows it), apply; Deduplicate: find, move the
+threshold; Score & select: score, change the scatter's axis, move a threshold slider, pick a
+method; Label: mark a row; ...). Prints the server time
 of every rerun (the script run that AppTest times is what the server does between a click and
 the last element sent) and the process's resident memory after it, then the peak.
 
@@ -92,6 +93,20 @@ class Walk:
         print(f"{page:<16} {label:<44} {seconds:7.2f} s {rss_mb():7.0f} MB  {kind}"
               + (f"  ! {problems}" if problems else ""), flush=True)
 
+    def finish_jobs(self, page: str, label: str) -> None:
+        """Wait for the jobs a click started (their worker process does the work), print the
+        wait, then rerun once: the page then shows their results."""
+        from workbench import jobs
+
+        if page in self.skip:
+            return
+        start = time.perf_counter()
+        ended = [jobs.wait(j.run_id, timeout=3600) for j in jobs.list_runs() if j.active]
+        for job in ended:
+            print(f"{page:<16} {'  job ' + job.run_id[:38]:<44} {time.perf_counter() - start:7.2f}"
+                  f" s  (worker process, {job.state})", flush=True)
+        self.step(page, label)
+
     def open(self, page: str, title: str) -> None:
         self.step(title, "open", lambda at: at.switch_page(f"pages/{page}.py"))
 
@@ -103,12 +118,17 @@ def walk(w: Walk) -> None:
            .input("poem"))
     w.step("Datasets", "next page", lambda at: at.number_input(key="browse_page").set_value(2))
     w.open("clean", "Clean")
-    w.step("Clean", "Preview (default rules)", lambda at: at.button(key="cl_preview").click(),
-           work=True)
+    w.step("Clean", "Preview (default rules): starts a job",
+           lambda at: at.button(key="cl_preview").click(), work=True)
+    w.finish_jobs("Clean", "rerun after the job: the preview shows")
     w.step("Clean", "switch a rule off (stale preview)",
            lambda at: at.checkbox(key="cl_ref_on").uncheck())
-    w.step("Clean", "Preview again", lambda at: at.button(key="cl_preview").click(), work=True)
-    w.step("Clean", "Apply", lambda at: at.button(key="cl_apply").click(), work=True)
+    w.step("Clean", "Preview again: starts a job",
+           lambda at: at.button(key="cl_preview").click(), work=True)
+    w.finish_jobs("Clean", "rerun after the job: the preview shows")
+    w.step("Clean", "Apply: a job saves the finished preview",
+           lambda at: at.button(key="cl_apply").click(), work=True)
+    w.finish_jobs("Clean", "rerun after the job: the new version")
     w.open("dedup", "Deduplicate")
     w.step("Deduplicate", "Find duplicates", lambda at: at.button(key="dd_find").click(),
            work=True)

@@ -13,13 +13,12 @@ from pages.common import (
     curation_title,
     engine_setting,
     flash,
-    progress_bar,
+    job_panel,
+    session_cached,
     show_error,
     store,
-    version_frame,
 )
-from workbench import clean, curate, labelling
-from workbench.engine import data_folder
+from workbench import clean, curate, jobs, labelling
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
@@ -29,11 +28,6 @@ dataset, version_id, n_rows = curation_title(
 ROLES = ["system", "user", "assistant"]
 DEFAULTS = {r.name: r for r in clean.default_rules()}
 VERBS = {"drop": "dropped", "flag": "flagged for review", "change": "changed"}
-
-
-def rows():
-    """The version's rows, read when a preview or an apply needs them (not to open the page)."""
-    return version_frame(str(store().path), version_id)
 
 
 def roles(key: str, default: tuple) -> tuple:
@@ -145,13 +139,14 @@ def _long(key: str):
                          mode=mode(key, "too_long"), **kwargs)
 
 
-def show_preview(report) -> None:
+def show_preview(report, hits) -> None:
+    """Show a preview; ``hits``: row_key and id of the rows its rules hit (for their labels)."""
     a, b, c, d = st.columns(4)
     a.metric("Rows", f"{report.total_rows:,}")
     b.metric("Rows dropped", f"{report.dropped_rows:,}")
     c.metric("Rows flagged for review", f"{report.flagged_rows:,}")
     d.metric("Rows kept", f"{report.total_rows - report.dropped_rows:,}")
-    table = labelling.rule_table(store(), rows(), report)
+    table = labelling.rule_table(store(), hits, report)
     labelled = int(table["labelled_bad"].sum() + table["labelled_good"].sum())
     if labelled:
         st.caption("With your labels: of the labelled rows each rule hits, how many you marked "
@@ -206,41 +201,70 @@ except WorkbenchError as e:
     show_error(e)
     st.stop()
 engine = engine_setting("cl_engine", n_rows, "clean")
-preview_col, apply_col = st.columns(2)
-if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules):
+eval_version = st.session_state.get("cl_eval_version") \
+    if any(r.name == "contamination" for r in rules) else None
+
+
+def applied_notice() -> None:
+    """While an Apply job runs, show it; once it ends, say what it made (once)."""
+    run_id = st.session_state.get("cl_applying")
+    if not run_id:
+        return
+    job = jobs.status(run_id)
+    if job.active or job.state != "done":
+        job_panel(run_id, key=f"cl_job_{run_id}")
+        if job.active:
+            st.stop()  # the rules, the preview and Apply wait for the running Apply
+        st.session_state.pop("cl_applying")
+        return
+    st.session_state.pop("cl_applying")
+    version, rows = store().version(int(job.result["version_id"])), int(job.result["rows"])
+    flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
+    flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
+          f"{rows - version.n_rows:,} dropped, {flagged:,} flags for review "
+          "(dropped rows with their reasons are under Datasets → History).")
+    st.rerun()
+
+
+def start(apply: bool = False, from_run: str = ""):
     try:
-        with progress_bar("Rows checked, all rules") as progress:
-            st.session_state["cl_report"] = (version_id, rules, curate.clean_preview(
-                rows(), rules, row_progress=progress, engine=engine,
-                home=data_folder(store().path)))
+        return curate.start_clean(store(), version_id, rules, eval_version=eval_version,
+                                  engine=engine, apply=apply, from_run=from_run)
     except WorkbenchError as e:
         show_error(e)
-report = st.session_state.get("cl_report")
-fresh = bool(report) and report[0] == version_id and report[1] == rules
-if report and report[0] == version_id:
+
+
+applied_notice()
+preview_col, apply_col = st.columns(2)
+if preview_col.button("Preview", type="secondary", key="cl_preview", disabled=not rules,
+                      help="Runs the rules as a background job: it survives a page reload"):
+    start()
+started = curate.clean_jobs(store(), version_id)
+done = next((j for j in started if j.state == "done" and not j.config["params"].get("apply")),
+            None)
+if started and started[0] is not done and not started[0].config["params"].get("apply"):
+    job_panel(started[0].run_id, key=f"cl_job_{started[0].run_id}")  # running, failed, cancelled
+fresh = done is not None and curate.job_matches(done, rules, eval_version)
+report = None
+if done is not None:
+    try:  # the preview alone: the page never reads the version's rows
+        report = session_cached("cl_preview", (done.run_id,),
+                                lambda: curate.clean_job_preview(done), keep=1)
+    except WorkbenchError as e:
+        show_error(e)
+        fresh = False
+if report is not None:
     if not fresh:
         st.warning("The rules changed since this preview: preview again to see their effect.",
                    icon=":material/warning:")
-    show_preview(report[2].preview)
+    show_preview(*report)
 if apply_col.button("Apply as a new version", type="primary", key="cl_apply", disabled=not rules,
-                    help="Saves the preview above as it is" if fresh else None):
-    extra = {"eval_version": st.session_state.get("cl_eval_version")} \
-        if any(r.name == "contamination" for r in rules) else {}
-    try:
-        with progress_bar("Applying: rows checked, all rules") as progress:
-            # The preview of these same rules already holds the new version's rows.
-            result = report[2].result if fresh else \
-                curate.clean_preview(rows(), rules, samples=0, row_progress=progress,
-                                     engine=engine, home=data_folder(store().path)).result
-            version = curate.apply_clean(store(), version_id, rows(), rules, extra_params=extra,
-                                         result=result)
-    except WorkbenchError as e:
-        show_error(e)
-    else:
-        st.session_state.pop("cl_report", None)
-        flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
-        flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "
-              f"{n_rows - version.n_rows:,} dropped, {flagged:,} flags for review "
-              "(dropped rows with their reasons are under Datasets → History).")
+                    help="Saves the preview above as it is" if fresh else
+                    "Runs the rules as a background job, then saves the new version"):
+    # A job either way, so the app process never holds the new version's rows: it saves the
+    # fresh preview of these same rules as it is, or runs the rules first.
+    job = start(apply=True, from_run=done.run_id if fresh else "")
+    if job is not None:
+        st.session_state["cl_applying"] = job.run_id
         st.rerun()
 flagged_section()

@@ -442,11 +442,20 @@ def version_diff(store_path: str, a: int, b: int):
     return diff.counts(), diff_tables(diff)
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
-def dropped_rows(store_path: str, version_id: int):
-    """How many rows were dropped on the way to a version, and the first SHOWN_ROWS of them."""
+@st.cache_data(max_entries=8, show_spinner=False)
+def dropped_rows(store_path: str, version_id: int, reason: str | None, search: str, page: int):
+    """How many dropped rows match the reason and search, and the page of SHOWN_ROWS of them
+    (DuckDB filters and pages them, so any dropped row of a big version can be reached)."""
     found = Store(store_path)
-    return found.removed_count(version_id), found.removed(version_id, limit=SHOWN_ROWS)
+    return (found.removed_count(version_id, reason=reason, search=search),
+            found.removed(version_id, limit=SHOWN_ROWS, offset=(page - 1) * SHOWN_ROWS,
+                          reason=reason, search=search))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def dropped_reasons(store_path: str, version_id: int):
+    """The reasons rows were dropped on the way to a version, with their counts."""
+    return Store(store_path).removed_reasons(version_id)
 
 
 def shown_caption(shown: int, total: int) -> None:
@@ -454,16 +463,42 @@ def shown_caption(shown: int, total: int) -> None:
         st.caption(f"The first {shown:,} of {total:,} rows, in row order.")
 
 
+def _new_removed_filter() -> None:
+    st.session_state["removed_page"] = 1  # a new filter starts at its first page
+    st.session_state.pop("restore_keys", None)  # and picks from its own rows
+
+
 def removed_section(active: int) -> None:
-    total, removed = dropped_rows(str(store().path), active)
+    reasons = dropped_reasons(str(store().path), active)
+    total = int(reasons["rows"].sum())
     st.subheader(f"Dropped rows ({total:,})")
     if not total:
         st.caption("No rows were dropped on the way to this version.")
         return
+    counts = dict(zip(reasons["reason"], reasons["rows"]))
+    reason_col, search_col, page_col = st.columns([2, 3, 1], vertical_alignment="bottom")
+    reason = reason_col.selectbox(
+        "Reason", [None, *counts], key="removed_reason", on_change=_new_removed_filter,
+        format_func=lambda r: f"all reasons ({total:,})" if r is None else f"{r} ({counts[r]:,})")
+    search = search_col.text_input("Search the dropped rows' text", key="removed_search",
+                                   on_change=_new_removed_filter).strip()
+    page = int(page_col.number_input("Page", min_value=1, step=1, key="removed_page",
+                                     on_change=lambda: st.session_state.pop("restore_keys",
+                                                                            None)))
+    matching, removed = dropped_rows(str(store().path), active, reason, search, page)
+    pages = max(1, -(-matching // SHOWN_ROWS))
+    if removed.empty:
+        st.caption(f"No dropped row matches on page {page:,}: {matching:,} match, "
+                   f"on {pages:,} page(s)." if matching else "No dropped row matches.")
+        return
     st.dataframe(removed[["row_key", "reason", "duplicate_of", "detail", "dropped_in", "prompt",
                           "response"]], hide_index=True, key="removed_table", width="stretch")
-    shown_caption(len(removed), total)
-    keys = st.multiselect("Rows to restore", removed["row_key"].tolist(), key="restore_keys")
+    first = (page - 1) * SHOWN_ROWS
+    if len(removed) < matching:
+        st.caption(f"Rows {first + 1:,}–{first + len(removed):,} of {matching:,} matching, in "
+                   f"row order (page {page:,} of {pages:,}).")
+    keys = st.multiselect("Rows to restore (from this page)", removed["row_key"].tolist(),
+                          key="restore_keys")
     if st.button("Restore into a new version", disabled=not keys, key="restore"):
         version = store().restore(active, keys)
         flash(f"Restored {len(keys)} rows as {version.ref}.")

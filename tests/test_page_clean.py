@@ -9,6 +9,7 @@ from helpers_app import APP, page_store
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
+from workbench import curate, jobs
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
 
@@ -24,13 +25,25 @@ def open_page() -> AppTest:
     return ok(at.switch_page("pages/clean.py").run())
 
 
+def finish(at: AppTest) -> AppTest:
+    """Wait for the clean jobs the page started, then run the page again (the job panel's
+    refresh would do it in a browser)."""
+    for job in jobs.list_runs():
+        assert jobs.wait(job.run_id, timeout=180).state == "done", jobs.log_tail(job.run_id)
+    return ok(at.run())
+
+
+def preview(at: AppTest) -> AppTest:
+    return finish(ok(at.button(key="cl_preview").click().run()))
+
+
 def metrics(at: AppTest) -> dict[str, int]:
     return {m.label: int(m.value.replace(",", "")) for m in at.metric}
 
 
 def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
     at = open_page()
-    at = ok(at.button(key="cl_preview").click().run())
+    at = preview(at)
     shown = metrics(at)
     # The measured defaults drop only placeholder inputs (none in the sample): the rest flag.
     assert shown["Rows"] == 400 and shown["Rows dropped"] == 0
@@ -41,10 +54,10 @@ def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
     assert any("would be flagged for review" in e.label for e in at.expander)
     at = ok(at.radio(key="cl_ph_mode").set_value("drop").run())
     assert any("rules changed since this preview" in w.value for w in at.warning)
-    at = ok(at.button(key="cl_preview").click().run())
+    at = preview(at)
     dropped = metrics(at)["Rows dropped"]
     assert 10 <= dropped < 400
-    at = ok(at.button(key="cl_apply").click().run())
+    at = finish(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and latest.parent_id == store.versions("train")[0].version_id
     assert latest.n_rows == 400 - dropped and latest.counts["placeholder"] == dropped
@@ -57,7 +70,8 @@ def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
 def test_flagged_rows_are_dropped_after_review_keeping_rows_labelled_good(store):
     from workbench import labelling
 
-    at = ok(open_page().button(key="cl_apply").click().run())
+    at = finish(ok(open_page().button(key="cl_apply").click().run()))  # no preview: a job
+    assert any("Cleaned into train\\@2" in s.value for s in at.success)
     latest = store.versions("train")[-1].version_id
     flagged = store.flagged(latest)
     refusals = flagged[flagged["reason"] == "refusal"]["row_key"].tolist()
@@ -79,7 +93,7 @@ def test_with_labels_the_preview_shows_each_rules_precision(store):
     placeholders = frame[frame["response"].str.len() < 12]["row_key"].tolist()
     labelling.label_rows(store, vid, placeholders, "bad")
     labelling.label_rows(store, vid, frame["row_key"][:50].tolist(), "good")
-    at = ok(open_page().button(key="cl_preview").click().run())
+    at = preview(open_page())
     table = at.dataframe[0].value.set_index("rule")
     assert {"labelled_bad", "labelled_good", "precision", "low", "high"} <= set(table.columns)
     assert table.loc["placeholder", "labelled_bad"] >= 5
@@ -88,10 +102,10 @@ def test_with_labels_the_preview_shows_each_rules_precision(store):
 
 def test_switching_a_rule_off_changes_the_preview(store):
     at = open_page()
-    at = ok(at.button(key="cl_preview").click().run())
+    at = preview(at)
     before = metrics(at)["Rows flagged for review"]
     at = ok(at.checkbox(key="cl_ref_on").uncheck().run())
-    at = ok(at.button(key="cl_preview").click().run())
+    at = preview(at)
     assert metrics(at)["Rows flagged for review"] < before
 
 
@@ -100,9 +114,9 @@ def test_contamination_against_the_eval_set(store):
     for key in [c.key for c in at.checkbox if c.key.endswith("_on") and c.value]:
         at.checkbox(key=key).uncheck()
     at = ok(at.checkbox(key="cl_cont_on").check().run())
-    at = ok(at.button(key="cl_preview").click().run())
+    at = preview(at)
     assert metrics(at)["Rows dropped"] >= 8  # the planted copies of eval prompts (drop mode)
-    at = ok(at.button(key="cl_apply").click().run())
+    at = finish(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.params["eval_version"] == store.active_version("eval")
 
@@ -115,19 +129,49 @@ def test_no_rule_on_disables_the_buttons(store):
     assert at.button(key="cl_preview").disabled and at.button(key="cl_apply").disabled
 
 
-def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store, monkeypatch):
-    from workbench import clean
-
-    runs = []
-    real = clean.run
-    monkeypatch.setattr(clean, "run", lambda *a, **k: runs.append(1) or real(*a, **k))
-    at = ok(open_page().button(key="cl_preview").click().run())
+def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store):
+    at = preview(open_page())
+    vid = store.active_version("train")
+    (shown,) = curate.clean_jobs(store, vid)
     flagged = metrics(at)["Rows flagged for review"]
-    at = ok(at.button(key="cl_apply").click().run())
-    assert len(runs) == 1  # the preview's scan made the version
+    at = finish(ok(at.button(key="cl_apply").click().run()))
+    applied = jobs.list_runs()[0]
+    assert applied.config["params"]["from_run"] == shown.run_id  # the preview's scan
+    assert not [e for e in jobs.events(applied.run_dir) if "rule" in e.get("phase", "")]
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and store.flagged(latest.version_id)[
         "row_key"].nunique() == flagged
+    assert any("Cleaned into train\\@2" in s.value for s in at.success)
     at = ok(at.checkbox(key="cl_ref_on").uncheck().run())  # no preview of these rules yet
-    at = ok(at.button(key="cl_apply").click().run())
-    assert len(runs) == 2 and store.versions("train")[-1].parent_id == latest.version_id
+    at = finish(ok(at.button(key="cl_apply").click().run()))  # runs them in the job
+    again = jobs.list_runs()[0]
+    assert again.config["params"]["from_run"] == "" and len(jobs.list_runs()) == 3
+    assert [e for e in jobs.events(again.run_dir) if "rule" in e.get("phase", "")]
+    newest = store.versions("train")[-1]
+    assert newest.parent_id == latest.version_id and "refusal" not in str(newest.params)
+    assert any("Cleaned into train\\@3" in s.value for s in at.success)
+
+
+def test_the_preview_survives_a_reload_and_a_changed_rule_marks_it_stale(store, monkeypatch):
+    at = preview(open_page())
+    shown = metrics(at)
+    monkeypatch.setattr(Store, "frame", lambda *a: pytest.fail("showing it read every row"))
+    again = open_page()  # a new session: the finished job's result shows, no rerun of rules
+    assert metrics(again) == shown and not again.warning
+    again = ok(again.number_input(key="cl_short_limit").set_value(5).run())
+    assert any("rules changed since this preview" in w.value for w in again.warning)
+    again = ok(again.number_input(key="cl_short_limit").set_value(2).run())
+    assert not again.warning
+
+
+def test_cancelling_an_apply_job_leaves_no_version(store):
+    at = ok(open_page().button(key="cl_apply").click().run())  # no preview: a job
+    running = jobs.list_runs()[0]
+    assert running.active  # the worker is still starting (imports take seconds)
+    at = ok(at.button(key=f"cl_job_{running.run_id}_cancel").click().run())
+    assert jobs.wait(running.run_id, timeout=60).state == "cancelled"
+    at = at.run()
+    assert [e.value for e in at.error] == ["clean cancelled\\: stopped"]  # said once
+    at = ok(at.run())
+    assert len(store.versions("train")) == 1 and not at.success
+    assert not (running.run_dir / curate.CLEAN_RUN_FILE).exists()

@@ -1742,6 +1742,52 @@ def run(frame: Any, rules: Sequence[Rule], *, samples: int = 5,
     return CleanRun(preview, result)
 
 
+def run_record(run: CleanRun) -> dict[str, Any]:
+    """Return a CleanRun as JSON-ready lists: the preview, the kept row keys, the new messages
+    of the rows a rule changed, and the dropped, changed and flagged tables. With the frame it
+    was computed on, ``run_from_record`` gives the same CleanRun back (what a preview job saves
+    in its run folder, so Apply needs no second scan)."""
+    from dataclasses import asdict
+
+    result = run.result
+    kept = result.kept
+    changed_keys = set() if result.changed is None else {int(k) for k in result.changed["row_key"]}
+    new = kept[kept["row_key"].isin(changed_keys)]
+    tables = {name: None if frame is None else frame.to_dict("list") for name, frame in
+              (("dropped", result.dropped), ("changed", result.changed),
+               ("flagged", result.flagged))}
+    return {"preview": asdict(run.preview), "kept": [int(k) for k in kept["row_key"]],
+            "messages": {str(int(k)): [dict(m) for m in msgs]
+                         for k, msgs in zip(new["row_key"], new["messages"])}, **tables}
+
+
+def run_from_record(frame: Any, record: dict[str, Any]) -> CleanRun:
+    """Return the CleanRun that ``run_record`` wrote, its kept rows taken from ``frame`` (the
+    version it was computed on) with the changed rows' new messages."""
+    import pandas as pd
+
+    position = {int(k): i for i, k in enumerate(frame["row_key"].tolist())}
+    try:
+        alive = [position[k] for k in record["kept"]]
+    except KeyError as e:
+        raise ConfigError(f"saved clean result: row_key {e.args[0]} is not in this version; "
+                          "preview the rules again") from None
+    convs = {position[int(k)]: v for k, v in record["messages"].items()}  # _kept reads these
+    tables = {name: None if record.get(name) is None else pd.DataFrame(
+        record[name], columns=list(DROP_COLUMNS if name == "dropped" else CHANGE_COLUMNS))
+        for name in ("dropped", "changed", "flagged")}
+    result = StepResult(_kept(frame, alive, convs, set(convs)), tables["dropped"],
+                        tables["changed"], tables["flagged"])
+    return CleanRun(preview_from_record(record), result)
+
+
+def preview_from_record(record: dict[str, Any]) -> CleanPreview:
+    """Return the CleanPreview that ``run_record`` wrote (it needs no rows)."""
+    p = record["preview"]
+    return CleanPreview(p["total_rows"], p["dropped_rows"],
+                        [RuleReport(**r) for r in p["rules"]], p.get("flagged_rows", 0))
+
+
 ROW_CHUNK = 2_000  # rows a rule scans between two row_progress calls, at least
 
 

@@ -306,3 +306,99 @@ def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Seque
                                home=E.data_folder(store.path)).result
     params = {"rules": [r.params() for r in rules], **(extra_params or {})}
     return store.apply_step(version_id, result, operation="clean", params=params)
+
+
+# --- cleaning as a background job ------------------------------------------------------------
+CLEAN_RUN_FILE = "clean_run.json"  # a clean job's CleanRun (clean.run_record) in its run folder
+RULE_INPUTS = ("eval_texts", "eval_ids", "count_tokens")  # fetched again, not options
+
+
+def rule_specs(rules: Sequence) -> list[dict]:
+    """Return each rule's options as a recipe's clean step holds them (``recipes.clean_rules``
+    builds the rules back): eval texts and tokenizers are inputs, fetched again."""
+    return [{k: v for k, v in r.params().items() if k not in RULE_INPUTS} for r in rules]
+
+
+def start_clean(store: Store, version_id: int, rules: Sequence, *,
+                eval_version: int | None = None, engine: str = "local",
+                apply: bool = False, from_run: str = "") -> jobs.JobStatus:
+    """Start a background job that runs the cleaning rules over a version (the "clean" task):
+    its progress counts rows x rules and names the rule being run; its CleanRun is saved in
+    the run folder (``clean_job_run``). ``apply``: the job also saves the result as a new
+    version. ``eval_version``: the evaluation version a contamination rule reads.
+    ``from_run``: a finished clean job of these rules on this version, whose saved result the
+    job applies instead of running the rules again."""
+    if not rules:
+        raise ConfigError("no cleaning rule is switched on")
+    params = {"store": str(store.path), "version_id": int(version_id),
+              "rules": rule_specs(rules), "eval_version": eval_version,
+              "engine": E.check_engine(engine), "apply": apply, "from_run": from_run}
+    return jobs.start("clean", params)
+
+
+def clean_jobs(store: Store, version_id: int, *,
+               home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the clean jobs started on a version, newest first (from the run registry)."""
+    return runs.statuses(store, ["clean"], lambda p: p.get("version_id") == version_id,
+                         home=home)
+
+
+def save_clean_run(run_dir: str | Path, run, frame: pd.DataFrame) -> None:
+    """Write a CleanRun of ``frame`` into a run folder (atomically: a reader never sees half a
+    file), with the id of every row a rule hits: the preview's label precision reads those
+    rows' labels without loading the version."""
+    import orjson
+
+    from . import clean
+
+    record = clean.run_record(run)
+    hit = {int(k) for r in run.preview.rules for k in r.row_keys}
+    ids = frame[frame["row_key"].isin(hit)]
+    record["ids"] = dict(zip((str(int(k)) for k in ids["row_key"]), ids["id"]))
+    path = Path(run_dir) / CLEAN_RUN_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(record, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY))
+    tmp.replace(path)
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _clean_record(job: jobs.JobStatus) -> dict:
+    import orjson
+
+    try:
+        return orjson.loads((job.run_dir / CLEAN_RUN_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"clean run {job.run_id}: no saved result ({CLEAN_RUN_FILE}); "
+                          "preview the rules again") from None
+
+
+def clean_job_run(job: jobs.JobStatus, frame: pd.DataFrame):
+    """Return the CleanRun a finished clean job saved, its kept rows from ``frame`` (the
+    version the job read)."""
+    from . import clean
+
+    return clean.run_from_record(frame, _clean_record(job))
+
+
+def clean_job_preview(job: jobs.JobStatus) -> tuple:
+    """Return (CleanPreview, row_key and id of every row a rule hits) of a finished clean job,
+    without reading the version's rows."""
+    from . import clean
+
+    record = _clean_record(job)
+    ids = record.get("ids") or {}
+    hits = pd.DataFrame({"row_key": [int(k) for k in ids], "id": list(ids.values())})
+    return clean.preview_from_record(record), hits
+
+
+def job_matches(job: jobs.JobStatus, rules: Sequence, eval_version: int | None) -> bool:
+    """Return whether a clean job ran these rules (same options, same evaluation version)."""
+    params = job.config.get("params") or {}
+    return params.get("rules") == rule_specs(rules) and (
+        params.get("eval_version") == eval_version
+        or not any(r.name == "contamination" for r in rules))

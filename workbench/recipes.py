@@ -110,11 +110,8 @@ def _manual(operation: str, params: Mapping[str, Any], why: str) -> dict[str, An
 
 
 def _clean_step(store: Store, p: Mapping[str, Any]) -> dict[str, Any]:
-    rules = []
-    for r in p["rules"]:
-        # Eval texts and tokenizers are inputs, not options: a replay fetches them again.
-        rules.append({k: v for k, v in r.items()
-                      if k not in ("eval_texts", "eval_ids", "count_tokens")})
+    # Eval texts and tokenizers are inputs, not options: a replay fetches them again.
+    rules = [{k: v for k, v in r.items() if k not in curate.RULE_INPUTS} for r in p["rules"]]
     out: dict[str, Any] = {"step": "clean", "rules": rules}
     if p.get("eval_version") is not None:
         out["eval_version"] = store.refs().get(int(p["eval_version"]), str(p["eval_version"]))
@@ -312,7 +309,7 @@ def clean_rules(step: Mapping[str, Any], store: Store | None = None) -> list:
 
 
 def _rule(cls: type, options: dict, step: Mapping[str, Any], j: int, store: Store | None):
-    known = {f.name for f in fields(cls)} - {"eval_texts", "eval_ids", "count_tokens"}
+    known = {f.name for f in fields(cls)} - set(curate.RULE_INPUTS)
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"field 'rules[{j}]': unknown option {unknown[0]!r} of rule "

@@ -9,7 +9,7 @@ run folders hold ("workbench.train.train_task") map to these names, so such runs
 Steps never import the store, the caches or jobs (tests/test_boundaries.py): this module does
 the wiring, handing a step a ``cache.StoreCache`` where it caches.
 
-Registered: train, eval, import, loop, model_score (kind "score"), judge, embed,
+Registered: train, eval, import, loop, model_score (kind "score"), judge, embed, clean,
 pairwise_judge.
 """
 
@@ -474,6 +474,74 @@ def embed(p: EmbedParams, ctx: Any) -> dict:
                                  progress=report, device=where)
         dim = int(vectors.shape[1]) if len(vectors) else 0
     return {"rows": len(frame), "fields": fields, "dim": dim, "device": describe(where)}
+
+
+# ---------------------------------------------------------------- clean
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    """A clean job: rules (as ``curate.rule_specs`` writes them) over a version; eval_version
+    for a contamination rule; engine (local, ray); apply: also save the new version."""
+
+    store: str | None
+    version_id: int
+    rules: list
+    eval_version: int | None = None
+    engine: str = "local"
+    apply: bool = False
+    from_run: str = ""  # a finished preview job of these rules: apply its saved result
+
+
+@task("clean", CleanParams)
+def clean_rules(p: CleanParams, ctx: Any) -> dict:
+    """Run cleaning rules over a version, progress per rows x rules and named by the rule
+    being run; save the CleanRun in the run folder (and, with ``apply``, the new version)."""
+    from . import curate, recipes
+
+    store = Store(p.store)
+    frame = store.frame(int(p.version_id))
+    rules = recipes.clean_rules({"rules": p.rules, "eval_version": p.eval_version}
+                                if p.eval_version is not None else {"rules": p.rules}, store)
+    ctx.log(f"{len(rules)} rules over {len(frame)} rows of version {p.version_id} "
+            f"(engine {E.choose(p.engine, len(frame), 'clean')})")
+    current = [""]
+
+    def report(done: int, total: int, what: str) -> None:
+        if what != current[0]:  # one phase per rule: "rule 3/11 · pii 104000/572000"
+            current[0] = what
+            ctx.phase(what, total, done)
+        else:
+            ctx.progress(done, total)
+
+    if p.from_run:  # the rules ran in that preview: its saved result is the new version
+        ctx.phase("reading the preview's result")
+        run = curate.clean_job_run(jobs_status(p.from_run, ctx), frame)
+    else:
+        ctx.phase("reading rows", len(frame) * len(rules))
+        run = curate.clean_preview(frame, rules, row_progress=report, engine=p.engine,
+                                   home=E.data_folder(store.path),
+                                   cancelled=getattr(ctx, "cancelled", None))
+        ctx.check_cancel()
+        curate.save_clean_run(ctx.run_dir, run, frame)
+    out = {"rows": run.preview.total_rows, "dropped": run.preview.dropped_rows,
+           "flagged": run.preview.flagged_rows,
+           "hits": {r.name: r.rows for r in run.preview.rules}}
+    if p.apply:
+        extra = {"eval_version": p.eval_version} if p.eval_version is not None else {}
+        ctx.phase("saving the new version")
+        version = curate.apply_clean(store, int(p.version_id), frame, rules,
+                                     extra_params=extra, result=run.result)
+        ctx.log(f"saved version {version.ref} ({version.n_rows} rows)")
+        out.update(version_id=version.version_id, ref=version.ref, kept=version.n_rows)
+    return out
+
+
+def jobs_status(run_id: str, ctx: Any):
+    """Return the status of a run beside this job's own run folder."""
+    from .jobs import check_run_id, status
+
+    return status(Path(ctx.run_dir).parent / check_run_id(run_id))
 
 
 # ---------------------------------------------------------------- a judge between two runs
