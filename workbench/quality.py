@@ -151,6 +151,75 @@ def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def score_table(store: Store, version_id: int) -> pd.DataFrame:
+    """Return a version's ``row_key`` and ``id`` with its cached score columns (and
+    ``judge_reason``), as ``with_cached_scores`` gives them, without reading any row's text:
+    the Score & select page works on this (1M rows: a few numeric columns, not every message).
+    """
+    return with_cached_scores(store, store.row_ids(version_id))
+
+
+def scored_version(store: Store, version_id: int) -> pd.DataFrame:
+    """Return the whole version (texts included) with its cached scores: for the steps that read
+    the texts (the learned score, longest-k)."""
+    return with_cached_scores(store, store.frame(version_id))
+
+
+def row_texts(store: Store, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
+    """Return ``row_key``, ``prompt`` and ``response`` (their first 300 characters) of a few rows
+    of a version, in the order of ``row_keys``: what a sample shows, without the other rows."""
+    keys = [int(k) for k in row_keys]
+    rows = store.rows_of(version_id, keys).set_index("row_key")
+    return rows.reindex(keys)[["prompt", "response"]].rename_axis("row_key").reset_index()
+
+
+def threshold_preview(store: Store, version_id: int, table: pd.DataFrame,
+                      bounds: Mapping[str, tuple[float | None, float | None]], n: int = 10
+                      ) -> tuple[int, pd.DataFrame]:
+    """Return how many rows of a score table pass every bound, and the first n dropped rows
+    with the reason and detail ``threshold_filter`` gives them and their texts.
+
+    The count is one vectorized mask; reasons are written for the n shown rows only (at 1M
+    rows the full filter formats a detail for every dropped row)."""
+    keep = np.ones(len(table), dtype=bool)
+    for score, (lo, hi) in bounds.items():
+        values = table[SEL._score_column(table, score)].to_numpy(dtype=np.float64)
+        keep &= np.isfinite(values)
+        keep &= (values >= lo) if lo is not None else True
+        keep &= (values <= hi) if hi is not None else True
+    head = table.iloc[np.flatnonzero(~keep)[:n]]
+    sample = SEL.threshold_filter(head, bounds) if len(head) else None
+    dropped = sample.dropped if sample is not None else pd.DataFrame(
+        columns=["row_key", "reason", "detail"])
+    return int(keep.sum()), _with_texts(store, version_id, dropped)
+
+
+def dropped_preview(store: Store, version_id: int, selection: SEL.Selection, n: int = 10
+                    ) -> pd.DataFrame:
+    """Return ``dropped_sample`` of a selection made on a score table: the texts of the n rows
+    shown are read from the store."""
+    return _with_texts(store, version_id, selection.dropped.head(n))
+
+
+def _with_texts(store: Store, version_id: int, dropped: pd.DataFrame) -> pd.DataFrame:
+    texts = row_texts(store, version_id, dropped["row_key"].tolist())
+    head = dropped[["row_key", "reason", "detail"]].reset_index(drop=True)
+    return head.join(texts.set_index("row_key"), on="row_key")
+
+
+def scatter_points(store: Store, version_id: int, table: pd.DataFrame, x: str, y: str,
+                   n: int | None = None):
+    """Return a PlotSample of at most n rows with finite x and y (the full count stated), with
+    a one-line hover text of each sampled row's response; no other row's text is read."""
+    from .views import PLOT_POINTS, hover_texts, plot_sample
+
+    sample = plot_sample(table[["row_key", x, y]].loc[:, lambda f: ~f.columns.duplicated()],
+                         [x, y], n or PLOT_POINTS)
+    texts = row_texts(store, version_id, sample.rows["row_key"].tolist())
+    rows = sample.rows.assign(text=hover_texts(texts["response"].fillna("")))
+    return type(sample)(rows, sample.total)
+
+
 _NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
                            SEMI JOIN (SELECT DISTINCT id FROM _ids) USING (id) GROUP BY ALL),
                   best AS (SELECT scorer, arg_max(params_hash, t) AS h FROM used GROUP BY scorer)"""

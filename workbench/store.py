@@ -885,6 +885,14 @@ class Store:
                 {picked} ORDER BY vr.pos""", args).df()
         return _step_frame(df)
 
+    def row_ids(self, version_id: int) -> pd.DataFrame:
+        """Return a version's row keys and content ids (``row_key``, ``id``), in version order:
+        what a join with the caches keyed by id needs, without reading any row's text."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            return con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]).df()
+
     def rows_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
         """Return rows of a version by key, in version order, with their position (``pos``)
         and one-line previews: a few rows' texts without reading the others."""
