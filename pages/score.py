@@ -206,7 +206,7 @@ def histogram(values, title: str) -> go.Figure:
 def embedding_section(table, columns: list[str]) -> None:
     st.subheader("Embedding map")
     k = st.slider("Clusters (k-means)", 2, 20, 8, key="sc_k")
-    points, missing = quality.embedding_map(store(), table, k=k)
+    points, missing = quality.embedding_map(store(), table, k=k, version_id=version_id)
     runs = curate.embedding_jobs(store(), version_id, "conversation")
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="sc_embed")

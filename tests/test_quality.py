@@ -322,3 +322,12 @@ def test_scatter_points_sample_with_the_full_count_and_only_their_texts(store, v
     assert sample.rows["text"].tolist() == [by_key[k][:100] for k in sample.rows["row_key"]]
     everything = Q.scatter_points(store, version, table, "length_score", "length_score")
     assert everything.total == len(ANSWERS) and everything.caption == "All 6 rows."
+
+
+def test_embedding_map_of_a_version_counts_missing_rows_without_loading_vectors(
+        store, version, monkeypatch):
+    table = Q.score_table(store, version)
+    embed_frame(store, store.frame(version).head(4), encoder=tiny_embedder())
+    monkeypatch.setattr(Q.curate, "version_embeddings",
+                        lambda *a, **k: pytest.fail("rows lack embeddings: no vector loads"))
+    assert Q.embedding_map(store, table, version_id=version) == (None, 2)

@@ -360,14 +360,22 @@ def scoring_jobs(store: Store, version_id: int, *, home: str | Path | None = Non
 # --- the embedding map --------------------------------------------------------------------------
 
 def embedding_map(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
-                  model: str = "default", k: int = 8) -> tuple[pd.DataFrame | None, int]:
-    """Return (row_key, x, y, cluster per row, or None while rows lack embeddings; missing)."""
+                  model: str = "default", k: int = 8, version_id: int | None = None
+                  ) -> tuple[pd.DataFrame | None, int]:
+    """Return (row_key, x, y, cluster per row, or None while rows lack embeddings; missing).
+
+    With ``version_id`` (the frame is that version's rows), rows without an embedding are
+    counted in the store first, so a page that reruns while rows lack them loads no vector."""
     cached = _map_file(store, frame, field=field, model=model, k=k)
     if cached is not None and cached.exists():
         # Same content ids, model, field and k give the same map: reopening reads one file
         # instead of loading every vector and projecting again (52k rows: seconds saved).
         points = pd.read_parquet(cached)
         return points.assign(row_key=frame["row_key"].to_numpy()), 0
+    if version_id is not None:
+        missing = curate.missing_embeddings(store, version_id, field=field, model=model)
+        if missing:
+            return None, missing
     vectors, missing = curate.version_embeddings(store, frame, field=field, model=model)
     if vectors is None:
         return None, missing
