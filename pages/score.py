@@ -285,7 +285,7 @@ def labels_section(frame) -> None:
     st.caption(f"{info.good:,} good and {info.bad:,} bad labels on this version. AUROC: how "
                "often a bad row scores worse than a good one in the score's declared "
                "direction (0.5 = chance; below 0.5 = the declared direction is wrong here).")
-    agreement = labelling.signal_table(store(), frame)
+    agreement = labelling.version_signal_table(store(), version_id, frame)
     if len(agreement):
         st.dataframe(agreement, hide_index=True, key="sc_agreement", column_config={
             "auroc": st.column_config.NumberColumn("AUROC", format="%.3f"),
@@ -398,22 +398,22 @@ judge_form()
 jobs_panel()
 fingerprint = scores_fingerprint(store())
 try:
-    frame = score_table(str(store().path), version_id, fingerprint)
+    table = score_table(str(store().path), version_id, fingerprint)
 except WorkbenchError as e:
     show_error(e)
     st.stop()
-columns = quality.score_columns(frame)
+columns = quality.score_columns(table)
 if columns:
-    charts(frame, columns)
+    charts(table, columns)
 else:
     st.info("No scores yet: pick scorers above and press Score now.")
 try:
-    labels_section(frame)
-    embedding_section(frame, columns)
-    weights, directions = weights_form(frame, columns) if columns else ({}, {})
-    bounds = thresholds_form(frame, columns) if columns else {}
+    labels_section(table)
+    embedding_section(table, columns)
+    weights, directions = weights_form(table, columns) if columns else ({}, {})
+    bounds = thresholds_form(table, columns) if columns else {}
     options = selection_form(columns, weights, bounds, directions)
     if options is not None:
-        preview_and_apply(frame, options)
+        preview_and_apply(table, options)
 except WorkbenchError as e:
     show_error(e)

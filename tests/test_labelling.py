@@ -262,3 +262,14 @@ def test_queue_rows_beyond_the_limit_are_the_sample_frame_rows(store, monkeypatc
     monkeypatch.setattr(labelling, "QUEUE_ROWS", 50)
     sample = store.sample_frame(vid, 50)
     assert labelling.queue_rows(store, vid)["row_key"].tolist() == sample["row_key"].tolist()
+
+
+def test_the_signal_table_of_a_score_table_reads_only_labelled_rows_and_agrees(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist()[:120])
+    scored = quality.score_heuristics(store, frame, quality.heuristic_specs(["length", "overlap"]))
+    expected = labelling.signal_table(store, scored)
+    got = labelling.version_signal_table(store, vid, quality.score_table(store, vid))
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.set_index("score").loc["length_score", "labelled"] == 120

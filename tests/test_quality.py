@@ -324,6 +324,15 @@ def test_scatter_points_sample_with_the_full_count_and_only_their_texts(store, v
     assert everything.total == len(ANSWERS) and everything.caption == "All 6 rows."
 
 
+def test_changing_the_scatter_s_axes_reads_no_text_again(store, version, monkeypatch):
+    scored(store, version)
+    table = Q.score_table(store, version)
+    first = Q.scatter_points(store, version, table, "length_score", "repetition_score", n=4)
+    monkeypatch.setattr(Q, "row_texts", lambda *a: pytest.fail("the same rows' texts again"))
+    swapped = Q.scatter_points(store, version, table, "repetition_score", "length_score", n=4)
+    assert swapped.rows["text"].tolist() == first.rows["text"].tolist()
+
+
 def test_embedding_map_of_a_version_counts_missing_rows_without_loading_vectors(
         store, version, monkeypatch):
     table = Q.score_table(store, version)

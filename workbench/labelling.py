@@ -819,6 +819,14 @@ def signal_table(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAU
     return L.signal_agreement(labelled[columns], y, better)
 
 
+def version_signal_table(store: Store, version_id: int, table: pd.DataFrame, *,
+                         label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
+    """Return ``signal_table`` of a version's score table (``quality.score_table``), reading
+    the labels of its labelled rows only: every other row would be dropped by it anyway."""
+    labelled = version_labels(store, version_id, label_set=label_set)["row_key"]
+    return signal_table(store, table[table["row_key"].isin(labelled)], label_set=label_set)
+
+
 def fitted_weights(store: Store, frame: pd.DataFrame, columns: Sequence[str], *,
                    label_set: str = LB.DEFAULT_SET) -> tuple[dict[str, float], dict[str, str]]:
     """Return combined-score weights and directions fitted to the labels on this frame."""

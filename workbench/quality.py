@@ -5,7 +5,10 @@ module wires them to the store, so the Score & select page and the CLI do the sa
 - heuristics run inline; model scores (perplexity, IFD) and the LLM judge run as background
   jobs (workbench.jobs). Every value is cached in the store by (row id, scorer, parameters),
   and ``with_cached_scores`` gives a version back with the newest cached score of each scorer,
-  so reopening the page costs one query, not a rescoring;
+  so reopening the page costs one query, not a rescoring; ``score_table`` is that view without
+  any text (row keys, ids, scores), which the page works on: texts are read only for the rows
+  a sample, a preview or a hover shows (``row_texts``, ``threshold_preview``,
+  ``dropped_preview``, ``scatter_points``);
 - the embedding map reuses the embedding cache and job of curate.py;
 - a selection (thresholds, then top-k, diverse top-k, per-cluster quota or longest-k) is saved
   as a new version whose params record the rule; every dropped row keeps a reason.
@@ -13,6 +16,7 @@ module wires them to the store, so the Score & select page and the CLI do the sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -211,13 +215,27 @@ def scatter_points(store: Store, version_id: int, table: pd.DataFrame, x: str, y
                    n: int | None = None):
     """Return a PlotSample of at most n rows with finite x and y (the full count stated), with
     a one-line hover text of each sampled row's response; no other row's text is read."""
-    from .views import PLOT_POINTS, hover_texts, plot_sample
+    from .views import PLOT_POINTS, plot_sample
 
     sample = plot_sample(table[["row_key", x, y]].loc[:, lambda f: ~f.columns.duplicated()],
                          [x, y], n or PLOT_POINTS)
-    texts = row_texts(store, version_id, sample.rows["row_key"].tolist())
-    rows = sample.rows.assign(text=hover_texts(texts["response"].fillna("")))
-    return type(sample)(rows, sample.total)
+    keys = tuple(sample.rows["row_key"].tolist())
+    texts = _hover_texts(store, version_id, keys) if store.path == ":memory:" else \
+        _hover_texts_of(str(store.path), version_id, keys)
+    return type(sample)(sample.rows.assign(text=texts), sample.total)
+
+
+def _hover_texts(store: Store, version_id: int, keys: tuple[int, ...]) -> list[str]:
+    from .views import hover_texts
+
+    return hover_texts(row_texts(store, version_id, keys)["response"].fillna(""))
+
+
+@functools.lru_cache(maxsize=4)
+def _hover_texts_of(store_path: str, version_id: int, keys: tuple[int, ...]) -> list[str]:
+    """Hover texts by store path: versions never change, and when every row has every score
+    each pair of axes samples the same rows, so changing an axis reads no text again."""
+    return _hover_texts(Store(store_path), version_id, keys)
 
 
 _NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
