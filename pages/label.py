@@ -18,13 +18,11 @@ LABEL_FIELDS = ("user", "assistant")
 
 @st.cache_resource(max_entries=2, show_spinner="Reading rows for the review queue…")
 def queue_sample(store_path: str, version: int):
-    """The rows the review queue draws from: all of a version up to QUEUE_ROWS, else a fixed
-    sample (versions are immutable, so the id is the key)."""
+    """The rows the review queue draws from, keys and ids only: all of a version up to
+    QUEUE_ROWS, else a fixed sample (versions are immutable, so the id is the key)."""
     from workbench.store import Store
 
-    if Store(store_path).version(version).n_rows <= labelling.QUEUE_ROWS:
-        return version_frame(store_path, version)  # the rows the other pages share
-    return Store(store_path).sample_frame(version, labelling.QUEUE_ROWS)
+    return labelling.queue_rows(Store(store_path), version)
 
 
 def whole_version():

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages.common import (
-    curation_header,
+    curation_title,
     engine_setting,
     flash,
     job_panel,
@@ -18,18 +18,18 @@ from pages.common import (
     session_cached,
     show_error,
     store,
-    version_frame,
 )
 from workbench import curate, labelling, quality
 from workbench.cache import scores_fingerprint
 from workbench.device import device_options, option_label
 from workbench.exceptions import WorkbenchError
 from workbench.judge import DEFAULT_RUBRIC, KEY_VARS_ENV, MODE_LABELS, allowed_key_vars
+from workbench.schema import prompt_text, response_text
 from workbench.score import MODEL_SCORES, SCORERS, STYLES
 from workbench.store import Store
 from workbench.views import histogram_table, hover_texts, md_escape, plot_sample
 
-_, version_id, base = curation_header("Score & select")
+_, version_id, n_rows = curation_title("Score & select")
 
 
 def describe(name: str) -> str:
@@ -64,18 +64,19 @@ def heuristics_form() -> tuple[list[str], dict]:
 def run_heuristics() -> str:
     """Heuristic scores now; returns the engine chosen, which model scoring uses too."""
     names, params = heuristics_form()
-    engine = engine_setting("sc_engine", len(base), "score",
+    engine = engine_setting("sc_engine", n_rows, "score",
                             note="It also applies to model scores (a background job); the "
                             "judge runs locally.")
     if st.button("Score now", type="primary", key="sc_run", disabled=not names):
         try:
             with progress_bar("Scoring rows") as progress:
-                quality.score_heuristics(store(), base, quality.heuristic_specs(names, params),
+                quality.score_heuristics(store(), store().frame(version_id),
+                                         quality.heuristic_specs(names, params),
                                          progress=progress, engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return engine
-        flash(f"Scored {len(base):,} rows with {', '.join(names)}.")
+        flash(f"Scored {n_rows:,} rows with {', '.join(names)}.")
         st.rerun()
     return engine
 
@@ -155,23 +156,26 @@ def jobs_panel() -> None:
                 st.dataframe(failed, hide_index=True, key=f"sc_job_errors_{job.kind}")
 
 
-def charts(frame, columns: list[str]) -> None:
+def charts(table, columns: list[str]) -> None:
     st.subheader("Scores")
-    st.dataframe(quality.score_summary(frame, columns), hide_index=True, key="sc_summary")
-    if "judge_reason" in frame:
+    st.dataframe(quality.score_summary(table, columns), hide_index=True, key="sc_summary")
+    if "judge_reason" in table:
         with st.expander("Judge scores with their reasons (the 1,000 lowest)"):
-            st.dataframe(frame[["row_key", "judge_score", "judge_reason", "prompt"]]
-                         .sort_values("judge_score").head(1_000), hide_index=True,
+            lowest = table[["row_key", "judge_score", "judge_reason"]].sort_values(
+                "judge_score").head(1_000)
+            texts = quality.row_texts(store(), version_id, lowest["row_key"].tolist())
+            st.dataframe(lowest.assign(prompt=texts["prompt"].to_numpy()), hide_index=True,
                          key="sc_reasons")
     grid = st.columns(min(3, len(columns)))
     for i, column in enumerate(columns):
-        grid[i % len(grid)].plotly_chart(histogram(frame[column], column),
+        grid[i % len(grid)].plotly_chart(histogram(table[column], column),
                                          key=f"sc_hist_{column}")
     if len(columns) >= 2:
         a, b = st.columns(2)
         x = a.selectbox("Scatter x", columns, 0, key="sc_x")
         y = b.selectbox("Scatter y", columns, 1, key="sc_y")
-        sample = plot_sample(frame, [x, y])
+        sample = session_cached("sc_points", (version_id, fingerprint, x, y), lambda:
+                                quality.scatter_points(store(), version_id, table, x, y))
         st.plotly_chart(scatter(sample.rows, x, y), key="sc_scatter")
         st.caption(sample.caption)
 
@@ -181,7 +185,7 @@ def scatter(rows, x: str, y: str) -> go.Figure:
     # numpy arrays, not lists: plotly checks a list element by element.
     points = go.Scattergl(x=rows[x].to_numpy(), y=rows[y].to_numpy(), mode="markers",
                           customdata=rows["row_key"].to_numpy(),
-                          text=np.array(hover_texts(rows["response"]), dtype=str),
+                          text=np.array(rows["text"], dtype=str),
                           hovertemplate=f"{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<br>row "
                                         "%{customdata}: %{text}<extra></extra>")
     return go.Figure(points, layout={"height": 420, "xaxis": {"title": {"text": x}},
@@ -199,10 +203,10 @@ def histogram(values, title: str) -> go.Figure:
                                   "yaxis": {"title": {"text": "rows"}}})
 
 
-def embedding_section(frame, columns: list[str]) -> None:
+def embedding_section(table, columns: list[str]) -> None:
     st.subheader("Embedding map")
     k = st.slider("Clusters (k-means)", 2, 20, 8, key="sc_k")
-    points, missing = quality.embedding_map(store(), frame, k=k)
+    points, missing = quality.embedding_map(store(), table, k=k, version_id=version_id)
     runs = curate.embedding_jobs(store(), version_id, "conversation")
     if runs and (runs[0].active or missing):
         job_panel(runs[0].run_id, key="sc_embed")
@@ -217,8 +221,9 @@ def embedding_section(frame, columns: list[str]) -> None:
         return
     colour = st.selectbox("Colour by", ["cluster", *columns], key="sc_colour")
     sample = plot_sample(points, ["x", "y"])
-    data = sample.rows.merge(frame[["row_key", "response", *columns]], on="row_key")
-    data = data.drop(columns="response").assign(text=hover_texts(data["response"]))
+    texts = quality.row_texts(store(), version_id, sample.rows["row_key"].tolist())
+    data = sample.rows.assign(text=hover_texts(texts["response"].fillna(""))).merge(
+        table[["row_key", *columns]], on="row_key")
     fig = px.scatter(data, x="x", y="y", color=colour, custom_data=["row_key"],
                      hover_data={"text": True, "row_key": True, "x": False, "y": False},
                      height=520, render_mode="webgl")
@@ -226,14 +231,14 @@ def embedding_section(frame, columns: list[str]) -> None:
     st.caption(sample.caption)
     picked = [p["customdata"][0] for p in event["selection"]["points"] if p.get("customdata")]
     if picked:
-        show_row(frame, int(picked[0]))
+        show_row(int(picked[0]))
 
 
-def show_row(frame, row_key: int) -> None:
-    row = frame[frame["row_key"] == row_key].iloc[0]
+def show_row(row_key: int) -> None:
+    example = store().row(row_key).example
     st.caption(f"row {row_key}")
-    st.text(row["prompt"][:2000])  # dataset text stays text
-    st.text(row["response"][:4000])
+    st.text(prompt_text(list(example.messages))[:2000])  # dataset text stays text
+    st.text(response_text(list(example.messages))[:4000])
 
 
 def weights_form(frame, columns: list[str]) -> tuple[dict[str, float], dict[str, str]]:
@@ -280,9 +285,9 @@ def labels_section(frame) -> None:
     st.caption(f"{info.good:,} good and {info.bad:,} bad labels on this version. AUROC: how "
                "often a bad row scores worse than a good one in the score's declared "
                "direction (0.5 = chance; below 0.5 = the declared direction is wrong here).")
-    table = labelling.signal_table(store(), frame)
-    if len(table):
-        st.dataframe(table, hide_index=True, key="sc_agreement", column_config={
+    agreement = labelling.version_signal_table(store(), version_id, frame)
+    if len(agreement):
+        st.dataframe(agreement, hide_index=True, key="sc_agreement", column_config={
             "auroc": st.column_config.NumberColumn("AUROC", format="%.3f"),
             "low": st.column_config.NumberColumn("95% CI low", format="%.3f"),
             "high": st.column_config.NumberColumn("95% CI high", format="%.3f"),
@@ -292,7 +297,8 @@ def labels_section(frame) -> None:
     if a.button("Train the learned score", key="sc_learn", icon=":material/school:"):
         try:
             with st.spinner("Training on your labels…"):
-                result = labelling.train_learned(store(), version_id, frame)
+                result = labelling.train_learned(
+                    store(), version_id, quality.scored_version(store(), version_id))
         except WorkbenchError as e:
             show_error(e)
             return
@@ -320,9 +326,9 @@ def thresholds_form(frame, columns: list[str]) -> dict[str, tuple]:
         bounds[column] = (low if low > lo else None, high if high < hi else None)
     bounds = {c: b for c, b in bounds.items() if b != (None, None)}
     if bounds:
-        passed = quality.select_rows(frame, quality.SelectOptions("threshold", bounds=bounds))
-        st.metric("Rows within the thresholds", f"{len(passed.kept):,} of {len(frame):,}")
-        st.dataframe(quality.dropped_sample(frame, passed), hide_index=True, key="sc_t_dropped")
+        passed, dropped = quality.threshold_preview(store(), version_id, frame, bounds)
+        st.metric("Rows within the thresholds", f"{passed:,} of {len(frame):,}")
+        st.dataframe(dropped, hide_index=True, key="sc_t_dropped")
     return bounds
 
 
@@ -343,7 +349,7 @@ def selection_form(columns: list[str], weights: dict, bounds: dict, directions: 
             return None
         return quality.SelectOptions(method=method, bounds=bounds, weights=weights,
                                      directions=directions)
-    k = b.number_input("k (rows to keep)", 1, max(1, len(base)), min(100, max(1, len(base))),
+    k = b.number_input("k (rows to keep)", 1, max(1, n_rows), min(100, max(1, n_rows)),
                        key="sc_kk")
     ranks = ([quality.COMBINED] if weights else []) + columns
     score = b.selectbox("Rank by", ranks, key="sc_rank") \
@@ -360,15 +366,19 @@ def selection_form(columns: list[str], weights: dict, bounds: dict, directions: 
                                  n_clusters=int(clusters))
 
 
-def preview_and_apply(frame, options: quality.SelectOptions) -> None:
+def preview_and_apply(table, options: quality.SelectOptions) -> None:
     rule = json.dumps(options.params(), sort_keys=True, default=str)
-    selection = session_cached("sc_preview", (version_id, scores_fingerprint(store()), rule),
+    # Longest-k ranks by the responses' text: only that method reads every row's text.
+    frame = quality.scored_version(store(), version_id) if options.method == "longest" \
+        else table
+    selection = session_cached("sc_preview", (version_id, fingerprint, rule),
                                lambda: quality.preview_selection(store(), frame, options))
     a, b = st.columns(2)
     a.metric("Rows kept", f"{len(selection.kept):,}")
     b.metric("Rows dropped", f"{len(selection.dropped):,}")
     st.caption("A sample of rows that would be dropped, with the reason")
-    st.dataframe(quality.dropped_sample(frame, selection), hide_index=True, key="sc_dropped")
+    st.dataframe(quality.dropped_preview(store(), version_id, selection), hide_index=True,
+                 key="sc_dropped")
     if st.button("Apply as a new version", type="primary", key="sc_apply"):
         version = quality.apply_selection(store(), version_id, frame, options)
         flash(f"Selected {version.n_rows:,} rows into {version.ref}.")
@@ -376,33 +386,34 @@ def preview_and_apply(frame, options: quality.SelectOptions) -> None:
 
 
 @st.cache_resource(max_entries=2, show_spinner="Reading the cached scores…")
-def scored_frame(store_path: str, version_id: int, fingerprint: tuple):
-    """The version's rows with their cached scores, until a score is added (the fingerprint of
-    the score cache changes): reruns share it instead of querying every row's scores again."""
-    return quality.with_cached_scores(Store(store_path), version_frame(store_path, version_id))
+def score_table(store_path: str, version_id: int, fingerprint: tuple):
+    """The version's row keys and ids with their cached scores (no text), until a score is
+    added (the fingerprint of the score cache changes): reruns share it."""
+    return quality.score_table(Store(store_path), version_id)
 
 
 engine = run_heuristics()
 model_form(engine)
 judge_form()
 jobs_panel()
+fingerprint = scores_fingerprint(store())
 try:
-    frame = scored_frame(str(store().path), version_id, scores_fingerprint(store()))
+    table = score_table(str(store().path), version_id, fingerprint)
 except WorkbenchError as e:
     show_error(e)
     st.stop()
-columns = quality.score_columns(frame)
+columns = quality.score_columns(table)
 if columns:
-    charts(frame, columns)
+    charts(table, columns)
 else:
     st.info("No scores yet: pick scorers above and press Score now.")
 try:
-    labels_section(frame)
-    embedding_section(frame, columns)
-    weights, directions = weights_form(frame, columns) if columns else ({}, {})
-    bounds = thresholds_form(frame, columns) if columns else {}
+    labels_section(table)
+    embedding_section(table, columns)
+    weights, directions = weights_form(table, columns) if columns else ({}, {})
+    bounds = thresholds_form(table, columns) if columns else {}
     options = selection_form(columns, weights, bounds, directions)
     if options is not None:
-        preview_and_apply(frame, options)
+        preview_and_apply(table, options)
 except WorkbenchError as e:
     show_error(e)

@@ -240,3 +240,36 @@ def test_rule_seeds_of_a_big_version_come_from_a_fixed_sample(store, monkeypatch
     for source in rules:  # positions in the whole frame, of sampled rows only
         assert {position[k] for k in sampled} >= set(source.rows.tolist())
     assert [s.name for s in again] == [s.name for s in sources]
+
+
+def test_a_queue_over_keys_and_ids_picks_what_a_queue_over_the_texts_picks(store):
+    vid, truth = dataset(store, n=200)
+    full, narrow = store.frame(vid), labelling.queue_rows(store, vid)
+    assert list(narrow.columns) == ["row_key", "id"]
+    assert narrow["row_key"].tolist() == full["row_key"].tolist()
+    options = labelling.QueueOptions(n=10)
+    seeds = labelling.next_rows(store, vid, narrow, options)
+    assert seeds.stage == "seeds"
+    pd.testing.assert_frame_equal(seeds.rows, labelling.next_rows(store, vid, full, options).rows)
+    oracle(store, vid, truth, full["row_key"].tolist()[:60])
+    model = labelling.next_rows(store, vid, narrow, options)
+    assert model.stage == "model"
+    pd.testing.assert_frame_equal(model.rows, labelling.next_rows(store, vid, full, options).rows)
+
+
+def test_queue_rows_beyond_the_limit_are_the_sample_frame_rows(store, monkeypatch):
+    vid, _ = dataset(store, n=120)
+    monkeypatch.setattr(labelling, "QUEUE_ROWS", 50)
+    sample = store.sample_frame(vid, 50)
+    assert labelling.queue_rows(store, vid)["row_key"].tolist() == sample["row_key"].tolist()
+
+
+def test_the_signal_table_of_a_score_table_reads_only_labelled_rows_and_agrees(store):
+    vid, truth = dataset(store)
+    frame = store.frame(vid)
+    oracle(store, vid, truth, frame["row_key"].tolist()[:120])
+    scored = quality.score_heuristics(store, frame, quality.heuristic_specs(["length", "overlap"]))
+    expected = labelling.signal_table(store, scored)
+    got = labelling.version_signal_table(store, vid, quality.score_table(store, vid))
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.set_index("score").loc["length_score", "labelled"] == 120

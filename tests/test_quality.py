@@ -275,3 +275,68 @@ def test_judge_job_learns_the_mode_once_and_warns_when_most_rows_fail(store, ver
     assert result["warning"].startswith("6 of 6 rows (100%) were not judged. Most common error "
                                         "(6 rows): no score in the judge's answer")
     assert any(m.startswith("warning: 6 of 6 rows") for m in messages)
+
+
+# --- the score table: what Score & select reads instead of the whole version -------------------
+
+def test_score_table_has_the_scores_of_the_full_frame_without_any_text(store, version):
+    full = scored(store, version)
+    table = Q.score_table(store, version)
+    assert list(table.columns) == ["row_key", "id", "length_score", "repetition_score"]
+    pd.testing.assert_frame_equal(table, full[list(table.columns)])
+    pd.testing.assert_frame_equal(Q.score_summary(table), Q.score_summary(full))
+
+
+def test_threshold_preview_counts_and_drops_what_the_full_filter_does(store, version):
+    full = scored(store, version)
+    table = Q.score_table(store, version)
+    bounds = {"length_score": (2.0, 12.0), "repetition": (None, 0.5)}
+    selection = Q.select_rows(full, Q.SelectOptions("threshold", bounds=bounds))
+    passed, dropped = Q.threshold_preview(store, version, table, bounds, n=3)
+    assert passed == len(selection.kept) == 3
+    expected = Q.dropped_sample(full, selection, n=3)
+    pd.testing.assert_frame_equal(dropped[["row_key", "reason", "detail"]],
+                                  expected[["row_key", "reason", "detail"]])
+    assert dropped["response"].tolist() == expected["response"].tolist()  # short: not cut
+
+
+def test_top_k_on_the_score_table_keeps_the_rows_the_full_frame_keeps(store, version):
+    full = scored(store, version)
+    table = Q.score_table(store, version)
+    options = Q.SelectOptions("top_k", k=2, score="length")
+    on_table = Q.preview_selection(store, table, options)
+    on_full = Q.preview_selection(store, full, options)
+    assert on_table.kept["row_key"].tolist() == on_full.kept["row_key"].tolist()
+    assert len(on_table.kept) == 2
+    pd.testing.assert_frame_equal(Q.dropped_preview(store, version, on_table, n=4),
+                                  Q.dropped_sample(full, on_full, n=4))
+
+
+def test_scatter_points_sample_with_the_full_count_and_only_their_texts(store, version):
+    scored(store, version)
+    table = Q.score_table(store, version)
+    sample = Q.scatter_points(store, version, table, "length_score", "repetition_score", n=4)
+    assert (len(sample.rows), sample.total) == (4, len(ANSWERS))
+    assert "4 of 6 rows" in sample.caption
+    by_key = dict(zip(table["row_key"], ANSWERS))
+    assert sample.rows["text"].tolist() == [by_key[k][:100] for k in sample.rows["row_key"]]
+    everything = Q.scatter_points(store, version, table, "length_score", "length_score")
+    assert everything.total == len(ANSWERS) and everything.caption == "All 6 rows."
+
+
+def test_changing_the_scatter_s_axes_reads_no_text_again(store, version, monkeypatch):
+    scored(store, version)
+    table = Q.score_table(store, version)
+    first = Q.scatter_points(store, version, table, "length_score", "repetition_score", n=4)
+    monkeypatch.setattr(Q, "row_texts", lambda *a: pytest.fail("the same rows' texts again"))
+    swapped = Q.scatter_points(store, version, table, "repetition_score", "length_score", n=4)
+    assert swapped.rows["text"].tolist() == first.rows["text"].tolist()
+
+
+def test_embedding_map_of_a_version_counts_missing_rows_without_loading_vectors(
+        store, version, monkeypatch):
+    table = Q.score_table(store, version)
+    embed_frame(store, store.frame(version).head(4), encoder=tiny_embedder())
+    monkeypatch.setattr(Q.curate, "version_embeddings",
+                        lambda *a, **k: pytest.fail("rows lack embeddings: no vector loads"))
+    assert Q.embedding_map(store, table, version_id=version) == (None, 2)

@@ -198,3 +198,12 @@ def test_a_queue_over_a_sample_leaves_the_cached_learned_score_alone(store):
     assert queue.stage == "model" and len(queue.rows) == 20 and cached() == 0
     queue = labelling.next_rows(store, vid, frame)
     assert queue.stage == "model" and cached() == frame["id"].nunique()
+
+
+def test_row_ids_and_frame_of_read_the_frame_s_keys_and_rows(store):
+    vid = version(store, 10)
+    frame = store.frame(vid)
+    pd.testing.assert_frame_equal(store.row_ids(vid), frame[["row_key", "id"]])
+    keys = frame["row_key"].tolist()
+    some = store.frame_of(vid, [keys[7], keys[2], keys[4]])
+    pd.testing.assert_frame_equal(some, frame.iloc[[2, 4, 7]].reset_index(drop=True))

@@ -614,11 +614,13 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
         # A queue drawn from a sample of the version must not leave the cached learned score
         # fresh on the sample and stale elsewhere: only a queue over every row saves it.
         every_row = len(frame) >= store.version(version_id).n_rows
+        frame = with_texts(store, version_id, frame)  # the features read every row's text
         result, p_bad = _train(store, version_id, frame, options.label_set, options.config,
                                save=every_row)
         picks = L.pick_queue(p_bad, candidates, options.n, vectors=vectors, mix=options.mix,
                              seed=options.seed + len(done))
-        return Queue(_queue_frame(frame, picks, p_bad), "model", result, good, bad)
+        return Queue(_queue_frame(store, version_id, frame, picks, p_bad), "model", result,
+                     good, bad)
     sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed,
                            progress=progress)
     labelled_rows = set(range(len(frame))) - set(candidates.tolist())
@@ -628,7 +630,8 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     message = (f"{good} good and {bad} bad labels so far: the learned score starts at {need} "
                f"of each; until then rows come from cleaning-rule hits, extreme scores, your "
                "search and random rows")
-    return Queue(_queue_frame(frame, picks, None), "seeds", None, good, bad, message)
+    return Queue(_queue_frame(store, version_id, frame, picks, None), "seeds", None, good, bad,
+                 message)
 
 
 def _cached_learned(store: Store, frame: pd.DataFrame, label_set: str) -> np.ndarray:
@@ -648,10 +651,32 @@ def _diversity_vectors(store: Store, frame: pd.DataFrame) -> np.ndarray | None:
     return None
 
 
-def _queue_frame(frame: pd.DataFrame, picks: list[L.Pick], p_bad: np.ndarray | None
-                 ) -> pd.DataFrame:
+def queue_rows(store: Store, version_id: int) -> pd.DataFrame:
+    """Return the rows the review queue draws from, as keys and ids only (``row_key``, ``id``,
+    version order): all of a version up to QUEUE_ROWS, else the fixed sample
+    ``Store.sample_frame`` takes. ``next_rows`` reads the texts of the rows it needs."""
+    rows = store.row_ids(version_id)
+    if len(rows) <= QUEUE_ROWS:
+        return rows
+    at = np.sort(np.random.default_rng(0).choice(len(rows), QUEUE_ROWS, replace=False))
+    return rows.iloc[at].reset_index(drop=True)
+
+
+def with_texts(store: Store, version_id: int, frame: pd.DataFrame) -> pd.DataFrame:
+    """Return the frame's rows as a step DataFrame (texts included): the frame itself when it
+    has them, else those rows read from the store (a queue frame may hold only keys and ids)."""
+    if "messages" in frame.columns:
+        return frame
+    return store.frame_of(version_id, frame["row_key"].tolist())
+
+
+def _queue_frame(store: Store, version_id: int, frame: pd.DataFrame, picks: list[L.Pick],
+                 p_bad: np.ndarray | None) -> pd.DataFrame:
     idx = [p.index for p in picks]
-    out = frame.iloc[idx][["row_key", "id", "messages", "prompt", "response"]].copy()
+    # Only the picked rows' texts are read: the queue may rank rows by keys and ids alone.
+    picked = with_texts(store, version_id, frame.iloc[idx]).set_index("row_key")
+    out = picked.loc[frame["row_key"].iloc[idx].to_numpy()].reset_index()[
+        ["row_key", "id", "messages", "prompt", "response"]]
     out["source"] = [p.source for p in picks]
     out["why"] = [p.why for p in picks]
     out["p_bad"] = p_bad[idx] if p_bad is not None else np.nan
@@ -668,7 +693,8 @@ def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: 
     sources = []
     flagged = store.flagged(version_id)
     hits = flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
-        rule_hits(store, _seed_scan_rows(frame), progress=progress)
+        rule_hits(store, _seed_scan_rows(frame), progress=progress,
+                  texts=lambda rows: with_texts(store, version_id, rows))
     for rule, group in hits.groupby("rule", sort=False):
         at = position.reindex(group["row_key"].astype(int)).dropna().astype(int).to_numpy()
         sources.append(L.SeedSource(f"rule:{rule}", at,
@@ -715,9 +741,12 @@ def _extremes(scores: pd.DataFrame) -> L.SeedSource:
 # --- rule hits and agreement with labels ---------------------------------------------------------
 
 def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
-              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+              progress: Callable[[str], None] | None = None,
+              texts: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Return (row_key, rule, detail) for every row a drop or flag rule hits (default rules),
-    plus rows a cleaning step flagged for review; cached on disk by content ids."""
+    plus rows a cleaning step flagged for review; cached on disk by content ids. ``texts``
+    gives the rows with their texts when the frame has only keys and ids (read only when the
+    hits are not cached)."""
     from . import clean
 
     rules = [r for r in (rules if rules is not None else clean.default_rules())
@@ -728,7 +757,7 @@ def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
     if path is not None and path.exists():
         by_id = pd.read_parquet(path)
     else:
-        by_id = _scan_rules(frame, rules, progress)
+        by_id = _scan_rules(texts(frame) if texts else frame, rules, progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
@@ -788,6 +817,14 @@ def signal_table(store: Store, frame: pd.DataFrame, *, label_set: str = LB.DEFAU
     y = (labelled["label"] == "bad").astype(int).to_numpy()
     better = {c: direction_of(c) or "higher" for c in columns}
     return L.signal_agreement(labelled[columns], y, better)
+
+
+def version_signal_table(store: Store, version_id: int, table: pd.DataFrame, *,
+                         label_set: str = LB.DEFAULT_SET) -> pd.DataFrame:
+    """Return ``signal_table`` of a version's score table (``quality.score_table``), reading
+    the labels of its labelled rows only: every other row would be dropped by it anyway."""
+    labelled = version_labels(store, version_id, label_set=label_set)["row_key"]
+    return signal_table(store, table[table["row_key"].isin(labelled)], label_set=label_set)
 
 
 def fitted_weights(store: Store, frame: pd.DataFrame, columns: Sequence[str], *,

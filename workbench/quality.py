@@ -5,7 +5,10 @@ module wires them to the store, so the Score & select page and the CLI do the sa
 - heuristics run inline; model scores (perplexity, IFD) and the LLM judge run as background
   jobs (workbench.jobs). Every value is cached in the store by (row id, scorer, parameters),
   and ``with_cached_scores`` gives a version back with the newest cached score of each scorer,
-  so reopening the page costs one query, not a rescoring;
+  so reopening the page costs one query, not a rescoring; ``score_table`` is that view without
+  any text (row keys, ids, scores), which the page works on: texts are read only for the rows
+  a sample, a preview or a hover shows (``row_texts``, ``threshold_preview``,
+  ``dropped_preview``, ``scatter_points``);
 - the embedding map reuses the embedding cache and job of curate.py;
 - a selection (thresholds, then top-k, diverse top-k, per-cluster quota or longest-k) is saved
   as a new version whose params record the rule; every dropped row keeps a reason.
@@ -13,6 +16,7 @@ module wires them to the store, so the Score & select page and the CLI do the sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +153,89 @@ def with_cached_scores(store: Store, frame: pd.DataFrame) -> pd.DataFrame:
     if reasons is not None:  # the judge's one-line reason travels with its score
         out["judge_reason"] = frame["id"].map(reasons).fillna("")
     return out
+
+
+def score_table(store: Store, version_id: int) -> pd.DataFrame:
+    """Return a version's ``row_key`` and ``id`` with its cached score columns (and
+    ``judge_reason``), as ``with_cached_scores`` gives them, without reading any row's text:
+    the Score & select page works on this (1M rows: a few numeric columns, not every message).
+    """
+    return with_cached_scores(store, store.row_ids(version_id))
+
+
+def scored_version(store: Store, version_id: int) -> pd.DataFrame:
+    """Return the whole version (texts included) with its cached scores: for the steps that read
+    the texts (the learned score, longest-k)."""
+    return with_cached_scores(store, store.frame(version_id))
+
+
+def row_texts(store: Store, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
+    """Return ``row_key``, ``prompt`` and ``response`` (their first 300 characters) of a few rows
+    of a version, in the order of ``row_keys``: what a sample shows, without the other rows."""
+    keys = [int(k) for k in row_keys]
+    rows = store.rows_of(version_id, keys).set_index("row_key")
+    return rows.reindex(keys)[["prompt", "response"]].rename_axis("row_key").reset_index()
+
+
+def threshold_preview(store: Store, version_id: int, table: pd.DataFrame,
+                      bounds: Mapping[str, tuple[float | None, float | None]], n: int = 10
+                      ) -> tuple[int, pd.DataFrame]:
+    """Return how many rows of a score table pass every bound, and the first n dropped rows
+    with the reason and detail ``threshold_filter`` gives them and their texts.
+
+    The count is one vectorized mask; reasons are written for the n shown rows only (at 1M
+    rows the full filter formats a detail for every dropped row)."""
+    keep = np.ones(len(table), dtype=bool)
+    for score, (lo, hi) in bounds.items():
+        values = table[SEL._score_column(table, score)].to_numpy(dtype=np.float64)
+        keep &= np.isfinite(values)
+        keep &= (values >= lo) if lo is not None else True
+        keep &= (values <= hi) if hi is not None else True
+    head = table.iloc[np.flatnonzero(~keep)[:n]]
+    sample = SEL.threshold_filter(head, bounds) if len(head) else None
+    dropped = sample.dropped if sample is not None else pd.DataFrame(
+        columns=["row_key", "reason", "detail"])
+    return int(keep.sum()), _with_texts(store, version_id, dropped)
+
+
+def dropped_preview(store: Store, version_id: int, selection: SEL.Selection, n: int = 10
+                    ) -> pd.DataFrame:
+    """Return ``dropped_sample`` of a selection made on a score table: the texts of the n rows
+    shown are read from the store."""
+    return _with_texts(store, version_id, selection.dropped.head(n))
+
+
+def _with_texts(store: Store, version_id: int, dropped: pd.DataFrame) -> pd.DataFrame:
+    texts = row_texts(store, version_id, dropped["row_key"].tolist())
+    head = dropped[["row_key", "reason", "detail"]].reset_index(drop=True)
+    return head.join(texts.set_index("row_key"), on="row_key")
+
+
+def scatter_points(store: Store, version_id: int, table: pd.DataFrame, x: str, y: str,
+                   n: int | None = None):
+    """Return a PlotSample of at most n rows with finite x and y (the full count stated), with
+    a one-line hover text of each sampled row's response; no other row's text is read."""
+    from .views import PLOT_POINTS, plot_sample
+
+    sample = plot_sample(table[["row_key", x, y]].loc[:, lambda f: ~f.columns.duplicated()],
+                         [x, y], n or PLOT_POINTS)
+    keys = tuple(sample.rows["row_key"].tolist())
+    texts = _hover_texts(store, version_id, keys) if store.path == ":memory:" else \
+        _hover_texts_of(str(store.path), version_id, keys)
+    return type(sample)(sample.rows.assign(text=texts), sample.total)
+
+
+def _hover_texts(store: Store, version_id: int, keys: tuple[int, ...]) -> list[str]:
+    from .views import hover_texts
+
+    return hover_texts(row_texts(store, version_id, keys)["response"].fillna(""))
+
+
+@functools.lru_cache(maxsize=4)
+def _hover_texts_of(store_path: str, version_id: int, keys: tuple[int, ...]) -> list[str]:
+    """Hover texts by store path: versions never change, and when every row has every score
+    each pair of axes samples the same rows, so changing an axis reads no text again."""
+    return _hover_texts(Store(store_path), version_id, keys)
 
 
 _NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM scores
@@ -291,14 +378,22 @@ def scoring_jobs(store: Store, version_id: int, *, home: str | Path | None = Non
 # --- the embedding map --------------------------------------------------------------------------
 
 def embedding_map(store: Store, frame: pd.DataFrame, *, field: str = "conversation",
-                  model: str = "default", k: int = 8) -> tuple[pd.DataFrame | None, int]:
-    """Return (row_key, x, y, cluster per row, or None while rows lack embeddings; missing)."""
+                  model: str = "default", k: int = 8, version_id: int | None = None
+                  ) -> tuple[pd.DataFrame | None, int]:
+    """Return (row_key, x, y, cluster per row, or None while rows lack embeddings; missing).
+
+    With ``version_id`` (the frame is that version's rows), rows without an embedding are
+    counted in the store first, so a page that reruns while rows lack them loads no vector."""
     cached = _map_file(store, frame, field=field, model=model, k=k)
     if cached is not None and cached.exists():
         # Same content ids, model, field and k give the same map: reopening reads one file
         # instead of loading every vector and projecting again (52k rows: seconds saved).
         points = pd.read_parquet(cached)
         return points.assign(row_key=frame["row_key"].to_numpy()), 0
+    if version_id is not None:
+        missing = curate.missing_embeddings(store, version_id, field=field, model=model)
+        if missing:
+            return None, missing
     vectors, missing = curate.version_embeddings(store, frame, field=field, model=model)
     if vectors is None:
         return None, missing

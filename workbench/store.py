@@ -885,6 +885,27 @@ class Store:
                 {picked} ORDER BY vr.pos""", args).df()
         return _step_frame(df)
 
+    def row_ids(self, version_id: int) -> pd.DataFrame:
+        """Return a version's row keys and content ids (``row_key``, ``id``), in version order:
+        what a join with the caches keyed by id needs, without reading any row's text."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            return con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]).df()
+
+    def frame_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
+        """Return, as a step DataFrame in version order, the rows of a version with these keys:
+        ``frame`` for some rows (the texts a step needs) without reading the others."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            con.register("_keys", pa.table({"row_key": pa.array(
+                [int(k) for k in row_keys], pa.int64())}))
+            df = con.execute("""SELECT r.row_key, r.id, r.messages, r.metadata, r.tags, r.note
+                FROM version_rows vr SEMI JOIN _keys USING (row_key) JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]).df()
+            con.unregister("_keys")
+        return _step_frame(df)
+
     def rows_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
         """Return rows of a version by key, in version order, with their position (``pos``)
         and one-line previews: a few rows' texts without reading the others."""
