@@ -19,7 +19,6 @@ import pandas as pd
 from . import clean
 from . import score as S
 from .dedup import field_texts
-from .schema import StepResult
 
 # --- cleaning -------------------------------------------------------------------------------
 
@@ -62,17 +61,13 @@ def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[cl
     preview = clean.CleanPreview(len(rows), sum(hit_drop), reports,
                                  sum(f and not d for f, d in zip(hit_flag, hit_drop)))
     alive = [i for i, r in enumerate(rows) if r["drop"] is None]
-    survivors = set(alive)
     dropped = [(i, *r["drop"]) for i, r in enumerate(rows) if r["drop"] is not None]
     changes = [(i, *c) for i, r in enumerate(rows) for c in r["changes"]]
     flagged = [(i, *f) for i, r in enumerate(rows) for f in r["flags"]]
     convs = [r["messages"] for r in rows]  # None where no rule changed the row
     changed = {i for i, m in enumerate(convs) if m is not None}
-    result = StepResult(clean._kept(frame, alive, convs, changed),
-                        clean._dropped_frame(dropped, keys),
-                        clean._notes_frame(changes, keys, survivors),
-                        clean._notes_frame(flagged, keys, survivors))
-    return clean.CleanRun(preview, result)
+    return clean.CleanRun(preview, clean.step_result(frame, alive, convs, changed, dropped,
+                                                     changes, flagged))
 
 
 def _reports(rules: Sequence[clean.Rule], rows: list[dict], keys: list, samples: int
