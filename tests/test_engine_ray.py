@@ -164,14 +164,18 @@ def test_eval_generations_are_the_same_on_ray(use_ray, stores, tmp_path):
     from workbench import evaluation
     from workbench.evaluate import GenerationConfig
 
-    predictions = {}
+    predictions, results = {}, {}
     for name, store in stores.items():
         home = tmp_path / name
         job = evaluation.start_eval(store, "support", model="tiny", limit=EVAL_ROWS,
                                     generation=GenerationConfig(max_new_tokens=6),
                                     similarity=False, home=home, inline=True, engine=name)
         assert job.state == "done" and job.result["rows"] == EVAL_ROWS
+        results[name] = job.result
         predictions[name] = evaluation.run_predictions(job.run_id, home=home)
+    # The record names where the workers ran, in the precision they loaded (the CPU: fp32).
+    assert results["ray"]["device"].startswith("ray (cpu (")
+    assert results["ray"]["precision"] == results["local"]["precision"] == "fp32"
     assert predictions["ray"]["prediction"].tolist() == \
         predictions["local"]["prediction"].tolist()  # greedy, the same batch: the same text
     pd.testing.assert_frame_equal(predictions["ray"], predictions["local"])

@@ -135,20 +135,25 @@ def model_score_batch(batch: pd.DataFrame, lm: Any, *, scores: Sequence[str], ma
 
 # --- eval generation ----------------------------------------------------------------------
 
-def load_generator(spec: Any) -> Any:
-    """Return (model, tokenizer) as the eval job loads them (once per actor)."""
+def load_generator(spec: Any, precision: str = "auto") -> Any:
+    """Return (model, tokenizer) as the eval job loads them (once per actor), on the device
+    this worker's policy picks ("auto"), in ``precision``."""
     from .evaluate import load_eval_model
 
-    return load_eval_model(spec)
+    return load_eval_model(spec, precision=precision)
 
 
 def generate_batch(batch: pd.DataFrame, lm: Any, *, config: dict) -> pd.DataFrame:
-    """Return one generation per row (text, token ids, hit_max as JSON) and the device."""
+    """Return one generation per row (text, token ids, hit_max as JSON), and the device (as
+    device.describe names it on this worker) and precision the model ran in."""
+    from .device import describe, precision_name
     from .evaluate import GenerationConfig
     from .evaluate import generate_batch as generate
 
     made = generate(lm[0], lm[1], list(batch["messages"]), GenerationConfig.from_dict(config))
+    device = describe(str(lm[0].device))
+    precision = precision_name(str(lm[0].dtype).removeprefix("torch.")) or str(lm[0].dtype)
     return pd.DataFrame({
         "generation": [orjson.dumps({"text": g.text, "token_ids": list(g.token_ids),
                                      "hit_max": g.hit_max}).decode() for g in made],
-        "device": [str(lm[0].device)] * len(made)})
+        "device": [device] * len(made), "precision": [precision] * len(made)})
