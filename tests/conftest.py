@@ -132,6 +132,36 @@ def default_lm_home(converted_lm: ConvertedLM) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[Any]:
+    """One local Ray for every test that needs one (2 CPUs, no dashboard), started by the first
+    such test and shut down at the end of the session: each start costs ~30 s here.
+
+    Workers get this checkout first on PYTHONPATH (as engine.ray_session gives them), so they
+    run the code under test. `pytest_collection_modifyitems` runs these tests last.
+    """
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from workbench import engine
+
+    if ray.is_initialized():
+        pytest.fail("a Ray is already running in this process: only this fixture starts one")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": engine._package_path()}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that use the session's Ray after all others (in their own order), so no
+    other test runs while Ray is up and the Ray start-up is paid once."""
+    uses = {id(i) for i in items if "local_ray" in getattr(i, "fixturenames", ())}
+    if uses:
+        items[:] = ([i for i in items if id(i) not in uses]
+                    + [i for i in items if id(i) in uses])
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skips @pytest.mark.gpu tests on a machine without CUDA (CI and the dev machines)."""
     if item.get_closest_marker("gpu") is not None:

@@ -68,17 +68,16 @@ def test_shards_are_written_inside_the_data_folder_only(tmp_path):
 # --- identical results under Ray --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": E._package_path()}})
-    # This module's own batch functions travel by value: workers cannot import tests/.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield ray
-    ray.shutdown()
+def module_by_value(local_ray):
+    """The session's Ray (tests/conftest.py), with this module's own batch functions sent by
+    value: workers cannot import tests/."""
+    local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield local_ray
+    local_ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture
-def use_ray(local_ray, monkeypatch):
+def use_ray(module_by_value, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "0")  # tiny data still goes to Ray
 
 
@@ -165,14 +164,18 @@ def test_eval_generations_are_the_same_on_ray(use_ray, stores, tmp_path):
     from workbench import evaluation
     from workbench.evaluate import GenerationConfig
 
-    predictions = {}
+    predictions, results = {}, {}
     for name, store in stores.items():
         home = tmp_path / name
         job = evaluation.start_eval(store, "support", model="tiny", limit=EVAL_ROWS,
                                     generation=GenerationConfig(max_new_tokens=6),
                                     similarity=False, home=home, inline=True, engine=name)
         assert job.state == "done" and job.result["rows"] == EVAL_ROWS
+        results[name] = job.result
         predictions[name] = evaluation.run_predictions(job.run_id, home=home)
+    # The record names where the workers ran, in the precision they loaded (the CPU: fp32).
+    assert results["ray"]["device"].startswith("ray (cpu (")
+    assert results["ray"]["precision"] == results["local"]["precision"] == "fp32"
     assert predictions["ray"]["prediction"].tolist() == \
         predictions["local"]["prediction"].tolist()  # greedy, the same batch: the same text
     pd.testing.assert_frame_equal(predictions["ray"], predictions["local"])
@@ -206,7 +209,7 @@ def _lengths(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"turns": [len(m) for m in batch["messages"]]})
 
 
-def test_rows_come_back_in_order_with_progress(local_ray, tmp_path):
+def test_rows_come_back_in_order_with_progress(module_by_value, tmp_path):
     frame = _frame(Store(":memory:"), rows=30)
     seen = []
     out = E.map_rows(frame, _lengths, home=tmp_path, batch_rows=5, shard_rows=5,
@@ -216,7 +219,7 @@ def test_rows_come_back_in_order_with_progress(local_ray, tmp_path):
     assert not any((tmp_path / E.SHARD_DIR).iterdir())  # shards removed
 
 
-def test_cancel_stops_between_batches(local_ray, tmp_path):
+def test_cancel_stops_between_batches(module_by_value, tmp_path):
     frame = _frame(Store(":memory:"), rows=30)
     seen = []
     with pytest.raises(Cancelled):

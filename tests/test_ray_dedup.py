@@ -16,7 +16,7 @@ from workbench.io import read_dataset
 from workbench.schema import Example, examples_frame
 
 ray = pytest.importorskip("ray")
-from workbench.ray_dedup import find_duplicates_ray  # noqa: E402
+from workbench.ray_dedup import component_labels, find_duplicates_ray  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 BASE = ("The quick brown fox jumps over the lazy dog while the farmer watches from the porch "
@@ -26,12 +26,7 @@ OTHER = ("Photosynthesis lets plants turn sunlight, water and carbon dioxide int
 NEAR = MinHashConfig(threshold=0.7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # the session's Ray (tests/conftest.py)
 
 
 def as_dataset(frame: pd.DataFrame, blocks: int = 3):
@@ -108,9 +103,50 @@ def test_empty_dataset_and_bad_options():
     empty = ray.data.from_pandas(pd.DataFrame({"row_key": pd.Series(dtype=np.int64),
                                                "messages": pd.Series(dtype=object),
                                                "_pos": pd.Series(dtype=np.int64)}))
-    assert find_duplicates_ray(empty).equals(dedup._empty_clusters())
+    assert find_duplicates_ray(empty).equals(dedup.empty_clusters())
     ds = as_dataset(texts_frame([BASE, OTHER]))
     with pytest.raises(ConfigError, match="score_column"):
         find_duplicates_ray(ds, keep="highest_score", score_column="nope")
     with pytest.raises(ConfigError, match="_pos"):
         find_duplicates_ray(ds.drop_columns(["_pos"]))
+
+
+def _graphs() -> dict[str, tuple[list[int], list[int]]]:
+    """Edge lists whose order and direction make min-label propagation slow or wrong."""
+    chain = [(i, i + 1) for i in range(12)]
+    star = [(leaf, 6) for leaf in (11, 0, 9, 2, 12, 4, 3, 10, 5, 1, 8, 7)]  # centre mid-range
+    rng = np.random.default_rng(0)
+    scattered = [(int(a), int(b)) for a, b in zip(rng.permutation(40)[:20] * 1000,
+                                                   rng.permutation(40)[:20] * 1000)]
+    return {
+        "chain_reversed_and_flipped": chain[::-2] + [(b, a) for a, b in chain[-2::-2]],
+        "chain_shuffled": [chain[i] for i in rng.permutation(len(chain))],
+        "star_centre_not_smallest": star,
+        "two_stars_joined_by_leaves": [(5, 20), (6, 20), (7, 20), (30, 1), (31, 1),
+                                       (7, 31), (7, 31), (30, 30)],
+        "sparse_ids_with_cycles": scattered + [(int(b), int(a)) for a, b in scattered[:5]],
+    }
+
+
+@pytest.mark.parametrize("name", list(_graphs()))
+@pytest.mark.parametrize("driver_edges", [0, 1_000], ids=["distributed", "on_driver"])
+def test_component_labels_equal_local_union_find(name, driver_edges):
+    left, right = (np.array(side, dtype=np.int64) for side in zip(*_graphs()[name]))
+    edges = ray.data.from_pandas([pd.DataFrame({"left": left[i::3], "right": right[i::3]})
+                                  for i in range(3)])
+    nodes, label = component_labels(edges, 3, driver_edges=driver_edges)
+    left, right = left[left != right], right[left != right]  # a self-loop is no cluster
+    expected_nodes = np.unique(np.concatenate([left, right]))
+    local = dedup.connected_components(len(expected_nodes),
+                                       np.searchsorted(expected_nodes, left),
+                                       np.searchsorted(expected_nodes, right))
+    np.testing.assert_array_equal(nodes, expected_nodes)
+    np.testing.assert_array_equal(label, expected_nodes[local])
+
+
+def test_a_chain_of_near_duplicates_matches_local():
+    """Each text overlaps its neighbours (a sliding window), so clusters are long chains."""
+    words = (BASE + " " + OTHER).split()
+    texts = [" ".join(words[i:i + 24]) for i in range(0, 20)][::-1] + [OTHER, BASE]
+    clusters = check_same(texts_frame(texts), near=MinHashConfig(threshold=0.6))
+    assert (clusters["method"] == "near").any() and clusters["size"].max() >= 4

@@ -1675,7 +1675,11 @@ def default_rules() -> list[Rule]:
             Repetition(mode="flag")]
 
 
-def _check_inputs(frame: Any, rules: Sequence[Rule]) -> None:
+def check_inputs(frame: Any, rules: Sequence[Rule], samples: int = 0) -> None:
+    """Raise ConfigError unless frame has row_key and messages, rules are Rules, samples >= 0.
+
+    `run` checks these; an engine that runs the rules elsewhere checks them first too.
+    """
     if not hasattr(frame, "columns"):
         raise ConfigError(f"frame: expected a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in ("row_key", "messages") if c not in frame.columns]
@@ -1685,6 +1689,8 @@ def _check_inputs(frame: Any, rules: Sequence[Rule]) -> None:
         if not isinstance(rule, Rule):
             raise ConfigError(f"rules[{i}]: expected a Rule such as Placeholder(), "
                               f"got {type(rule).__name__}")
+    if samples < 0:
+        raise ConfigError(f"samples: must be >= 0, got {samples}")
 
 
 def _conversations(frame: Any) -> tuple[list[list[dict]], list[dict]]:
@@ -1714,9 +1720,7 @@ def run(frame: Any, rules: Sequence[Rule], *, samples: int = 5,
     ``row_progress(checks_done, rows * rules, "rule i/n · name")`` every few thousand rows
     (one rule can take many seconds on 50k rows: a bar that moves per rule stands still).
     """
-    _check_inputs(frame, rules)
-    if samples < 0:
-        raise ConfigError(f"samples: must be >= 0, got {samples}")
+    check_inputs(frame, rules, samples)
     convs, metas = _conversations(frame)
     keys = frame["row_key"].tolist()
     reports, hit_by = [], {"drop": set(), "flag": set(), "change": set()}
@@ -1734,11 +1738,8 @@ def run(frame: Any, rules: Sequence[Rule], *, samples: int = 5,
     preview = CleanPreview(len(convs), len(hit_by["drop"]), reports,
                            len(hit_by["flag"] - hit_by["drop"]))
     kept = [i for i, ok in enumerate(alive) if ok]
-    survivors = set(kept)
-    result = StepResult(_kept(frame, kept, convs, {i for i, _, _ in notes["change"]}),
-                        _dropped_frame(notes["drop"], keys),
-                        _notes_frame(notes["change"], keys, survivors),
-                        _notes_frame(notes["flag"], keys, survivors))
+    result = step_result(frame, kept, convs, {i for i, _, _ in notes["change"]},
+                         notes["drop"], notes["change"], notes["flag"])
     return CleanRun(preview, result)
 
 
@@ -1838,6 +1839,22 @@ def apply(frame: Any, rules: Sequence[Rule]) -> StepResult:
     """Return a StepResult: kept rows (rewritten where rules change them), dropped, changed and
     flagged (kept rows that a flag-mode rule hit, for review)."""
     return run(frame, rules, samples=0).result
+
+
+def step_result(frame: Any, alive: list[int], convs: list, changed: set[int],
+                dropped: list[tuple], changes: list[tuple], flags: list[tuple]) -> StepResult:
+    """Return the StepResult of one clean pass over frame from its per-row outcomes.
+
+    ``alive``: positions of the kept rows, in input order; ``convs[i]``: row i's messages
+    after the change rules (read only for i in ``changed``, the rows a rule rewrote);
+    ``dropped``, ``changes``, ``flags``: (position, reason, detail) tuples. Changes and flags
+    of a dropped row are reported as the drop only. `run` and ray_steps.clean_result share it.
+    """
+    keys = frame["row_key"].tolist()
+    survivors = set(alive)
+    return StepResult(_kept(frame, alive, convs, changed), _dropped_frame(dropped, keys),
+                      _notes_frame(changes, keys, survivors),
+                      _notes_frame(flags, keys, survivors))
 
 
 def _kept(frame: Any, alive: list[int], convs: list[list[dict]], changed: set[int]) -> Any:

@@ -278,9 +278,7 @@ def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
     if E.choose(engine, len(frame), "clean").engine == "local":
         return clean.run(frame, list(rules), samples=samples, progress=progress,
                          row_progress=row_progress)
-    clean._check_inputs(frame, rules)
-    if samples < 0:
-        raise ConfigError(f"samples: must be >= 0, got {samples}")
+    clean.check_inputs(frame, rules, samples)
     report = None if row_progress is None else (
         lambda done, total: row_progress(done, total, "rules on Ray"))
     outcomes = E.map_rows(frame, ray_steps.clean_batch,

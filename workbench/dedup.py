@@ -6,6 +6,13 @@ names the member its keep policy keeps and why. `apply_clusters` turns clusters 
 overrides into a StepResult. The row-wise parts (`exact_keys`, `minhash_signatures`, embeddings)
 depend on nothing but the row, so they can run batch by batch; grouping is the global step.
 
+Building blocks for a distributed engine (ray_dedup.py uses them; each is documented below):
+validation (`check_field`, `check_keep`), row-wise keys and signatures
+(`row_keys_and_signatures`, `has_shingles`, `band_keys`, `row_hashes`), grouping within one
+partition (`dense_groups`, `exact_edges`, `identical_rows`, `bucket_pairs`), verification
+(`jaccard_estimate`, `near_enough`), and assembly once components are known
+(`connected_components`, `clusters_from_labels`, `empty_clusters`).
+
 MinHash signatures come from `rensa` (Rust). Shingles are hashed here with numpy in one pass
 over the whole batch and handed to rensa as one flat buffer, so no Python object is made per
 shingle; LSH banding, verification and union-find are numpy. On this machine rensa computes
@@ -136,7 +143,8 @@ def optimal_lsh_params(threshold: float, num_perm: int, *,
     return best
 
 
-def _check_keep(frame: pd.DataFrame, keep: str, score_column: str | None) -> None:
+def check_keep(frame: pd.DataFrame, keep: str, score_column: str | None) -> None:
+    """Raise ConfigError unless keep is a policy and its score_column is a frame column."""
     if keep not in KEEP_POLICIES:
         raise ConfigError(f"keep={keep!r}: must be one of {', '.join(KEEP_POLICIES)}")
     if keep == "highest_score":
@@ -161,7 +169,8 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _check_field(field: str) -> None:
+def check_field(field: str) -> None:
+    """Raise ConfigError unless field is one of FIELDS."""
     if field not in FIELDS:
         raise ConfigError(f"field={field!r}: must be one of {', '.join(FIELDS)}")
 
@@ -187,7 +196,7 @@ def normalize_text(text: str, *, strip_punctuation: bool = False) -> str:
 
 def field_texts(frame: pd.DataFrame, field: Field = "conversation") -> list[str]:
     """Return one string per row: the contents of the field's turns, joined by newlines."""
-    _check_field(field)
+    check_field(field)
     roles = _FIELD_ROLES[field]
     return ["\n".join(m.get("content") or "" for m in messages
                       if roles is None or m.get("role") in roles)
@@ -342,7 +351,7 @@ def minhash_pairs(signatures: np.ndarray, config: MinHashConfig | None = None) -
         raise ConfigError(f"signatures: expected shape (rows, {config.num_perm}), "
                           f"got {signatures.shape}")
     valid = np.flatnonzero(has_shingles(signatures))
-    reps, copies = _identical_rows(signatures, valid)
+    reps, copies = identical_rows(signatures, valid)
     left, right = _lsh_candidates(signatures[reps], *config.lsh_params())
     left, right = _unique_pairs(reps[left], reps[right], len(signatures))
     sim = jaccard_estimate(signatures, left, right)
@@ -387,7 +396,7 @@ def _pairs_frame(left: np.ndarray, right: np.ndarray, sim: np.ndarray) -> pd.Dat
         ["left", "right"], ignore_index=True)
 
 
-def _row_hashes(matrix: np.ndarray) -> np.ndarray:
+def row_hashes(matrix: np.ndarray) -> np.ndarray:
     """Return a uint64 hash of each row of a uint32 matrix."""
     h = np.full(len(matrix), 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -396,10 +405,10 @@ def _row_hashes(matrix: np.ndarray) -> np.ndarray:
     return h
 
 
-def _identical_rows(signatures: np.ndarray, valid: np.ndarray
-                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def identical_rows(signatures: np.ndarray, valid: np.ndarray
+                   ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Return (one position per distinct signature, chain edges linking identical rows)."""
-    keys = _row_hashes(signatures[valid])
+    keys = row_hashes(signatures[valid])
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     same = sorted_keys[1:] == sorted_keys[:-1]
@@ -417,7 +426,7 @@ def _lsh_candidates(sig: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray,
     """Return candidate pairs (positions in sig) sharing at least one LSH band."""
     lefts, rights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for keys in band_keys(sig, bands, rows).T:
-        left, right = _bucket_pairs(keys)
+        left, right = bucket_pairs(keys)
         lefts.append(left)
         rights.append(right)
     return np.concatenate(lefts), np.concatenate(rights)
@@ -427,11 +436,11 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """Return a (len(sig), bands) uint64 matrix: the hash of each row's values in each band."""
     out = np.empty((len(sig), bands), dtype=np.uint64)
     for band in range(bands):
-        out[:, band] = _row_hashes(sig[:, band * rows:(band + 1) * rows])
+        out[:, band] = row_hashes(sig[:, band * rows:(band + 1) * rows])
     return out
 
 
-def _bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bucket_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return pairs of positions with equal keys (each with its next _MAX_BUCKET_PAIRS)."""
     order = np.argsort(keys, kind="stable")
     sk = keys[order]
@@ -574,8 +583,8 @@ def find_duplicates(frame: pd.DataFrame, *, field: Field = "conversation",
     ``progress(rows_hashed, rows)`` follows the MinHash signatures, the bulk of the work.
     """
     _check_frame(frame)
-    _check_field(field)
-    _check_keep(frame, keep, score_column)
+    check_field(field)
+    check_keep(frame, keep, score_column)
     found = _find_edges(frame, field, near, semantic_threshold, embeddings, embed,
                         strip_punctuation, signatures, progress)
     return _clusters(frame, found, keep, score_column)
@@ -587,8 +596,8 @@ def _find_edges(frame: pd.DataFrame, field: str, near: MinHashConfig | None,
     texts = field_texts(frame, field)  # type: ignore[arg-type]
     keys, sig = row_keys_and_signatures(texts, near=near, strip_punctuation=strip_punctuation,
                                         signatures=signatures, progress=progress)
-    group = _dense_groups(keys)
-    found = _Found({"exact": _exact_edges(group)}, group, {})
+    group = dense_groups(keys)
+    found = _Found({"exact": exact_edges(group)}, group, {})
     if near is not None:
         found.edges["near"] = minhash_pairs(sig, near)
         found.similarity["near"] = lambda a, b: jaccard_estimate(sig, a, b)
@@ -617,13 +626,14 @@ def row_keys_and_signatures(texts: Sequence[str], *, near: MinHashConfig | None,
                                    normalized if same else list(texts), same, progress)
 
 
-def _dense_groups(keys: np.ndarray) -> np.ndarray:
+def dense_groups(keys: np.ndarray) -> np.ndarray:
     """Return a group number per row (rows with equal non-zero keys share one), -1 for 0."""
     codes, _ = pd.factorize(keys)
     return np.where(keys == 0, -1, codes).astype(np.int64)
 
 
-def _exact_edges(group: np.ndarray) -> pd.DataFrame:
+def exact_edges(group: np.ndarray) -> pd.DataFrame:
+    """Return chain edges (a pairs frame) linking each exact group's rows in position order."""
     rows = np.flatnonzero(group >= 0)
     order = rows[np.argsort(group[rows], kind="stable")]
     same = group[order[1:]] == group[order[:-1]]
@@ -674,16 +684,34 @@ def _check_vectors(vectors: np.ndarray, n: int, name: str) -> None:
 
 def _clusters(frame: pd.DataFrame, found: _Found, keep: str,
               score_column: str | None) -> pd.DataFrame:
-    n = len(frame)
     edges = pd.concat(list(found.edges.values()), ignore_index=True)
-    label = connected_components(n, edges["left"].to_numpy(), edges["right"].to_numpy())
+    label = connected_components(len(frame), edges["left"].to_numpy(),
+                                 edges["right"].to_numpy())
+    return clusters_from_labels(frame, label, found.exact_group, found.similarity, keep,
+                                score_column, lambda: _cluster_methods(
+                                    label, found.edges, found.exact_group))
+
+
+def clusters_from_labels(frame: pd.DataFrame, label: np.ndarray, exact_group: np.ndarray,
+                         similarity: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+                         keep: str, score_column: str | None,
+                         methods: Callable[[], dict[int, str]]) -> pd.DataFrame:
+    """Return the clusters frame of ``frame`` given each row's component.
+
+    ``label[i]`` is the smallest position (in frame) of row i's connected component, as
+    `connected_components` returns; ``exact_group`` is `dense_groups` of the rows' exact keys;
+    ``similarity[method](a, b)`` scores rows a against rows b; ``methods()`` (called only when
+    some cluster exists) maps each cluster's label to its loosest method. Keepers follow
+    ``keep``; the result is ordered and typed as `find_duplicates` returns it.
+    """
+    n = len(frame)
     size = np.bincount(label, minlength=n)[label]
     members = np.flatnonzero(size > 1)
     if len(members) == 0:
-        return _empty_clusters()
-    method = _cluster_methods(label, found.edges, found.exact_group)
+        return empty_clusters()
     keeper, why = _keepers(frame, label, members, keep, score_column)
-    return _cluster_frame(frame, found, label, members, method, keeper, why, size)
+    return _cluster_frame(frame, _Found({}, exact_group, similarity), label, members,
+                          methods(), keeper, why, size)
 
 
 def _cluster_methods(label: np.ndarray, edges: dict[str, pd.DataFrame],
@@ -754,7 +782,8 @@ def _cluster_frame(frame: pd.DataFrame, found: _Found, label: np.ndarray,
     return out.drop(columns="_pos").reset_index(drop=True)
 
 
-def _empty_clusters() -> pd.DataFrame:
+def empty_clusters() -> pd.DataFrame:
+    """Return a clusters frame with no rows and find_duplicates's columns and dtypes."""
     return pd.DataFrame({
         "cluster_id": pd.Series(dtype=np.int64), "row_key": pd.Series(dtype=np.int64),
         "kept": pd.Series(dtype=bool), "method": pd.Series(dtype=str),
@@ -858,7 +887,7 @@ def threshold_curve(frame: pd.DataFrame, method: Literal["near", "semantic"],
     of the lowest threshold find a superset of the candidates each higher threshold would.
     """
     _check_frame(frame)
-    _check_field(field)
+    check_field(field)
     if method not in ("near", "semantic") or not len(thresholds):
         raise ConfigError(f"method={method!r}, thresholds={list(thresholds)}: method must be "
                           "'near' or 'semantic' and thresholds non-empty")

@@ -10,17 +10,18 @@ Every row-wise value comes from dedup.py's own functions, and the plan is:
    handled with numpy in one call, not one Python call per key); emit dedup's chain edges and
    the first position of every distinct key (kept distributed: it numbers the exact groups).
 3. identical signatures: hash-partition by signature hash; emit chain edges between copies and
-   one representative per signature (`dedup._identical_rows`), as local LSH does.
+   one representative per signature (`dedup.identical_rows`), as local LSH does.
 4. LSH: explode representatives into (band, band key) rows, hash-partition by band key, emit
-   candidate pairs per bucket (`dedup._bucket_pairs`, same 64-neighbour cap and order).
+   candidate pairs per bucket (`dedup.bucket_pairs`, same 64-neighbour cap and order).
 5. verification, a distributed hash join: pairs partitioned by left position meet the left
    rows' signatures, then by right position the right rows'; estimated Jaccard there.
-6. driver: only the EDGES (two int64 per edge) and the ids of rows in an edge come back;
-   then the members' rows are fetched (a filter on ``_pos``) and dedup's own cluster assembly
-   (connected components, keep policy, similarity to the keeper) runs on members only.
+6. connected components (`component_labels`), distributed: large-star / small-star rounds,
+   each a groupby on node, until no edge changes; only (member, label) pairs come back.
+7. driver: the members' rows are fetched (a filter on ``_pos``) and dedup's own assembly
+   (`clusters_from_labels`: keep policy, similarity to the keeper) runs on members only.
 
-No worker holds all signatures, and the driver holds no per-row state: only edges, member
-ids, member rows and one count vector per exact group in the result.
+No worker holds all signatures or all edges, and the driver holds no per-row state: only
+member ids with their labels, member rows and one count vector per exact group in the result.
 """
 
 from __future__ import annotations
@@ -39,28 +40,28 @@ from workbench.dedup import (
     Field,
     KeepPolicy,
     MinHashConfig,
-    _bucket_pairs,
-    _check_field,
-    _check_keep,
-    _clusters,
-    _dense_groups,
-    _empty_clusters,
-    _exact_edges,
-    _Found,
-    _identical_rows,
-    _pairs_frame,
-    _row_hashes,
     band_keys,
+    bucket_pairs,
+    check_field,
+    check_keep,
+    clusters_from_labels,
+    connected_components,
+    dense_groups,
+    empty_clusters,
+    exact_edges,
     field_texts,
     has_shingles,
+    identical_rows,
     jaccard_estimate,
     near_enough,
+    row_hashes,
     row_keys_and_signatures,
 )
 from workbench.exceptions import ConfigError
 
 ROWS_PER_PARTITION = 250_000  # rows per hash partition of a shuffle (x bands for LSH rows)
 STAGES = 6
+DRIVER_EDGES = 0  # edges joined on the driver instead of by distributed rounds (see below)
 # Ray Data's default hash shuffle starts aggregator actors for every shuffle: on a 2-core
 # machine a 400-row groupby took 25 s with it and 0.8 s with the task-based sort shuffle.
 SHUFFLE = "sort_shuffle_pull_based"
@@ -79,17 +80,17 @@ def find_duplicates_ray(ds: Any, *, field: Field = "conversation",
     ``_pos`` (int64 position 0..n-1); ``messages`` may be lists of {role, content} or their
     JSON text. ``progress(stages_done, STAGES)`` follows the stages.
     """
-    _check_field(field)
+    check_field(field)
     columns = ds.columns()
     for col in ("row_key", "messages", "_pos"):
         if col not in columns:
             raise ConfigError(f"ds: missing column {col!r} (rows of a version plus _pos)")
-    _check_keep(pd.DataFrame(columns=columns), keep, score_column)
+    check_keep(pd.DataFrame(columns=columns), keep, score_column)
     if near is not None and not isinstance(near, MinHashConfig):
         raise ConfigError(f"near={near!r}: must be a MinHashConfig or None")
     n = ds.count()
     if n == 0:
-        return _empty_clusters()
+        return empty_clusters()
     with _shuffle_strategy(SHUFFLE):
         return _find(ds, n, field, near, keep, score_column, strip_punctuation,
                      progress or (lambda done, total: None))
@@ -122,11 +123,13 @@ def _find(ds: Any, n: int, field: str, near: MinHashConfig | None, keep: str,
     progress(1, STAGES)
     exact = _shuffle(rows.select_columns(["pos", "key", "part"]), _exact_part, parts)
     progress(2, STAGES)
-    edges = {"exact": _collect(_where(exact, "right", True))}
+    edges = _where(exact, "right", True).select_columns(["left", "right"])
     if near is not None:
-        edges["near"] = _near_edges(rows, near, parts, progress)
+        edges = edges.union(_near_edges(rows, near, parts, progress))
     progress(STAGES - 1, STAGES)
-    clusters = _assemble(ds, exact, edges, field, near, keep, score_column, strip_punctuation)
+    pos, label = component_labels(edges, parts)
+    clusters = _assemble(ds, exact, pos, label, field, near, keep, score_column,
+                         strip_punctuation)
     progress(STAGES, STAGES)
     return clusters
 
@@ -140,7 +143,7 @@ def _features(batch: pd.DataFrame, *, field: str, near: MinHashConfig | None,
     out = {"pos": batch["_pos"].to_numpy(np.int64), "key": keys, "part": _part(keys, parts)}
     if sig is not None:
         out["sig"] = _to_bytes(sig)
-        out["sig_part"] = _part(_row_hashes(sig), parts)
+        out["sig_part"] = _part(row_hashes(sig), parts)
         out["valid"] = has_shingles(sig)
     return pa.table(out)
 
@@ -194,7 +197,7 @@ def _exact_part(group: dict[str, np.ndarray]) -> pa.Table:
     """Return chain edges of equal keys, then (first position, -1, key) per distinct key."""
     group = _by_pos(group)
     pos, keys = group["pos"], group["key"]
-    pairs = _exact_edges(_dense_groups(keys))
+    pairs = exact_edges(dense_groups(keys))
     left, right = pairs["left"].to_numpy(), pairs["right"].to_numpy()
     _, first = np.unique(keys, return_index=True)
     return pa.table({"left": np.concatenate([pos[left], pos[first]]),
@@ -214,11 +217,13 @@ def _collect(ds: Any, left: str = "left", right: str = "right"
 # --- near duplicates ------------------------------------------------------------------------
 
 def _near_edges(rows: Any, near: MinHashConfig, parts: int,
-                progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+                progress: Callable[[int, int], None]) -> Any:
+    """Return the near edges as a dataset of (left, right): identical copies, verified pairs."""
     valid = _where(rows, "valid", True).select_columns(["pos", "sig", "sig_part"])
     valid = valid.rename_columns({"sig_part": "part"})
     identical = _shuffle(valid, _identical_part, parts, num_perm=near.num_perm)
-    copies = _collect(_where(identical, "other", True), "pos", "other")
+    copies = _where(identical, "other", True).select_columns(["pos", "other"]).rename_columns(
+        {"pos": "left", "other": "right"})
     reps = _where(identical, "other", False).map_batches(
         _repart_by_pos, batch_format="pyarrow", fn_kwargs={"parts": parts}).materialize()
     progress(3, STAGES)
@@ -231,15 +236,14 @@ def _near_edges(rows: Any, near: MinHashConfig, parts: int,
         return copies
     attached = _shuffle(pairs.union(reps), _attach_left, parts, parts=parts)
     verified = _shuffle(attached.union(reps), _verify, parts, near=near)
-    left, right = _collect(verified)
-    return np.concatenate([copies[0], left]), np.concatenate([copies[1], right])
+    return copies.union(verified.select_columns(["left", "right"]))
 
 
 def _identical_part(group: dict[str, np.ndarray], *, num_perm: int) -> pa.Table:
     """Return chain edges between equal signatures (sig empty), then each representative."""
     group = _by_pos(group)
     pos, blobs = group["pos"], group["sig"]
-    reps, (a, b) = _identical_rows(_from_bytes(blobs, num_perm), np.arange(len(pos)))
+    reps, (a, b) = identical_rows(_from_bytes(blobs, num_perm), np.arange(len(pos)))
     return pa.table({"pos": np.concatenate([pos[a], pos[reps]]),
                      "other": np.concatenate([pos[b], np.full(len(reps), -1)]),
                      "sig": np.concatenate([np.full(len(a), b"", dtype=object), blobs[reps]]),
@@ -266,7 +270,7 @@ def _bucket_part(group: dict[str, np.ndarray], *, parts: int) -> pa.Table:
     lefts, rights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for b in np.unique(band):
         rows = np.flatnonzero(band == b)
-        left, right = _bucket_pairs(keys[rows])
+        left, right = bucket_pairs(keys[rows])
         lefts.append(pos[rows[left]])
         rights.append(pos[rows[right]])
     left, right = np.concatenate(lefts), np.concatenate(rights)
@@ -305,26 +309,155 @@ def _verify(group: dict[str, np.ndarray], *, near: MinHashConfig) -> pa.Table:
                      "key": np.zeros(int(ok.sum()), np.uint64)}, schema=_EDGE)
 
 
+# --- connected components -----------------------------------------------------------------
+
+def component_labels(edges: Any, parts: int, *, driver_edges: int = DRIVER_EDGES
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Return (nodes, label): every node in an edge, sorted, and its component's smallest node.
+
+    ``edges`` is a dataset of int64 (left, right); self-loops are left out. Up to
+    ``driver_edges`` edges are joined on the driver with `dedup.connected_components`; more
+    run as the large-star / small-star rounds of Kiveris et al. 2014 ("Connected Components
+    in MapReduce and Beyond"), each a hash-partitioned groupby, until a round changes no edge.
+    Then every edge links a node to its component's smallest node, and only those (node,
+    label) pairs come to the driver: one per member, which the clusters frame holds anyway.
+    Both ways give the same labels.
+    """
+    import ray
+
+    refs = edges.map_batches(_no_loops, batch_format="pyarrow").to_arrow_refs()
+    if not refs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    with _shuffle_strategy(SHUFFLE):  # rebuilt under it: the rounds' shuffles use SHUFFLE
+        return _labels(ray.data.from_arrow_refs(refs), parts, driver_edges)
+
+
+def _labels(edges: Any, parts: int, driver_edges: int) -> tuple[np.ndarray, np.ndarray]:
+    if edges.count() <= driver_edges:
+        left, right = _collect(edges)
+        nodes = np.unique(np.concatenate([left, right]))
+        local = connected_components(len(nodes), np.searchsorted(nodes, left),
+                                     np.searchsorted(nodes, right))
+        return nodes, nodes[local]
+    directed = edges.map_batches(_both_ways, batch_format="numpy", fn_kwargs={"parts": parts})
+    while True:
+        large = _shuffle(directed, _large_star, parts, parts=parts)
+        directed = _shuffle(large, _small_star, parts, parts=parts)
+        if _changes(large) + _changes(directed) == 0:
+            break
+    # Converged: each component is a star around its smallest node.
+    child, root = _collect(directed.map_batches(_down, batch_format="pyarrow"), "node", "nbr")
+    nodes = np.union1d(child, root)
+    label = nodes.copy()
+    label[np.searchsorted(nodes, child)] = root
+    return nodes, label
+
+
+def _changes(ds: Any) -> int:
+    """Return the sum of ds's ``changed`` column: one partial sum per block comes back."""
+    sums = ds.map_batches(_block_sum, batch_format="numpy", batch_size=None)
+    return sum(int(b["changed"].sum()) for b in sums.iter_batches(batch_format="numpy",
+                                                                   batch_size=None))
+
+
+def _block_sum(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"changed": np.array([batch["changed"].sum()], dtype=np.int64)}
+
+
+def _no_loops(batch: pa.Table) -> pa.Table:
+    """Return the edges that join two different nodes (a node alone is no cluster)."""
+    return batch.filter(pa.array(batch["left"].to_numpy() != batch["right"].to_numpy()))
+
+
+def _both_ways(batch: dict[str, np.ndarray], *, parts: int) -> dict[str, np.ndarray]:
+    """Return each edge (left, right) as rows (node, nbr) both ways, partitioned by node."""
+    node = np.concatenate([batch["left"], batch["right"]]).astype(np.int64)
+    nbr = np.concatenate([batch["right"], batch["left"]]).astype(np.int64)
+    return {"node": node, "nbr": nbr, "changed": np.zeros(len(node), np.int64),
+            "part": _part(node, parts)}
+
+
+def _neighbours(group: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the partition's distinct (node, nbr) rows sorted by node, and each row's start
+    index of its node's run (rows of one node are contiguous)."""
+    pairs = np.unique(np.stack([group["node"], group["nbr"]], axis=1), axis=0)
+    node, nbr = pairs[:, 0], pairs[:, 1]
+    new = np.concatenate([[True], node[1:] != node[:-1]])
+    return node, nbr, np.flatnonzero(new)
+
+
+def _large_star(group: dict[str, np.ndarray], *, parts: int) -> pa.Table:
+    """Large-star: link every larger neighbour of u to the smallest of u and its neighbours.
+
+    Input rows (node, nbr) carry each edge both ways; out rows (node=larger, nbr=smaller)
+    are partitioned by the larger end for small-star. ``changed`` marks an edge that moved.
+    """
+    node, nbr, starts = _neighbours(group)
+    low = np.minimum(np.minimum.reduceat(nbr, starts), node[starts])
+    m = np.repeat(low, np.diff(np.append(starts, len(node))))
+    up = nbr > node
+    return pa.table({"node": nbr[up], "nbr": m[up], "changed": (m[up] != node[up]).astype(
+        np.int64), "part": _part(nbr[up], parts)})
+
+
+def _small_star(group: dict[str, np.ndarray], *, parts: int) -> pa.Table:
+    """Small-star: link u and its smaller neighbours to the smallest of them.
+
+    Input rows (node=u, nbr=smaller); out rows carry each edge both ways, partitioned by
+    node for large-star. ``changed`` is 1 on the (v, m) row of each edge that replaced an edge
+    (u, v), 0 elsewhere (the kept edge u -> m and all the reverse rows).
+    """
+    node, nbr, starts = _neighbours(group)
+    m = np.repeat(np.minimum.reduceat(nbr, starts), np.diff(np.append(starts, len(node))))
+    first = np.zeros(len(node), bool)
+    first[starts] = True  # rows are sorted, so u's first row is (u, m)
+    hi = np.where(first, node, nbr)  # u -> m, then every other smaller neighbour v -> m
+    both = np.concatenate([hi, m])
+    return pa.table({"node": both, "nbr": np.concatenate([m, hi]),
+                     "changed": np.concatenate([(~first).astype(np.int64),
+                                                np.zeros(len(hi), np.int64)]),
+                     "part": _part(both, parts)})
+
+
+def _down(batch: pa.Table) -> pa.Table:
+    """Return the (larger, smaller) rows of a both-ways edge table."""
+    return batch.filter(pa.array(batch["node"].to_numpy() > batch["nbr"].to_numpy()))
+
+
 # --- cluster assembly on members only -------------------------------------------------------
 
-def _assemble(ds: Any, exact: Any, edges: dict[str, tuple[np.ndarray, np.ndarray]],
-              field: str, near: MinHashConfig | None, keep: str, score_column: str | None,
+def _assemble(ds: Any, exact: Any, nodes: np.ndarray, label: np.ndarray, field: str,
+              near: MinHashConfig | None, keep: str, score_column: str | None,
               strip_punctuation: bool) -> pd.DataFrame:
-    members = np.unique(np.concatenate([np.concatenate(e) for e in edges.values()]))
-    if len(members) == 0:
-        return _empty_clusters()
+    """Return the clusters frame from each member's component label and the members' rows."""
+    if len(nodes) == 0:
+        return empty_clusters()
     frame = ds.map_batches(_member_rows, batch_format="pandas",
-                           fn_kwargs={"members": members}).to_pandas()
+                           fn_kwargs={"members": nodes}).to_pandas()
     frame = frame.sort_values("_pos", ignore_index=True)
     keys, sig = row_keys_and_signatures(field_texts(frame, field), near=near,  # type: ignore
                                         strip_punctuation=strip_punctuation)
-    found = _Found({name: _pairs_frame(np.searchsorted(members, left),
-                                       np.searchsorted(members, right), np.ones(len(left)))
-                    for name, (left, right) in edges.items()},
-                   _exact_groups(exact, keys), {})
-    if sig is not None:
-        found.similarity["near"] = lambda a, b: jaccard_estimate(sig, a, b)
-    return _clusters(frame, found, keep, score_column)
+    group = _exact_groups(exact, keys)
+    local = np.searchsorted(nodes, label)
+    similarity = {} if sig is None else {"near": lambda a, b: jaccard_estimate(sig, a, b)}
+    return clusters_from_labels(frame, local, group, similarity, keep, score_column,
+                                lambda: _methods(local, group))
+
+
+def _methods(label: np.ndarray, group: np.ndarray) -> dict[int, str]:
+    """Return each cluster's loosest method from its members' exact groups alone.
+
+    Exact edges join rows of one group, so a cluster spanning two groups (or holding a row
+    with no group) has a near edge between groups, which is what dedup's edge-based rule
+    finds; a cluster inside one group is exact. No edges are needed here.
+    """
+    order = np.lexsort((group, label))
+    lab, grp = label[order], group[order]
+    start = np.concatenate([[True], lab[1:] != lab[:-1]])
+    first_group = np.repeat(grp[start], np.diff(np.append(np.flatnonzero(start), len(lab))))
+    mixed = (grp != first_group) | (grp < 0)
+    loose = set(np.unique(lab[mixed]).tolist())
+    return {int(r): "near" if int(r) in loose else "exact" for r in np.unique(lab)}
 
 
 def _member_rows(batch: pd.DataFrame, *, members: np.ndarray) -> pd.DataFrame:

@@ -19,7 +19,6 @@ import pandas as pd
 from . import clean
 from . import score as S
 from .dedup import field_texts
-from .schema import StepResult
 
 # --- cleaning -------------------------------------------------------------------------------
 
@@ -62,17 +61,13 @@ def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[cl
     preview = clean.CleanPreview(len(rows), sum(hit_drop), reports,
                                  sum(f and not d for f, d in zip(hit_flag, hit_drop)))
     alive = [i for i, r in enumerate(rows) if r["drop"] is None]
-    survivors = set(alive)
     dropped = [(i, *r["drop"]) for i, r in enumerate(rows) if r["drop"] is not None]
     changes = [(i, *c) for i, r in enumerate(rows) for c in r["changes"]]
     flagged = [(i, *f) for i, r in enumerate(rows) for f in r["flags"]]
     convs = [r["messages"] for r in rows]  # None where no rule changed the row
     changed = {i for i, m in enumerate(convs) if m is not None}
-    result = StepResult(clean._kept(frame, alive, convs, changed),
-                        clean._dropped_frame(dropped, keys),
-                        clean._notes_frame(changes, keys, survivors),
-                        clean._notes_frame(flagged, keys, survivors))
-    return clean.CleanRun(preview, result)
+    return clean.CleanRun(preview, clean.step_result(frame, alive, convs, changed, dropped,
+                                                     changes, flagged))
 
 
 def _reports(rules: Sequence[clean.Rule], rows: list[dict], keys: list, samples: int
@@ -140,20 +135,25 @@ def model_score_batch(batch: pd.DataFrame, lm: Any, *, scores: Sequence[str], ma
 
 # --- eval generation ----------------------------------------------------------------------
 
-def load_generator(spec: Any) -> Any:
-    """Return (model, tokenizer) as the eval job loads them (once per actor)."""
+def load_generator(spec: Any, precision: str = "auto") -> Any:
+    """Return (model, tokenizer) as the eval job loads them (once per actor), on the device
+    this worker's policy picks ("auto"), in ``precision``."""
     from .evaluate import load_eval_model
 
-    return load_eval_model(spec)
+    return load_eval_model(spec, precision=precision)
 
 
 def generate_batch(batch: pd.DataFrame, lm: Any, *, config: dict) -> pd.DataFrame:
-    """Return one generation per row (text, token ids, hit_max as JSON) and the device."""
+    """Return one generation per row (text, token ids, hit_max as JSON), and the device (as
+    device.describe names it on this worker) and precision the model ran in."""
+    from .device import describe, precision_name
     from .evaluate import GenerationConfig
     from .evaluate import generate_batch as generate
 
     made = generate(lm[0], lm[1], list(batch["messages"]), GenerationConfig.from_dict(config))
+    device = describe(str(lm[0].device))
+    precision = precision_name(str(lm[0].dtype).removeprefix("torch.")) or str(lm[0].dtype)
     return pd.DataFrame({
         "generation": [orjson.dumps({"text": g.text, "token_ids": list(g.token_ids),
                                      "hit_max": g.hit_max}).decode() for g in made],
-        "device": [str(lm[0].device)] * len(made)})
+        "device": [device] * len(made), "precision": [precision] * len(made)})

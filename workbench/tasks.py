@@ -141,28 +141,28 @@ def evaluate(p: EvalParams, ctx: Any) -> dict:
     frame = store.frame(int(p.version_id))  # one short read; the store stays free
     if p.limit:
         frame = frame.head(int(p.limit))
-    where = resolve_device(p.device)
     ctx.log(f"evaluating {ev.model_label(p.model)} on version {p.version_id} "
             f"({len(frame)} rows, {config.to_dict()})")
     choice = E.choose(p.engine, len(frame), "eval")
     if choice.engine == "ray":
         ctx.log(f"engine {choice}")
         T.start_phase(ctx, "evaluating", len(frame))
-        generations, seconds, ran_on = _generate_ray(p, frame, config, ctx)
+        generations, seconds, ran_on, precision = _generate_ray(p, frame, config, ctx)
+        scoring = p.device  # the workers chose theirs; the embedder resolves this one if used
     else:
+        scoring = where = resolve_device(p.device)
         ctx.log(f"on {describe(where)}, backend {p.backend}")
         T.start_phase(ctx, "loading model")
         generate = _generator(p, where, config)
         T.start_phase(ctx, "evaluating", len(frame))
         generations, seconds = _generate_with_progress(generate, frame, ctx, describe(where))
-        ran_on = describe(where)
+        ran_on, precision = describe(where), resolve_precision(p.precision, where)
     predictions = ev.predictions_frame(frame, generations, ev.model_label(p.model))
     ctx.log("scoring the answers")  # the bar stays on "evaluating N/N": its speed and count
     scored = ev.score_predictions(predictions, checks=checks, cache=StoreCache(store),
-                                  embedder=p.embedder, device=where)
+                                  embedder=p.embedder, device=scoring)
     summary = _eval_summary(p, config, scored, generations, seconds)
-    summary.update(device=ran_on, backend=p.backend,
-                   precision=resolve_precision(p.precision, where))
+    summary.update(device=ran_on, backend=p.backend, precision=precision)
     ev.write_run(ctx.run_dir, scored, summary)
     tracking.after_run(ctx, summary, store=p.store)
     return summary
@@ -197,20 +197,23 @@ def _generate_with_progress(generate: Any, frame: pd.DataFrame, ctx: Any, device
 
 
 def _generate_ray(p: EvalParams, frame: pd.DataFrame, config: ev.GenerationConfig, ctx: Any
-                  ) -> tuple[list[ev.Generation], float, str]:
+                  ) -> tuple[list[ev.Generation], float, str, str]:
     """Generate on Ray Data: an actor pool loads the model once per worker (a GPU each where
-    the cluster has them); return the generations in row order, seconds, and the device."""
+    the cluster has them; each worker resolves its own device, in ``p.precision``); return
+    the generations in row order, seconds, and the devices and precisions the workers used."""
     from . import ray_steps
 
     started = time.perf_counter()
     rows = E.map_rows(frame, ray_steps.generate_batch, load=ray_steps.load_generator,
-                      load_kwargs={"spec": p.model}, kwargs={"config": config.to_dict()},
+                      load_kwargs={"spec": p.model, "precision": p.precision},
+                      kwargs={"config": config.to_dict()},
                       use_gpu=True, batch_rows=16, home=E.data_folder(p.store),
                       progress=ctx.progress, cancelled=getattr(ctx, "cancelled", None))
     generations = [ev.Generation(r["text"], tuple(r["token_ids"]), r["hit_max"])
                    for r in map(orjson.loads, rows["generation"])]
-    device = rows["device"].iloc[0] if len(rows) else "ray"
-    return generations, time.perf_counter() - started, f"ray ({device})"
+    devices = ", ".join(sorted(set(rows["device"]))) or "no rows"
+    precisions = ", ".join(sorted(set(rows["precision"]))) or p.precision
+    return generations, time.perf_counter() - started, f"ray ({devices})", precisions
 
 
 def _eval_summary(p: EvalParams, config: ev.GenerationConfig, scored: pd.DataFrame,
