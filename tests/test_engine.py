@@ -77,3 +77,56 @@ def test_cli_refuses_an_unknown_engine(tmp_path):
                                        "--engine", "spark"])
     assert result.exit_code == 1
     assert "'spark' is not one of 'local', 'ray'" in result.output
+
+
+# --- a version's rows as Parquet shards, written by the store (no Ray needed) ----------------
+
+def test_store_writes_a_versions_rows_as_shards_that_decode_to_its_frame(tmp_path):
+    import pandas as pd
+
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    folder = tmp_path / "shards"
+    assert store.write_shards(vid, folder, rows_per_file=150) == 400
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    back = pd.concat([pd.read_parquet(folder / f) for f in files], ignore_index=True)
+    assert back["_pos"].tolist() == list(range(400))
+    assert back["messages"].map(type).eq(str).all()  # JSON text, as engine.decode reads it
+    decoded = E.decode(back).drop(columns="_pos")
+    pd.testing.assert_frame_equal(decoded, store.frame(vid)[decoded.columns])
+    assert store.row_keys(vid).tolist() == back["row_key"].tolist()
+    assert store.content_ids(vid) == back["id"].tolist()
+
+
+def test_store_shards_of_some_positions_and_bad_columns(tmp_path):
+    import pandas as pd
+
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    ids = store.content_ids(vid)
+    wanted = [ids[7], ids[3], ids[7], "no-such-id"]
+    positions = store.first_positions(vid, wanted)
+    assert positions.tolist() == sorted({ids.index(ids[3]), ids.index(ids[7])})
+    folder = tmp_path / "some"
+    assert store.write_shards(vid, folder, columns=("id",), positions=positions) == 2
+    back = pd.read_parquet(folder)
+    assert back.columns.tolist() == ["_pos", "row_key", "id"]
+    assert back["id"].tolist() == [ids[p] for p in positions]
+    with pytest.raises(ConfigError, match=r"columns: \['prompt'\] are not stored row columns"):
+        store.write_shards(vid, tmp_path / "bad", columns=("prompt",))
+
+
+def test_version_shards_leave_no_shard_folder_behind(tmp_path):
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    with E.version_shards(store, vid, ("messages",)) as (folder, rows):
+        assert rows == 400 and folder.parent == tmp_path / E.SHARD_DIR
+        assert len(list(folder.glob("*.parquet"))) == 1
+    assert not (tmp_path / E.SHARD_DIR).exists()  # the emptied shard root goes too
