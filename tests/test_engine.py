@@ -130,3 +130,37 @@ def test_version_shards_leave_no_shard_folder_behind(tmp_path):
         assert rows == 400 and folder.parent == tmp_path / E.SHARD_DIR
         assert len(list(folder.glob("*.parquet"))) == 1
     assert not (tmp_path / E.SHARD_DIR).exists()  # the emptied shard root goes too
+
+
+# --- `workbench embed` --------------------------------------------------------------------------
+
+def test_cli_embed_fills_the_cache_and_says_what_came_from_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    from workbench import curate, models
+    from workbench.store import Store
+
+    encoder = models.tiny_embedder()  # the tiny random embedder instead of loading MiniLM
+    monkeypatch.setattr(models, "load_embedder", lambda *a, **k: encoder)
+    monkeypatch.delenv("WORKBENCH_RAY_MIN_ROWS", raising=False)
+    db = tmp_path / "wb.duckdb"
+    store = Store(db)
+    full = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    vid = store.add_examples("few", store.examples(full)[:12])
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["--store", str(db), "embed", "few@1", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first = run("--field", "user", "--engine", "ray")
+    assert (f"engine local: 12 rows is below the Ray threshold of {E.RAY_MIN_ROWS['embed']} "
+            "rows for embed") in first
+    assert "few@1 user: 0 rows from the cache, 12 embedded now (default)" in first
+    assert "few@1 user: 12 rows from the cache, 0 embedded now (default)" in run("--field",
+                                                                                  "user")
+    cached = curate.version_embeddings(store, store.frame(vid), field="user")[0]
+    direct = curate.embed_frame(Store(":memory:"), store.frame(vid), field="user",
+                                encoder=encoder)
+    np.testing.assert_allclose(cached, direct, atol=1e-6)

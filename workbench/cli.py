@@ -452,6 +452,69 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
         click.echo(f"{version.ref}: {version.n_rows} rows")
 
 
+@main.command("dedup-file")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="Parquet file for the kept rows (the input columns, unchanged).")
+@click.option("--removed", required=True, type=click.Path(),
+              help="Parquet file for the removed rows, with reason, duplicate_of (the kept "
+              "row's number among all inputs), detail, source_file and source_row.")
+@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+              default="conversation", show_default=True)
+@click.option("--near/--no-near", default=True, show_default=True)
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="MinHash Jaccard threshold.")
+@click.option("--ngram", type=int, default=5, show_default=True)
+@click.option("--num-perm", type=int, default=128, show_default=True)
+@click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite --out and --removed if they exist.")
+@_engine_option
+def dedup_file_cmd(inputs: tuple[str, ...], out: str, removed: str, field: str, near: bool,
+                   threshold: float, ngram: int, num_perm: int, keep: str, force: bool,
+                   engine: str) -> None:
+    """Drop exact and near duplicates of Parquet files (INPUTS) file to file, without
+    importing them into the store (for data bigger than the store's disk)."""
+    from . import curate
+    from .dedup_file import dedup_files, describe
+
+    options = curate.DedupOptions(field=field, near=near, near_threshold=threshold,
+                                  ngram=ngram, num_perm=num_perm, keep=keep)
+    result = dedup_files(inputs, out, removed, field=field,
+                         near=options.minhash() if near else None, keep=keep, engine=engine,
+                         force=force)
+    click.echo(describe(result))
+    click.echo(f"kept rows: {out}; removed rows with reasons: {removed}")
+
+
+@main.command("embed")
+@click.argument("ref")
+@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+              default="conversation", show_default=True)
+@click.option("--model", default="default", show_default=True,
+              help="Embedding model name or local folder.")
+@_device_option("the embedding model")
+@_engine_option
+@click.pass_context
+def embed_cmd(ctx: click.Context, ref: str, field: str, model: str, device: str,
+              engine: str) -> None:
+    """Fill the embedding cache for a version's field (cached by content: rows embedded
+    before, here or on the pages, are not embedded again)."""
+    from tqdm import tqdm
+
+    from . import curate
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    _say_engine(engine, store.version(vid).n_rows, "embed")
+    with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
+        cached, computed = curate.embed_version(store, vid, field=field, model=model,
+                                                device=device, engine=engine,
+                                                progress=_bar_callback(bar))
+    click.echo(f"{store.ref_of(vid)} {field}: {cached} rows from the cache, {computed} "
+               f"embedded now ({model})")
+
+
 def _data_folder(store: Any) -> Path:
     from .engine import data_folder
 

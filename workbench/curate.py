@@ -301,10 +301,7 @@ def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame | None,
     """Drop all but the kept member of each cluster into a new version; return it. Without
     ``frame`` only the version's row keys are read (the clusters say what to drop)."""
     if frame is None:
-        members = clusters["row_key"].unique()
-        dropped = dedup.apply_clusters(pd.DataFrame({"row_key": members,
-                                                     "messages": [[]] * len(members)}),
-                                       clusters, overrides=overrides).dropped
+        dropped = dropped_rows(clusters, overrides)
         keys = store.row_keys(version_id)
         result = StepResult(pd.DataFrame({"row_key": keys[~np.isin(keys, dropped["row_key"])]}),
                             dropped)
@@ -314,6 +311,16 @@ def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame | None,
               "overrides": {str(k): v for k, v in (overrides or {}).items()},
               **(extra_params or {})}
     return store.apply_step(version_id, result, operation="dedup", params=params)
+
+
+def dropped_rows(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | None = None
+                 ) -> pd.DataFrame:
+    """Return the rows ``dedup.apply_clusters`` drops for these clusters (row_key, reason,
+    duplicate_of, detail), from the clusters alone: no other row is read."""
+    members = clusters["row_key"].unique()
+    return dedup.apply_clusters(pd.DataFrame({"row_key": members,
+                                              "messages": [[]] * len(members)}),
+                                clusters, overrides=overrides).dropped
 
 
 # --- cleaning --------------------------------------------------------------------------------
