@@ -247,10 +247,7 @@ def find_version_duplicates(store: Store, version_id: int, options: DedupOptions
     from .ray_dedup import find_duplicates_ray
 
     with E.version_shards(store, version_id, ("id", "messages")) as (folder, _):
-        # Read as written (messages as JSON text, which find_duplicates_ray decodes itself):
-        # Ray then counts the rows from the Parquet footers instead of running a decode pass.
-        ds = E.ray_session().data.read_parquet(str(folder))
-        return find_duplicates_ray(ds, field=options.field,
+        return find_duplicates_ray(E.read_shards(folder), field=options.field,
                                    near=options.minhash() if options.near else None,
                                    keep=options.keep, progress=progress)
 
