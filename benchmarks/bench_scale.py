@@ -46,6 +46,21 @@ post-init baseline at 1M (52 MiB at 100k): the edges, member ids and the members
 On one 2-core machine Ray is 1.4-2.6x slower than local; it pays off when the workers are
 other machines. Planted near copies are missed when the edit takes true Jaccard below 0.8
 (truncations, appended sentences), as in bench_dedup.
+
+store_ray (the rows imported into a store, then curate.find_version_duplicates + apply_dedup
+on Ray, as `workbench dedup REF --engine ray` runs), measured 2026-12-05 09:10-09:23 UTC with
+`--sizes 100000,300000 --engines store_ray` (load average 26 to 38), when Ray read the
+store's shards through a decode map_batches:
+
+    rows   engine     seconds  rows/s  driver RSS MiB    recall   recall  precision  dropped
+                                       before -> peak    near     exact
+    100k   store_ray    59.8    1671     295 ->  860     0.891    1.000   0.999       2816
+    300k   store_ray   221.1    1357     319 -> 1764     0.896    1.000   0.998       8537
+
+The same planted pairs are found and the same rows dropped as by the local engine above. The
+driver's peak grew with the rows (+565 MiB at 100k, +1445 MiB at 300k, ~5 KB a row), so this
+path was not yet flat. Not from the store side: on Alpaca (52k rows, no Ray) writing the
+shards raised the peak by 29 MiB and apply_dedup from the clusters alone by under 1 MiB.
 """
 
 from __future__ import annotations
@@ -166,23 +181,69 @@ def run_case(engine: str, shards: Path, out: Path, threshold: float) -> None:
 
         from workbench.ray_dedup import find_duplicates_ray
 
-        start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=3 * 2**30)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        measured["init_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ray.data.range(10).map_batches(lambda b: b).materialize()
-        measured["trivial_job_s"] = time.perf_counter() - start
-        measured["rss_before_mb"] = _status_mb("VmRSS")
+        _start_ray(ray, measured)
         _reset_peak()
         start = time.perf_counter()
         ds = ray.data.read_parquet(sorted(map(str, shards.glob("shard_*.parquet"))))
         clusters = find_duplicates_ray(ds, near=config)
     measured["seconds"] = time.perf_counter() - start
     measured["rss_peak_mb"] = _status_mb("VmHWM")
+    _save_case(engine, clusters, out, measured)
+
+
+def _save_case(engine: str, clusters: pd.DataFrame, out: Path, measured: dict) -> None:
     clusters.to_parquet(out / f"clusters_{engine}.parquet")
     (out / f"case_{engine}.json").write_text(json.dumps(measured))
+
+
+def run_store_case(shards: Path, out: Path, threshold: float) -> None:
+    """Import the shards into a fresh store, then dedup the version through the store wiring
+    (curate.find_version_duplicates + apply_dedup with engine ray, as `workbench dedup REF
+    --engine ray` runs): the rows go from the store to Parquet shards, never into a frame
+    here. Measured: the driver's RSS before and peak during dedup + the child version."""
+    import duckdb
+    import ray
+
+    from workbench import curate
+    from workbench.store import Store
+
+    options = curate.DedupOptions(near_threshold=threshold)
+    measured: dict = {}
+    one = out / "all_rows.parquet"
+    duckdb.sql(f"COPY (SELECT messages FROM read_parquet('{shards}/shard_*.parquet') ORDER BY "
+               f"_pos) TO '{one}' (FORMAT parquet)")
+    store = Store(out / "store" / "wb.duckdb")
+    start = time.perf_counter()
+    version, _ = store.import_file(one, "rows")
+    measured["import_s"] = time.perf_counter() - start
+    one.unlink()
+    _start_ray(ray, measured)
+    _reset_peak()
+    start = time.perf_counter()
+    vid = version.version_id
+    clusters = curate.find_version_duplicates(store, vid, options, engine="ray")
+    child = curate.apply_dedup(store, vid, None, clusters, options)
+    measured["seconds"] = time.perf_counter() - start
+    measured["rss_peak_mb"] = _status_mb("VmHWM")
+    measured["kept"] = child.n_rows
+    # Store row keys back to the rows' positions, so scoring compares with the other cases.
+    keys = store.row_keys(vid)
+    clusters["row_key"] = np.searchsorted(keys, clusters["row_key"].to_numpy())
+    _save_case("store_ray", clusters, out, measured)
+
+
+def _start_ray(ray, measured: dict) -> None:
+    """Start a local Ray (2 CPUs, 3 GiB object store) and run a trivial job; record both
+    times and the driver's RSS after them."""
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=3 * 2**30)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    measured["init_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ray.data.range(10).map_batches(lambda b: b).materialize()
+    measured["trivial_job_s"] = time.perf_counter() - start
+    measured["rss_before_mb"] = _status_mb("VmRSS")
 
 
 def _status_mb(field: str) -> float:
@@ -285,9 +346,10 @@ def bench_size(n: int, engines: list[str], args: argparse.Namespace, work: Path)
         case.update(score(frames[engine], truth, shards, args.threshold), engine=engine, n=n)
         results.append(case)
         _print_row(case)
-    if len(frames) == 2:
-        same = frames["local"].equals(frames["ray"])
-        print(f"   ray clusters frame equals local: {same}")
+    if "local" in frames:
+        for other in sorted(set(frames) - {"local"}):
+            same = frames["local"].equals(frames[other])
+            print(f"   {other} clusters frame equals local: {same}")
     shutil.rmtree(shards)
     return results
 
@@ -295,6 +357,8 @@ def bench_size(n: int, engines: list[str], args: argparse.Namespace, work: Path)
 def _print_row(case: dict) -> None:
     extra = (f"  (ray.init {case['init_s']:.1f} s + trivial job {case['trivial_job_s']:.1f} s)"
              if "init_s" in case else f"  (read Parquet into pandas {case['load_s']:.1f} s)")
+    if "import_s" in case:
+        extra += f" (store import {case['import_s']:.1f} s, child version {case['kept']} rows)"
     print(f"   {case['engine']:<6}{case['seconds']:>9.1f} s{case['n'] / case['seconds']:>10.0f}"
           f" rows/s  driver RSS {case['rss_before_mb']:>6.0f} -> {case['rss_peak_mb']:>6.0f} "
           f"MiB  recall near {case['recall']['near']:.3f} exact {case['recall']['exact']:.3f}"
@@ -304,13 +368,17 @@ def _print_row(case: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,300000,1000000")
-    parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--engines", default="local,ray,store_ray",
+                        help="local, ray (Ray reads the shards) and store_ray (the shards are "
+                        "imported into a store, then `curate` dedups the version on Ray)")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-store", action="store_true")
-    parser.add_argument("--case", choices=("local", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=("local", "ray", "store_ray"), help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case == "store_ray":
+        return run_store_case(args.shards, args.shards, args.threshold)
     if args.case:
         return run_case(args.case, args.shards, args.shards, args.threshold)
     if not ALPACA.exists():

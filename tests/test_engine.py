@@ -77,3 +77,90 @@ def test_cli_refuses_an_unknown_engine(tmp_path):
                                        "--engine", "spark"])
     assert result.exit_code == 1
     assert "'spark' is not one of 'local', 'ray'" in result.output
+
+
+# --- a version's rows as Parquet shards, written by the store (no Ray needed) ----------------
+
+def test_store_writes_a_versions_rows_as_shards_that_decode_to_its_frame(tmp_path):
+    import pandas as pd
+
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    folder = tmp_path / "shards"
+    assert store.write_shards(vid, folder, rows_per_file=150) == 400
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    back = pd.concat([pd.read_parquet(folder / f) for f in files], ignore_index=True)
+    assert back["_pos"].tolist() == list(range(400))
+    assert back["messages"].map(type).eq(str).all()  # JSON text, as engine.decode reads it
+    decoded = E.decode(back).drop(columns="_pos")
+    pd.testing.assert_frame_equal(decoded, store.frame(vid)[decoded.columns])
+    assert store.row_keys(vid).tolist() == back["row_key"].tolist()
+    assert store.content_ids(vid) == back["id"].tolist()
+
+
+def test_store_shards_of_some_positions_and_bad_columns(tmp_path):
+    import pandas as pd
+
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    ids = store.content_ids(vid)
+    wanted = [ids[7], ids[3], ids[7], "no-such-id"]
+    positions = store.first_positions(vid, wanted)
+    assert positions.tolist() == sorted({ids.index(ids[3]), ids.index(ids[7])})
+    folder = tmp_path / "some"
+    assert store.write_shards(vid, folder, columns=("id",), positions=positions) == 2
+    back = pd.read_parquet(folder)
+    assert back.columns.tolist() == ["_pos", "row_key", "id"]
+    assert back["id"].tolist() == [ids[p] for p in positions]
+    with pytest.raises(ConfigError, match=r"columns: \['prompt'\] are not stored row columns"):
+        store.write_shards(vid, tmp_path / "bad", columns=("prompt",))
+
+
+def test_version_shards_leave_no_shard_folder_behind(tmp_path):
+    from workbench.store import Store
+
+    store = Store(tmp_path / "wb.duckdb")
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    with E.version_shards(store, vid, ("messages",)) as (folder, rows):
+        assert rows == 400 and folder.parent == tmp_path / E.SHARD_DIR
+        assert len(list(folder.glob("*.parquet"))) == 1
+    assert not (tmp_path / E.SHARD_DIR).exists()  # the emptied shard root goes too
+
+
+# --- `workbench embed` --------------------------------------------------------------------------
+
+def test_cli_embed_fills_the_cache_and_says_what_came_from_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    from workbench import curate, models
+    from workbench.store import Store
+
+    encoder = models.tiny_embedder()  # the tiny random embedder instead of loading MiniLM
+    monkeypatch.setattr(models, "load_embedder", lambda *a, **k: encoder)
+    monkeypatch.delenv("WORKBENCH_RAY_MIN_ROWS", raising=False)
+    db = tmp_path / "wb.duckdb"
+    store = Store(db)
+    full = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    vid = store.add_examples("few", store.examples(full)[:12])
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["--store", str(db), "embed", "few@1", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first = run("--field", "user", "--engine", "ray")
+    assert (f"engine local: 12 rows is below the Ray threshold of {E.RAY_MIN_ROWS['embed']} "
+            "rows for embed") in first
+    assert "few@1 user: 0 rows from the cache, 12 embedded now (default)" in first
+    assert "few@1 user: 12 rows from the cache, 0 embedded now (default)" in run("--field",
+                                                                                  "user")
+    cached = curate.version_embeddings(store, store.frame(vid), field="user")[0]
+    direct = curate.embed_frame(Store(":memory:"), store.frame(vid), field="user",
+                                encoder=encoder)
+    np.testing.assert_allclose(cached, direct, atol=1e-6)

@@ -203,6 +203,62 @@ def test_semantic_duplicates_stay_local_under_ray(use_ray, stores):
                                curate.DedupOptions(semantic=True), engine="ray")
 
 
+# --- the store path: rows go from the store to Parquet, never into a frame here ----------------
+
+def test_store_path_clean_dedup_scores_and_embeddings_match_local(use_ray, stores, tmp_path,
+                                                                  monkeypatch):
+    """clean_version, find_version_duplicates, score_version and embed_version on Ray read
+    the version from shards the store writes, and give the local engine's preview, clusters,
+    child versions, scores and vectors."""
+    local = stores["local"]
+    base = local.versions("support")[0].version_id
+    frame = local.frame(base)
+    store = Store(tmp_path / "wb.duckdb", lock_timeout=30)  # nothing cached: all computed
+    vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
+    monkeypatch.setattr(Store, "frame", _no_frame)  # the Ray path never builds one
+
+    rules = clean.default_rules()
+    want = curate.clean_preview(frame, rules, engine="local")
+    got = curate.clean_version(store, vid, rules, engine="ray")
+    assert got.preview == want.preview
+    cleaned = curate.apply_clean(store, vid, None, rules, result=got.result)
+    cleaned_local = curate.apply_clean(local, base, frame, rules, result=want.result)
+    assert cleaned.counts == cleaned_local.counts
+
+    options = curate.DedupOptions(near=True)
+    clusters = curate.find_version_duplicates(store, vid, options, engine="ray")
+    clusters_local = curate.find_duplicates(local, frame, options, engine="local")
+    pd.testing.assert_frame_equal(clusters, clusters_local)
+    deduped = curate.apply_dedup(store, vid, None, clusters, options)
+    deduped_local = curate.apply_dedup(local, base, frame, clusters_local, options)
+    assert deduped.counts == deduped_local.counts
+
+    specs = quality.heuristic_specs(["length", "repetition", "overlap"])
+    scores = quality.score_version(store, vid, specs, engine="ray")
+    scores_local = quality.score_heuristics(local, frame, specs, engine="local")
+    pd.testing.assert_frame_equal(scores, scores_local[scores.columns].reset_index(drop=True),
+                                  check_exact=True)
+
+    small = store.add_examples("small", store.examples(vid)[:EMBED_ROWS])
+    assert curate.embed_version(store, small, engine="ray") == (0, EMBED_ROWS)
+    assert curate.embed_version(store, small, engine="ray") == (EMBED_ROWS, 0)
+    monkeypatch.undo()
+    vectors = curate.embed_frame(store, store.frame(small), engine="local")  # from the cache
+    np.testing.assert_allclose(vectors, curate.embed_frame(local, frame.head(EMBED_ROWS)),
+                               atol=1e-5)
+
+    for name, info, info_local in (("clean", cleaned, cleaned_local),
+                                   ("dedup", deduped, deduped_local)):
+        for read in (Store.frame, Store.removed, Store.flagged):
+            pd.testing.assert_frame_equal(read(store, info.version_id),
+                                          read(local, info_local.version_id), obj=name)
+    assert not (tmp_path / E.SHARD_DIR).exists()  # no shard folder left behind
+
+
+def _no_frame(self, version_id):
+    raise AssertionError(f"Store.frame({version_id}) on the Ray path")
+
+
 # --- progress and cancel ------------------------------------------------------------------------
 
 def _lengths(batch: pd.DataFrame) -> pd.DataFrame:
@@ -216,7 +272,7 @@ def test_rows_come_back_in_order_with_progress(module_by_value, tmp_path):
                      progress=lambda done, total: seen.append((done, total)))
     assert out["turns"].tolist() == [len(m) for m in frame["messages"]]
     assert seen[-1] == (30, 30) and len(seen) >= 2
-    assert not any((tmp_path / E.SHARD_DIR).iterdir())  # shards removed
+    assert not (tmp_path / E.SHARD_DIR).exists()  # shards removed, and their emptied root
 
 
 def test_cancel_stops_between_batches(module_by_value, tmp_path):
@@ -226,4 +282,4 @@ def test_cancel_stops_between_batches(module_by_value, tmp_path):
         E.map_rows(frame, _lengths, home=tmp_path, batch_rows=5, shard_rows=5,
                    progress=lambda done, total: seen.append(done), cancelled=lambda: True)
     assert seen == [5]  # the first batch came back, then the run stopped
-    assert not any((tmp_path / E.SHARD_DIR).iterdir())
+    assert not (tmp_path / E.SHARD_DIR).exists()

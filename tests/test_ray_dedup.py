@@ -150,3 +150,21 @@ def test_a_chain_of_near_duplicates_matches_local():
     texts = [" ".join(words[i:i + 24]) for i in range(0, 20)][::-1] + [OTHER, BASE]
     clusters = check_same(texts_frame(texts), near=MinHashConfig(threshold=0.6))
     assert (clusters["method"] == "near").any() and clusters["size"].max() >= 4
+def test_dedup_file_on_ray_keeps_what_the_local_engine_keeps(tmp_path, monkeypatch):
+    """`workbench dedup-file --engine ray` reads the Parquet row groups in Ray tasks and
+    writes the same kept and removed files as the local engine."""
+    from test_dedup_file import alpaca_files
+
+    from workbench.dedup_file import dedup_files
+
+    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "0")  # tiny files still go to Ray
+    inputs = alpaca_files(tmp_path)
+    written = {}
+    for engine in ("local", "ray"):
+        out, removed = tmp_path / f"kept_{engine}.parquet", tmp_path / f"gone_{engine}.parquet"
+        result = dedup_files(inputs, out, removed, near=NEAR, engine=engine)
+        assert result.engine == engine
+        written[engine] = (pd.read_parquet(out), pd.read_parquet(removed))
+    assert len(written["local"][1]) == 3  # the planted copies
+    for local, ray_made in zip(written["local"], written["ray"]):
+        pd.testing.assert_frame_equal(ray_made, local)

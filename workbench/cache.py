@@ -79,6 +79,24 @@ def count_embedded_version(store: Store, version_id: int, model: str, field: str
     return int(found), int(total)
 
 
+def unembedded_positions(store: Store, version_id: int, model: str, field: str, *,
+                         backend: str = "auto") -> np.ndarray:
+    """Return, sorted, the position of the first row of each distinct content id of a version
+    that has no cached vector (of model as backend makes them): the rows to embed, found in
+    the store without reading ids or vectors into this process."""
+    with store.connect() as con:
+        firsts = """SELECT r.id, min(vr.pos) AS pos FROM version_rows vr JOIN rows r
+                    USING (row_key) WHERE vr.version_id = ? GROUP BY r.id"""
+        if not _any_vectors(store, model, field):
+            sql, args = f"SELECT pos FROM ({firsts}) ORDER BY pos", [int(version_id)]
+        else:
+            sql = f"""SELECT f.pos FROM ({firsts}) f ANTI JOIN (SELECT id FROM embeddings
+                WHERE model = ? AND field = ?) e USING (id) ORDER BY f.pos"""
+            args = [int(version_id), _embedding_key(model, backend), field]
+        found = con.execute(sql, args).fetchnumpy()["pos"]
+    return np.asarray(found, dtype=np.int64)
+
+
 def put_embeddings(store: Store, ids: Sequence[str], vectors: np.ndarray, model: str,
                    field: str, *, backend: str = "auto") -> int:
     """Store vectors (made by backend; "auto": as loaded here) for ids not cached yet; return

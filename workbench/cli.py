@@ -388,17 +388,15 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
     modes = {**{n: "drop" for n in _split_names(drop_rules)},
              **{n: "flag" for n in _split_names(flag_rules)}}
     chosen = _clean_rules(_split_names(rules) if rules else None, pii, texts, modes)
-    frame = store.frame(vid)
-    _say_engine(engine, len(frame), "clean")
-    checked = curate.clean_preview(frame, chosen, samples=1, engine=engine,
-                                   home=_data_folder(store))
+    _say_engine(engine, store.version(vid).n_rows, "clean")
+    checked = curate.clean_version(store, vid, chosen, samples=1, engine=engine)
     report = checked.preview
     click.echo(report.to_frame().to_string(index=False))
     click.echo(f"{report.dropped_rows} of {report.total_rows} rows would be dropped, "
                f"{report.flagged_rows} kept and flagged for review")
     if not preview:
         extra = {"eval_version": store.resolve(eval_ref)} if eval_ref else {}
-        version = curate.apply_clean(store, vid, frame, chosen, extra_params=extra,
+        version = curate.apply_clean(store, vid, None, chosen, extra_params=extra,
                                      result=checked.result)  # the rules ran once, above
         click.echo(f"{version.ref}: {version.n_rows} rows")
 
@@ -430,30 +428,91 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
     from tqdm import tqdm
 
     from . import curate
-    from .curate import embed_frame
 
     store = _store(ctx)
     vid = store.resolve(ref)
     options = curate.DedupOptions(field=field, near=near, near_threshold=threshold, ngram=ngram,
                                   num_perm=num_perm, semantic=semantic, keep=keep,
                                   **({"semantic_threshold": cosine} if cosine else {}))
-    frame = store.frame(vid)
-    curate.check_dedup_engine(options, engine, len(frame))  # before minutes of embedding
+    rows = store.version(vid).n_rows
+    curate.check_dedup_engine(options, engine, rows)  # before minutes of embedding
     if semantic:
         with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-            embed_frame(store, frame, field=field, progress=progress, device=device,
-                        engine=engine)
-    _say_engine(engine, len(frame), "dedup")
-    clusters = curate.find_duplicates(store, frame, options, engine=engine)
-    summary = curate.cluster_summary(frame, clusters)
+            curate.embed_version(store, vid, field=field, progress=_bar_callback(bar),
+                                 device=device, engine=engine)
+    _say_engine(engine, rows, "dedup")
+    # The version's rows are read where the engine runs: with ray, from Parquet shards the
+    # store writes; only the clusters' members come back here.
+    clusters = curate.find_version_duplicates(store, vid, options, engine=engine)
+    summary = curate.cluster_summary(curate.member_rows(store, vid, clusters), clusters)
     click.echo(f"{len(summary)} clusters, {int((~clusters['kept']).sum())} rows to drop")
     click.echo(summary.head(20).to_string(index=False) if len(summary) else "")
     if not dry_run and len(summary):
-        version = curate.apply_dedup(store, vid, frame, clusters, options)
+        version = curate.apply_dedup(store, vid, None, clusters, options)
         click.echo(f"{version.ref}: {version.n_rows} rows")
+
+
+@main.command("dedup-file")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(),
+              help="Parquet file for the kept rows (the input columns, unchanged).")
+@click.option("--removed", required=True, type=click.Path(),
+              help="Parquet file for the removed rows, with reason, duplicate_of (the kept "
+              "row's number among all inputs), detail, source_file and source_row.")
+@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+              default="conversation", show_default=True)
+@click.option("--near/--no-near", default=True, show_default=True)
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="MinHash Jaccard threshold.")
+@click.option("--ngram", type=int, default=5, show_default=True)
+@click.option("--num-perm", type=int, default=128, show_default=True)
+@click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite --out and --removed if they exist.")
+@_engine_option
+def dedup_file_cmd(inputs: tuple[str, ...], out: str, removed: str, field: str, near: bool,
+                   threshold: float, ngram: int, num_perm: int, keep: str, force: bool,
+                   engine: str) -> None:
+    """Drop exact and near duplicates of Parquet files (INPUTS) file to file, without
+    importing them into the store (for data bigger than the store's disk)."""
+    from . import curate
+    from .dedup_file import dedup_files, describe
+
+    options = curate.DedupOptions(field=field, near=near, near_threshold=threshold,
+                                  ngram=ngram, num_perm=num_perm, keep=keep)
+    result = dedup_files(inputs, out, removed, field=field,
+                         near=options.minhash() if near else None, keep=keep, engine=engine,
+                         force=force)
+    click.echo(describe(result))
+    click.echo(f"kept rows: {out}; removed rows with reasons: {removed}")
+
+
+@main.command("embed")
+@click.argument("ref")
+@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+              default="conversation", show_default=True)
+@click.option("--model", default="default", show_default=True,
+              help="Embedding model name or local folder.")
+@_device_option("the embedding model")
+@_engine_option
+@click.pass_context
+def embed_cmd(ctx: click.Context, ref: str, field: str, model: str, device: str,
+              engine: str) -> None:
+    """Fill the embedding cache for a version's field (cached by content: rows embedded
+    before, here or on the pages, are not embedded again)."""
+    from tqdm import tqdm
+
+    from . import curate
+
+    store = _store(ctx)
+    vid = store.resolve(ref)
+    _say_engine(engine, store.version(vid).n_rows, "embed")
+    with tqdm(desc="embedding", unit=" texts", file=sys.stderr) as bar:
+        cached, computed = curate.embed_version(store, vid, field=field, model=model,
+                                                device=device, engine=engine,
+                                                progress=_bar_callback(bar))
+    click.echo(f"{store.ref_of(vid)} {field}: {cached} rows from the cache, {computed} "
+               f"embedded now ({model})")
 
 
 def _data_folder(store: Any) -> Path:
@@ -532,12 +591,12 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     heuristics = [n for n in names if n not in models and n not in ("judge", "learned")]
     judge_config = _judge_config(judge_url, judge_model, api_key_env, rubric_file,
                                  judge_format, judge_retries) if "judge" in names else None
-    frame = store.frame(vid)
+    rows = store.version(vid).n_rows
     if heuristics:
-        _say_engine(engine, len(frame), "score")
-        quality.score_heuristics(store, frame,
-                                 quality.heuristic_specs(heuristics, {"format": checks}),
-                                 engine=engine)
+        _say_engine(engine, rows, "score")
+        quality.score_version(store, vid, quality.heuristic_specs(heuristics,
+                                                                  {"format": checks}),
+                              engine=engine)
     if engine == "ray" and judge_config is not None:
         click.echo("engine ray: the judge runs on the local engine", err=True)
     if models:
@@ -547,7 +606,7 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             hf_logging.disable_progress_bar()
         with tqdm(desc="model scores", unit=" tokens", file=sys.stderr,
                   disable=not progress) as bar:
-            _say_engine(engine, len(frame), "model_score")
+            _say_engine(engine, rows, "model_score")
             result = quality.run_model_scoring(store, vid, scores=models, model=model,
                                                max_length=max_length, device=device,
                                                progress=_bar_callback(bar), engine=engine)
@@ -558,13 +617,17 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
     if "learned" in names:  # last: it uses every score cached above as a feature
         from . import labelling
 
-        result = labelling.train_learned(store, vid, quality.with_cached_scores(store, frame),
-                                         label_set=label_set)
+        result = labelling.train_learned(
+            store, vid, quality.with_cached_scores(store, store.frame(vid)),
+            label_set=label_set)
         click.echo(_learned_line(result))
-    scored = quality.with_cached_scores(store, frame)
+    import pandas as pd
+
+    # The statistics need the scores only: the ids, not the rows.
+    scored = quality.with_cached_scores(store, pd.DataFrame({"id": store.content_ids(vid)}))
     columns = [f"{n}_score" if n != "learned" else _learned_column(label_set) for n in names]
     columns = [c for c in columns if c in scored.columns]
-    click.echo(f"{store.ref_of(vid)}: {len(frame)} rows scored")
+    click.echo(f"{store.ref_of(vid)}: {len(scored)} rows scored")
     click.echo(quality.score_summary(scored, columns).to_string(index=False, float_format=
                                                                   lambda v: f"{v:.4g}"))
 

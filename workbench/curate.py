@@ -20,7 +20,8 @@ from . import engine as E
 from .cache import StoreCache, count_embedded_version, get_embeddings
 from .embed import embed_rows
 from .exceptions import ConfigError
-from .store import Store, VersionInfo
+from .schema import StepResult
+from .store import SHARD_COLUMNS, Store, VersionInfo
 
 Field = Literal["conversation", "user", "assistant"]
 
@@ -108,13 +109,56 @@ def _embed_ray(store: Store, frame: pd.DataFrame, field: str, model: str,
                           use_gpu=True,
                           home=E.data_folder(store.path), progress=progress,
                           cancelled=cancelled)
-        vectors = ray_steps.vectors_of(rows)
-        made = dict(zip(todo["id"], vectors))
-        for backend, part in rows.groupby("backend", sort=False):  # the key of what made them
-            part_ids = todo["id"].iloc[part.index].tolist()
-            cache.put_embeddings(part_ids, vectors[part.index], model, field, backend=backend)
+        made = _cache_vectors(cache, todo["id"].tolist(), rows, model, field)
         cached = {**cached, **made}
     return np.stack([cached[i] for i in ids]) if ids else np.zeros((0, 384), np.float32)
+
+
+def _cache_vectors(cache: StoreCache, ids: list[str], rows: pd.DataFrame, model: str,
+                   field: str) -> dict[str, np.ndarray]:
+    """Cache embed_batch rows (aligned with ``ids``) under the backend that made each; return
+    the vectors by id."""
+    from . import ray_steps
+
+    vectors = ray_steps.vectors_of(rows)
+    for backend, part in rows.reset_index(drop=True).groupby("backend", sort=False):
+        cache.put_embeddings([ids[i] for i in part.index], vectors[part.index], model, field,
+                             backend=backend)  # the key of what made them
+    return dict(zip(ids, vectors))
+
+
+def embed_version(store: Store, version_id: int, *, field: str = "conversation",
+                  model: str = "default", device: str = "auto", engine: str = "local",
+                  progress: Callable[[int, int], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> tuple[int, int]:
+    """Fill the embedding cache for a stored version's field; return (distinct rows found in
+    the cache, rows embedded now). On Ray (from the size threshold on, the size being the
+    version's n_rows) only the uncached rows go from the store to Parquet shards and this
+    process holds their vectors until cached, never a frame of the version."""
+    from .models import embed_backend
+
+    rows = store.version(version_id).n_rows or 0
+    if E.choose(engine, rows, "embed").engine == "local":
+        found, total = count_embedded_version(store, version_id, model, field)
+        embed_frame(store, store.frame(version_id), field=field, model=model,
+                    progress=progress, device=device)
+        return found, total - found
+    from . import ray_steps
+    from .cache import unembedded_positions
+
+    positions = unembedded_positions(store, version_id, model, field,
+                                     backend=embed_backend("auto", model))
+    found, _ = count_embedded_version(store, version_id, model, field,
+                                      backend=embed_backend("auto", model))
+    if len(positions):
+        with E.version_shards(store, version_id, ("id", "messages"),
+                              positions=positions) as (folder, total):
+            made = E.map_shards(folder, total, ray_steps.embed_batch, kwargs={"field": field},
+                                load=ray_steps.load_encoder, load_kwargs={"model": model},
+                                use_gpu=True, progress=progress, cancelled=cancelled)
+        ids = store.content_ids(version_id)
+        _cache_vectors(StoreCache(store), [ids[p] for p in made["_pos"]], made, model, field)
+    return found, len(positions)
 
 
 def start_embedding(store: Store, version_id: int, *, field: str = "conversation",
@@ -189,6 +233,31 @@ def _find_duplicates_ray(store: Store, frame: pd.DataFrame, options: DedupOption
                                    progress=progress)
 
 
+def find_version_duplicates(store: Store, version_id: int, options: DedupOptions, *,
+                            progress: Callable[[int, int], None] | None = None,
+                            engine: str = "local") -> pd.DataFrame:
+    """Return ``find_duplicates`` of a stored version. On Ray (``engine="ray"`` from the size
+    threshold on, the size being the version's n_rows) the rows go from the store to Parquet
+    shards (``Store.write_shards``) and Ray reads them: no frame of the version is built here."""
+    rows = store.version(version_id).n_rows or 0
+    if check_dedup_engine(options, engine, rows).engine == "local" or options.score_column:
+        # keep by score needs the version's score column: a frame, so the local way in
+        return find_duplicates(store, store.frame(version_id), options, progress=progress,
+                               engine=engine)
+    from .ray_dedup import find_duplicates_ray
+
+    with E.version_shards(store, version_id, ("id", "messages")) as (folder, _):
+        return find_duplicates_ray(E.read_shards(folder), field=options.field,
+                                   near=options.minhash() if options.near else None,
+                                   keep=options.keep, progress=progress)
+
+
+def member_rows(store: Store, version_id: int, clusters: pd.DataFrame) -> pd.DataFrame:
+    """Return the rows of a version that are in some cluster (row_key, prompt, response, ...):
+    what ``cluster_summary`` and ``cluster_members`` read, without the other rows."""
+    return store.rows_of(version_id, clusters["row_key"].unique().tolist())
+
+
 def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
                     method: Literal["near", "semantic"], thresholds: Sequence[float], *,
                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
@@ -225,15 +294,33 @@ def cluster_members(frame: pd.DataFrame, clusters: pd.DataFrame, cluster_id: int
     return members.reset_index(drop=True).join(rows.reset_index(drop=True))
 
 
-def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame, clusters: pd.DataFrame,
-                options: DedupOptions, overrides: Mapping[int, int | str] | None = None, *,
+def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame | None,
+                clusters: pd.DataFrame, options: DedupOptions,
+                overrides: Mapping[int, int | str] | None = None, *,
                 extra_params: dict | None = None) -> VersionInfo:
-    """Drop all but the kept member of each cluster into a new version; return it."""
-    result = dedup.apply_clusters(frame, clusters, overrides=overrides)
+    """Drop all but the kept member of each cluster into a new version; return it. Without
+    ``frame`` only the version's row keys are read (the clusters say what to drop)."""
+    if frame is None:
+        dropped = dropped_rows(clusters, overrides)
+        keys = store.row_keys(version_id)
+        result = StepResult(pd.DataFrame({"row_key": keys[~np.isin(keys, dropped["row_key"])]}),
+                            dropped)
+    else:
+        result = dedup.apply_clusters(frame, clusters, overrides=overrides)
     params = {**options.params(), "clusters": int(clusters["cluster_id"].nunique()),
               "overrides": {str(k): v for k, v in (overrides or {}).items()},
               **(extra_params or {})}
     return store.apply_step(version_id, result, operation="dedup", params=params)
+
+
+def dropped_rows(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | None = None
+                 ) -> pd.DataFrame:
+    """Return the rows ``dedup.apply_clusters`` drops for these clusters (row_key, reason,
+    duplicate_of, detail), from the clusters alone: no other row is read."""
+    members = clusters["row_key"].unique()
+    return dedup.apply_clusters(pd.DataFrame({"row_key": members,
+                                              "messages": [[]] * len(members)}),
+                                clusters, overrides=overrides).dropped
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -287,10 +374,37 @@ def clean_preview(frame: pd.DataFrame, rules: Sequence, *, samples: int = 5,
     return ray_steps.clean_result(frame, outcomes, list(rules), samples)
 
 
-def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Sequence, *,
+def clean_version(store: Store, version_id: int, rules: Sequence, *, samples: int = 5,
+                  row_progress: Callable[[int, int, str], None] | None = None,
+                  engine: str = "local", cancelled: Callable[[], bool] | None = None):
+    """Return ``clean_preview`` of a stored version. On Ray (from the size threshold on, the
+    size being the version's n_rows) the rows go from the store to Parquet shards and only
+    what the rules hit, dropped, changed or flagged comes back: the CleanRun's ``kept`` then
+    holds the kept row keys and the changed rows' new content (all ``apply_clean`` saves)."""
+    from . import clean, ray_steps
+
+    rows = store.version(version_id).n_rows or 0
+    if E.choose(engine, rows, "clean").engine == "local":
+        return clean_preview(store.frame(version_id), rules, samples=samples,
+                             row_progress=row_progress)
+    clean._check_inputs(pd.DataFrame(columns=["row_key", "messages"]), rules)
+    if samples < 0:
+        raise ConfigError(f"samples: must be >= 0, got {samples}")
+    report = None if row_progress is None else (
+        lambda done, total: row_progress(done, total, "rules on Ray"))
+    with E.version_shards(store, version_id, SHARD_COLUMNS) as (folder, total):
+        outcomes = E.map_shards(folder, total, ray_steps.clean_changes_batch,
+                                kwargs={"rules": list(rules), "samples": samples},
+                                sparse=True, progress=report, cancelled=cancelled)
+    return ray_steps.clean_changes_result(store.row_keys(version_id), outcomes, list(rules),
+                                          samples)
+
+
+def apply_clean(store: Store, version_id: int, frame: pd.DataFrame | None, rules: Sequence, *,
                 extra_params: dict | None = None, result=None, engine: str = "local",
                 progress: Callable[[int, int], None] | None = None) -> VersionInfo:
-    """Apply cleaning rules in order into a new version; return it.
+    """Apply cleaning rules in order into a new version; return it (without ``frame``, the
+    rules run on the stored version: ``clean_version``).
 
     ``result``: the StepResult of a preview of these same rules on this frame
     (``clean_preview(...).result``), saved as it is instead of running the rules again.
@@ -300,8 +414,10 @@ def apply_clean(store: Store, version_id: int, frame: pd.DataFrame, rules: Seque
         raise ConfigError("no cleaning rule is switched on")
     if result is None:
         report = None if progress is None else (lambda d, t, _n: progress(d, t))
-        result = clean_preview(frame, rules, samples=0, engine=engine, row_progress=report,
-                               home=E.data_folder(store.path)).result
+        result = (clean_version(store, version_id, rules, samples=0, engine=engine,
+                                row_progress=report) if frame is None else
+                  clean_preview(frame, rules, samples=0, engine=engine, row_progress=report,
+                                home=E.data_folder(store.path))).result
     params = {"rules": [r.params() for r in rules], **(extra_params or {})}
     return store.apply_step(version_id, result, operation="clean", params=params)
 

@@ -186,13 +186,22 @@ def _encoded(frame: pd.DataFrame) -> pa.Table:
 
 
 def decode(batch: pd.DataFrame) -> pd.DataFrame:
-    """Return a batch read from the shards as the step frame it was written from."""
+    """Return a batch read from the shards as the step frame it was written from: nested
+    values decoded and, for shards the store wrote, the prompt/response/tags/note columns
+    filled in as ``Store.frame`` fills them."""
+    from .schema import prompt_text, response_text
+
     batch = batch.copy()
     for column in JSON_COLUMNS:
         if column in batch.columns:
             batch[column] = [orjson.loads(v) for v in batch[column]]
+    if "messages" in batch.columns and "prompt" not in batch.columns:
+        batch["prompt"] = [prompt_text(m) for m in batch["messages"]]
+        batch["response"] = [response_text(m) for m in batch["messages"]]
     if "tags" in batch.columns:
         batch["tags"] = [list(t) if t is not None else [] for t in batch["tags"]]
+    if "note" in batch.columns:
+        batch["note"] = batch["note"].fillna("")
     return batch
 
 
@@ -236,7 +245,33 @@ def shards(frame: pd.DataFrame, home: str | Path, *, rows_per_file: int = 10 * B
     try:
         yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_shards(folder)
+
+
+@contextmanager
+def version_shards(store: Any, version_id: int, columns: Sequence[str], *,
+                   positions: Any = None, rows_per_file: int = 10 * BATCH_ROWS
+                   ) -> Iterator[tuple[Path, int]]:
+    """Yield (shard folder, rows) of a version's rows (or those at ``positions``) that the
+    store writes straight to Parquet (``Store.write_shards``) under its data folder, removed
+    afterwards: the rows never pass through a pandas frame in this process."""
+    home = data_folder(store.path)
+    folder = (shard_root(home) / uuid.uuid4().hex).resolve()
+    try:
+        rows = store.write_shards(version_id, folder, columns=columns,
+                                  rows_per_file=rows_per_file, positions=positions)
+        yield folder, rows
+    finally:
+        _remove_shards(folder)
+
+
+def _remove_shards(folder: Path) -> None:
+    """Remove a step's shard folder, and the shard root too when no other step uses it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # only when empty: another step's shards stay
+    except OSError:
+        pass
 
 
 # --- running a function batch by batch ------------------------------------------------------
@@ -251,9 +286,11 @@ def _aligned(fn: Fn, batch: pd.DataFrame, out: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True).assign(_pos=batch["_pos"].to_numpy())
 
 
-def _run_batch(batch: pd.DataFrame, fn: Fn, kwargs: dict) -> pd.DataFrame:
+def _run_batch(batch: pd.DataFrame, fn: Fn, kwargs: dict, sparse: bool = False
+               ) -> pd.DataFrame:
     """One task: decode the batch, run the pure function, keep the row positions."""
-    return _aligned(fn, batch, fn(decode(batch).drop(columns="_pos"), **kwargs))
+    out = _aligned(fn, batch, fn(decode(batch).drop(columns="_pos"), **kwargs))
+    return _sparse(out, len(batch)) if sparse else out
 
 
 class _ModelBatches:
@@ -286,28 +323,68 @@ def map_rows(frame: pd.DataFrame, fn: Fn, *, home: str | Path, kwargs: dict | No
     """
     if batch_rows < 1:
         raise ConfigError(f"batch_rows={batch_rows}: must be >= 1")
-    ray = ray_session()
     with shards(frame, home, rows_per_file=shard_rows) as folder:
-        # One block per shard: Ray merges small files into one block (even with
-        # override_num_blocks), and a block is what comes back at once.
-        ds = ray.data.read_parquet(str(folder)).repartition(
-            len(list(folder.glob("*.parquet"))))
-        mapped = ds.map_batches(**_map_args(fn, kwargs or {}, load, load_kwargs or {}, workers,
-                                            use_gpu, batch_rows))
-        parts = _collect(mapped, len(frame), progress, cancelled)
+        out = map_shards(folder, len(frame), fn, kwargs=kwargs, load=load,
+                         load_kwargs=load_kwargs, workers=workers, use_gpu=use_gpu,
+                         batch_rows=batch_rows, progress=progress, cancelled=cancelled)
+    return out.drop(columns="_pos") if "_pos" in out.columns else out
+
+
+def map_shards(folder: Path, rows: int, fn: Fn, *, kwargs: dict | None = None,
+               load: Callable[..., Any] | None = None, load_kwargs: dict | None = None,
+               workers: int | None = None, use_gpu: bool = False, batch_rows: int = BATCH_ROWS,
+               sparse: bool = False, progress: Callable[[int, int], None] | None = None,
+               cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Return ``fn`` (as for ``map_rows``) applied to the ``rows`` rows of a shard folder,
+    with their ``_pos``, in ``_pos`` order.
+
+    ``sparse``: only the output rows with some non-null value come back (a step that reports
+    on a few rows, such as what clean changed): the workers drop the others, so the driver
+    never holds one output row per input row.
+    """
+    if batch_rows < 1:
+        raise ConfigError(f"batch_rows={batch_rows}: must be >= 1")
+    ray = ray_session()
+    # One block per shard: Ray merges small files into one block (even with
+    # override_num_blocks), and a block is what comes back at once.
+    ds = ray.data.read_parquet(str(folder)).repartition(len(list(folder.glob("*.parquet"))))
+    mapped = ds.map_batches(**_map_args(fn, kwargs or {}, load, load_kwargs or {}, workers,
+                                        use_gpu, batch_rows, sparse))
+    parts = _collect(mapped, rows, progress, cancelled)
     if not parts:
         return pd.DataFrame()
-    out = pd.concat(parts, ignore_index=True).sort_values("_pos", kind="stable")
-    return out.drop(columns="_pos").reset_index(drop=True)
+    out = pd.concat(parts, ignore_index=True)
+    if sparse:
+        out = out[out["_pos"] >= 0].drop(columns=_BATCH_ROWS)
+    return out.sort_values("_pos", kind="stable").reset_index(drop=True)
+
+
+_BATCH_ROWS = "_batch_rows"  # sparse output: the input rows a batch covered (for progress)
+
+
+def _sparse(out: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """Keep the output rows with some value; carry the batch's row count for progress (on a
+    placeholder row with _pos -1 when no row is kept)."""
+    values = out.drop(columns="_pos")
+    kept = out[values.notna().any(axis=1)] if len(values.columns) else out.iloc[:0]
+    if not len(kept):
+        kept = pd.DataFrame({c: [None] for c in values.columns} | {"_pos": [-1]})
+    counts = [0] * len(kept)
+    counts[0] = rows
+    return kept.assign(**{_BATCH_ROWS: counts}).reset_index(drop=True)
 
 
 def _map_args(fn: Fn, kwargs: dict, load: Callable[..., Any] | None, load_kwargs: dict,
-              workers: int | None, use_gpu: bool, batch_rows: int) -> dict:
+              workers: int | None, use_gpu: bool, batch_rows: int, sparse: bool = False
+              ) -> dict:
     ray = _import_ray()
     common = {"batch_format": "pandas", "batch_size": batch_rows,
-              "udf_modifying_row_count": False}
+              "udf_modifying_row_count": sparse}
     if load is None:  # a plain function: Ray tasks, as many as the CPUs allow
-        return {"fn": _run_batch, "fn_kwargs": {"fn": fn, "kwargs": kwargs}, **common}
+        return {"fn": _run_batch, "fn_kwargs": {"fn": fn, "kwargs": kwargs, "sparse": sparse},
+                **common}
+    if sparse:
+        raise ConfigError("sparse output is for plain functions (no model to load)")
     gpus = gpu_count() if use_gpu else 0
     size = workers or max(gpus, 1)
     return {"fn": _ModelBatches, "fn_constructor_kwargs": {
@@ -321,7 +398,7 @@ def _collect(mapped: Any, total: int, progress: Callable[[int, int], None] | Non
     parts, done = [], 0
     for part in mapped.iter_batches(batch_format="pandas", batch_size=None):
         parts.append(part)
-        done += len(part)
+        done += int(part[_BATCH_ROWS].sum()) if _BATCH_ROWS in part.columns else len(part)
         if progress:
             progress(done, total)  # a job's progress raises Cancelled when asked to stop
         if cancelled is not None and cancelled():
@@ -343,7 +420,11 @@ def data_folder(store_path: str | None = None) -> Path:
 def dataset(frame: pd.DataFrame, home: str | Path, columns: Sequence[str]) -> Iterator[Any]:
     """Yield a Ray Dataset of the frame's ``columns`` plus ``_pos`` (the row's position),
     nested values decoded, read from Parquet shards that are removed afterwards."""
-    ray = ray_session()
     with shards(frame[list(columns)], home) as folder:
-        yield ray.data.read_parquet(str(folder)).map_batches(
-            decode, batch_format="pandas", udf_modifying_row_count=False)
+        yield read_shards(folder)
+
+
+def read_shards(folder: Path) -> Any:
+    """Return a Ray Dataset of a shard folder's rows, nested values decoded."""
+    return ray_session().data.read_parquet(str(folder)).map_batches(
+        decode, batch_format="pandas", udf_modifying_row_count=False)

@@ -107,21 +107,69 @@ def _score_ray(store: Store, frame: pd.DataFrame, specs: list[S.ScoreSpec],
     does (never a NaN); return the frame with the score columns."""
     from . import ray_steps
 
+    def compute(missing: set[str]) -> pd.DataFrame:
+        todo = frame[frame["id"].isin(missing)].drop_duplicates("id")
+        values = E.map_rows(todo, ray_steps.score_batch, kwargs={"specs": specs},
+                            home=E.data_folder(store.path), progress=progress,
+                            cancelled=cancelled)
+        return values.assign(id=todo["id"].to_numpy())
+
+    return _with_new_scores(store, frame, specs, compute)
+
+
+def _with_new_scores(store: Store, frame: pd.DataFrame, specs: list[S.ScoreSpec],
+                     compute: Callable[[set[str]], pd.DataFrame]) -> pd.DataFrame:
+    """Return the frame plus the score columns: the cached values, and for the ids some scorer
+    has no value for, ``compute(ids)`` (id plus score columns), cached here (never a NaN)."""
     cache, out = StoreCache(store), frame.copy()
     cached = {s.out: S.cached_values(frame, s, cache) for s in specs}
     missing = set().union(*(set(frame["id"]) - set(c) for c in cached.values()))
-    todo = frame[frame["id"].isin(missing)].drop_duplicates("id")
-    values = E.map_rows(todo, ray_steps.score_batch, kwargs={"specs": specs},
-                        home=E.data_folder(store.path), progress=progress,
-                        cancelled=cancelled) if len(todo) else pd.DataFrame()
+    values = compute(missing) if missing else pd.DataFrame()
     for spec in specs:
-        new = {} if values.empty else dict(zip(todo["id"], values[spec.out].tolist()))
+        new = {} if values.empty else dict(zip(values["id"], values[spec.out].tolist()))
         fresh = {i: v for i, v in new.items() if i not in cached[spec.out] and np.isfinite(v)}
         cache.put_scores(list(fresh), list(fresh.values()), spec.name,
                          spec.scorer.cache_params(spec.params))
         found = {**new, **cached[spec.out]}
         out[spec.out] = np.array([found[i] for i in frame["id"].tolist()], dtype=np.float64)
     return out
+
+
+def score_version(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *,
+                  progress: Callable[[int, int], None] | None = None, engine: str = "local",
+                  cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
+    """Score a stored version's rows as ``score_heuristics`` does (same values, same cache);
+    return its ``id`` column plus the score columns, in version order.
+
+    On Ray (from the size threshold on, the size being the version's n_rows) only the rows
+    some scorer has no cached value for go from the store to Parquet shards
+    (``Store.write_shards``): this process holds the version's ids and the values, never a
+    frame of its rows.
+    """
+    if not specs:
+        raise ConfigError("scorers: choose at least one scorer")
+    rows = store.version(version_id).n_rows or 0
+    columns = ["id", *[s.out for s in specs]]
+    if E.choose(engine, rows, "score").engine == "local":
+        return score_heuristics(store, store.frame(version_id), specs,
+                                progress=progress)[columns].reset_index(drop=True)
+    from . import ray_steps
+
+    ids = pd.DataFrame({"id": store.content_ids(version_id)})
+
+    def compute(missing: set[str]) -> pd.DataFrame:
+        positions = store.first_positions(version_id, sorted(missing))
+        with E.version_shards(store, version_id, ("id", "messages", "metadata"),
+                              positions=positions) as (folder, total):
+            values = E.map_shards(folder, total, ray_steps.score_batch,
+                                  kwargs={"specs": list(specs)}, progress=progress,
+                                  cancelled=cancelled)
+        return values.assign(id=ids["id"].to_numpy()[values["_pos"].to_numpy()])
+
+    out = _with_new_scores(store, ids, list(specs), compute)
+    for spec in specs:
+        _touch(store, ids["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
+    return out[columns]
 
 
 def _touch(store: Store, ids: Sequence[str], scorer: str, params: dict) -> None:

@@ -50,6 +50,62 @@ def clean_batch(batch: pd.DataFrame, *, rules: Sequence[clean.Rule], samples: in
     return pd.DataFrame({"outcome": [orjson.dumps(r).decode() for r in rows]})
 
 
+def clean_changes_batch(batch: pd.DataFrame, *, rules: Sequence[clean.Rule], samples: int
+                        ) -> pd.DataFrame:
+    """Return clean_batch's outcome only for the rows some rule hit, dropped, changed or
+    flagged (None for the others, which the engine then leaves in the worker); a changed
+    row's outcome also carries its metadata, tags and note, for the store's new record."""
+    outcomes = clean_batch(batch, rules=rules, samples=samples)["outcome"].tolist()
+    out: list[str | None] = []
+    for i, text in enumerate(outcomes):
+        row = orjson.loads(text)
+        if row["messages"] is not None:
+            row.update(metadata=batch["metadata"].iloc[i], tags=list(batch["tags"].iloc[i]),
+                       note=batch["note"].iloc[i])
+        touched = row["hits"] or row["drop"] or row["changes"] or row["flags"]
+        out.append(orjson.dumps(row).decode() if touched or row["samples"] else None)
+    return pd.DataFrame({"outcome": pd.Series(out, dtype=object)})
+
+
+def clean_changes_result(keys: np.ndarray, outcomes: pd.DataFrame,
+                         rules: Sequence[clean.Rule], samples: int) -> clean.CleanRun:
+    """Return the CleanRun of a version whose row keys (in order) are ``keys`` from the
+    clean_changes_batch rows that came back (``_pos``, ``outcome``): the preview and the
+    StepResult the store saves, whose ``kept`` holds every kept row_key and the new content
+    of changed rows only (the store reads nothing else of it)."""
+    pos = outcomes["_pos"].to_numpy(np.int64) if len(outcomes) else np.zeros(0, np.int64)
+    rows = [orjson.loads(o) for o in outcomes["outcome"]] if len(outcomes) else []
+    keys = np.asarray(keys, dtype=np.int64)
+    reports = [clean.RuleReport(
+        rule.name, rule.action, sum(number in r["hits"] for r in rows),
+        [s for r in rows for n, s in r["samples"] if n == number][:samples],
+        [int(keys[p]) for p, r in zip(pos, rows) if number in r["hits"]])
+        for number, rule in enumerate(rules)]
+    hit_drop = [any(rules[n].action == "drop" for n in r["hits"]) for r in rows]
+    hit_flag = [any(rules[n].action == "flag" for n in r["hits"]) for r in rows]
+    preview = clean.CleanPreview(len(keys), sum(hit_drop), reports,
+                                 sum(f and not d for f, d in zip(hit_flag, hit_drop)))
+    dropped = [(int(p), *r["drop"]) for p, r in zip(pos, rows) if r["drop"] is not None]
+    survivors = {int(p) for p, r in zip(pos, rows) if r["drop"] is None}  # of touched rows
+    changes = [(int(p), *c) for p, r in zip(pos, rows) for c in r["changes"]]
+    flagged = [(int(p), *f) for p, r in zip(pos, rows) for f in r["flags"]]
+    alive = np.ones(len(keys), bool)
+    alive[[d[0] for d in dropped]] = False
+    kept = pd.DataFrame({"row_key": keys[alive]})
+    new = {int(keys[p]): r for p, r in zip(pos, rows) if r["messages"] is not None
+           and r["drop"] is None}
+    at = np.flatnonzero(np.isin(kept["row_key"].to_numpy(), list(new)))
+    for column in ("messages", "metadata", "tags", "note"):
+        values = np.full(len(kept), None, dtype=object)
+        for i in at:
+            values[i] = new[int(kept["row_key"].iat[i])][column]
+        kept[column] = values
+    result = StepResult(kept, clean._dropped_frame(dropped, keys),
+                        clean._notes_frame(changes, keys, survivors),
+                        clean._notes_frame(flagged, keys, survivors))
+    return clean.CleanRun(preview, result)
+
+
 def clean_result(frame: pd.DataFrame, outcomes: pd.DataFrame, rules: Sequence[clean.Rule],
                  samples: int) -> clean.CleanRun:
     """Return the CleanRun that ``clean.run(frame, rules)`` returns, from clean_batch rows."""

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .exceptions import (
+    ConfigError,
     DiskFullError,
     ExportError,
     NotFoundError,
@@ -68,6 +69,8 @@ from .schema import (
 )
 
 DEFAULT_HOME = Path("storage")
+# The stored row columns a version's Parquet shards can carry (engine.decode reads them back).
+SHARD_COLUMNS = ("row_key", "id", "messages", "metadata", "tags", "note")
 ROLES = ("train", "eval", "pool", "")  # what a dataset is for ("": not said)
 # Small row groups let DuckDB compress and write each one during a bulk insert, on its own
 # threads, instead of compressing everything in one checkpoint when the file is closed.
@@ -869,6 +872,86 @@ class Store:
                 FROM version_rows vr JOIN rows r USING (row_key) WHERE vr.version_id = ?
                 ORDER BY vr.pos""", [version_id]).df()
         return _step_frame(df)
+
+    def row_keys(self, version_id: int) -> np.ndarray:
+        """Return a version's row keys in version order (int64): its id list, no row content."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            return con.execute("SELECT row_key FROM version_rows WHERE version_id = ? ORDER BY "
+                               "pos", [version_id]).fetchnumpy()["row_key"].astype(np.int64)
+
+    def content_ids(self, version_id: int) -> list[str]:
+        """Return a version's content ids in version order (what score and embedding caches
+        are keyed by), without reading the rows' contents."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            return [r[0] for r in con.execute("""SELECT r.id FROM version_rows vr JOIN rows r
+                USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]
+                                              ).fetchall()]
+
+    def first_positions(self, version_id: int, ids: Sequence[str]) -> np.ndarray:
+        """Return, sorted, the position of the first row of each of these content ids in a
+        version (ids not in it are left out): the rows a cache-filling step has to compute."""
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            con.register("_ids", pa.table({"id": pa.array(list({str(i) for i in ids}),
+                                                          pa.string())}))
+            try:
+                found = con.execute("""SELECT min(vr.pos) AS pos FROM version_rows vr JOIN rows r
+                    USING (row_key) SEMI JOIN _ids USING (id) WHERE vr.version_id = ?
+                    GROUP BY r.id ORDER BY 1""", [version_id]).fetchnumpy()["pos"]
+            finally:
+                con.unregister("_ids")
+        return np.asarray(found, dtype=np.int64)
+
+    def write_shards(self, version_id: int, folder: str | Path, *,
+                     columns: Sequence[str] = SHARD_COLUMNS, rows_per_file: int = 10_000,
+                     positions: Sequence[int] | np.ndarray | None = None) -> int:
+        """Write a version's rows (or only those at ``positions``) as Parquet shards of at
+        most ``rows_per_file`` rows into ``folder`` straight from the store's tables with
+        DuckDB ``COPY ... TO``; return the number of rows written.
+
+        Each shard holds ``_pos`` (the row's position in the version), ``row_key`` and the
+        asked ``columns`` (of SHARD_COLUMNS) in version order, messages and metadata as the
+        JSON text the store keeps (what ``engine.decode`` reads): no row passes through a
+        pandas frame here, so memory does not grow with the version's size.
+        """
+        unknown = [c for c in columns if c not in SHARD_COLUMNS]
+        if unknown:
+            raise ConfigError(f"columns: {unknown} are not stored row columns; use "
+                              f"{', '.join(SHARD_COLUMNS)}")
+        if rows_per_file < 1:
+            raise ConfigError(f"rows_per_file={rows_per_file}: must be >= 1")
+        picked = ", ".join(f"r.{c}" for c in dict.fromkeys(["row_key", *columns]))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            self._check_version(con, version_id)
+            if positions is None:
+                total = _one(con, "SELECT count(*) FROM version_rows WHERE version_id = ?",
+                             [version_id])[0]
+                chunks = [(start, None) for start in range(0, max(total, 1), rows_per_file)]
+            else:
+                wanted = np.unique(np.asarray(positions, dtype=np.int64))
+                total = len(wanted)
+                chunks = [(0, wanted[i:i + rows_per_file])
+                          for i in range(0, max(total, 1), rows_per_file)]
+            for number, (start, chosen) in enumerate(chunks):
+                path = "'" + _sql_str(str(folder / f"part-{number:05d}.parquet")) + "'"
+                if chosen is None:
+                    where, args = "vr.pos >= ? AND vr.pos < ?", [start, start + rows_per_file]
+                else:
+                    where, args = "vr.pos IN (SELECT unnest(?::BIGINT[]))", [chosen.tolist()]
+                # Rows of a range of positions are a range of row keys too (mostly): the
+                # BETWEEN lets DuckDB skip the rows table's other row groups.
+                con.execute(f"""COPY (SELECT vr.pos AS _pos, {picked} FROM version_rows vr
+                    JOIN rows r USING (row_key) WHERE vr.version_id = ? AND {where}
+                    AND r.row_key BETWEEN (SELECT min(row_key) FROM version_rows vr WHERE
+                    vr.version_id = ? AND {where}) AND (SELECT max(row_key) FROM version_rows
+                    vr WHERE vr.version_id = ? AND {where}) ORDER BY vr.pos)
+                    TO {path} (FORMAT parquet)""",
+                            [version_id, *args, version_id, *args, version_id, *args])
+        return int(total)
 
     def sample_frame(self, version_id: int, n: int, *, seed: int = 0) -> pd.DataFrame:
         """Return, as a step DataFrame in version order, every row of a version of at most n
