@@ -1851,10 +1851,18 @@ def step_result(frame: Any, alive: list[int], convs: list, changed: set[int],
     of a dropped row are reported as the drop only. `run` and ray_steps.clean_result share it.
     """
     keys = frame["row_key"].tolist()
-    survivors = set(alive)
-    return StepResult(_kept(frame, alive, convs, changed), _dropped_frame(dropped, keys),
-                      _notes_frame(changes, keys, survivors),
-                      _notes_frame(flags, keys, survivors))
+    return StepResult(_kept(frame, alive, convs, changed),
+                      *outcome_frames(keys, dropped, changes, flags, set(alive)))
+
+
+def outcome_frames(keys: Any, dropped: list[tuple], changes: list[tuple], flags: list[tuple],
+                   survivors: set[int]) -> tuple[Any, Any, Any]:
+    """Return the dropped, changed and flagged frames of a StepResult from (position, reason,
+    detail) tuples, ``keys[position]`` being the row's key. Changes and flags count only for
+    positions in ``survivors`` (a dropped row is reported as the drop only). Shared by
+    `step_result` and ray_steps, which rebuilds a result from what Ray workers sent back."""
+    return (_dropped_frame(dropped, keys), _notes_frame(changes, keys, survivors),
+            _notes_frame(flags, keys, survivors))
 
 
 def _kept(frame: Any, alive: list[int], convs: list[list[dict]], changed: set[int]) -> Any:

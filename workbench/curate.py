@@ -387,9 +387,7 @@ def clean_version(store: Store, version_id: int, rules: Sequence, *, samples: in
     if E.choose(engine, rows, "clean").engine == "local":
         return clean_preview(store.frame(version_id), rules, samples=samples,
                              row_progress=row_progress)
-    clean._check_inputs(pd.DataFrame(columns=["row_key", "messages"]), rules)
-    if samples < 0:
-        raise ConfigError(f"samples: must be >= 0, got {samples}")
+    clean.check_inputs(pd.DataFrame(columns=["row_key", "messages"]), rules, samples)
     report = None if row_progress is None else (
         lambda done, total: row_progress(done, total, "rules on Ray"))
     with E.version_shards(store, version_id, SHARD_COLUMNS) as (folder, total):

@@ -19,6 +19,7 @@ import pandas as pd
 from . import clean
 from . import score as S
 from .dedup import field_texts
+from .schema import StepResult
 
 # --- cleaning -------------------------------------------------------------------------------
 
@@ -100,9 +101,7 @@ def clean_changes_result(keys: np.ndarray, outcomes: pd.DataFrame,
         for i in at:
             values[i] = new[int(kept["row_key"].iat[i])][column]
         kept[column] = values
-    result = StepResult(kept, clean._dropped_frame(dropped, keys),
-                        clean._notes_frame(changes, keys, survivors),
-                        clean._notes_frame(flagged, keys, survivors))
+    result = StepResult(kept, *clean.outcome_frames(keys, dropped, changes, flagged, survivors))
     return clean.CleanRun(preview, result)
 
 
