@@ -19,6 +19,7 @@ from pages.common import (
 )
 from workbench.exceptions import WorkbenchError
 from workbench.io import EXPORT_FORMATS
+from workbench.recipes import import_with_recipe, recipe_download
 from workbench.schema import SHAPES
 from workbench.store import RowFilter, Store
 from workbench.views import (
@@ -27,14 +28,12 @@ from workbench.views import (
     diff_tables,
     export_bytes,
     import_source,
-    import_with_recipe,
     lineage_table,
     md_escape,
     page_count,
     page_table,
     path_import_root,
     plural,
-    recipe_download,
     selected_row_keys,
 )
 

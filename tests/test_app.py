@@ -571,9 +571,9 @@ def test_save_as_recipe_then_apply_it_on_import(store):
     at = start(Path(store.path))
     button = at.get("download_button")
     (saved,) = [b for b in button if b.proto.label == "Save as recipe"]
-    from workbench import recipes, views
+    from workbench import recipes
 
-    name, data = views.recipe_download(store, store.active_version("support"))
+    name, data = recipes.recipe_download(store, store.active_version("support"))
     assert name == "support-v2-recipe.yaml"
     assert [s["step"] for s in recipes.parse(data.decode())["steps"]] == ["import", "manual"]
     source = chat_file(Path(store.path).parent / "next.jsonl", 4)

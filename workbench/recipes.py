@@ -31,6 +31,7 @@ from .cache import params_hash
 from .exceptions import ConfigError, ExportError, WorkbenchError
 from .io import ImportReport
 from .store import Store, VersionInfo
+from .views import allowed_import_path, safe_file_stem, uploaded_file
 
 RECIPE_VERSION = 1
 KIND = "workbench-recipe"
@@ -492,3 +493,26 @@ def _run_drop_flagged(store: Store, vid: int, step: Mapping[str, Any], mark: dic
 _RUN: dict[str, Callable[..., VersionInfo]] = {
     "clean": _run_clean, "dedup": _run_dedup, "select": _run_select,
     "drop_flagged": _run_drop_flagged}
+
+
+def import_with_recipe(store: Store, dataset: str, recipe: tuple[str, bytes], *,
+                       upload: tuple[str, bytes] | None = None, path: str = ""):
+    """Import an upload or an allowed path and replay a recipe (file name, bytes) on it;
+    return the ReplayReport."""
+    name, data = recipe
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{name}: not a UTF-8 text file; a recipe is YAML") from None
+    checked = parse(text, name)
+    if upload is not None:
+        with uploaded_file(upload[0], upload[1]) as saved:
+            return apply_recipe(store, checked, saved, dataset, display_name=upload[0])
+    return apply_recipe(store, checked, allowed_import_path(path), dataset)
+
+
+def recipe_download(store: Store, version_id: int) -> tuple[str, bytes]:
+    """Return a file name and the YAML bytes of a version's recipe, for a download."""
+    info = store.version(version_id)
+    text = to_yaml(build(store, version_id))
+    return f"{safe_file_stem(info.dataset)}-v{info.number}-recipe.yaml", text.encode("utf-8")

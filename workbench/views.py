@@ -183,33 +183,6 @@ def import_source(store: Store, dataset: str, *, upload: tuple[str, bytes] | Non
     return store.import_file(allowed_import_path(path), dataset, shape=shape)
 
 
-def import_with_recipe(store: Store, dataset: str, recipe: tuple[str, bytes], *,
-                       upload: tuple[str, bytes] | None = None, path: str = ""):
-    """Import an upload or an allowed path and replay a recipe (file name, bytes) on it;
-    return the recipes.ReplayReport."""
-    from . import recipes
-
-    name, data = recipe
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise recipes.RecipeError(f"{name}: not a UTF-8 text file; a recipe is YAML") from None
-    checked = recipes.parse(text, name)
-    if upload is not None:
-        with uploaded_file(upload[0], upload[1]) as saved:
-            return recipes.apply_recipe(store, checked, saved, dataset, display_name=upload[0])
-    return recipes.apply_recipe(store, checked, allowed_import_path(path), dataset)
-
-
-def recipe_download(store: Store, version_id: int) -> tuple[str, bytes]:
-    """Return a file name and the YAML bytes of a version's recipe, for a download."""
-    from . import recipes
-
-    info = store.version(version_id)
-    text = recipes.to_yaml(recipes.build(store, version_id))
-    return f"{safe_file_stem(info.dataset)}-v{info.number}-recipe.yaml", text.encode("utf-8")
-
-
 def dataset_name_for(source: str) -> str:
     """Return a valid dataset name suggested by an uploaded file name or a local path ("" if
     none): the file's stem with characters names may not hold replaced by '-'."""
