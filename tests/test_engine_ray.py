@@ -205,13 +205,15 @@ def test_semantic_duplicates_stay_local_under_ray(use_ray, stores):
 
 # --- the store path: rows go from the store to Parquet, never into a frame here ----------------
 
-def test_store_path_clean_dedup_scores_and_embeddings_match_local(use_ray, stores, tmp_path,
+def test_store_path_clean_dedup_scores_and_embeddings_match_local(use_ray, tmp_path,
                                                                   monkeypatch):
     """clean_version, find_version_duplicates, score_version and embed_version on Ray read
     the version from shards the store writes, and give the local engine's preview, clusters,
     child versions, scores and vectors."""
-    local = stores["local"]
-    base = local.versions("support")[0].version_id
+    # Two fresh stores with the same history, so their row keys (store ids) are comparable:
+    # the module's shared stores have had other steps applied by earlier tests.
+    local = Store(tmp_path / "local.duckdb", lock_timeout=30)
+    base = local.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
     frame = local.frame(base)
     store = Store(tmp_path / "wb.duckdb", lock_timeout=30)  # nothing cached: all computed
     vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
