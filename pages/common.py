@@ -231,7 +231,7 @@ def engine_setting(key: str, rows: int, step: str, *, note: str = "") -> str:
 
     requested = st.selectbox(
         "Engine", ENGINES, key=key,
-        help="local: this process. ray: batch by batch on Ray Data (a local Ray, or the "
+        help="local: this machine. ray: batch by batch on Ray Data (a local Ray, or the "
              "cluster at RAY_ADDRESS); below a size threshold it still runs locally, since "
              "starting Ray takes longer than a small step." + (f" {note}" if note else ""))
     try:

@@ -22,7 +22,7 @@ def test_small_jobs_run_locally_and_say_why():
                            "(Ray's start-up would take longer than the step)")
     assert E.choose("ray", 1_000, "clean", threshold=1_000).engine == "ray"
     assert E.choose("ray", 3, "clean", force=True).engine == "ray"
-    assert E.choose("local", 10**9, "clean").reason == "runs in this process, as asked"
+    assert E.choose("local", 10**9, "clean").reason == "runs on this machine, as asked"
 
 
 def test_thresholds_follow_each_steps_measured_speed():

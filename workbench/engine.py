@@ -103,7 +103,7 @@ def choose(requested: str, n_rows: int, step: str, *, threshold: int | None = No
     """
     check_engine(requested)
     if requested == "local":
-        return Choice("local", "runs in this process, as asked")
+        return Choice("local", "runs on this machine, as asked")
     limit = ray_threshold(step) if threshold is None else int(threshold)
     if force or n_rows >= limit:
         where = os.environ.get("RAY_ADDRESS") or "a local Ray"
