@@ -98,7 +98,7 @@ def test_store_writes_a_versions_rows_as_shards_that_decode_to_its_frame(tmp_pat
     decoded = E.decode(back).drop(columns="_pos")
     pd.testing.assert_frame_equal(decoded, store.frame(vid)[decoded.columns])
     assert store.row_keys(vid).tolist() == back["row_key"].tolist()
-    assert store.content_ids(vid) == back["id"].tolist()
+    assert store.row_ids(vid)["id"].tolist() == back["id"].tolist()
 
 
 def test_store_shards_of_some_positions_and_bad_columns(tmp_path):
@@ -108,7 +108,7 @@ def test_store_shards_of_some_positions_and_bad_columns(tmp_path):
 
     store = Store(tmp_path / "wb.duckdb")
     vid = store.import_file(SAMPLE / "support_train.jsonl", "support")[0].version_id
-    ids = store.content_ids(vid)
+    ids = store.row_ids(vid)["id"].tolist()
     wanted = [ids[7], ids[3], ids[7], "no-such-id"]
     positions = store.first_positions(vid, wanted)
     assert positions.tolist() == sorted({ids.index(ids[3]), ids.index(ids[7])})

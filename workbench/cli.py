@@ -342,6 +342,20 @@ def _engine_option(fn: Callable) -> Callable:
         "runs locally: Ray's start-up would cost more.")(fn)
 
 
+def _duplicate_options(fn: Callable) -> Callable:
+    """The field and MinHash options `dedup` and `dedup-file` share."""
+    for option in reversed([
+        click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
+                     default="conversation", show_default=True),
+        click.option("--near/--no-near", default=True, show_default=True),
+        click.option("--threshold", type=float, default=0.8, show_default=True,
+                     help="MinHash Jaccard threshold."),
+        click.option("--ngram", type=int, default=5, show_default=True),
+        click.option("--num-perm", type=int, default=128, show_default=True)]):
+        fn = option(fn)
+    return fn
+
+
 def _say_engine(requested: str, rows: int, step: str) -> None:
     """Print which engine runs the step and why (on stderr, with the progress bars)."""
     from .engine import choose
@@ -403,13 +417,7 @@ def clean_cmd(ctx: click.Context, ref: str | None, rules: str | None, drop_rules
 
 @main.command("dedup")
 @click.argument("ref")
-@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
-              default="conversation", show_default=True)
-@click.option("--near/--no-near", default=True, show_default=True)
-@click.option("--threshold", type=float, default=0.8, show_default=True,
-              help="MinHash Jaccard threshold.")
-@click.option("--ngram", type=int, default=5, show_default=True)
-@click.option("--num-perm", type=int, default=128, show_default=True)
+@_duplicate_options
 @click.option("--semantic", is_flag=True, help="Also embedding-based duplicates.")
 @click.option("--cosine", type=float, default=None, help="Cosine threshold for --semantic.")
 @click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
@@ -459,13 +467,7 @@ def dedup_cmd(ctx: click.Context, ref: str, field: str, near: bool, threshold: f
 @click.option("--removed", required=True, type=click.Path(),
               help="Parquet file for the removed rows, with reason, duplicate_of (the kept "
               "row's number among all inputs), detail, source_file and source_row.")
-@click.option("--field", type=click.Choice(["conversation", "user", "assistant"]),
-              default="conversation", show_default=True)
-@click.option("--near/--no-near", default=True, show_default=True)
-@click.option("--threshold", type=float, default=0.8, show_default=True,
-              help="MinHash Jaccard threshold.")
-@click.option("--ngram", type=int, default=5, show_default=True)
-@click.option("--num-perm", type=int, default=128, show_default=True)
+@_duplicate_options
 @click.option("--keep", type=click.Choice(["first", "longest"]), default="first",
               show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite --out and --removed if they exist.")
@@ -621,10 +623,8 @@ def score_cmd(ctx: click.Context, ref: str, scorers: str, model: str, max_length
             store, vid, quality.with_cached_scores(store, store.frame(vid)),
             label_set=label_set)
         click.echo(_learned_line(result))
-    import pandas as pd
-
     # The statistics need the scores only: the ids, not the rows.
-    scored = quality.with_cached_scores(store, pd.DataFrame({"id": store.content_ids(vid)}))
+    scored = quality.with_cached_scores(store, store.row_ids(vid)[["id"]])
     columns = [f"{n}_score" if n != "learned" else _learned_column(label_set) for n in names]
     columns = [c for c in columns if c in scored.columns]
     click.echo(f"{store.ref_of(vid)}: {len(scored)} rows scored")

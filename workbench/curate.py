@@ -156,7 +156,7 @@ def embed_version(store: Store, version_id: int, *, field: str = "conversation",
             made = E.map_shards(folder, total, ray_steps.embed_batch, kwargs={"field": field},
                                 load=ray_steps.load_encoder, load_kwargs={"model": model},
                                 use_gpu=True, progress=progress, cancelled=cancelled)
-        ids = store.content_ids(version_id)
+        ids = store.row_ids(version_id)["id"].tolist()
         _cache_vectors(StoreCache(store), [ids[p] for p in made["_pos"]], made, model, field)
     return found, len(positions)
 

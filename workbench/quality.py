@@ -155,7 +155,7 @@ def score_version(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *
                                 progress=progress)[columns].reset_index(drop=True)
     from . import ray_steps
 
-    ids = pd.DataFrame({"id": store.content_ids(version_id)})
+    ids = store.row_ids(version_id)[["id"]]
 
     def compute(missing: set[str]) -> pd.DataFrame:
         positions = store.first_positions(version_id, sorted(missing))

@@ -880,15 +880,6 @@ class Store:
             return con.execute("SELECT row_key FROM version_rows WHERE version_id = ? ORDER BY "
                                "pos", [version_id]).fetchnumpy()["row_key"].astype(np.int64)
 
-    def content_ids(self, version_id: int) -> list[str]:
-        """Return a version's content ids in version order (what score and embedding caches
-        are keyed by), without reading the rows' contents."""
-        with self.connect() as con:
-            self._check_version(con, version_id)
-            return [r[0] for r in con.execute("""SELECT r.id FROM version_rows vr JOIN rows r
-                USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]
-                                              ).fetchall()]
-
     def first_positions(self, version_id: int, ids: Sequence[str]) -> np.ndarray:
         """Return, sorted, the position of the first row of each of these content ids in a
         version (ids not in it are left out): the rows a cache-filling step has to compute."""
