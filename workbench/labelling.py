@@ -435,9 +435,11 @@ class _Fitted:
     outside: int
 
 
-def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConfig,
-         label_set: str) -> _Fitted:
-    """Fit on every labelled row of the dataset; features cover the frame, then extra rows."""
+def trainable_labels(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET,
+                     config: L.LearnConfig | None = None) -> pd.DataFrame:
+    """Return the labelled rows the learned score trains on (``labelled_frame``); raise a
+    ConfigError saying what to label while there are too few of either class."""
+    config = config or L.LearnConfig()
     labelled = labelled_frame(store, version_id, label_set=label_set)
     if labelled.empty:
         total = len(LB.current_labels(store, label_set=label_set))
@@ -445,6 +447,13 @@ def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConf
         raise ConfigError(f"no labelled rows in this dataset{elsewhere}: label at least "
                           f"{config.min_per_class} good and {config.min_per_class} bad rows")
     L.check_labels(labelled["y"].to_numpy(), config.min_per_class)
+    return labelled
+
+
+def _fit(store: Store, version_id: int, frame: pd.DataFrame, config: L.LearnConfig,
+         label_set: str) -> _Fitted:
+    """Fit on every labelled row of the dataset; features cover the frame, then extra rows."""
+    labelled = trainable_labels(store, version_id, label_set=label_set, config=config)
     scores = _cached_scores(store, frame) if config.use_scores else None
     features, names = version_features(store, frame, config, scores=scores)
     position = pd.Series(np.arange(len(frame)), index=frame["id"]).groupby(level=0).first()
@@ -493,6 +502,32 @@ def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
     """Fit the learned score on the labels, score every row of the version into the score
     cache and return what was trained, with its cross-validated AUROC."""
     return _train(store, version_id, frame, label_set, config or L.LearnConfig())[0]
+
+
+def start_learning(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET
+                   ) -> Any:
+    """Start a background job training the learned score (the "learn" task: the rows are read
+    and scored there, ``train_learned``); return its status. Too few labels fail here."""
+    from . import jobs
+
+    store.version(version_id)
+    trainable_labels(store, version_id, label_set=label_set)
+    return jobs.start("learn", {"store": str(store.path), "version_id": int(version_id),
+                                "label_set": label_set})
+
+
+def learn_jobs(store: Store, version_id: int, *, home: str | Path | None = None) -> list:
+    """Return the learned-score jobs started on a version, newest first (run registry)."""
+    from . import runs
+
+    return runs.statuses(store, ["learn"], lambda p: p.get("version_id") == version_id,
+                         home=home)
+
+
+def trained_message(result: LearnedResult) -> str:
+    """Return the one line that says what a training gave."""
+    return (f"Learned score trained on {result.n_good} good + {result.n_bad} bad labels: "
+            f"cross-validated AUROC {result.auroc:.3f} ({result.low:.3f}–{result.high:.3f}).")
 
 
 def _train(store: Store, version_id: int, frame: pd.DataFrame, label_set: str,

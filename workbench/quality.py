@@ -2,13 +2,16 @@
 
 The scorers (score.py) and selectors (select.py) are pure functions over DataFrames; this
 module wires them to the store, so the Score & select page and the CLI do the same thing:
-- heuristics run inline; model scores (perplexity, IFD) and the LLM judge run as background
-  jobs (workbench.jobs). Every value is cached in the store by (row id, scorer, parameters),
+- heuristics run in the caller (``score_version``: the CLI) or as a background job
+  (``start_heuristic_scoring``: the page), either way reading only the rows not cached yet;
+  model scores (perplexity, IFD) and the LLM judge run as background jobs (workbench.jobs).
+  Every value is cached in the store by (row id, scorer, parameters),
   and ``with_cached_scores`` gives a version back with the newest cached score of each scorer,
   so reopening the page costs one query, not a rescoring; ``score_table`` is that view without
   any text (row keys, ids, scores), which the page works on: texts are read only for the rows
   a sample, a preview or a hover shows (``row_texts``, ``threshold_preview``,
-  ``dropped_preview``, ``scatter_points``);
+  ``dropped_preview``, ``scatter_points``); longest-k reads the responses' lengths from the
+  store (``Store.response_lengths``);
 - the embedding map reuses the embedding cache and job of curate.py;
 - a selection (thresholds, then top-k, diverse top-k, per-cluster quota or longest-k) is saved
   as a new version whose params record the rule; every dropped row keeps a reason.
@@ -40,7 +43,7 @@ METHODS: tuple[str, ...] = ("top_k", "diverse", "quota", "longest", "threshold")
 HEURISTICS: tuple[str, ...] = tuple(n for n, s in S.SCORERS.items() if s.kind == "heuristic")
 ALIASES = {"diversity": "lexical_diversity", "ppl": "perplexity"}
 COMBINED = "combined_score"
-JOB_KINDS = ("score", "judge")
+JOB_KINDS = ("heuristics", "score", "judge")
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -137,28 +140,31 @@ def _with_new_scores(store: Store, frame: pd.DataFrame, specs: list[S.ScoreSpec]
 
 def score_version(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *,
                   progress: Callable[[int, int], None] | None = None, engine: str = "local",
-                  cancelled: Callable[[], bool] | None = None) -> pd.DataFrame:
+                  cancelled: Callable[[], bool] | None = None, chunk_rows: int = 5_000
+                  ) -> pd.DataFrame:
     """Score a stored version's rows as ``score_heuristics`` does (same values, same cache);
     return its ``id`` column plus the score columns, in version order.
 
-    On Ray (from the size threshold on, the size being the version's n_rows) only the rows
-    some scorer has no cached value for go from the store to Parquet shards
-    (``Store.write_shards``): this process holds the version's ids and the values, never a
-    frame of its rows.
+    Only the rows some scorer has no cached value for are read (a version scored before
+    reads no text): locally ``chunk_rows`` at a time (``progress(rows_done, rows_to_score)``
+    follows them), on Ray (from the size threshold on, the size being the version's n_rows)
+    as Parquet shards written from the store (``Store.write_shards``). This process holds
+    the version's ids and the values, never a frame of all its rows.
     """
     if not specs:
         raise ConfigError("scorers: choose at least one scorer")
     rows = store.version(version_id).n_rows or 0
     columns = ["id", *[s.out for s in specs]]
-    if E.choose(engine, rows, "score").engine == "local":
-        return score_heuristics(store, store.frame(version_id), specs,
-                                progress=progress)[columns].reset_index(drop=True)
-    from . import ray_steps
-
-    ids = store.row_ids(version_id)[["id"]]
+    ray = E.choose(engine, rows, "score").engine == "ray"
+    ids = store.row_ids(version_id)
 
     def compute(missing: set[str]) -> pd.DataFrame:
         positions = store.first_positions(version_id, sorted(missing))
+        if not ray:
+            keys = ids["row_key"].to_numpy()[positions]
+            return _score_rows(store, version_id, keys, list(specs), progress, chunk_rows)
+        from . import ray_steps
+
         with E.version_shards(store, version_id, ("id", "messages", "metadata"),
                               positions=positions) as (folder, total):
             values = E.map_shards(folder, total, ray_steps.score_batch,
@@ -166,10 +172,57 @@ def score_version(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *
                                   cancelled=cancelled)
         return values.assign(id=ids["id"].to_numpy()[values["_pos"].to_numpy()])
 
-    out = _with_new_scores(store, ids, list(specs), compute)
+    out = _with_new_scores(store, ids[["id"]], list(specs), compute)
     for spec in specs:
         _touch(store, ids["id"].tolist(), spec.name, spec.scorer.cache_params(spec.params))
     return out[columns]
+
+
+def _score_rows(store: Store, version_id: int, keys: np.ndarray, specs: list[S.ScoreSpec],
+                progress: Callable[[int, int], None] | None, chunk_rows: int) -> pd.DataFrame:
+    """Score the rows with these keys, read ``chunk_rows`` at a time; return id and scores."""
+    parts = [pd.DataFrame(columns=["id", *[s.out for s in specs]])]
+    if progress:
+        progress(0, len(keys))
+    for start in range(0, len(keys), chunk_rows):
+        rows = store.frame_of(version_id, keys[start:start + chunk_rows].tolist())
+        parts.append(S.score_frame(rows, specs)[["id", *[s.out for s in specs]]])
+        if progress:
+            progress(start + len(rows), len(keys))
+    return pd.concat(parts, ignore_index=True)
+
+
+def heuristic_params(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *,
+                     engine: str = "local") -> dict:
+    """Return the checked parameters of a heuristic-scoring job (the "heuristic_score" task):
+    the scorers as plain data (``specs_of`` reads them back), checked here on one row."""
+    if not specs:
+        raise ConfigError("scorers: choose at least one scorer")
+    plain = [{"name": s.name, "params": dict(s.params)} for s in specs]
+    probe = pd.DataFrame({"id": ["probe"], "messages": [[{"role": "user", "content": "a"},
+                                                         {"role": "assistant", "content": "b"}]],
+                          "metadata": [{}], "prompt": ["a"], "response": ["b"]})
+    S.score_frame(probe, specs_of(plain))  # a bad option (a regex, a style) fails here
+    store.version(version_id)  # an unknown version fails here, not in the job
+    return {"store": str(store.path), "version_id": int(version_id), "specs": plain,
+            "engine": E.check_engine(engine)}
+
+
+def specs_of(plain: Sequence[Mapping[str, Any]]) -> list[S.ScoreSpec]:
+    """Return the ScoreSpecs of heuristic scorers given as plain data ({"name", "params"})."""
+    if not isinstance(plain, Sequence) or not all(isinstance(p, Mapping) and "name" in p
+                                                  for p in plain):
+        raise ConfigError("specs: give a list of {'name': scorer, 'params': {...}}")
+    return heuristic_specs([p["name"] for p in plain],
+                           {p["name"]: p.get("params") or {} for p in plain})
+
+
+def start_heuristic_scoring(store: Store, version_id: int, specs: Sequence[S.ScoreSpec], *,
+                            engine: str = "local") -> jobs.JobStatus:
+    """Start a background job scoring a version with heuristic scorers into the score cache
+    (rows read in the job, only those not cached yet); return its status."""
+    return jobs.start("heuristic_score", heuristic_params(store, version_id, specs,
+                                                          engine=engine))
 
 
 def _touch(store: Store, ids: Sequence[str], scorer: str, params: dict) -> None:
@@ -580,8 +633,21 @@ def selection_vectors(store: Store, frame: pd.DataFrame, options: SelectOptions
 
 def preview_selection(store: Store, frame: pd.DataFrame, options: SelectOptions
                       ) -> SEL.Selection:
-    """Return what a selection would keep and drop (with reasons), saving nothing."""
+    """Return what a selection would keep and drop (with reasons), saving nothing. Longest-k
+    on a frame without texts (a score table) reads the responses' lengths from the store."""
+    frame = with_response_lengths(store, frame, options)
     return select_rows(frame, options, vectors=selection_vectors(store, frame, options))
+
+
+def with_response_lengths(store: Store, frame: pd.DataFrame, options: SelectOptions
+                          ) -> pd.DataFrame:
+    """Return the frame plus ``response_<unit>`` (``Store.response_lengths``) where longest-k
+    ranks a frame without the ``response`` texts; else the frame as it is."""
+    column = f"response_{options.unit}"
+    if options.method != "longest" or "response" in frame.columns or column in frame.columns:
+        return frame
+    return frame.assign(**{column: store.response_lengths(frame["row_key"].tolist(),
+                                                          options.unit)})
 
 
 def apply_selection(store: Store, version_id: int, frame: pd.DataFrame, options: SelectOptions,

@@ -113,12 +113,21 @@ def top_k(frame: pd.DataFrame, k: int, *, score: str,
 
 def longest_k(frame: pd.DataFrame, k: int, *,
               unit: Literal["chars", "words"] = "chars") -> Selection:
-    """Return the k rows with the longest responses ("Long Is More" baseline)."""
+    """Return the k rows with the longest responses ("Long Is More" baseline).
+
+    The lengths are measured from the ``response`` texts; a frame without them (a score
+    table) gives them in a ``response_chars`` or ``response_words`` column instead."""
     k = _check_k(k)
     if unit not in ("chars", "words"):
         raise ConfigError(f"unit={unit!r}: use 'chars' or 'words'")
-    texts = frame["response"].astype(str).tolist()
-    lengths = np.array([len(t) if unit == "chars" else len(t.split()) for t in texts], float)
+    if "response" in frame.columns:
+        texts = frame["response"].astype(str).tolist()
+        lengths = np.array([len(t) if unit == "chars" else len(t.split()) for t in texts],
+                           float)
+    elif f"response_{unit}" in frame.columns:
+        lengths = frame[f"response_{unit}"].to_numpy(dtype=float)
+    else:
+        raise ConfigError(f"longest_k needs the responses or their lengths (response_{unit})")
     order = _ranking(lengths, True)
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order] = np.arange(1, len(frame) + 1)

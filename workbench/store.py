@@ -967,6 +967,38 @@ class Store:
             return con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
                 USING (row_key) WHERE vr.version_id = ? ORDER BY vr.pos""", [version_id]).df()
 
+    def response_lengths(self, row_keys: Sequence[int], unit: str = "chars",
+                         chunk_rows: int = 20_000) -> np.ndarray:
+        """Return the length of each row's response (its last assistant turn), in the order of
+        ``row_keys``: characters from the ``response_chars`` column every insert fills, words
+        (``str.split``) from the messages read ``chunk_rows`` at a time; no frame of the rows.
+        A row without a stored count (none is expected) is measured from its messages."""
+        keys = np.asarray([int(k) for k in row_keys], dtype=np.int64)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        with self.connect() as con:
+            con.register("_keys", pa.table({"row_key": pa.array(keys, pa.int64()),
+                                            "_at": pa.array(np.arange(len(keys)), pa.int64())}))
+            try:
+                if unit == "chars":
+                    found = con.execute("""SELECT k._at, r.response_chars FROM _keys k
+                        JOIN rows r USING (row_key) WHERE r.response_chars IS NOT NULL
+                        """).fetchnumpy()
+                    out[found["_at"]] = found["response_chars"]
+                todo = np.flatnonzero(out < 0)
+                for start in range(0, len(todo), chunk_rows):
+                    part = todo[start:start + chunk_rows]
+                    rows = con.execute("""SELECT k._at, r.messages FROM _keys k JOIN rows r
+                        USING (row_key) WHERE k._at IN (SELECT unnest(?::BIGINT[]))""",
+                                       [part.tolist()]).fetchnumpy()
+                    texts = [response_text(orjson.loads(m)) for m in rows["messages"]]
+                    out[rows["_at"]] = [len(t) if unit == "chars" else len(t.split())
+                                        for t in texts]
+            finally:
+                con.unregister("_keys")
+        if (out < 0).any():
+            raise NotFoundError(f"no row {int(keys[np.flatnonzero(out < 0)[0]])}")
+        return out
+
     def frame_of(self, version_id: int, row_keys: Sequence[int]) -> pd.DataFrame:
         """Return, as a step DataFrame in version order, the rows of a version with these keys:
         ``frame`` for some rows (the texts a step needs) without reading the others."""

@@ -9,8 +9,8 @@ run folders hold ("workbench.train.train_task") map to these names, so such runs
 Steps never import the store, the caches or jobs (tests/test_boundaries.py): this module does
 the wiring, handing a step a ``cache.StoreCache`` where it caches.
 
-Registered: train, eval, import, loop, model_score (kind "score"), judge, embed, clean,
-pairwise_judge.
+Registered: train, eval, import, loop, model_score (kind "score"), heuristic_score (kind
+"heuristics"), judge, embed, clean, learn, pairwise_judge.
 """
 
 from __future__ import annotations
@@ -378,6 +378,76 @@ def _model_score_ray(store: Store, todo: pd.DataFrame, specs: list[S.ScoreSpec],
         cache.put_scores(todo["id"][ok].tolist(), column[ok].tolist(), spec.name,
                          spec.scorer.cache_params(spec.params))
     return {"scored": len(todo), "seconds": round(time.perf_counter() - started, 2)}
+
+
+@dataclass(frozen=True)
+class HeuristicScoreParams:
+    """A heuristic-scoring job: scorers as plain data ({"name", "params"}, as
+    ``quality.heuristic_params`` writes them) over a version, into the score cache."""
+
+    store: str | None
+    version_id: int
+    specs: list
+    engine: str = "local"
+
+
+@task("heuristic_score", HeuristicScoreParams, kind="heuristics")
+def heuristic_score(p: HeuristicScoreParams, ctx: Any) -> dict:
+    """Score a version with heuristic scorers into the store's cache, reading (in this process)
+    only the rows some scorer has no cached value for; return counts and a one-line message."""
+    from . import quality
+
+    store = Store(p.store)
+    specs = quality.specs_of(p.specs)
+    names = ", ".join(s.name for s in specs)
+    rows = store.version(int(p.version_id)).n_rows or 0
+    ctx.log(f"{rows} rows of version {p.version_id}, scorers {names} "
+            f"(engine {E.choose(p.engine, rows, 'score')})")
+    ctx.phase("reading the cache")
+    todo = [0]
+
+    def report(done: int, total: int) -> None:
+        if total != todo[0] or not done:  # the first count of the rows to score
+            todo[0] = total
+            ctx.phase("scoring rows", total, done)
+        else:
+            ctx.progress(done, total)
+
+    started = time.perf_counter()
+    out = quality.score_version(store, int(p.version_id), specs, progress=report,
+                                engine=p.engine, cancelled=getattr(ctx, "cancelled", None))
+    message = f"Scored {len(out):,} rows with {names}."
+    ctx.log(f"{message} {todo[0]} computed, the others read from the cache")
+    return {"rows": len(out), "scored": todo[0], "cached": len(out) - todo[0],
+            "scorers": [s.name for s in specs], "seconds": round(time.perf_counter() - started, 2),
+            "message": message}
+
+
+@dataclass(frozen=True)
+class LearnParams:
+    """A learned-score job: train on the labels of a label set, score a version's rows."""
+
+    store: str | None
+    version_id: int
+    label_set: str = "quality"
+
+
+@task("learn", LearnParams)
+def learn(p: LearnParams, ctx: Any) -> dict:
+    """Train the learned score on the labels (``labelling.train_learned``), caching P(bad) of
+    every row of the version; return the result with a one-line message."""
+    from . import labelling, quality
+
+    store = Store(p.store)
+    rows = store.version(int(p.version_id)).n_rows or 0
+    ctx.phase("reading rows", rows)
+    frame = quality.scored_version(store, int(p.version_id))
+    ctx.progress(len(frame), rows)
+    ctx.phase("training on the labels and scoring the rows")
+    result = labelling.train_learned(store, int(p.version_id), frame, label_set=p.label_set)
+    message = labelling.trained_message(result)
+    ctx.log(message)
+    return {**result.as_dict(), "message": message}
 
 
 @dataclass(frozen=True)
