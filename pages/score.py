@@ -14,12 +14,11 @@ from pages.common import (
     engine_setting,
     flash,
     job_panel,
-    progress_bar,
     session_cached,
     show_error,
     store,
 )
-from workbench import curate, labelling, quality
+from workbench import curate, jobs, labelling, quality
 from workbench.cache import scores_fingerprint
 from workbench.device import device_options, option_label
 from workbench.exceptions import WorkbenchError
@@ -61,22 +60,38 @@ def heuristics_form() -> tuple[list[str], dict]:
     return names, params
 
 
-def run_heuristics() -> str:
-    """Heuristic scores now; returns the engine chosen, which model scoring uses too."""
+def announce(key: str) -> None:
+    """Once the job this session started (its run id kept under ``key``) has ended, say what
+    it gave, once: a flash and a rerun (a failed job shows its error in its panel)."""
+    run_id = st.session_state.get(key)
+    if not run_id:
+        return
+    job = jobs.status(run_id)
+    if job.active:
+        return
+    del st.session_state[key]
+    if job.state == "done" and job.result.get("message"):
+        flash(job.result["message"])
+        st.rerun()
+
+
+def run_heuristics(busy: bool) -> str:
+    """Start heuristic scoring (a background job, unless one runs); returns the engine chosen,
+    which model scoring uses too."""
     names, params = heuristics_form()
     engine = engine_setting("sc_engine", n_rows, "score",
                             note="It also applies to model scores (a background job); the "
                             "judge runs locally.")
-    if st.button("Score now", type="primary", key="sc_run", disabled=not names):
+    if st.button("Score now", type="primary", key="sc_run", disabled=not names or busy,
+                 help="Scores as a background job (it survives a page reload); rows scored "
+                      "before with the same options come from the cache"):
         try:
-            with progress_bar("Scoring rows") as progress:
-                quality.score_heuristics(store(), store().frame(version_id),
-                                         quality.heuristic_specs(names, params),
-                                         progress=progress, engine=engine)
+            job = quality.start_heuristic_scoring(
+                store(), version_id, quality.heuristic_specs(names, params), engine=engine)
         except WorkbenchError as e:
             show_error(e)
             return engine
-        flash(f"Scored {n_rows:,} rows with {', '.join(names)}.")
+        st.session_state["sc_scoring"] = job.run_id
         st.rerun()
     return engine
 
@@ -139,12 +154,14 @@ def start(launch) -> None:
     st.rerun()
 
 
-def jobs_panel() -> None:
+def jobs_panel(started: list[jobs.JobStatus]) -> None:
     shown: set[str] = set()
-    for job in quality.scoring_jobs(store(), version_id):
+    for job in started:
         if job.kind not in shown:  # the newest job of each kind
             shown.add(job.kind)
             job_panel(job.run_id, key=f"sc_job_{job.kind}")
+            if job.state == "done" and job.result.get("message"):
+                st.caption(md_escape(job.result["message"]))
             if job.result.get("mode") in MODE_LABELS:
                 st.caption(f"Judge answers: {MODE_LABELS[job.result['mode']]}.")
             if job.result.get("warning"):  # over a fifth of rows failed: say so first
@@ -293,18 +310,20 @@ def labels_section(frame) -> None:
             "high": st.column_config.NumberColumn("95% CI high", format="%.3f"),
             "bad_rows_score": st.column_config.TextColumn("bad rows score", width=220)})
     result = labelling.last_result(store())
+    learning = labelling.learn_jobs(store(), version_id)
     a, b = st.columns([1, 3], vertical_alignment="center")
-    if a.button("Train the learned score", key="sc_learn", icon=":material/school:"):
+    if a.button("Train the learned score", key="sc_learn", icon=":material/school:",
+                disabled=bool(learning) and learning[0].active,
+                help="Trains as a background job (it survives a page reload)"):
         try:
-            with st.spinner("Training on your labels…"):
-                result = labelling.train_learned(
-                    store(), version_id, quality.scored_version(store(), version_id))
+            job = labelling.start_learning(store(), version_id)
         except WorkbenchError as e:
             show_error(e)
             return
-        flash(f"Learned score trained on {result.n_good} good + {result.n_bad} bad labels: "
-              f"cross-validated AUROC {result.auroc:.3f} ({result.low:.3f}–{result.high:.3f}).")
+        st.session_state["sc_learning"] = job.run_id
         st.rerun()
+    if learning and learning[0].state != "done":  # running, failed or cancelled
+        job_panel(learning[0].run_id, key="sc_learn_job")
     if result is not None:
         b.caption(f"learned_score = P(bad) from {result.n_good} good + {result.n_bad} bad "
                   f"labels, trained {result.trained_at}; cross-validated AUROC "
@@ -368,11 +387,9 @@ def selection_form(columns: list[str], weights: dict, bounds: dict, directions: 
 
 def preview_and_apply(table, options: quality.SelectOptions) -> None:
     rule = json.dumps(options.params(), sort_keys=True, default=str)
-    # Longest-k ranks by the responses' text: only that method reads every row's text.
-    frame = quality.scored_version(store(), version_id) if options.method == "longest" \
-        else table
+    # Longest-k reads the responses' lengths from the store, not their texts.
     selection = session_cached("sc_preview", (version_id, fingerprint, rule),
-                               lambda: quality.preview_selection(store(), frame, options))
+                               lambda: quality.preview_selection(store(), table, options))
     a, b = st.columns(2)
     a.metric("Rows kept", f"{len(selection.kept):,}")
     b.metric("Rows dropped", f"{len(selection.dropped):,}")
@@ -380,7 +397,7 @@ def preview_and_apply(table, options: quality.SelectOptions) -> None:
     st.dataframe(quality.dropped_preview(store(), version_id, selection), hide_index=True,
                  key="sc_dropped")
     if st.button("Apply as a new version", type="primary", key="sc_apply"):
-        version = quality.apply_selection(store(), version_id, frame, options)
+        version = quality.apply_selection(store(), version_id, table, options)
         flash(f"Selected {version.n_rows:,} rows into {version.ref}.")
         st.rerun()
 
@@ -392,10 +409,13 @@ def score_table(store_path: str, version_id: int, fingerprint: tuple):
     return quality.score_table(Store(store_path), version_id)
 
 
-engine = run_heuristics()
+started = quality.scoring_jobs(store(), version_id)
+engine = run_heuristics(busy=any(j.kind == "heuristics" and j.active for j in started))
 model_form(engine)
 judge_form()
-jobs_panel()
+jobs_panel(started)
+announce("sc_scoring")  # after the panels: a panel whose job just ended reruns the page first
+announce("sc_learning")
 fingerprint = scores_fingerprint(store())
 try:
     table = score_table(str(store().path), version_id, fingerprint)

@@ -29,8 +29,21 @@ def open_page() -> AppTest:
     return ok(at.switch_page(PAGE).run())
 
 
+def finish(at: AppTest) -> AppTest:
+    """Wait for the jobs the page started, then run the page again (the job panel's refresh
+    would do it in a browser)."""
+    for job in jobs.list_runs():
+        assert jobs.wait(job.run_id, timeout=180).state == "done", jobs.log_tail(job.run_id)
+    return ok(at.run())
+
+
+def score_now(at: AppTest) -> AppTest:
+    """Press Score now (a background job) and wait for it."""
+    return finish(ok(at.button(key="sc_run").click().run()))
+
+
 def scored_page() -> AppTest:
-    return ok(open_page().button(key="sc_run").click().run())
+    return score_now(open_page())
 
 
 def charts(at: AppTest) -> int:
@@ -46,7 +59,11 @@ def test_scoring_heuristics_shows_histograms_and_a_reopen_reads_the_cache(store)
     at = open_page()
     assert any("No scores yet" in i.value for i in at.info) and charts(at) == 0
     at = ok(at.button(key="sc_run").click().run())
+    [job] = jobs.list_runs()  # scoring runs as a background job, shown in the job panel
+    assert job.kind == "heuristics" and job.config["params"]["specs"][0]["name"] == "length"
+    at = finish(at)
     assert any("Scored 400 rows" in s.value for s in at.success)
+    assert any("Scored 400 rows with length" in c.value for c in at.caption)  # the panel
     assert charts(at) == 3 + 1  # one histogram per score and the scatter of two
     assert at.get("plotly_chart")[0].proto.spec  # a real figure
     reopened = open_page()  # a new session: scores come back from the store's cache
@@ -56,7 +73,7 @@ def test_scoring_heuristics_shows_histograms_and_a_reopen_reads_the_cache(store)
 def test_user_format_check_adds_a_format_score(store):
     at = open_page()
     at.text_input(key="sc_prefix").input("Thanks for reaching out")
-    at = ok(at.button(key="sc_run").click().run())
+    at = score_now(at)
     frame = quality.with_cached_scores(store, store.frame(store.active_version("train")))
     assert 0 < frame["format_score"].mean() < 1
 
@@ -220,7 +237,10 @@ def test_with_labels_every_score_shows_its_auroc_and_the_learned_score_trains(st
     assert table.loc["length_score", "auroc"] > 0.9  # short answers were labelled bad
     assert table.loc["length_score", "bad_rows_score"] == "lower (as declared)"
     at = ok(at.button(key="sc_learn").click().run())
+    assert jobs.list_runs()[0].kind == "learn"  # trained as a background job
+    at = finish(at)
     assert any("Learned score trained" in s.value for s in at.success)
+    assert any("learned_score = P(bad)" in c.value for c in at.caption)
     frame = quality.with_cached_scores(store, store.frame(store.active_version("train")))
     assert frame["learned_score"].notna().all()
     assert any(h.proto.spec and "learned_score" in h.proto.spec for h in at.get("plotly_chart"))
