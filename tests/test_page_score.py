@@ -119,8 +119,17 @@ def test_combined_score_and_longest_k(store):
     assert combined.params["score"] == quality.COMBINED and combined.n_rows == 10
     assert combined.params["options"]["weights"] == {"length_score": 1.0}
     at = ok(at.radio(key="sc_method").set_value("longest").run())
+    at = ok(at.number_input(key="sc_kk").set_value(4).run())
+    assert next(m for m in at.metric if m.label == "Rows kept").value == "4"
     at = ok(at.button(key="sc_apply").click().run())
-    assert store.versions("train")[-1].params["method"] == "longest_k"
+    longest = store.versions("train")[-1]
+    assert longest.params["method"] == "longest_k"
+    expected = quality.preview_selection(  # ranked on the texts, as before the score table
+        store, quality.scored_version(store, longest.parent_id),
+        quality.SelectOptions("longest", k=longest.params["k"]))
+    assert len(expected.dropped) > 0, (longest.params["k"], longest.n_rows)
+    assert store.frame(longest.version_id)["row_key"].tolist() == \
+        expected.kept["row_key"].tolist()
 
 
 def test_the_page_opens_on_a_look_only_default_that_drops_nothing(store):
