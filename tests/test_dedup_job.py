@@ -173,3 +173,31 @@ def test_the_cluster_page_reads_only_its_rows(setup, tmp_path, monkeypatch):
     cid = int(table["cluster_id"].iloc[0])
     pd.testing.assert_frame_equal(curate.stored_cluster_members(store, vid, clusters, cid),
                                   curate.cluster_members(frame, clusters, cid))
+
+
+def test_semantic_duplicates_read_the_cached_embeddings_in_the_job(setup, tmp_path):
+    from workbench import models
+
+    store, vid = setup
+    options = curate.DedupOptions(near=False, semantic=True, semantic_threshold=0.9)
+    refused = jobs.run_inline("dedup", params(store, vid, options), home=tmp_path)
+    assert refused.state == "failed" and "no embedding yet" in refused.error
+    curate.embed_frame(store, store.frame(vid), encoder=models.tiny_embedder())
+    job = jobs.run_inline("dedup", params(store, vid, options), home=tmp_path)
+    assert job.state == "done", job.error
+    expected = curate.find_duplicates(store, store.frame(vid), options)
+    pd.testing.assert_frame_equal(curate.dedup_job_clusters(job), expected, check_dtype=False)
+    assert job.result["dropped"] == int((~expected["kept"]).sum()) > 0
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_on_ray_the_job_finds_the_same_clusters(setup, tmp_path, monkeypatch):
+    store, vid = setup
+    monkeypatch.setenv("WORKBENCH_RAY_MIN_ROWS", "0")  # the 400 rows go to Ray
+    job = find(store, vid, tmp_path, engine="ray")
+    expected = curate.find_duplicates(store, store.frame(vid), OPTIONS)
+    got = curate.dedup_job_clusters(job)
+    assert got["row_key"].tolist() == expected["row_key"].tolist()
+    assert got["kept"].tolist() == expected["kept"].tolist()
+    assert job.result["dropped"] == int((~expected["kept"]).sum())
+    assert any(e.get("phase") == "stages on Ray" for e in jobs.events(job.run_dir))
