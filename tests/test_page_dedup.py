@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_app import APP, finish_jobs, open_on_empty_store, page_store
+from helpers_app import APP, finish_jobs, open_on_empty_store, page_store, write_jsonl
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
@@ -139,3 +139,32 @@ def test_a_find_whose_clusters_are_gone_is_a_clear_error(store):
         f"dedup run {md_escape(job.run_id)}\\: no saved clusters "
         "\\(dedup\\_clusters\\.parquet\\)\\; press Find duplicates again"]
     assert not at.button(key="dd_find").disabled  # the page keeps running: Find again
+
+
+@pytest.fixture
+def pairs_store(tmp_path: Path, monkeypatch) -> Store:
+    """130 exact pairs, no two pairs alike: 130 clusters, two pages of the cluster table."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    records = []
+    for i in range(130):
+        text = " ".join(rng.sample(words, 40))
+        record = {"messages": [{"role": "user", "content": f"q {text}"},
+                               {"role": "assistant", "content": f"a {i} {text}"}]}
+        records += [record, {**record, "copy": 1}]
+    yield from page_store(tmp_path, monkeypatch,
+                          {"train": write_jsonl(tmp_path / "pairs.jsonl", records)})
+
+
+def test_many_clusters_are_paged_and_a_later_page_reviews_its_own(pairs_store):
+    at = find(open_page(pairs_store))
+    assert [m.value for m in at.metric] == ["130", "130"]
+    assert len(at.dataframe[0].value) == 100
+    at = ok(at.number_input(key="dd_page").set_value(2).run())
+    page = at.dataframe[0].value
+    assert len(page) == 30 and page["kept_text"].str.startswith("a ").all()
+    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at = ok(at.run())
+    assert at.subheader[0].value == f"Cluster {page['cluster_id'].iloc[0]}: 2 rows"
