@@ -596,9 +596,14 @@ def dedup(p: DedupParams, ctx: Any) -> dict:
         ctx.phase("reading rows")
         name = "hashing rows" if choice.engine == "local" else "stages on Ray"
         report = _phases(ctx)  # "hashing rows 12000/52002"
-        clusters = curate.find_version_duplicates(
-            store, int(p.version_id), options, engine=p.engine,
-            progress=lambda done, total: report(done, total, name))
+
+        def hashed(done: int, total: int) -> None:
+            report(done, total, name)
+            if done == total and choice.engine == "local":  # the rest has no count
+                ctx.phase("grouping rows into clusters")
+
+        clusters = curate.find_version_duplicates(store, int(p.version_id), options,
+                                                  engine=p.engine, progress=hashed)
         ctx.check_cancel()
         ctx.phase("saving the clusters")
         curate.save_dedup_run(ctx.run_dir, clusters, options)
