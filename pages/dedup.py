@@ -106,6 +106,8 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
     a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
     pages = max(1, -(-len(table) // PAGE_SIZE))
+    if st.session_state.get("dd_page", 1) > pages:  # a new Find with fewer clusters
+        st.session_state["dd_page"] = pages
     page = st.number_input(f"Page of clusters (of {pages:,}, {PAGE_SIZE} each, largest first)",
                            1, pages, 1, key="dd_page") if pages > 1 else 1
     shown = session_cached("dd_page_rows", (job.run_id, page), lambda: curate.cluster_page(
