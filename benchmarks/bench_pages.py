@@ -3,9 +3,10 @@
 Imports ../shared/data/alpaca/alpaca_data.json (52,002 rows) into a throwaway store under
 /tmp (its own WORKBENCH_HOME), then drives the app with Streamlit's AppTest in one session,
 as a user moves between pages: open a page, then its main interactions (Clean: preview (a
-job: its wait is printed, then the rerun that shows it), apply; Deduplicate: find, move the
-threshold; Score & select: score (a job, then again from the cache), change the scatter's
-axis, move a threshold slider, pick a method (top-k, longest-k); Label: mark a row; ...).
+job: its wait is printed, then the rerun that shows it), apply; Deduplicate: find (a job too),
+open a cluster, move the threshold (stale clusters), apply (a job); Score & select: score (a
+job, then again from the cache), change the scatter's axis, move a threshold slider, pick a
+method (top-k, longest-k); Label: mark a row; ...).
 Prints the server time of every rerun (the script run that AppTest times is what the server
 does between a click and the last element sent) and the process's resident memory after it,
 then the peak.
@@ -131,11 +132,18 @@ def walk(w: Walk) -> None:
            lambda at: at.button(key="cl_apply").click(), work=True)
     w.finish_jobs("Clean", "rerun after the job: the new version")
     w.open("dedup", "Deduplicate")
-    w.step("Deduplicate", "Find duplicates", lambda at: at.button(key="dd_find").click(),
-           work=True)
-    w.step("Deduplicate", "move the Jaccard slider to 0.9",
+    w.step("Deduplicate", "Find duplicates: starts a job",
+           lambda at: at.button(key="dd_find").click(), work=True)
+    w.finish_jobs("Deduplicate", "rerun after the job: the clusters show")
+    w.step("Deduplicate", "select the largest cluster", _select_cluster)
+    w.step("Deduplicate", "move the Jaccard slider to 0.9: stale",
            lambda at: at.slider(key="dd_near_t").set_value(0.9))
     w.step("Deduplicate", "rerun (any click)")
+    w.step("Deduplicate", "move the Jaccard slider back to 0.8",
+           lambda at: at.slider(key="dd_near_t").set_value(0.8))
+    w.step("Deduplicate", "Apply: a job saves the clusters found",
+           lambda at: at.button(key="dd_apply").click(), work=True)
+    w.finish_jobs("Deduplicate", "rerun after the job: the new version")
     w.open("score", "Score & select")
     w.step("Score & select", "Score now (3 heuristics): starts a job",
            lambda at: at.button(key="sc_run").click(), work=True)
@@ -159,6 +167,10 @@ def walk(w: Walk) -> None:
     w.open("loop", "Iterations")
     w.open("score", "Score & select")
     w.open("datasets", "Datasets")
+
+
+def _select_cluster(at) -> None:
+    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
 
 
 def _move_threshold(at) -> None:

@@ -12,13 +12,14 @@ import streamlit as st
 from pages.common import (
     curation_title,
     engine_setting,
+    finished_job,
     flash,
     job_panel,
     session_cached,
     show_error,
     store,
 )
-from workbench import clean, curate, jobs, labelling
+from workbench import clean, curate, labelling
 from workbench.exceptions import WorkbenchError
 from workbench.views import md_escape
 
@@ -207,17 +208,9 @@ eval_version = st.session_state.get("cl_eval_version") \
 
 def applied_notice() -> None:
     """While an Apply job runs, show it; once it ends, say what it made (once)."""
-    run_id = st.session_state.get("cl_applying")
-    if not run_id:
+    job = finished_job("cl_applying", st.session_state.get("cl_applying"), key="cl_job")
+    if job is None:
         return
-    job = jobs.status(run_id)
-    if job.active or job.state != "done":
-        job_panel(run_id, key=f"cl_job_{run_id}")
-        if job.active:
-            st.stop()  # the rules, the preview and Apply wait for the running Apply
-        st.session_state.pop("cl_applying")
-        return
-    st.session_state.pop("cl_applying")
     version, rows = store().version(int(job.result["version_id"])), int(job.result["rows"])
     flagged = sum(v for k, v in version.counts.items() if k.startswith("flagged:"))
     flash(f"Cleaned into {version.ref}: {version.n_rows:,} rows kept, "

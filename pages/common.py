@@ -208,6 +208,24 @@ def job_panel(run_id: str, *, key: str) -> None:
     panel()
 
 
+def finished_job(state_key: str, run_id: str | None, *, key: str):
+    """Follow a job a page started and waits on (an Apply; its run id kept in
+    ``st.session_state[state_key]``): while it runs, show its panel and stop the page; once it
+    failed or was cancelled, show why and forget it. Return it once done (forgotten too), else
+    None."""
+    from workbench import jobs
+
+    if not run_id:
+        return None
+    job = jobs.status(run_id)
+    if job.active or job.state != "done":
+        job_panel(run_id, key=f"{key}_{run_id}")
+        if job.active:
+            st.stop()  # the page's options, results and buttons wait for it
+    st.session_state.pop(state_key, None)
+    return job if job.state == "done" else None
+
+
 def tracking_toggle(key: str) -> None:
     """A switch for logging training and evaluation runs to MLflow (kept in the data folder)."""
     from workbench import tracking

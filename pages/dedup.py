@@ -8,13 +8,13 @@ import streamlit as st
 from pages.common import (
     curation_title,
     engine_setting,
+    finished_job,
     flash,
     job_panel,
     progress_bar,
     session_cached,
     show_error,
     store,
-    version_frame,
 )
 from workbench import curate
 from workbench.dedup import KEEP_ALL
@@ -24,9 +24,7 @@ from workbench.views import md_escape
 _, version_id, n_rows = curation_title("Deduplicate")
 
 
-def rows():
-    """The version's rows, read when finding or applying duplicates (not to open the page)."""
-    return version_frame(str(store().path), version_id)
+PAGE_SIZE = 100  # clusters per page of the table: at 1M rows there are thousands
 
 
 def options_form() -> curate.DedupOptions:
@@ -91,38 +89,51 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
 
 def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
     with progress_bar("Threshold explorer: rows hashed") as progress:
-        return curate.duplicate_curve(store(), rows(), options, method, grid, progress=progress)
+        # The version is read for the curve and let go: the page keeps no frame of it.
+        return curate.duplicate_curve(store(), store().frame(version_id), options, method,
+                                      grid, progress=progress)
 
 
-def review(clusters, options: curate.DedupOptions, stale: bool) -> None:
-    summary = curate.cluster_summary(rows(), clusters)
+def review(job, options: curate.DedupOptions, stale: bool) -> None:
+    """The clusters a finished Find saved: counts, a page of the cluster table (texts read for
+    its rows only), one cluster's members, and Apply (a job that saves them as they are)."""
+    clusters = session_cached("dd_found", (job.run_id,), lambda: curate.dedup_job_clusters(job),
+                              keep=1)
+    table = session_cached("dd_table", (job.run_id,), lambda: curate.cluster_table(clusters),
+                           keep=1)
     dropped = int((~clusters["kept"]).sum())
     a, b = st.columns(2)
-    a.metric("Clusters", f"{len(summary):,}")
+    a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
-    event = st.dataframe(summary, hide_index=True, on_select="rerun",
+    pages = max(1, -(-len(table) // PAGE_SIZE))
+    if st.session_state.get("dd_page", 1) > pages:  # a new Find with fewer clusters
+        st.session_state["dd_page"] = pages
+    page = st.number_input(f"Page of clusters (of {pages:,}, {PAGE_SIZE} each, largest first)",
+                           1, pages, 1, key="dd_page") if pages > 1 else 1
+    shown = session_cached("dd_page_rows", (job.run_id, page), lambda: curate.cluster_page(
+        store(), version_id, table, (page - 1) * PAGE_SIZE, PAGE_SIZE))
+    event = st.dataframe(shown, hide_index=True, on_select="rerun",
                          selection_mode="single-row", key="dd_clusters")
-    overrides = st.session_state.setdefault("dd_overrides", {})
-    if event.selection.rows:
-        cluster_id = int(summary.iloc[event.selection.rows[0]]["cluster_id"])
-        member_view(clusters, cluster_id, overrides)
+    if st.session_state.get("dd_overrides_of") != job.run_id:  # choices are per Find
+        st.session_state["dd_overrides_of"] = job.run_id
+        st.session_state["dd_overrides"] = {}
+    overrides = st.session_state["dd_overrides"]
+    if event.selection.rows and event.selection.rows[0] < len(shown):
+        cluster_id = int(shown.iloc[event.selection.rows[0]]["cluster_id"])
+        member_view(job, clusters, cluster_id, overrides)
     if st.button(f"Apply: drop {dropped:,} rows into a new version", type="primary",
-                 disabled=clusters.empty or stale, key="dd_apply"):
-        try:
-            version = curate.apply_dedup(store(), version_id, rows(), clusters, options,
-                                         overrides)
-        except WorkbenchError as e:
-            show_error(e)
-            return
-        st.session_state.pop("dd_result", None)
-        st.session_state.pop("dd_overrides", None)
-        flash(f"Deduplicated into {version.ref} "
-              f"({version.counts.get('kept', version.n_rows):,} rows kept).")
-        st.rerun()
+                 disabled=clusters.empty or stale, key="dd_apply",
+                 help="A background job saves these clusters as they are, with your choices"):
+        applying = start(options, apply=True, from_run=job.run_id, overrides=overrides)
+        if applying is not None:
+            st.session_state["dd_applying"] = applying.run_id
+            st.rerun()
 
 
-def member_view(clusters, cluster_id: int, overrides: dict) -> None:
-    members = curate.cluster_members(rows(), clusters, cluster_id)
+def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
+    members = session_cached("dd_members", (job.run_id, cluster_id),
+                             lambda: curate.stored_cluster_members(store(), version_id, clusters,
+                                                                   cluster_id))
     st.subheader(f"Cluster {cluster_id}: {len(members)} rows")
     columns = st.columns(min(len(members), 4))
     for i, row in members.head(4).iterrows():
@@ -150,26 +161,52 @@ def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
                      if getattr(now, k) != v)
 
 
+def start(options: curate.DedupOptions, **kwargs):
+    try:
+        return curate.start_dedup(store(), version_id, options, engine=engine, **kwargs)
+    except WorkbenchError as e:
+        show_error(e)
+
+
+def applied_notice(started: list) -> None:
+    """While an Apply job runs, show it (also after a reload); once it ends, say what it made
+    (once)."""
+    run_id = st.session_state.get("dd_applying") or next(
+        (j.run_id for j in started if j.active and j.config["params"].get("apply")), None)
+    job = finished_job("dd_applying", run_id, key="dd_job")
+    if job is None:
+        return
+    st.session_state.pop("dd_overrides", None)
+    version = store().version(int(job.result["version_id"]))
+    flash(f"Deduplicated into {version.ref} "
+          f"({version.counts.get('kept', version.n_rows):,} rows kept).")
+    st.rerun()
+
+
 options = options_form()
 engine = engine_setting("dd_engine", n_rows, "dedup",
                         note="Semantic duplicates are found on the local engine only (their "
                         "embeddings may be computed on Ray).")
 embedded = embeddings_section(options, engine) if options.semantic else False
+applied_notice(curate.dedup_jobs(store(), version_id))
 explorer(options, embedded)
-if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded):
+if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded,
+             help="Runs as a background job: it survives a page reload"):
+    start(options)
+finds = [j for j in curate.dedup_jobs(store(), version_id)
+         if not j.config["params"].get("apply")]
+done = next((j for j in finds if j.state == "done"), None)
+if finds and finds[0] is not done:
+    job_panel(finds[0].run_id, key=f"dd_job_{finds[0].run_id}")  # running, failed, cancelled
+if done is not None:
     try:
-        with progress_bar("Finding duplicates: rows hashed") as progress:
-            st.session_state["dd_result"] = (version_id, options, curate.find_duplicates(
-                store(), rows(), options, progress=progress, engine=engine))
-        st.session_state["dd_overrides"] = {}
+        found = curate.dedup_job_options(done)
+        stale = found != options
+        if stale:  # the clusters below are those of the options Find last ran with
+            changed = md_escape(stale_options(found, options))
+            st.warning(f"The options changed since Find ({changed}): "
+                       "these clusters are for the old ones. Press Find duplicates to update "
+                       "them before applying.", icon=":material/warning:")
+        review(done, found, stale)
     except WorkbenchError as e:
         show_error(e)
-result = st.session_state.get("dd_result")
-if result and result[0] == version_id:
-    stale = result[1] != options
-    if stale:  # the clusters below are those of the options Find last ran with
-        changed = md_escape(stale_options(result[1], options))
-        st.warning(f"The options changed since Find ({changed}): "
-                   "these clusters are for the old ones. Press Find duplicates to update them "
-                   "before applying.", icon=":material/warning:")
-    review(result[2], result[1], stale)

@@ -154,3 +154,13 @@ def page_ok(at):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     return at
+
+
+def finish_jobs(at):
+    """Wait for the jobs a page started, then run the page again (the job panel's refresh
+    would do it in a browser); return it."""
+    from workbench import jobs
+
+    for job in jobs.list_runs():
+        assert jobs.wait(job.run_id, timeout=180).state == "done", jobs.log_tail(job.run_id)
+    return page_ok(at.run())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers_app import APP, page_store
+from helpers_app import APP, finish_jobs, page_store
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
@@ -25,16 +25,8 @@ def open_page() -> AppTest:
     return ok(at.switch_page("pages/clean.py").run())
 
 
-def finish(at: AppTest) -> AppTest:
-    """Wait for the clean jobs the page started, then run the page again (the job panel's
-    refresh would do it in a browser)."""
-    for job in jobs.list_runs():
-        assert jobs.wait(job.run_id, timeout=180).state == "done", jobs.log_tail(job.run_id)
-    return ok(at.run())
-
-
 def preview(at: AppTest) -> AppTest:
-    return finish(ok(at.button(key="cl_preview").click().run()))
+    return finish_jobs(ok(at.button(key="cl_preview").click().run()))
 
 
 def metrics(at: AppTest) -> dict[str, int]:
@@ -57,7 +49,7 @@ def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
     at = preview(at)
     dropped = metrics(at)["Rows dropped"]
     assert 10 <= dropped < 400
-    at = finish(ok(at.button(key="cl_apply").click().run()))
+    at = finish_jobs(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.operation == "clean" and latest.parent_id == store.versions("train")[0].version_id
     assert latest.n_rows == 400 - dropped and latest.counts["placeholder"] == dropped
@@ -70,7 +62,7 @@ def test_defaults_flag_for_review_and_a_rule_switched_to_drop_drops(store):
 def test_flagged_rows_are_dropped_after_review_keeping_rows_labelled_good(store):
     from workbench import labelling
 
-    at = finish(ok(open_page().button(key="cl_apply").click().run()))  # no preview: a job
+    at = finish_jobs(ok(open_page().button(key="cl_apply").click().run()))  # no preview: a job
     assert any("Cleaned into train\\@2" in s.value for s in at.success)
     latest = store.versions("train")[-1].version_id
     flagged = store.flagged(latest)
@@ -116,7 +108,7 @@ def test_contamination_against_the_eval_set(store):
     at = ok(at.checkbox(key="cl_cont_on").check().run())
     at = preview(at)
     assert metrics(at)["Rows dropped"] >= 8  # the planted copies of eval prompts (drop mode)
-    at = finish(ok(at.button(key="cl_apply").click().run()))
+    at = finish_jobs(ok(at.button(key="cl_apply").click().run()))
     latest = store.versions("train")[-1]
     assert latest.params["eval_version"] == store.active_version("eval")
 
@@ -134,7 +126,7 @@ def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store)
     vid = store.active_version("train")
     (shown,) = curate.clean_jobs(store, vid)
     flagged = metrics(at)["Rows flagged for review"]
-    at = finish(ok(at.button(key="cl_apply").click().run()))
+    at = finish_jobs(ok(at.button(key="cl_apply").click().run()))
     applied = jobs.list_runs()[0]
     assert applied.config["params"]["from_run"] == shown.run_id  # the preview's scan
     assert not [e for e in jobs.events(applied.run_dir) if "rule" in e.get("phase", "")]
@@ -143,7 +135,7 @@ def test_apply_saves_the_fresh_preview_instead_of_running_the_rules_again(store)
         "row_key"].nunique() == flagged
     assert any("Cleaned into train\\@2" in s.value for s in at.success)
     at = ok(at.checkbox(key="cl_ref_on").uncheck().run())  # no preview of these rules yet
-    at = finish(ok(at.button(key="cl_apply").click().run()))  # runs them in the job
+    at = finish_jobs(ok(at.button(key="cl_apply").click().run()))  # runs them in the job
     again = jobs.list_runs()[0]
     assert again.config["params"]["from_run"] == "" and len(jobs.list_runs()) == 3
     assert [e for e in jobs.events(again.run_dir) if "rule" in e.get("phase", "")]

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_app import APP, open_on_empty_store, page_store
+from helpers_app import APP, finish_jobs, open_on_empty_store, page_store, write_jsonl
 from helpers_app import page_ok as ok
 from streamlit.testing.v1 import AppTest
 
+from workbench import curate, jobs
 from workbench.sample import SAMPLE_DIR
 from workbench.store import Store
+from workbench.views import md_escape
 
 TRAIN = SAMPLE_DIR / "support_train.jsonl"
 
@@ -24,6 +26,14 @@ def store(tmp_path: Path, monkeypatch) -> Store:
 def open_page(store: Store) -> AppTest:
     at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
     return ok(at.switch_page("pages/dedup.py").run())
+
+
+def find(at: AppTest) -> AppTest:
+    return finish_jobs(ok(at.button(key="dd_find").click().run()))
+
+
+def apply(at: AppTest) -> AppTest:
+    return finish_jobs(ok(at.button(key="dd_apply").click().run()))
 
 
 def planted_duplicates() -> int:
@@ -39,10 +49,10 @@ def test_page_without_dataset_says_what_to_do(tmp_path, monkeypatch):
 
 def test_finds_planted_duplicates_and_applies_a_new_version(store):
     at = open_page(store)
-    at = ok(at.button(key="dd_find").click().run())
+    at = find(at)
     clusters, to_drop = (int(m.value) for m in at.metric)
     assert to_drop == planted_duplicates() and clusters > 0
-    at = ok(at.button(key="dd_apply").click().run())
+    at = apply(at)
     versions = store.versions("train")
     assert len(versions) == 2 and versions[-1].operation == "dedup"
     assert versions[-1].n_rows == 400 - to_drop
@@ -53,14 +63,14 @@ def test_finds_planted_duplicates_and_applies_a_new_version(store):
 
 def test_review_a_cluster_and_keep_all_of_it(store):
     at = open_page(store)
-    at = ok(at.button(key="dd_find").click().run())
+    at = find(at)
     _, to_drop = (int(m.value) for m in at.metric)
     at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at = ok(at.run())
     assert any(s.value.startswith("Cluster ") for s in at.subheader)
     keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
     at = ok(keep.set_value("all").run())
-    at = ok(at.button(key="dd_apply").click().run())
+    at = apply(at)
     latest = store.versions("train")[-1]
     assert latest.n_rows > 400 - to_drop  # the overridden cluster kept all its members
     assert latest.params["overrides"]
@@ -81,7 +91,7 @@ def test_threshold_explorer_computes_only_when_open_and_once(store, monkeypatch)
     monkeypatch.setattr(curate, "duplicate_curve",
                         lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     at = open_page(store)
-    at = ok(at.button(key="dd_find").click().run())
+    at = find(at)
     assert calls == [] and not at.get("plotly_chart")  # closed: no MinHash pass per rerun
     at = ok(at.toggle(key="dd_explore").set_value(True).run())
     at = ok(at.slider(key="dd_near_t").set_value(0.9).run())  # the curve does not depend on it
@@ -90,13 +100,13 @@ def test_threshold_explorer_computes_only_when_open_and_once(store, monkeypatch)
 
 def test_clusters_of_old_options_are_marked_stale_and_not_applied(store):
     at = open_page(store)
-    at = ok(at.button(key="dd_find").click().run())
+    at = find(at)
     assert not at.warning and not at.button(key="dd_apply").disabled
     at = ok(at.slider(key="dd_near_t").set_value(0.6).run())
     assert any("options changed since Find" in w.value and "0\\.8" in w.value  # md-escaped
                for w in at.warning)
     assert at.button(key="dd_apply").disabled  # never applies clusters the widgets don't show
-    at = ok(at.button(key="dd_find").click().run())
+    at = find(at)
     assert not at.warning and not at.button(key="dd_apply").disabled
 
 
@@ -105,3 +115,56 @@ def test_semantic_needs_embeddings_first(store):
     at = ok(at.checkbox(key="dd_sem").check().run())
     assert any("need embeddings" in i.value for i in at.info)
     assert at.button(key="dd_find").disabled
+
+
+def test_clusters_survive_a_reload_and_apply_says_what_it_made(store):
+    at = find(open_page(store))
+    shown = [m.value for m in at.metric]
+    at = open_page(store)  # a new session: nothing in session_state, the job's result stays
+    assert [m.value for m in at.metric] == shown and not at.warning
+    assert len(at.dataframe[0].value) == int(shown[0])  # one page: every cluster
+    at = apply(at)
+    kept = store.versions("train")[-1].n_rows
+    assert any(f"Deduplicated into train\\@2 \\({kept:,} rows kept\\)" in s.value
+               for s in at.success)  # md-escaped
+
+
+def test_a_find_whose_clusters_are_gone_is_a_clear_error(store):
+    at = find(open_page(store))
+    job = jobs.list_runs()[0]
+    (job.run_dir / curate.DEDUP_CLUSTERS_FILE).unlink()
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    at = at.switch_page("pages/dedup.py").run()
+    assert not at.exception and [e.value for e in at.error] == [
+        f"dedup run {md_escape(job.run_id)}\\: no saved clusters "
+        "\\(dedup\\_clusters\\.parquet\\)\\; press Find duplicates again"]
+    assert not at.button(key="dd_find").disabled  # the page keeps running: Find again
+
+
+@pytest.fixture
+def pairs_store(tmp_path: Path, monkeypatch) -> Store:
+    """130 exact pairs, no two pairs alike: 130 clusters, two pages of the cluster table."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    records = []
+    for i in range(130):
+        text = " ".join(rng.sample(words, 40))
+        record = {"messages": [{"role": "user", "content": f"q {text}"},
+                               {"role": "assistant", "content": f"a {i} {text}"}]}
+        records += [record, {**record, "copy": 1}]
+    yield from page_store(tmp_path, monkeypatch,
+                          {"train": write_jsonl(tmp_path / "pairs.jsonl", records)})
+
+
+def test_many_clusters_are_paged_and_a_later_page_reviews_its_own(pairs_store):
+    at = find(open_page(pairs_store))
+    assert [m.value for m in at.metric] == ["130", "130"]
+    assert len(at.dataframe[0].value) == 100
+    at = ok(at.number_input(key="dd_page").set_value(2).run())
+    page = at.dataframe[0].value
+    assert len(page) == 30 and page["kept_text"].str.startswith("a ").all()
+    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at = ok(at.run())
+    assert at.subheader[0].value == f"Cluster {page['cluster_id'].iloc[0]}: 2 rows"

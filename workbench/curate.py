@@ -274,16 +274,38 @@ def duplicate_curve(store: Store, frame: pd.DataFrame, options: DedupOptions,
 
 def cluster_summary(frame: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
     """Return one row per cluster: id, size, method, lowest similarity, the kept row's text."""
+    return cluster_texts(cluster_table(clusters), frame)
+
+
+def cluster_table(clusters: pd.DataFrame) -> pd.DataFrame:
+    """Return ``cluster_summary`` without the text: one row per cluster (id, size, method,
+    lowest similarity, kept row), largest first, from the clusters alone (no row is read)."""
     if clusters.empty:
         return pd.DataFrame(columns=["cluster_id", "size", "method", "min_similarity",
-                                     "kept_row", "kept_text"])
-    kept = clusters[clusters["kept"]].set_index("cluster_id")
-    text = frame.set_index("row_key")["response"]
+                                     "kept_row"])
     out = clusters.groupby("cluster_id").agg(size=("row_key", "size"), method=("method", "first"),
                                              min_similarity=("similarity", "min")).reset_index()
-    out["kept_row"] = [int(kept.at[c, "row_key"]) for c in out["cluster_id"]]
-    out["kept_text"] = [" ".join(str(text.get(k, "")).split())[:160] for k in out["kept_row"]]
+    kept = clusters[clusters["kept"]].drop_duplicates("cluster_id").set_index("cluster_id")
+    out["kept_row"] = kept["row_key"].reindex(out["cluster_id"]).astype("int64").to_numpy()
     return out.sort_values(["size", "cluster_id"], ascending=[False, True], ignore_index=True)
+
+
+def cluster_texts(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Return rows of ``cluster_table`` with the kept row's text (its response, one line), read
+    from ``frame``: any frame holding those rows (``row_key``, ``response``)."""
+    text = frame.drop_duplicates("row_key").set_index("row_key")["response"]
+    out = table.copy()
+    out["kept_text"] = [" ".join(str(text.get(k, "")).split())[:160] for k in out["kept_row"]]
+    return out
+
+
+def cluster_page(store: Store, version_id: int, table: pd.DataFrame, start: int, n: int
+                 ) -> pd.DataFrame:
+    """Return ``n`` rows of a ``cluster_table`` from ``start`` with their kept texts, reading
+    only those kept rows of the version (``Store.rows_of``)."""
+    rows = table.iloc[start:start + n]
+    return cluster_texts(rows, store.rows_of(version_id, rows["kept_row"].tolist())
+                         if len(rows) else pd.DataFrame(columns=["row_key", "response"]))
 
 
 def cluster_members(frame: pd.DataFrame, clusters: pd.DataFrame, cluster_id: int
@@ -292,6 +314,13 @@ def cluster_members(frame: pd.DataFrame, clusters: pd.DataFrame, cluster_id: int
     members = clusters[clusters["cluster_id"] == cluster_id]
     rows = frame.set_index("row_key").loc[members["row_key"], ["prompt", "response"]]
     return members.reset_index(drop=True).join(rows.reset_index(drop=True))
+
+
+def stored_cluster_members(store: Store, version_id: int, clusters: pd.DataFrame,
+                           cluster_id: int) -> pd.DataFrame:
+    """Return ``cluster_members`` of one cluster, reading only its rows of the version."""
+    keys = clusters.loc[clusters["cluster_id"] == cluster_id, "row_key"].tolist()
+    return cluster_members(store.frame_of(version_id, keys), clusters, cluster_id)
 
 
 def apply_dedup(store: Store, version_id: int, frame: pd.DataFrame | None,
@@ -321,6 +350,90 @@ def dropped_rows(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | No
     return dedup.apply_clusters(pd.DataFrame({"row_key": members,
                                               "messages": [[]] * len(members)}),
                                 clusters, overrides=overrides).dropped
+
+
+# --- deduplication as a background job -------------------------------------------------------
+DEDUP_CLUSTERS_FILE = "dedup_clusters.parquet"  # a dedup job's clusters in its run folder
+DEDUP_OPTIONS_FILE = "dedup_options.json"  # and the options they were found with
+
+
+def dedup_options(params: Mapping) -> DedupOptions:
+    """Return the DedupOptions of their ``params()`` (as a dedup job holds them); ConfigError
+    naming an unknown option."""
+    names = DedupOptions.__dataclass_fields__
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ConfigError(f"dedup options: unknown option(s) {', '.join(unknown)}; "
+                          f"they are {', '.join(names)}")
+    return DedupOptions(**params)
+
+
+def start_dedup(store: Store, version_id: int, options: DedupOptions, *,
+                engine: str = "local", apply: bool = False, from_run: str = "",
+                overrides: Mapping[int, int | str] | None = None) -> jobs.JobStatus:
+    """Start a background job that finds a version's duplicate clusters (the "dedup" task):
+    its progress names the phase and counts rows; the clusters are saved in the run folder
+    (``dedup_job_clusters``). ``apply``: the job also saves the version without the dropped
+    rows, keeping per cluster what ``overrides`` say (cluster id -> row key or "all").
+    ``from_run``: a finished dedup job of these options on this version, whose saved clusters
+    the job applies instead of finding them again."""
+    check_dedup_engine(options, engine, store.version(version_id).n_rows or 0)
+    params = {"store": str(store.path), "version_id": int(version_id),
+              "options": options.params(), "engine": E.check_engine(engine), "apply": apply,
+              "from_run": from_run,
+              "overrides": {str(int(k)): v for k, v in (overrides or {}).items()}}
+    return jobs.start("dedup", params)
+
+
+def dedup_jobs(store: Store, version_id: int, *,
+               home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the dedup jobs started on a version, newest first (from the run registry)."""
+    return runs.statuses(store, ["dedup"], lambda p: p.get("version_id") == version_id,
+                         home=home)
+
+
+def save_dedup_run(run_dir: str | Path, clusters: pd.DataFrame, options: DedupOptions) -> None:
+    """Write a dedup job's clusters (Parquet) and options into its run folder, each atomically
+    (a reader never sees half a file)."""
+    import orjson
+
+    folder = Path(run_dir)
+    tmp = folder / (DEDUP_CLUSTERS_FILE + ".tmp")
+    clusters.to_parquet(tmp, index=False)
+    tmp.replace(folder / DEDUP_CLUSTERS_FILE)
+    tmp = folder / (DEDUP_OPTIONS_FILE + ".tmp")
+    tmp.write_bytes(orjson.dumps(options.params()))
+    tmp.replace(folder / DEDUP_OPTIONS_FILE)
+
+
+def dedup_job_clusters(job: jobs.JobStatus) -> pd.DataFrame:
+    """Return the clusters a finished dedup job saved; ConfigError when its run folder has
+    none (a failed or cancelled job, or a folder from elsewhere)."""
+    try:
+        return pd.read_parquet(job.run_dir / DEDUP_CLUSTERS_FILE)
+    except FileNotFoundError:
+        raise ConfigError(f"dedup run {job.run_id}: no saved clusters ({DEDUP_CLUSTERS_FILE}); "
+                          "press Find duplicates again") from None
+
+
+def dedup_job_options(job: jobs.JobStatus) -> DedupOptions:
+    """Return the options a dedup job found its clusters with."""
+    return dedup_options((job.config.get("params") or {}).get("options") or {})
+
+
+def dedup_job_matches(job: jobs.JobStatus, options: DedupOptions) -> bool:
+    """Return whether a dedup job found its clusters with these options."""
+    return ((job.config.get("params") or {}).get("options") or {}) == options.params()
+
+
+def dedup_counts(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | None = None
+                 ) -> dict:
+    """Return a dedup job's summary: clusters, rows to drop, and rows to drop by method."""
+    keys = dropped_rows(clusters, overrides)["row_key"] if overrides else \
+        clusters.loc[~clusters["kept"], "row_key"]
+    method = clusters.drop_duplicates("row_key").set_index("row_key")["method"]
+    return {"clusters": int(clusters["cluster_id"].nunique()), "dropped": len(keys),
+            "by_method": {str(k): int(v) for k, v in method.reindex(keys).value_counts().items()}}
 
 
 # --- cleaning --------------------------------------------------------------------------------

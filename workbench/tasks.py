@@ -10,7 +10,7 @@ Steps never import the store, the caches or jobs (tests/test_boundaries.py): thi
 the wiring, handing a step a ``cache.StoreCache`` where it caches.
 
 Registered: train, eval, import, loop, model_score (kind "score"), heuristic_score (kind
-"heuristics"), judge, embed, clean, learn, pairwise_judge.
+"heuristics"), judge, embed, clean, dedup, learn, pairwise_judge.
 """
 
 from __future__ import annotations
@@ -578,15 +578,7 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
                                 if p.eval_version is not None else {"rules": p.rules}, store)
     ctx.log(f"{len(rules)} rules over {len(frame)} rows of version {p.version_id} "
             f"(engine {E.choose(p.engine, len(frame), 'clean')})")
-    current = [""]
-
-    def report(done: int, total: int, what: str) -> None:
-        if what != current[0]:  # one phase per rule: "rule 3/11 · pii 104000/572000"
-            current[0] = what
-            ctx.phase(what, total, done)
-        else:
-            ctx.progress(done, total)
-
+    report = _phases(ctx)  # one phase per rule: "rule 3/11 · pii 104000/572000"
     if p.from_run:  # the rules ran in that preview: its saved result is the new version
         ctx.phase("reading the preview's result")
         run = curate.clean_job_run(jobs_status(p.from_run, ctx), frame)
@@ -610,11 +602,91 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
     return out
 
 
+def _phases(ctx: Any) -> Any:
+    """Return ``report(done, total, what)``: a new phase of the job each time ``what``
+    changes, progress within it otherwise."""
+    current = [""]
+
+    def report(done: int, total: int, what: str) -> None:
+        if what != current[0]:
+            current[0] = what
+            ctx.phase(what, total, done)
+        else:
+            ctx.progress(done, total)
+
+    return report
+
+
 def jobs_status(run_id: str, ctx: Any):
     """Return the status of a run beside this job's own run folder."""
     from .jobs import check_run_id, status
 
     return status(Path(ctx.run_dir).parent / check_run_id(run_id))
+
+
+# ---------------------------------------------------------------- dedup
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """A dedup job: options (``DedupOptions.params()``) over a version; engine (local, ray);
+    apply: also save the new version, keeping per cluster what overrides say (cluster id as
+    text -> row key or "all")."""
+
+    store: str | None
+    version_id: int
+    options: dict
+    engine: str = "local"
+    apply: bool = False
+    from_run: str = ""  # a finished find of these options: apply its saved clusters
+    overrides: dict | None = None
+
+
+@task("dedup", DedupParams)
+def dedup(p: DedupParams, ctx: Any) -> dict:
+    """Find a version's duplicate clusters, progress per row hashed; save them and the options
+    in the run folder (and, with ``apply``, the version without the dropped rows)."""
+    from . import curate
+
+    store = Store(p.store)
+    options = curate.dedup_options(p.options)
+    rows = store.version(int(p.version_id)).n_rows or 0
+    if p.from_run:  # the clusters were found by that job: apply them as they are
+        ctx.phase("reading the find's clusters")
+        found = jobs_status(p.from_run, ctx)
+        if (found.config.get("params") or {}).get("version_id") != p.version_id or \
+                not curate.dedup_job_matches(found, options):
+            raise ConfigError(f"dedup run {p.from_run} found clusters of other options or "
+                              "another version: find duplicates again")
+        clusters = curate.dedup_job_clusters(found)
+    else:
+        choice = curate.check_dedup_engine(options, p.engine, rows)
+        ctx.log(f"finding duplicates in {rows} rows of version {p.version_id} "
+                f"(engine {choice})")
+        ctx.phase("reading rows")
+        name = "hashing rows" if choice.engine == "local" else "stages on Ray"
+        report = _phases(ctx)  # "hashing rows 12000/52002"
+
+        def hashed(done: int, total: int) -> None:
+            report(done, total, name)
+            if done == total and choice.engine == "local":  # the rest has no count
+                ctx.phase("grouping rows into clusters")
+
+        clusters = curate.find_version_duplicates(store, int(p.version_id), options,
+                                                  engine=p.engine, progress=hashed)
+        ctx.check_cancel()
+        ctx.phase("saving the clusters")
+        curate.save_dedup_run(ctx.run_dir, clusters, options)
+    overrides = {int(k): v for k, v in (p.overrides or {}).items()}
+    out = curate.dedup_counts(clusters, overrides)
+    ctx.log(f"{out['clusters']} clusters, {out['dropped']} rows to drop {out['by_method']}")
+    if p.apply:
+        ctx.phase("saving the new version")
+        version = curate.apply_dedup(store, int(p.version_id), None, clusters, options,
+                                     overrides)
+        ctx.log(f"saved version {version.ref} ({version.n_rows} rows)")
+        out.update(version_id=version.version_id, ref=version.ref, kept=version.n_rows)
+    return out
 
 
 # ---------------------------------------------------------------- a judge between two runs
