@@ -160,10 +160,15 @@ def test_cancelling_an_apply_job_leaves_no_version(store):
     at = ok(open_page().button(key="cl_apply").click().run())  # no preview: a job
     running = jobs.list_runs()[0]
     assert running.active  # the worker is still starting (imports take seconds)
-    at = ok(at.button(key=f"cl_job_{running.run_id}_cancel").click().run())
+    at = at.button(key=f"cl_job_{running.run_id}_cancel").click().run()
+    assert not at.exception
+    # A worker that stops within the cancel's grace period is shown cancelled by that same
+    # rerun, a slower one by the next: either way the page says so once, then forgets it.
+    said = [e.value for e in at.error]
     assert jobs.wait(running.run_id, timeout=60).state == "cancelled"
     at = at.run()
-    assert [e.value for e in at.error] == ["clean cancelled\\: stopped"]  # said once
+    said += [e.value for e in at.error]
+    assert said == ["clean cancelled\\: stopped"]
     at = ok(at.run())
     assert len(store.versions("train")) == 1 and not at.success
     assert not (running.run_dir / curate.CLEAN_RUN_FILE).exists()
