@@ -273,3 +273,58 @@ def test_the_signal_table_of_a_score_table_reads_only_labelled_rows_and_agrees(s
     got = labelling.version_signal_table(store, vid, quality.score_table(store, vid))
     pd.testing.assert_frame_equal(got, expected)
     assert got.set_index("score").loc["length_score", "labelled"] == 120
+
+
+def test_a_queue_opens_before_the_rule_scan_and_the_scan_job_brings_the_rule_seeds(file_store,
+                                                                                  tmp_path,
+                                                                                  monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 300 rows: the scan is a job
+    frame = labelling.queue_rows(file_store, vid)
+    assert labelling.rule_scan_pending(file_store, vid, frame)
+    options = labelling.QueueOptions(n=10, scan_rules=False)
+    early = labelling.next_rows(file_store, vid, frame, options)
+    assert early.stage == "seeds" and early.rules_pending and len(early.rows) == 10
+    assert "rule scan" in early.message
+    assert not any(s.startswith("rule:") for s in early.rows["source"])
+
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid},
+                          home=tmp_path)
+    assert job.state == "done" and job.kind == "rule_scan" and job.result["hits"]
+    n_rules = len(labelling._hit_rules())
+    last = jobs.events(job.run_dir)[-1]  # progress counted rows x rules, named the rule
+    assert last["step"] == last["total"] == 300 * n_rules
+    assert last["phase"].startswith(f"rule {n_rules}/{n_rules} · ")
+    assert labelling.rule_scan_jobs(file_store, vid, home=tmp_path)[0].run_id == job.run_id
+    assert not labelling.rule_scan_pending(file_store, vid, frame)
+    # The job's cached hits are those a scan in the caller finds.
+    scanned = labelling._seed_scan_rows(file_store.frame(vid))
+    pd.testing.assert_frame_equal(labelling.rule_hits(file_store, scanned),  # parquet strings
+                                  labelling.rule_hits(Store(":memory:"), scanned),
+                                  check_dtype=False)
+    assert sum(job.result["hits"].values()) == len(labelling.rule_hits(file_store, scanned))
+    # Once scanned, the queue is the one it always was: the rules' hits seed it.
+    after = labelling.next_rows(file_store, vid, frame, options)
+    assert not after.rules_pending and "rule scan" not in after.message
+    assert any(s.startswith("rule:") for s in after.rows["source"])
+    pd.testing.assert_frame_equal(after.rows, labelling.next_rows(
+        file_store, vid, frame, labelling.QueueOptions(n=10)).rows)
+
+
+def test_a_cancelled_rule_scan_caches_nothing_and_small_versions_scan_inline(file_store,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    frame = labelling.queue_rows(file_store, vid)
+    assert not labelling.rule_scan_pending(file_store, vid, frame)  # 300 rows: scanned inline
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    monkeypatch.setattr(jobs.JobContext, "cancelled",
+                        lambda self: self._phase.startswith("rule 2/"))
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid},
+                          home=tmp_path)
+    assert job.state == "cancelled"
+    assert labelling.rule_scan_pending(file_store, vid, frame)

@@ -31,6 +31,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 import xxhash
 
+from . import jobs, runs
 from . import labels as LB
 from . import learn as L
 from .cache import (
@@ -54,6 +55,11 @@ SEED_SCAN_ROWS = 5_000
 # beyond (Store.sample_frame): reading and ranking every row of 1M took minutes and gigabytes
 # for the 20 rows of a round. Bulk labels and the learned score's training data cover all rows.
 QUEUE_ROWS = 100_000
+# Up to this many rows to scan, the page runs the rule scan that seeds the queue itself (well
+# under a second); beyond, a background job ("rule_scan") runs it while the queue opens without
+# rule seeds: 5,000 Alpaca rows took 1.6-14 s depending on the machine's load.
+INLINE_SCAN_ROWS = 1_000
+RULE_SCAN_TASK = "rule_scan"
 
 
 def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
@@ -580,6 +586,10 @@ class QueueOptions:
     config: L.LearnConfig = field(default_factory=L.LearnConfig)
     mix: L.QueueMix = field(default_factory=L.QueueMix)
     seed: int = 0
+    # False: seed from cleaning rules only when their hits are known without a long scan
+    # (flags a step stored, cached hits, a small version); else the queue says they are
+    # pending (``Queue.rules_pending``) and ``start_rule_scan`` finds them in the background.
+    scan_rules: bool = True
 
 
 @dataclass
@@ -592,6 +602,7 @@ class Queue:
     good: int
     bad: int
     message: str = ""
+    rules_pending: bool = False  # seeds drawn without the cleaning rules' hits, not yet known
 
 
 def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
@@ -621,8 +632,9 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
                              seed=options.seed + len(done))
         return Queue(_queue_frame(store, version_id, frame, picks, p_bad), "model", result,
                      good, bad)
+    pending = not options.scan_rules and rule_scan_pending(store, version_id, frame)
     sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed,
-                           progress=progress)
+                           progress=progress, rules=not pending)
     labelled_rows = set(range(len(frame))) - set(candidates.tolist())
     picks = L.pick_seeds(sources, labelled_rows, options.n, vectors=vectors,
                          seed=options.seed + len(done))
@@ -630,8 +642,11 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     message = (f"{good} good and {bad} bad labels so far: the learned score starts at {need} "
                f"of each; until then rows come from cleaning-rule hits, extreme scores, your "
                "search and random rows")
+    if pending:
+        message += ("; rows that cleaning rules hit join when the rule scan of this version "
+                    "(running in the background) finishes")
     return Queue(_queue_frame(store, version_id, frame, picks, None), "seeds", None, good, bad,
-                 message)
+                 message, pending)
 
 
 def _cached_learned(store: Store, frame: pd.DataFrame, label_set: str) -> np.ndarray:
@@ -684,15 +699,17 @@ def _queue_frame(store: Store, version_id: int, frame: pd.DataFrame, picks: list
 
 
 def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: str = "",
-                 seed: int = 0, progress: Callable[[str], None] | None = None
-                 ) -> list[L.SeedSource]:
+                 seed: int = 0, progress: Callable[[str], None] | None = None,
+                 rules: bool = True) -> list[L.SeedSource]:
     """Return the sources the queue draws from before there is a model: each cleaning rule's
-    hits (the flags a cleaning step stored, else the default rules run once and cached),
-    extreme values of each cached score, the user's search, and random rows."""
+    hits (the flags a cleaning step stored, else the default rules run once and cached; none
+    with ``rules=False``), extreme values of each cached score, the user's search, and random
+    rows."""
     position = pd.Series(np.arange(len(frame)), index=frame["row_key"].astype(int))
     sources = []
-    flagged = store.flagged(version_id)
-    hits = flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
+    flagged = store.flagged(version_id) if rules else pd.DataFrame()
+    hits = pd.DataFrame(columns=["row_key", "rule", "detail"]) if not rules else \
+        flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
         rule_hits(store, _seed_scan_rows(frame), progress=progress,
                   texts=lambda rows: with_texts(store, version_id, rows))
     for rule, group in hits.groupby("rule", sort=False):
@@ -723,6 +740,41 @@ def _seed_scan_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[at]
 
 
+def rule_scan_pending(store: Store, version_id: int, frame: pd.DataFrame) -> bool:
+    """Return whether seeding a queue over ``frame`` (``queue_rows``) from cleaning rules
+    waits for a long scan: no cleaning step stored flags, the rows to scan are more than
+    INLINE_SCAN_ROWS, and their hits are not cached yet (``scan_queue_rules`` caches them)."""
+    rows = _seed_scan_rows(frame)
+    if len(rows) <= INLINE_SCAN_ROWS or store.path == ":memory:":
+        return False
+    return not store.flagged_count(version_id) and not _rules_path(store, rows,
+                                                                   _hit_rules()).exists()
+
+
+def scan_queue_rules(store: Store, version_id: int, *,
+                     row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    """Run the default rules over the rows whose hits seed a version's queue (those of
+    ``queue_rows``) and cache them, as the queue would; return (row_key, rule, detail).
+    ``row_progress(checks_done, rows * rules, "rule i/n · name")`` follows the scan."""
+    rows = _seed_scan_rows(queue_rows(store, version_id))
+    return rule_hits(store, rows, texts=lambda r: with_texts(store, version_id, r),
+                     row_progress=row_progress)
+
+
+def start_rule_scan(store: Store, version_id: int) -> jobs.JobStatus:
+    """Start a background job that runs ``scan_queue_rules`` on a version (the "rule_scan"
+    task: progress counts rows x rules, cancel stops it, the hits land in the rule cache)."""
+    store.version(version_id)  # an unknown version fails here, not in the job
+    return jobs.start(RULE_SCAN_TASK, {"store": str(store.path), "version_id": int(version_id)})
+
+
+def rule_scan_jobs(store: Store, version_id: int, *,
+                   home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the rule scan jobs started on a version, newest first (from the run registry)."""
+    return runs.statuses(store, [RULE_SCAN_TASK], lambda p: p.get("version_id") == version_id,
+                         home=home)
+
+
 def _extremes(scores: pd.DataFrame) -> L.SeedSource:
     rows, why = [], []
     for column in scores.columns:
@@ -742,22 +794,19 @@ def _extremes(scores: pd.DataFrame) -> L.SeedSource:
 
 def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
               progress: Callable[[str], None] | None = None,
-              texts: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+              texts: Callable[[pd.DataFrame], pd.DataFrame] | None = None, *,
+              row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """Return (row_key, rule, detail) for every row a drop or flag rule hits (default rules),
     plus rows a cleaning step flagged for review; cached on disk by content ids. ``texts``
     gives the rows with their texts when the frame has only keys and ids (read only when the
-    hits are not cached)."""
-    from . import clean
-
-    rules = [r for r in (rules if rules is not None else clean.default_rules())
-             if r.action != "change"]
-    key = params_hash([r.params() for r in rules])
-    path = None if store.path == ":memory:" else \
-        Path(store.path).parent / "cache" / "rules" / f"{_digest(frame['id'])}-{key}.parquet"
+    hits are not cached). ``progress`` hears each rule's name, ``row_progress`` the count of
+    rows x rules checked (as ``clean.run`` reports it)."""
+    rules = _hit_rules(rules)
+    path = _rules_path(store, frame, rules)
     if path is not None and path.exists():
         by_id = pd.read_parquet(path)
     else:
-        by_id = _scan_rules(texts(frame) if texts else frame, rules, progress)
+        by_id = _scan_rules(texts(frame) if texts else frame, rules, progress, row_progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
@@ -768,15 +817,34 @@ def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
     return hits[["row_key", "rule", "detail"]].astype({"row_key": int}).reset_index(drop=True)
 
 
-def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], None] | None
-                ) -> pd.DataFrame:
+def _hit_rules(rules: Sequence | None = None) -> list:
+    """Return the drop and flag rules among ``rules`` (default: the default rules)."""
+    from . import clean
+
+    return [r for r in (rules if rules is not None else clean.default_rules())
+            if r.action != "change"]
+
+
+def _rules_path(store: Store, frame: pd.DataFrame, rules: Sequence) -> Path | None:
+    """Return where the rules' hits on the frame's rows are cached (None: in-memory store)."""
+    if store.path == ":memory:":
+        return None
+    key = params_hash([r.params() for r in rules])
+    return Path(store.path).parent / "cache" / "rules" / f"{_digest(frame['id'])}-{key}.parquet"
+
+
+def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], None] | None,
+                row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    from . import clean
+
     convs = [list(m) for m in frame["messages"]]
     metas = frame["metadata"].tolist() if "metadata" in frame.columns else [{}] * len(convs)
     parts = []
     for i, rule in enumerate(rules):
         if progress:
             progress(f"cleaning rule {rule.name} ({i + 1} of {len(rules)}), once per version")
-        hits = rule.scan(convs, metas)
+        # In chunks when someone follows the rows; a rule looks at one row at a time.
+        hits = clean._scan(rule, convs, metas, (i + 1, len(rules)), row_progress)
         at = [i for i, h in enumerate(hits) if h is not None]
         parts.append(pd.DataFrame({"id": frame["id"].to_numpy()[at], "rule": rule.name,
                                    "detail": [hits[i].detail for i in at]}))

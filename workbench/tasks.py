@@ -10,7 +10,7 @@ Steps never import the store, the caches or jobs (tests/test_boundaries.py): thi
 the wiring, handing a step a ``cache.StoreCache`` where it caches.
 
 Registered: train, eval, import, loop, model_score (kind "score"), judge, embed, clean,
-pairwise_judge.
+pairwise_judge, rule_scan.
 """
 
 from __future__ import annotations
@@ -508,15 +508,7 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
                                 if p.eval_version is not None else {"rules": p.rules}, store)
     ctx.log(f"{len(rules)} rules over {len(frame)} rows of version {p.version_id} "
             f"(engine {E.choose(p.engine, len(frame), 'clean')})")
-    current = [""]
-
-    def report(done: int, total: int, what: str) -> None:
-        if what != current[0]:  # one phase per rule: "rule 3/11 · pii 104000/572000"
-            current[0] = what
-            ctx.phase(what, total, done)
-        else:
-            ctx.progress(done, total)
-
+    report = _rule_progress(ctx)
     if p.from_run:  # the rules ran in that preview: its saved result is the new version
         ctx.phase("reading the preview's result")
         run = curate.clean_job_run(jobs_status(p.from_run, ctx), frame)
@@ -538,6 +530,44 @@ def clean_rules(p: CleanParams, ctx: Any) -> dict:
         ctx.log(f"saved version {version.ref} ({version.n_rows} rows)")
         out.update(version_id=version.version_id, ref=version.ref, kept=version.n_rows)
     return out
+
+
+def _rule_progress(ctx: Any):
+    """Return a ``row_progress(done, total, what)`` that reports a rule scan to the job: one
+    phase per rule, "rule 3/11 · pii 104000/572000" (a cancel stops it at the next report)."""
+    current = [""]
+
+    def report(done: int, total: int, what: str) -> None:
+        if what != current[0]:
+            current[0] = what
+            ctx.phase(what, total, done)
+        else:
+            ctx.progress(done, total)
+
+    return report
+
+
+@dataclass(frozen=True)
+class RuleScanParams:
+    """A rule scan for the Label page's review queue: the default cleaning rules over the rows
+    of a version whose hits seed its queue (``labelling.scan_queue_rules``)."""
+
+    store: str | None
+    version_id: int
+
+
+@task("rule_scan", RuleScanParams)
+def rule_scan(p: RuleScanParams, ctx: Any) -> dict:
+    """Run the queue's rule scan on a version, progress per rows x rules; the hits go to the
+    rule cache, where the Label page's next round finds them."""
+    from . import labelling
+
+    ctx.phase("reading rows")
+    hits = labelling.scan_queue_rules(Store(p.store), int(p.version_id),
+                                      row_progress=_rule_progress(ctx))
+    counts = {str(k): int(v) for k, v in hits["rule"].value_counts().items()}
+    ctx.log(f"{len(hits)} hits: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+    return {"hits": counts}
 
 
 def jobs_status(run_id: str, ctx: Any):
