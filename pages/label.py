@@ -98,20 +98,24 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
     """
     search = st.session_state.get("lb_search", "")
     batch = st.session_state.get("lb_batch")
-    # A new round when this one is done, when what feeds it changed, and as soon as both
-    # classes have enough labels for the learned score to take over from the seeds.
+    sample = queue_sample(str(store().path), version_id)
+    # A new round when this one is done, when what feeds it changed, as soon as both classes
+    # have enough labels for the learned score to take over from the seeds, and when the rule
+    # scan it went without has finished (its rows join).
     can_learn = min(info.total_good, info.total_bad) >= MIN_PER_CLASS
     stale = batch is None or batch["version"] != version_id or batch["set"] != label_set \
         or batch["search"] != search or batch["at"] >= len(batch["rows"]) \
-        or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False)
+        or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False) \
+        or (batch.get("rules_pending")
+            and not labelling.rule_scan_pending(store(), version_id, sample))
     if not stale:
         return batch
     status = st.status("Choosing rows to label…")
     try:
-        queue = labelling.next_rows(store(), version_id, queue_sample(
-            str(store().path), version_id), labelling.QueueOptions(
+        # The rule scan of a big version runs as a job (rule_scan_panel): the queue opens now.
+        queue = labelling.next_rows(store(), version_id, sample, labelling.QueueOptions(
             n=20, search=search, label_set=label_set,
-            skip=st.session_state.get("lb_skipped", [])),
+            skip=st.session_state.get("lb_skipped", []), scan_rules=False),
             progress=lambda text: status.update(label=text.capitalize() + "…"))
     except WorkbenchError as e:
         status.update(state="error")
@@ -120,7 +124,7 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
     status.update(label=f"{len(queue.rows)} rows chosen", state="complete")
     batch = {"version": version_id, "set": label_set, "search": search, "at": 0,
              "rows": queue.rows.to_dict("records"), "stage": queue.stage,
-             "message": queue.message}
+             "message": queue.message, "rules_pending": queue.rules_pending}
     st.session_state["lb_batch"] = batch
     return batch
 
@@ -138,6 +142,8 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     st.caption(md_escape(batch["message"]) if batch["stage"] == "seeds" else
                "Active learning: rows the learned score thinks likely bad, rows it is unsure "
                "of, and a few random ones; never two near-identical rows in a round.")
+    if batch.get("rules_pending"):
+        rule_scan_panel()
     if n_rows > labelling.QUEUE_ROWS:
         st.caption(f"The queue draws from a fixed random sample of {labelling.QUEUE_ROWS:,} of "
                    f"the {n_rows:,} rows, and its rounds do not save the learned score (train "
@@ -145,6 +151,20 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     st.progress(batch["at"] / len(batch["rows"]),
                 text=f"row {batch['at'] + 1} of {len(batch['rows'])} in this round")
     review(batch, label_set)
+
+
+def rule_scan_panel() -> None:
+    """Follow the background scan of the cleaning rules whose hits seed the queue: started
+    once per version on its own (a cancelled or failed one waits for the button)."""
+    scans = labelling.rule_scan_jobs(store(), version_id)
+    if not scans:
+        scans = [labelling.start_rule_scan(store(), version_id)]
+    job = scans[0]
+    job_panel(job.run_id, key=f"lb_scan_{job.run_id}")
+    if not job.active and st.button("Scan the cleaning rules again", key="lb_rule_scan",
+                                    icon=":material/refresh:"):
+        labelling.start_rule_scan(store(), version_id)
+        st.rerun()
 
 
 def review(batch: dict, label_set: str) -> None:

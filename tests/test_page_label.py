@@ -55,6 +55,28 @@ def test_queue_shows_a_row_with_why_and_labels_advance_it(store):
     assert metrics(at)["Bad"] == "1"
 
 
+def test_a_big_versions_queue_opens_before_its_rule_scan_and_rule_rows_join_after(
+        store, monkeypatch):
+    from workbench import jobs
+
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 400 rows: the scan is a job
+    at = open_page()
+    current_row(at)  # a row to label, before the scan
+    batch = at.session_state["lb_batch"]
+    assert batch["rules_pending"] and len(batch["rows"]) == 20
+    assert not any(r["source"].startswith("rule:") for r in batch["rows"])
+    assert any("rule scan" in c.value for c in at.caption)
+    version = store.active_version("train")
+    scans = labelling.rule_scan_jobs(store, version)
+    assert len(scans) == 1
+    assert jobs.wait(scans[0].run_id, timeout=120).state == "done"
+    at = ok(at.run())  # what the job panel's rerun does when the job ends
+    batch = at.session_state["lb_batch"]
+    assert not batch["rules_pending"] and not any("rule scan" in c.value for c in at.caption)
+    assert any(r["source"].startswith("rule:") for r in batch["rows"])
+    assert len(labelling.rule_scan_jobs(store, version)) == 1  # started once
+
+
 def test_once_both_classes_have_labels_the_learned_score_takes_over(store):
     version = store.active_version("train")
     frame = store.frame(version)
