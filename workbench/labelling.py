@@ -23,12 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import scipy.sparse as sp
 import xxhash
 
 from . import jobs, runs
@@ -43,6 +42,9 @@ from .cache import (
 )
 from .exceptions import ConfigError, NotFoundError
 from .store import CURRENT_LABELS_SQL, RowFilter, Store, VersionInfo
+
+if TYPE_CHECKING:  # scipy is imported where features are built: the queue's seeds need none
+    import scipy.sparse as sp
 
 LEARNED = "learned"
 SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
@@ -384,6 +386,8 @@ def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "defaul
 
 
 def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     path = None if store.path == ":memory:" else \
         Path(store.path).parent / "cache" / "features" / f"{_digest(frame['id'])}-lex.npz"
     if path is not None and path.exists():
@@ -470,6 +474,8 @@ def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
                      config: L.LearnConfig, frame: pd.DataFrame,
                      scores: pd.DataFrame | None) -> tuple[L.Features, np.ndarray]:
     """Append labelled rows that are not in the version (dropped since, say) to the features."""
+    import scipy.sparse as sp
+
     from .curate import embed_frame
 
     n = len(features)
