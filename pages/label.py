@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import curation_title, flash, job_panel, show_error, store, version_frame
-from workbench import curate, labelling
+from workbench import curate, jobs, labelling
 from workbench import labels as LB
-from workbench.exceptions import WorkbenchError
+from workbench.exceptions import NotFoundError, WorkbenchError
 from workbench.learn import MIN_PER_CLASS
 from workbench.views import md_escape
 
@@ -106,7 +106,7 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
     stale = batch is None or batch["version"] != version_id or batch["set"] != label_set \
         or batch["search"] != search or batch["at"] >= len(batch["rows"]) \
         or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False) \
-        or (batch.get("rules_pending")
+        or (batch.get("rules_pending") and not scan_running()
             and not labelling.rule_scan_pending(store(), version_id, sample))
     if not stale:
         return batch
@@ -153,17 +153,37 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     review(batch, label_set)
 
 
-def rule_scan_panel() -> None:
-    """Follow the background scan of the cleaning rules whose hits seed the queue: started
-    once per version on its own (a cancelled or failed one waits for the button)."""
+def rule_scan_job(*, start: bool = True) -> jobs.JobStatus | None:
+    """Return the newest scan of the cleaning rules whose hits seed this version's queue,
+    starting it the first time (once per version; a cancelled or failed one waits for the
+    button). Its run id is kept in the session: reruns read its run folder, not the store."""
+    known = st.session_state.setdefault("lb_scan_runs", {})
+    if version_id in known:
+        try:
+            return jobs.status(known[version_id])
+        except NotFoundError:  # its run folder was removed
+            del known[version_id]
     scans = labelling.rule_scan_jobs(store(), version_id)
-    if not scans:
-        scans = [labelling.start_rule_scan(store(), version_id)]
-    job = scans[0]
+    if not scans and not start:
+        return None
+    job = scans[0] if scans else labelling.start_rule_scan(store(), version_id)
+    known[version_id] = job.run_id
+    return job
+
+
+def scan_running() -> bool:
+    job = rule_scan_job(start=False)
+    return job is not None and job.active
+
+
+def rule_scan_panel() -> None:
+    """Follow the rule scan the queue waits for, as a job panel (progress, cancel)."""
+    job = rule_scan_job()
     job_panel(job.run_id, key=f"lb_scan_{job.run_id}")
     if not job.active and st.button("Scan the cleaning rules again", key="lb_rule_scan",
                                     icon=":material/refresh:"):
-        labelling.start_rule_scan(store(), version_id)
+        st.session_state["lb_scan_runs"][version_id] = labelling.start_rule_scan(
+            store(), version_id).run_id
         st.rerun()
 
 
