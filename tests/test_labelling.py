@@ -328,3 +328,19 @@ def test_a_cancelled_rule_scan_caches_nothing_and_small_versions_scan_inline(fil
                           home=tmp_path)
     assert job.state == "cancelled"
     assert labelling.rule_scan_pending(file_store, vid, frame)
+
+
+def test_the_rule_scan_job_scans_the_rows_the_queue_seeds_from(file_store, monkeypatch):
+    vid, _ = dataset(file_store, n=300)
+    monkeypatch.setattr(labelling, "QUEUE_ROWS", 200)  # a sample of a sample, as at 1M rows
+    monkeypatch.setattr(labelling, "SEED_SCAN_ROWS", 120)
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    frame = labelling.queue_rows(file_store, vid)
+    assert len(frame) == 200 and labelling.rule_scan_pending(file_store, vid, frame)
+    hits = labelling.scan_queue_rules(file_store, vid)
+    assert not labelling.rule_scan_pending(file_store, vid, frame)  # the same rows' cache
+    seeded = labelling._seed_scan_rows(frame)
+    assert len(seeded) == 120 and set(hits["row_key"]) <= set(seeded["row_key"])
+    scanned_here = labelling.rule_hits(Store(":memory:"),
+                                       labelling.with_texts(file_store, vid, seeded))
+    pd.testing.assert_frame_equal(hits, scanned_here, check_dtype=False)
