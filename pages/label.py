@@ -26,8 +26,17 @@ def queue_sample(store_path: str, version: int):
 
 
 def whole_version():
-    """Every row of the version: read only for a bulk label by rule or by cluster."""
+    """Every row of the version: read only for a bulk label by cluster."""
     return version_frame(str(store().path), version_id)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the version's row ids…")
+def version_ids(store_path: str, version: int):
+    """Keys and ids of every row of a version, no texts: what its cached rule hits are
+    found by (versions are immutable, so the id is the key)."""
+    from workbench.store import Store
+
+    return Store(store_path).row_ids(version)
 
 
 def label_set_picker() -> str:
@@ -153,37 +162,39 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     review(batch, label_set)
 
 
-def rule_scan_job(*, start: bool = True) -> jobs.JobStatus | None:
-    """Return the newest scan of the cleaning rules whose hits seed this version's queue,
-    starting it the first time (once per version; a cancelled or failed one waits for the
-    button). Its run id is kept in the session: reruns read its run folder, not the store."""
-    known = st.session_state.setdefault("lb_scan_runs", {})
-    if version_id in known:
+def rule_scan_job(scope: labelling.RuleScope = "queue", *, start: bool = True
+                  ) -> jobs.JobStatus | None:
+    """Return the newest scan of the cleaning rules on this version's queue seed rows (scope
+    "queue") or every row ("version"), starting it the first time (once per version; a
+    cancelled or failed one waits for the button). Its run id is kept in the session: reruns
+    read its run folder, not the store."""
+    known, key = st.session_state.setdefault("lb_scan_runs", {}), (version_id, scope)
+    if key in known:
         try:
-            return jobs.status(known[version_id])
+            return jobs.status(known[key])
         except NotFoundError:  # its run folder was removed
-            del known[version_id]
-    scans = labelling.rule_scan_jobs(store(), version_id)
+            del known[key]
+    scans = labelling.rule_scan_jobs(store(), version_id, scope)
     if not scans and not start:
         return None
-    job = scans[0] if scans else labelling.start_rule_scan(store(), version_id)
-    known[version_id] = job.run_id
+    job = scans[0] if scans else labelling.start_rule_scan(store(), version_id, scope)
+    known[key] = job.run_id
     return job
 
 
-def scan_running() -> bool:
-    job = rule_scan_job(start=False)
+def scan_running(scope: labelling.RuleScope = "queue") -> bool:
+    job = rule_scan_job(scope, start=False)
     return job is not None and job.active
 
 
-def rule_scan_panel() -> None:
-    """Follow the rule scan the queue waits for, as a job panel (progress, cancel)."""
-    job = rule_scan_job()
+def rule_scan_panel(scope: labelling.RuleScope = "queue") -> None:
+    """Follow a rule scan the page waits for, as a job panel (progress, cancel)."""
+    job = rule_scan_job(scope)
     job_panel(job.run_id, key=f"lb_scan_{job.run_id}")
-    if not job.active and st.button("Scan the cleaning rules again", key="lb_rule_scan",
+    if not job.active and st.button("Scan the cleaning rules again", key=f"lb_rule_scan_{scope}",
                                     icon=":material/refresh:"):
-        st.session_state["lb_scan_runs"][version_id] = labelling.start_rule_scan(
-            store(), version_id).run_id
+        st.session_state["lb_scan_runs"][(version_id, scope)] = labelling.start_rule_scan(
+            store(), version_id, scope).run_id
         st.rerun()
 
 
@@ -232,8 +243,9 @@ def bulk_tab(label_set: str) -> None:
     if value is None:
         return
     try:
-        keys = labelling.bulk_rows(store(), version_id, whole_version()
-                                   if source in ("rule", "cluster") else None, source, value)
+        keys = labelling.bulk_rows(store(), version_id, whole_version() if source == "cluster"
+                                   else version_ids(str(store().path), version_id)
+                                   if source == "rule" else None, source, value)
     except WorkbenchError as e:
         show_error(e)
         return
@@ -260,8 +272,25 @@ def bulk_tab(label_set: str) -> None:
 def rule_counts(store_path: str, version: int) -> dict[str, int]:
     from workbench.store import Store
 
-    hits = labelling.rule_hits(Store(store_path), version_frame(store_path, version))
+    hits = labelling.version_rule_hits(Store(store_path), version,
+                                       version_ids(store_path, version))
     return hits["rule"].value_counts().to_dict()
+
+
+def rules_ready() -> bool:
+    """Return whether every row's rule hits are known (cached, or few enough to find now);
+    else follow, as a job, the scan that finds them (started once per version)."""
+    ready = st.session_state.setdefault("lb_rules_ready", set())
+    if version_id in ready:
+        return True
+    if not scan_running("version") and not labelling.version_rules_pending(
+            store(), version_ids(str(store().path), version_id)):
+        ready.add(version_id)
+        return True
+    st.caption("Finding the rows each cleaning rule hits, once per version, in the background: "
+               "labelling by rule opens when it ends.")
+    rule_scan_panel("version")
+    return False
 
 
 def bulk_value(source: str):
@@ -269,6 +298,8 @@ def bulk_value(source: str):
         text = st.text_input("Search text", key="lb_bulk_search").strip()
         return text or None
     if source == "rule":
+        if not rules_ready():
+            return None
         counts = rule_counts(str(store().path), version_id)
         if not counts:
             st.caption("No cleaning rule hits any row of this version.")

@@ -344,3 +344,28 @@ def test_the_rule_scan_job_scans_the_rows_the_queue_seeds_from(file_store, monke
     scanned_here = labelling.rule_hits(Store(":memory:"),
                                        labelling.with_texts(file_store, vid, seeded))
     pd.testing.assert_frame_equal(hits, scanned_here, check_dtype=False)
+
+
+def test_a_version_rule_scan_job_caches_what_bulk_labels_by_rule_read(file_store, tmp_path,
+                                                                      monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    expected = labelling.rule_hits(Store(":memory:"), file_store.frame(vid))  # scanned here
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    rows = file_store.row_ids(vid)
+    assert labelling.version_rules_pending(file_store, rows)
+    with pytest.raises(ConfigError, match="scope"):
+        labelling.start_rule_scan(file_store, vid, "all")
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid,
+                                        "scope": "version"}, home=tmp_path)
+    assert job.state == "done" and not labelling.version_rules_pending(file_store, rows)
+    assert jobs.events(job.run_dir)[-1]["total"] == 300 * len(labelling._hit_rules())
+    assert [j.run_id for j in labelling.rule_scan_jobs(file_store, vid, "version",
+                                                       home=tmp_path)] == [job.run_id]
+    assert labelling.rule_scan_jobs(file_store, vid, home=tmp_path) == []  # not the queue's
+    monkeypatch.setattr(labelling, "with_texts", lambda *a: pytest.fail("texts read"))
+    assert len(expected)
+    for rule, keys in expected.groupby("rule")["row_key"]:
+        assert labelling.bulk_rows(file_store, vid, None, "rule", rule) == \
+            sorted(keys.astype(int).unique().tolist())

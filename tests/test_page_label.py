@@ -112,6 +112,25 @@ def test_bulk_label_a_cleaning_rules_hits(store):
     assert metrics(at)["Bad"] == "10"
 
 
+def test_bulk_label_by_rule_on_a_big_version_waits_for_its_scan_job(store, monkeypatch):
+    from workbench import jobs
+
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 400 rows: the scan is a job
+    at = open_page()
+    at = ok(at.radio(key="lb_bulk_source").set_value("rule").run())
+    assert any("Finding the rows each cleaning rule hits" in c.value for c in at.caption)
+    assert not [s for s in at.selectbox if s.key == "lb_bulk_rule"]
+    version = store.active_version("train")
+    scans = labelling.rule_scan_jobs(store, version, "version")
+    assert len(scans) == 1
+    assert jobs.wait(scans[0].run_id, timeout=120).state == "done"
+    at = ok(at.run())
+    at = ok(at.selectbox(key="lb_bulk_rule").set_value("placeholder").run())
+    at = ok(at.button(key="lb_bulk_apply").click().run())
+    assert metrics(at)["Bad"] == "10"
+    assert len(labelling.rule_scan_jobs(store, version, "version")) == 1
+
+
 def test_skip_moves_on_without_labelling(store):
     at = open_page()
     first = current_row(at)

@@ -230,8 +230,9 @@ def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame | None, source:
               value: Any) -> list[int]:
     """Return the row keys a bulk action would label: a search text's matches, a cleaning
     rule's hits (flagged by a step, or found by the rule now), an embedding cluster's rows.
-    ``frame`` (the version's rows) is needed by the rule and cluster sources only."""
-    if source in ("rule", "cluster") and frame is None:
+    ``frame`` (the version's rows) is needed by the cluster source only; the rule source reads
+    the texts only when the hits are not cached (``start_rule_scan(scope="version")``)."""
+    if source == "cluster" and frame is None:
         frame = store.frame(version_id)
     if source == "search":
         text = str(value or "").strip()
@@ -241,7 +242,7 @@ def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame | None, source:
         page = store.page(version_id, limit=rows or 1, filters=RowFilter(search=text))
         return [int(k) for k in page.rows["row_key"]]
     if source == "rule":
-        hits = rule_hits(store, frame)
+        hits = version_rule_hits(store, version_id, frame)
         return sorted(hits.loc[hits["rule"] == value, "row_key"].astype(int).unique().tolist())
     if source == "cluster":
         from .quality import embedding_map
@@ -780,18 +781,47 @@ def scan_queue_rules(store: Store, version_id: int, *,
                      row_progress=row_progress)
 
 
-def start_rule_scan(store: Store, version_id: int) -> jobs.JobStatus:
-    """Start a background job that runs ``scan_queue_rules`` on a version (the "rule_scan"
-    task: progress counts rows x rules, cancel stops it, the hits land in the rule cache)."""
+def version_rule_hits(store: Store, version_id: int, frame: pd.DataFrame | None = None, *,
+                      row_progress: Callable[[int, int, str], None] | None = None
+                      ) -> pd.DataFrame:
+    """Return ``rule_hits`` over every row of a version (what bulk labels by rule read): the
+    cached hits, else a scan of the texts (read only then). ``frame``: the version's rows, or
+    just their keys and ids; read from the store when not given."""
+    rows = frame if frame is not None else store.row_ids(version_id)
+    return rule_hits(store, rows, texts=lambda r: with_texts(store, version_id, r),
+                     row_progress=row_progress)
+
+
+def version_rules_pending(store: Store, rows: pd.DataFrame) -> bool:
+    """Return whether ``version_rule_hits`` over a version's rows (keys and ids are enough)
+    waits for a long scan: more than INLINE_SCAN_ROWS rows and their hits not cached yet."""
+    if len(rows) <= INLINE_SCAN_ROWS or store.path == ":memory:":
+        return False
+    return not _rules_path(store, rows, _hit_rules()).exists()
+
+
+RuleScope = Literal["queue", "version"]
+
+
+def start_rule_scan(store: Store, version_id: int, scope: RuleScope = "queue"
+                    ) -> jobs.JobStatus:
+    """Start a background job that finds the cleaning rules' hits on a version and caches
+    them (the "rule_scan" task: progress counts rows x rules, cancel stops it): on the rows
+    that seed its queue (``scan_queue_rules``), or with ``scope="version"`` on every row
+    (``version_rule_hits``, what bulk labels by rule read)."""
+    if scope not in ("queue", "version"):
+        raise ConfigError(f"scope={scope!r}: use queue or version")
     store.version(version_id)  # an unknown version fails here, not in the job
-    return jobs.start(RULE_SCAN_TASK, {"store": str(store.path), "version_id": int(version_id)})
+    return jobs.start(RULE_SCAN_TASK, {"store": str(store.path), "version_id": int(version_id),
+                                       "scope": scope})
 
 
-def rule_scan_jobs(store: Store, version_id: int, *,
+def rule_scan_jobs(store: Store, version_id: int, scope: RuleScope = "queue", *,
                    home: str | Path | None = None) -> list[jobs.JobStatus]:
-    """Return the rule scan jobs started on a version, newest first (from the run registry)."""
-    return runs.statuses(store, [RULE_SCAN_TASK], lambda p: p.get("version_id") == version_id,
-                         home=home)
+    """Return the rule scan jobs of this scope started on a version, newest first (from the
+    run registry)."""
+    return runs.statuses(store, [RULE_SCAN_TASK], lambda p: p.get("version_id") == version_id
+                         and p.get("scope", "queue") == scope, home=home)
 
 
 def _extremes(scores: pd.DataFrame) -> L.SeedSource:

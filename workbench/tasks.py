@@ -549,22 +549,26 @@ def _rule_progress(ctx: Any):
 
 @dataclass(frozen=True)
 class RuleScanParams:
-    """A rule scan for the Label page's review queue: the default cleaning rules over the rows
-    of a version whose hits seed its queue (``labelling.scan_queue_rules``)."""
+    """A scan of the default cleaning rules for the Label page: over the rows of a version
+    whose hits seed its queue (scope "queue", ``labelling.scan_queue_rules``) or over every row
+    (scope "version", ``labelling.version_rule_hits``: bulk labels by rule)."""
 
     store: str | None
     version_id: int
+    scope: str = "queue"
 
 
 @task("rule_scan", RuleScanParams)
 def rule_scan(p: RuleScanParams, ctx: Any) -> dict:
-    """Run the queue's rule scan on a version, progress per rows x rules; the hits go to the
-    rule cache, where the Label page's next round finds them."""
+    """Run a rule scan on a version, progress per rows x rules; the hits go to the rule
+    cache, where the Label page finds them (its queue's next round, its bulk labels)."""
     from . import labelling
 
+    if p.scope not in ("queue", "version"):
+        raise ConfigError(f"scope={p.scope!r}: use queue or version")
     ctx.phase("reading rows")
-    hits = labelling.scan_queue_rules(Store(p.store), int(p.version_id),
-                                      row_progress=_rule_progress(ctx))
+    scan = labelling.scan_queue_rules if p.scope == "queue" else labelling.version_rule_hits
+    hits = scan(Store(p.store), int(p.version_id), row_progress=_rule_progress(ctx))
     counts = {str(k): int(v) for k, v in hits["rule"].value_counts().items()}
     ctx.log(f"{len(hits)} hits: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
     return {"hits": counts}
