@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import curation_title, flash, job_panel, show_error, store, version_frame
-from workbench import curate, labelling
+from workbench import curate, jobs, labelling
 from workbench import labels as LB
-from workbench.exceptions import WorkbenchError
+from workbench.exceptions import NotFoundError, WorkbenchError
 from workbench.learn import MIN_PER_CLASS
 from workbench.views import md_escape
 
@@ -26,8 +26,17 @@ def queue_sample(store_path: str, version: int):
 
 
 def whole_version():
-    """Every row of the version: read only for a bulk label by rule or by cluster."""
+    """Every row of the version: read only for a bulk label by cluster."""
     return version_frame(str(store().path), version_id)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the version's row ids…")
+def version_ids(store_path: str, version: int):
+    """Keys and ids of every row of a version, no texts: what its cached rule hits are
+    found by (versions are immutable, so the id is the key)."""
+    from workbench.store import Store
+
+    return Store(store_path).row_ids(version)
 
 
 def label_set_picker() -> str:
@@ -98,20 +107,24 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
     """
     search = st.session_state.get("lb_search", "")
     batch = st.session_state.get("lb_batch")
-    # A new round when this one is done, when what feeds it changed, and as soon as both
-    # classes have enough labels for the learned score to take over from the seeds.
+    sample = queue_sample(str(store().path), version_id)
+    # A new round when this one is done, when what feeds it changed, as soon as both classes
+    # have enough labels for the learned score to take over from the seeds, and when the rule
+    # scan it went without has finished (its rows join).
     can_learn = min(info.total_good, info.total_bad) >= MIN_PER_CLASS
     stale = batch is None or batch["version"] != version_id or batch["set"] != label_set \
         or batch["search"] != search or batch["at"] >= len(batch["rows"]) \
-        or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False)
+        or (batch["stage"] == "seeds" and can_learn) or st.session_state.pop("lb_new", False) \
+        or (batch.get("rules_pending") and not scan_running()
+            and not labelling.rule_scan_pending(store(), version_id, sample))
     if not stale:
         return batch
     status = st.status("Choosing rows to label…")
     try:
-        queue = labelling.next_rows(store(), version_id, queue_sample(
-            str(store().path), version_id), labelling.QueueOptions(
+        # The rule scan of a big version runs as a job (rule_scan_panel): the queue opens now.
+        queue = labelling.next_rows(store(), version_id, sample, labelling.QueueOptions(
             n=20, search=search, label_set=label_set,
-            skip=st.session_state.get("lb_skipped", [])),
+            skip=st.session_state.get("lb_skipped", []), scan_rules=False),
             progress=lambda text: status.update(label=text.capitalize() + "…"))
     except WorkbenchError as e:
         status.update(state="error")
@@ -120,7 +133,7 @@ def current_batch(label_set: str, info: labelling.LabelSummary) -> dict | None:
     status.update(label=f"{len(queue.rows)} rows chosen", state="complete")
     batch = {"version": version_id, "set": label_set, "search": search, "at": 0,
              "rows": queue.rows.to_dict("records"), "stage": queue.stage,
-             "message": queue.message}
+             "message": queue.message, "rules_pending": queue.rules_pending}
     st.session_state["lb_batch"] = batch
     return batch
 
@@ -138,6 +151,8 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     st.caption(md_escape(batch["message"]) if batch["stage"] == "seeds" else
                "Active learning: rows the learned score thinks likely bad, rows it is unsure "
                "of, and a few random ones; never two near-identical rows in a round.")
+    if batch.get("rules_pending"):
+        rule_scan_panel()
     if n_rows > labelling.QUEUE_ROWS:
         st.caption(f"The queue draws from a fixed random sample of {labelling.QUEUE_ROWS:,} of "
                    f"the {n_rows:,} rows, and its rounds do not save the learned score (train "
@@ -145,6 +160,42 @@ def queue_tab(batch: dict | None, label_set: str) -> None:
     st.progress(batch["at"] / len(batch["rows"]),
                 text=f"row {batch['at'] + 1} of {len(batch['rows'])} in this round")
     review(batch, label_set)
+
+
+def rule_scan_job(scope: labelling.RuleScope = "queue", *, start: bool = True
+                  ) -> jobs.JobStatus | None:
+    """Return the newest scan of the cleaning rules on this version's queue seed rows (scope
+    "queue") or every row ("version"), starting it the first time (once per version; a
+    cancelled or failed one waits for the button). Its run id is kept in the session: reruns
+    read its run folder, not the store."""
+    known, key = st.session_state.setdefault("lb_scan_runs", {}), (version_id, scope)
+    if key in known:
+        try:
+            return jobs.status(known[key])
+        except NotFoundError:  # its run folder was removed
+            del known[key]
+    scans = labelling.rule_scan_jobs(store(), version_id, scope)
+    if not scans and not start:
+        return None
+    job = scans[0] if scans else labelling.start_rule_scan(store(), version_id, scope)
+    known[key] = job.run_id
+    return job
+
+
+def scan_running(scope: labelling.RuleScope = "queue") -> bool:
+    job = rule_scan_job(scope, start=False)
+    return job is not None and job.active
+
+
+def rule_scan_panel(scope: labelling.RuleScope = "queue") -> None:
+    """Follow a rule scan the page waits for, as a job panel (progress, cancel)."""
+    job = rule_scan_job(scope)
+    job_panel(job.run_id, key=f"lb_scan_{job.run_id}")
+    if not job.active and st.button("Scan the cleaning rules again", key=f"lb_rule_scan_{scope}",
+                                    icon=":material/refresh:"):
+        st.session_state["lb_scan_runs"][(version_id, scope)] = labelling.start_rule_scan(
+            store(), version_id, scope).run_id
+        st.rerun()
 
 
 def review(batch: dict, label_set: str) -> None:
@@ -192,8 +243,9 @@ def bulk_tab(label_set: str) -> None:
     if value is None:
         return
     try:
-        keys = labelling.bulk_rows(store(), version_id, whole_version()
-                                   if source in ("rule", "cluster") else None, source, value)
+        keys = labelling.bulk_rows(store(), version_id, whole_version() if source == "cluster"
+                                   else version_ids(str(store().path), version_id)
+                                   if source == "rule" else None, source, value)
     except WorkbenchError as e:
         show_error(e)
         return
@@ -220,8 +272,25 @@ def bulk_tab(label_set: str) -> None:
 def rule_counts(store_path: str, version: int) -> dict[str, int]:
     from workbench.store import Store
 
-    hits = labelling.rule_hits(Store(store_path), version_frame(store_path, version))
+    hits = labelling.version_rule_hits(Store(store_path), version,
+                                       version_ids(store_path, version))
     return hits["rule"].value_counts().to_dict()
+
+
+def rules_ready() -> bool:
+    """Return whether every row's rule hits are known (cached, or few enough to find now);
+    else follow, as a job, the scan that finds them (started once per version)."""
+    ready = st.session_state.setdefault("lb_rules_ready", set())
+    if version_id in ready:
+        return True
+    if not scan_running("version") and not labelling.version_rules_pending(
+            store(), version_ids(str(store().path), version_id)):
+        ready.add(version_id)
+        return True
+    st.caption("Finding the rows each cleaning rule hits, once per version, in the background: "
+               "labelling by rule opens when it ends.")
+    rule_scan_panel("version")
+    return False
 
 
 def bulk_value(source: str):
@@ -229,6 +298,8 @@ def bulk_value(source: str):
         text = st.text_input("Search text", key="lb_bulk_search").strip()
         return text or None
     if source == "rule":
+        if not rules_ready():
+            return None
         counts = rule_counts(str(store().path), version_id)
         if not counts:
             st.caption("No cleaning rule hits any row of this version.")

@@ -273,3 +273,99 @@ def test_the_signal_table_of_a_score_table_reads_only_labelled_rows_and_agrees(s
     got = labelling.version_signal_table(store, vid, quality.score_table(store, vid))
     pd.testing.assert_frame_equal(got, expected)
     assert got.set_index("score").loc["length_score", "labelled"] == 120
+
+
+def test_a_queue_opens_before_the_rule_scan_and_the_scan_job_brings_the_rule_seeds(file_store,
+                                                                                  tmp_path,
+                                                                                  monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 300 rows: the scan is a job
+    frame = labelling.queue_rows(file_store, vid)
+    assert labelling.rule_scan_pending(file_store, vid, frame)
+    options = labelling.QueueOptions(n=10, scan_rules=False)
+    early = labelling.next_rows(file_store, vid, frame, options)
+    assert early.stage == "seeds" and early.rules_pending and len(early.rows) == 10
+    assert "rule scan" in early.message
+    assert not any(s.startswith("rule:") for s in early.rows["source"])
+
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid},
+                          home=tmp_path)
+    assert job.state == "done" and job.kind == "rule_scan" and job.result["hits"]
+    n_rules = len(labelling._hit_rules())
+    last = jobs.events(job.run_dir)[-1]  # progress counted rows x rules, named the rule
+    assert last["step"] == last["total"] == 300 * n_rules
+    assert last["phase"].startswith(f"rule {n_rules}/{n_rules} · ")
+    assert labelling.rule_scan_jobs(file_store, vid, home=tmp_path)[0].run_id == job.run_id
+    assert not labelling.rule_scan_pending(file_store, vid, frame)
+    # The job's cached hits are those a scan in the caller finds.
+    scanned = labelling._seed_scan_rows(file_store.frame(vid))
+    pd.testing.assert_frame_equal(labelling.rule_hits(file_store, scanned),  # parquet strings
+                                  labelling.rule_hits(Store(":memory:"), scanned),
+                                  check_dtype=False)
+    assert sum(job.result["hits"].values()) == len(labelling.rule_hits(file_store, scanned))
+    # Once scanned, the queue is the one it always was: the rules' hits seed it.
+    after = labelling.next_rows(file_store, vid, frame, options)
+    assert not after.rules_pending and "rule scan" not in after.message
+    assert any(s.startswith("rule:") for s in after.rows["source"])
+    pd.testing.assert_frame_equal(after.rows, labelling.next_rows(
+        file_store, vid, frame, labelling.QueueOptions(n=10)).rows)
+
+
+def test_a_cancelled_rule_scan_caches_nothing_and_small_versions_scan_inline(file_store,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    frame = labelling.queue_rows(file_store, vid)
+    assert not labelling.rule_scan_pending(file_store, vid, frame)  # 300 rows: scanned inline
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    monkeypatch.setattr(jobs.JobContext, "cancelled",
+                        lambda self: self._phase.startswith("rule 2/"))
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid},
+                          home=tmp_path)
+    assert job.state == "cancelled"
+    assert labelling.rule_scan_pending(file_store, vid, frame)
+
+
+def test_the_rule_scan_job_scans_the_rows_the_queue_seeds_from(file_store, monkeypatch):
+    vid, _ = dataset(file_store, n=300)
+    monkeypatch.setattr(labelling, "QUEUE_ROWS", 200)  # a sample of a sample, as at 1M rows
+    monkeypatch.setattr(labelling, "SEED_SCAN_ROWS", 120)
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    frame = labelling.queue_rows(file_store, vid)
+    assert len(frame) == 200 and labelling.rule_scan_pending(file_store, vid, frame)
+    hits = labelling.scan_queue_rules(file_store, vid)
+    assert not labelling.rule_scan_pending(file_store, vid, frame)  # the same rows' cache
+    seeded = labelling._seed_scan_rows(frame)
+    assert len(seeded) == 120 and set(hits["row_key"]) <= set(seeded["row_key"])
+    scanned_here = labelling.rule_hits(Store(":memory:"),
+                                       labelling.with_texts(file_store, vid, seeded))
+    pd.testing.assert_frame_equal(hits, scanned_here, check_dtype=False)
+
+
+def test_a_version_rule_scan_job_caches_what_bulk_labels_by_rule_read(file_store, tmp_path,
+                                                                      monkeypatch):
+    from workbench import jobs
+
+    vid, _ = dataset(file_store, n=300)
+    expected = labelling.rule_hits(Store(":memory:"), file_store.frame(vid))  # scanned here
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)
+    rows = file_store.row_ids(vid)
+    assert labelling.version_rules_pending(file_store, rows)
+    with pytest.raises(ConfigError, match="scope"):
+        labelling.start_rule_scan(file_store, vid, "all")
+    job = jobs.run_inline("rule_scan", {"store": str(file_store.path), "version_id": vid,
+                                        "scope": "version"}, home=tmp_path)
+    assert job.state == "done" and not labelling.version_rules_pending(file_store, rows)
+    assert jobs.events(job.run_dir)[-1]["total"] == 300 * len(labelling._hit_rules())
+    assert [j.run_id for j in labelling.rule_scan_jobs(file_store, vid, "version",
+                                                       home=tmp_path)] == [job.run_id]
+    assert labelling.rule_scan_jobs(file_store, vid, home=tmp_path) == []  # not the queue's
+    monkeypatch.setattr(labelling, "with_texts", lambda *a: pytest.fail("texts read"))
+    assert len(expected)
+    for rule, keys in expected.groupby("rule")["row_key"]:
+        assert labelling.bulk_rows(file_store, vid, None, "rule", rule) == \
+            sorted(keys.astype(int).unique().tolist())

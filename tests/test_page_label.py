@@ -55,6 +55,28 @@ def test_queue_shows_a_row_with_why_and_labels_advance_it(store):
     assert metrics(at)["Bad"] == "1"
 
 
+def test_a_big_versions_queue_opens_before_its_rule_scan_and_rule_rows_join_after(
+        store, monkeypatch):
+    from workbench import jobs
+
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 400 rows: the scan is a job
+    at = open_page()
+    current_row(at)  # a row to label, before the scan
+    batch = at.session_state["lb_batch"]
+    assert batch["rules_pending"] and len(batch["rows"]) == 20
+    assert not any(r["source"].startswith("rule:") for r in batch["rows"])
+    assert any("rule scan" in c.value for c in at.caption)
+    version = store.active_version("train")
+    scans = labelling.rule_scan_jobs(store, version)
+    assert len(scans) == 1
+    assert jobs.wait(scans[0].run_id, timeout=120).state == "done"
+    at = ok(at.run())  # what the job panel's rerun does when the job ends
+    batch = at.session_state["lb_batch"]
+    assert not batch["rules_pending"] and not any("rule scan" in c.value for c in at.caption)
+    assert any(r["source"].startswith("rule:") for r in batch["rows"])
+    assert len(labelling.rule_scan_jobs(store, version)) == 1  # started once
+
+
 def test_once_both_classes_have_labels_the_learned_score_takes_over(store):
     version = store.active_version("train")
     frame = store.frame(version)
@@ -88,6 +110,25 @@ def test_bulk_label_a_cleaning_rules_hits(store):
     at = ok(at.selectbox(key="lb_bulk_rule").set_value("placeholder").run())
     at = ok(at.button(key="lb_bulk_apply").click().run())
     assert metrics(at)["Bad"] == "10"
+
+
+def test_bulk_label_by_rule_on_a_big_version_waits_for_its_scan_job(store, monkeypatch):
+    from workbench import jobs
+
+    monkeypatch.setattr(labelling, "INLINE_SCAN_ROWS", 100)  # 400 rows: the scan is a job
+    at = open_page()
+    at = ok(at.radio(key="lb_bulk_source").set_value("rule").run())
+    assert any("Finding the rows each cleaning rule hits" in c.value for c in at.caption)
+    assert not [s for s in at.selectbox if s.key == "lb_bulk_rule"]
+    version = store.active_version("train")
+    scans = labelling.rule_scan_jobs(store, version, "version")
+    assert len(scans) == 1
+    assert jobs.wait(scans[0].run_id, timeout=120).state == "done"
+    at = ok(at.run())
+    at = ok(at.selectbox(key="lb_bulk_rule").set_value("placeholder").run())
+    at = ok(at.button(key="lb_bulk_apply").click().run())
+    assert metrics(at)["Bad"] == "10"
+    assert len(labelling.rule_scan_jobs(store, version, "version")) == 1
 
 
 def test_skip_moves_on_without_labelling(store):

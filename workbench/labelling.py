@@ -23,14 +23,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import scipy.sparse as sp
 import xxhash
 
+from . import jobs, runs
 from . import labels as LB
 from . import learn as L
 from .cache import (
@@ -43,6 +43,9 @@ from .cache import (
 from .exceptions import ConfigError, NotFoundError
 from .store import CURRENT_LABELS_SQL, RowFilter, Store, VersionInfo
 
+if TYPE_CHECKING:  # scipy is imported where features are built: the queue's seeds need none
+    import scipy.sparse as sp
+
 LEARNED = "learned"
 SEED_EXTREME_SHARE = 0.01  # the lowest and highest 1% of each score are "extreme"
 # Rule hits seed the queue from at most this many rows (a fixed sample beyond): the queue takes
@@ -54,6 +57,11 @@ SEED_SCAN_ROWS = 5_000
 # beyond (Store.sample_frame): reading and ranking every row of 1M took minutes and gigabytes
 # for the 20 rows of a round. Bulk labels and the learned score's training data cover all rows.
 QUEUE_ROWS = 100_000
+# Up to this many rows to scan, the page runs the rule scan that seeds the queue itself (well
+# under a second); beyond, a background job ("rule_scan") runs it while the queue opens without
+# rule seeds: 5,000 Alpaca rows took 1.6-14 s depending on the machine's load.
+INLINE_SCAN_ROWS = 1_000
+RULE_SCAN_TASK = "rule_scan"
 
 
 def learned_key(label_set: str = LB.DEFAULT_SET) -> str:
@@ -222,8 +230,9 @@ def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame | None, source:
               value: Any) -> list[int]:
     """Return the row keys a bulk action would label: a search text's matches, a cleaning
     rule's hits (flagged by a step, or found by the rule now), an embedding cluster's rows.
-    ``frame`` (the version's rows) is needed by the rule and cluster sources only."""
-    if source in ("rule", "cluster") and frame is None:
+    ``frame`` (the version's rows) is needed by the cluster source only; the rule source reads
+    the texts only when the hits are not cached (``start_rule_scan(scope="version")``)."""
+    if source == "cluster" and frame is None:
         frame = store.frame(version_id)
     if source == "search":
         text = str(value or "").strip()
@@ -233,7 +242,7 @@ def bulk_rows(store: Store, version_id: int, frame: pd.DataFrame | None, source:
         page = store.page(version_id, limit=rows or 1, filters=RowFilter(search=text))
         return [int(k) for k in page.rows["row_key"]]
     if source == "rule":
-        hits = rule_hits(store, frame)
+        hits = version_rule_hits(store, version_id, frame)
         return sorted(hits.loc[hits["rule"] == value, "row_key"].astype(int).unique().tolist())
     if source == "cluster":
         from .quality import embedding_map
@@ -378,6 +387,8 @@ def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "defaul
 
 
 def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     path = None if store.path == ":memory:" else \
         Path(store.path).parent / "cache" / "features" / f"{_digest(frame['id'])}-lex.npz"
     if path is not None and path.exists():
@@ -473,6 +484,8 @@ def _with_extra_rows(store: Store, features: L.Features, extra: pd.DataFrame,
                      config: L.LearnConfig, frame: pd.DataFrame,
                      scores: pd.DataFrame | None) -> tuple[L.Features, np.ndarray]:
     """Append labelled rows that are not in the version (dropped since, say) to the features."""
+    import scipy.sparse as sp
+
     from .curate import embed_frame
 
     n = len(features)
@@ -615,6 +628,10 @@ class QueueOptions:
     config: L.LearnConfig = field(default_factory=L.LearnConfig)
     mix: L.QueueMix = field(default_factory=L.QueueMix)
     seed: int = 0
+    # False: seed from cleaning rules only when their hits are known without a long scan
+    # (flags a step stored, cached hits, a small version); else the queue says they are
+    # pending (``Queue.rules_pending``) and ``start_rule_scan`` finds them in the background.
+    scan_rules: bool = True
 
 
 @dataclass
@@ -627,6 +644,7 @@ class Queue:
     good: int
     bad: int
     message: str = ""
+    rules_pending: bool = False  # seeds drawn without the cleaning rules' hits, not yet known
 
 
 def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
@@ -656,8 +674,9 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
                              seed=options.seed + len(done))
         return Queue(_queue_frame(store, version_id, frame, picks, p_bad), "model", result,
                      good, bad)
+    pending = not options.scan_rules and rule_scan_pending(store, version_id, frame)
     sources = seed_sources(store, version_id, frame, search=options.search, seed=options.seed,
-                           progress=progress)
+                           progress=progress, rules=not pending)
     labelled_rows = set(range(len(frame))) - set(candidates.tolist())
     picks = L.pick_seeds(sources, labelled_rows, options.n, vectors=vectors,
                          seed=options.seed + len(done))
@@ -665,8 +684,11 @@ def next_rows(store: Store, version_id: int, frame: pd.DataFrame,
     message = (f"{good} good and {bad} bad labels so far: the learned score starts at {need} "
                f"of each; until then rows come from cleaning-rule hits, extreme scores, your "
                "search and random rows")
+    if pending:
+        message += ("; rows that cleaning rules hit join when the rule scan of this version "
+                    "(running in the background) finishes")
     return Queue(_queue_frame(store, version_id, frame, picks, None), "seeds", None, good, bad,
-                 message)
+                 message, pending)
 
 
 def _cached_learned(store: Store, frame: pd.DataFrame, label_set: str) -> np.ndarray:
@@ -693,8 +715,14 @@ def queue_rows(store: Store, version_id: int) -> pd.DataFrame:
     rows = store.row_ids(version_id)
     if len(rows) <= QUEUE_ROWS:
         return rows
-    at = np.sort(np.random.default_rng(0).choice(len(rows), QUEUE_ROWS, replace=False))
-    return rows.iloc[at].reset_index(drop=True)
+    return rows.iloc[_sample_at(len(rows), QUEUE_ROWS)].reset_index(drop=True)
+
+
+def _sample_at(n: int, k: int) -> np.ndarray:
+    """Return the positions, in order, of a fixed random sample of k of n rows (all if n <= k)."""
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, k, replace=False))
 
 
 def with_texts(store: Store, version_id: int, frame: pd.DataFrame) -> pd.DataFrame:
@@ -719,15 +747,17 @@ def _queue_frame(store: Store, version_id: int, frame: pd.DataFrame, picks: list
 
 
 def seed_sources(store: Store, version_id: int, frame: pd.DataFrame, *, search: str = "",
-                 seed: int = 0, progress: Callable[[str], None] | None = None
-                 ) -> list[L.SeedSource]:
+                 seed: int = 0, progress: Callable[[str], None] | None = None,
+                 rules: bool = True) -> list[L.SeedSource]:
     """Return the sources the queue draws from before there is a model: each cleaning rule's
-    hits (the flags a cleaning step stored, else the default rules run once and cached),
-    extreme values of each cached score, the user's search, and random rows."""
+    hits (the flags a cleaning step stored, else the default rules run once and cached; none
+    with ``rules=False``), extreme values of each cached score, the user's search, and random
+    rows."""
     position = pd.Series(np.arange(len(frame)), index=frame["row_key"].astype(int))
     sources = []
-    flagged = store.flagged(version_id)
-    hits = flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
+    flagged = store.flagged(version_id) if rules else pd.DataFrame()
+    hits = pd.DataFrame(columns=["row_key", "rule", "detail"]) if not rules else \
+        flagged.rename(columns={"reason": "rule"}) if len(flagged) else \
         rule_hits(store, _seed_scan_rows(frame), progress=progress,
                   texts=lambda rows: with_texts(store, version_id, rows))
     for rule, group in hits.groupby("rule", sort=False):
@@ -754,8 +784,79 @@ def _seed_scan_rows(frame: pd.DataFrame) -> pd.DataFrame:
     with a fixed seed (the same rows on every reopen, so the cached hits serve them)."""
     if len(frame) <= SEED_SCAN_ROWS:
         return frame
-    at = np.sort(np.random.default_rng(0).choice(len(frame), SEED_SCAN_ROWS, replace=False))
-    return frame.iloc[at]
+    return frame.iloc[_sample_at(len(frame), SEED_SCAN_ROWS)]
+
+
+def rule_scan_pending(store: Store, version_id: int, frame: pd.DataFrame) -> bool:
+    """Return whether seeding a queue over ``frame`` (``queue_rows``) from cleaning rules
+    waits for a long scan: no cleaning step stored flags, the rows to scan are more than
+    INLINE_SCAN_ROWS, and their hits are not cached yet (``scan_queue_rules`` caches them)."""
+    rows = _seed_scan_rows(frame)
+    if len(rows) <= INLINE_SCAN_ROWS or store.path == ":memory:":
+        return False
+    return not store.flagged_count(version_id) and not _rules_path(store, rows,
+                                                                   _hit_rules()).exists()
+
+
+def scan_queue_rules(store: Store, version_id: int, *,
+                     row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    """Run the default rules over the rows whose hits seed a version's queue (those of
+    ``queue_rows``) and cache them, as the queue would; return (row_key, rule, detail).
+    ``row_progress(checks_done, rows * rules, "rule i/n · name")`` follows the scan.
+
+    Those rows are found by their places in the version, not by reading every row's key: at
+    1M rows the job then holds the store ~0.1 s instead of ~1 s, while the page waits on it."""
+    queue = _sample_at(store.version(version_id).n_rows, QUEUE_ROWS)
+    at = queue[_sample_at(len(queue), SEED_SCAN_ROWS)]
+    with store.connect() as con:
+        rows = con.execute("""SELECT r.row_key, r.id FROM version_rows vr JOIN rows r
+            USING (row_key) WHERE vr.version_id = ? AND vr.pos IN (SELECT unnest(?::BIGINT[]))
+            ORDER BY vr.pos""", [int(version_id), at.tolist()]).df()
+    return rule_hits(store, rows, texts=lambda r: with_texts(store, version_id, r),
+                     row_progress=row_progress)
+
+
+def version_rule_hits(store: Store, version_id: int, frame: pd.DataFrame | None = None, *,
+                      row_progress: Callable[[int, int, str], None] | None = None
+                      ) -> pd.DataFrame:
+    """Return ``rule_hits`` over every row of a version (what bulk labels by rule read): the
+    cached hits, else a scan of the texts (read only then). ``frame``: the version's rows, or
+    just their keys and ids; read from the store when not given."""
+    rows = frame if frame is not None else store.row_ids(version_id)
+    return rule_hits(store, rows, texts=lambda r: with_texts(store, version_id, r),
+                     row_progress=row_progress)
+
+
+def version_rules_pending(store: Store, rows: pd.DataFrame) -> bool:
+    """Return whether ``version_rule_hits`` over a version's rows (keys and ids are enough)
+    waits for a long scan: more than INLINE_SCAN_ROWS rows and their hits not cached yet."""
+    if len(rows) <= INLINE_SCAN_ROWS or store.path == ":memory:":
+        return False
+    return not _rules_path(store, rows, _hit_rules()).exists()
+
+
+RuleScope = Literal["queue", "version"]
+
+
+def start_rule_scan(store: Store, version_id: int, scope: RuleScope = "queue"
+                    ) -> jobs.JobStatus:
+    """Start a background job that finds the cleaning rules' hits on a version and caches
+    them (the "rule_scan" task: progress counts rows x rules, cancel stops it): on the rows
+    that seed its queue (``scan_queue_rules``), or with ``scope="version"`` on every row
+    (``version_rule_hits``, what bulk labels by rule read)."""
+    if scope not in ("queue", "version"):
+        raise ConfigError(f"scope={scope!r}: use queue or version")
+    store.version(version_id)  # an unknown version fails here, not in the job
+    return jobs.start(RULE_SCAN_TASK, {"store": str(store.path), "version_id": int(version_id),
+                                       "scope": scope})
+
+
+def rule_scan_jobs(store: Store, version_id: int, scope: RuleScope = "queue", *,
+                   home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the rule scan jobs of this scope started on a version, newest first (from the
+    run registry)."""
+    return runs.statuses(store, [RULE_SCAN_TASK], lambda p: p.get("version_id") == version_id
+                         and p.get("scope", "queue") == scope, home=home)
 
 
 def _extremes(scores: pd.DataFrame) -> L.SeedSource:
@@ -777,22 +878,19 @@ def _extremes(scores: pd.DataFrame) -> L.SeedSource:
 
 def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
               progress: Callable[[str], None] | None = None,
-              texts: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
+              texts: Callable[[pd.DataFrame], pd.DataFrame] | None = None, *,
+              row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """Return (row_key, rule, detail) for every row a drop or flag rule hits (default rules),
     plus rows a cleaning step flagged for review; cached on disk by content ids. ``texts``
     gives the rows with their texts when the frame has only keys and ids (read only when the
-    hits are not cached)."""
-    from . import clean
-
-    rules = [r for r in (rules if rules is not None else clean.default_rules())
-             if r.action != "change"]
-    key = params_hash([r.params() for r in rules])
-    path = None if store.path == ":memory:" else \
-        Path(store.path).parent / "cache" / "rules" / f"{_digest(frame['id'])}-{key}.parquet"
+    hits are not cached). ``progress`` hears each rule's name, ``row_progress`` the count of
+    rows x rules checked (as ``clean.run`` reports it)."""
+    rules = _hit_rules(rules)
+    path = _rules_path(store, frame, rules)
     if path is not None and path.exists():
         by_id = pd.read_parquet(path)
     else:
-        by_id = _scan_rules(texts(frame) if texts else frame, rules, progress)
+        by_id = _scan_rules(texts(frame) if texts else frame, rules, progress, row_progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
@@ -803,15 +901,34 @@ def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
     return hits[["row_key", "rule", "detail"]].astype({"row_key": int}).reset_index(drop=True)
 
 
-def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], None] | None
-                ) -> pd.DataFrame:
+def _hit_rules(rules: Sequence | None = None) -> list:
+    """Return the drop and flag rules among ``rules`` (default: the default rules)."""
+    from . import clean
+
+    return [r for r in (rules if rules is not None else clean.default_rules())
+            if r.action != "change"]
+
+
+def _rules_path(store: Store, frame: pd.DataFrame, rules: Sequence) -> Path | None:
+    """Return where the rules' hits on the frame's rows are cached (None: in-memory store)."""
+    if store.path == ":memory:":
+        return None
+    key = params_hash([r.params() for r in rules])
+    return Path(store.path).parent / "cache" / "rules" / f"{_digest(frame['id'])}-{key}.parquet"
+
+
+def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], None] | None,
+                row_progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
+    from . import clean
+
     convs = [list(m) for m in frame["messages"]]
     metas = frame["metadata"].tolist() if "metadata" in frame.columns else [{}] * len(convs)
     parts = []
     for i, rule in enumerate(rules):
         if progress:
             progress(f"cleaning rule {rule.name} ({i + 1} of {len(rules)}), once per version")
-        hits = rule.scan(convs, metas)
+        # In chunks when someone follows the rows; a rule looks at one row at a time.
+        hits = clean._scan(rule, convs, metas, (i + 1, len(rules)), row_progress)
         at = [i for i, h in enumerate(hits) if h is not None]
         parts.append(pd.DataFrame({"id": frame["id"].to_numpy()[at], "rule": rule.name,
                                    "detail": [hits[i].detail for i in at]}))

@@ -23,13 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:  # scipy is imported where it is used: the Label page opens without it
+    import scipy.sparse as sp
 
 Better = Literal["higher", "lower"]
 MIN_PER_CLASS = 5
@@ -78,6 +80,7 @@ class LearnConfig:
 def lexical_features(prompts: Sequence[str], responses: Sequence[str], *,
                      n_features: int = N_HASH) -> sp.csr_matrix:
     """Return hashed word and word-pair indicators of prompt and response, side by side."""
+    import scipy.sparse as sp
     from sklearn.feature_extraction.text import HashingVectorizer
 
     hasher = HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False,
@@ -187,6 +190,7 @@ class Linear:
 def _fit_linear(features: Features, rows: np.ndarray, y: np.ndarray, config: LearnConfig
                 ) -> Linear:
     """Fit a class-balanced logistic regression on some rows; return its coefficients."""
+    import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression
 
     blocks, active = [], None
