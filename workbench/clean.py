@@ -1726,7 +1726,7 @@ def run(frame: Any, rules: Sequence[Rule], *, samples: int = 5,
     reports, hit_by = [], {"drop": set(), "flag": set(), "change": set()}
     alive, notes = [True] * len(convs), {"drop": [], "flag": [], "change": []}
     for done, rule in enumerate(rules, 1):
-        hits = _scan(rule, convs, metas, (done, len(rules)), row_progress)
+        hits = scan_rule(rule, convs, metas, (done, len(rules)), row_progress)
         reports.append(_report(rule, hits, convs, keys, samples))
         hit_by[rule.action] |= {i for i, h in enumerate(hits) if h is not None}
         _record(rule, hits, alive, notes[rule.action])
@@ -1792,10 +1792,11 @@ def preview_from_record(record: dict[str, Any]) -> CleanPreview:
 ROW_CHUNK = 2_000  # rows a rule scans between two row_progress calls, at least
 
 
-def _scan(rule: Rule, convs: list[list[dict]], metas: list[dict], place: tuple[int, int],
-          row_progress: Progress | None) -> list[Hit | None]:
+def scan_rule(rule: Rule, convs: list[list[dict]], metas: list[dict],
+              place: tuple[int, int], row_progress: Progress | None) -> list[Hit | None]:
     """``rule.scan`` over every row; in chunks (about 20 per rule) when someone follows the
-    rows. A rule looks at one row at a time, so the hits are the same either way."""
+    rows, reported as rule ``place`` = (number, of n rules). A rule looks at one row at a time,
+    so the hits are the same either way."""
     if row_progress is None or not convs:
         return rule.scan(convs, metas)
     (number, n_rules), n = place, len(convs)

@@ -928,7 +928,7 @@ def _scan_rules(frame: pd.DataFrame, rules: Sequence, progress: Callable[[str], 
         if progress:
             progress(f"cleaning rule {rule.name} ({i + 1} of {len(rules)}), once per version")
         # In chunks when someone follows the rows; a rule looks at one row at a time.
-        hits = clean._scan(rule, convs, metas, (i + 1, len(rules)), row_progress)
+        hits = clean.scan_rule(rule, convs, metas, (i + 1, len(rules)), row_progress)
         at = [i for i, h in enumerate(hits) if h is not None]
         parts.append(pd.DataFrame({"id": frame["id"].to_numpy()[at], "rule": rule.name,
                                    "detail": [hits[i].detail for i in at]}))
