@@ -53,7 +53,8 @@ def test_the_heuristic_job_caches_what_score_heuristics_caches(setup, tmp_path):
     store, vid = setup
     job = jobs.run_inline("heuristic_score", params(store, vid), home=tmp_path / "runs")
     assert job.state == "done" and job.kind == "heuristics"
-    assert job.result["message"] == f"Scored 11 rows with {', '.join(NAMES)}."
+    assert job.result["message"] == (f"Scored 11 rows with {', '.join(NAMES)} "
+                                     "(10 computed, 1 from the cache).")
     # Duplicate rows (same content id) are scored once.
     assert job.result["scored"] == 10 and job.result["cached"] == 1
     other, other_vid = new_store(tmp_path / "other")

@@ -416,8 +416,10 @@ def heuristic_score(p: HeuristicScoreParams, ctx: Any) -> dict:
     started = time.perf_counter()
     out = quality.score_version(store, int(p.version_id), specs, progress=report,
                                 engine=p.engine, cancelled=getattr(ctx, "cancelled", None))
-    message = f"Scored {len(out):,} rows with {names}."
-    ctx.log(f"{message} {todo[0]} computed, the others read from the cache")
+    # Rows with the same content share one score: the progress counts those computed.
+    message = (f"Scored {len(out):,} rows with {names} ({todo[0]:,} computed, "
+               f"{len(out) - todo[0]:,} from the cache).")
+    ctx.log(message)
     return {"rows": len(out), "scored": todo[0], "cached": len(out) - todo[0],
             "scorers": [s.name for s in specs], "seconds": round(time.perf_counter() - started, 2),
             "message": message}
