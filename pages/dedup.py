@@ -11,7 +11,6 @@ from pages.common import (
     finished_job,
     flash,
     job_panel,
-    progress_bar,
     session_cached,
     show_error,
     store,
@@ -70,28 +69,57 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
     methods = [m for m, on in (("near", options.near), ("semantic", options.semantic and embedded))
                if on]
     # A switch, not an expander: a collapsed expander still ran a MinHash pass over every
-    # row on every rerun. The curve is computed once per version and options, then reused.
+    # row on every rerun. The curve is a background job (the app never holds the version); its
+    # result stays in its run folder, so it is computed once per version and options.
     if not methods or not st.toggle("Threshold explorer: rows removed at each threshold",
                                     key="dd_explore"):
         return
     with st.container(border=True):
         method = st.radio("Method", methods, horizontal=True, key="dd_curve_method")
-        grid = [round(0.5 + 0.05 * i, 2) for i in range(11)] if method == "near" else \
-            [round(0.80 + 0.02 * i, 2) for i in range(11)]
-        key = (version_id, method, options.field, options.ngram, options.num_perm, options.model)
-        curve = session_cached("dd_curve", key, lambda: computed_curve(options, method, grid))
-        chosen = options.near_threshold if method == "near" else options.semantic_threshold
-        fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
-                      hover_data=["clusters"], title=f"{method} duplicates")
-        fig.add_vline(x=chosen, line_dash="dash", annotation_text="chosen")
-        st.plotly_chart(fig, key="dd_curve")
+        started = curate.dedup_curve_jobs(store(), version_id)
+        done = [j for j in started
+                if j.state == "done" and j.config["params"].get("method") == method]
+        fresh = next((j for j in done if not curate.dedup_curve_changes(j, options, method)),
+                     None)
+        shown = fresh or (done[0] if done else None)
+        if started and started[0].state != "done" and (started[0].active or fresh is None):
+            job_panel(started[0].run_id, key=f"dd_curve_job_{started[0].run_id}")
+        if fresh is None:
+            curve_start(options, method, shown, busy=any(j.active for j in started))
+        if shown is not None:
+            curve_chart(shown, options, method)
 
 
-def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
-    with progress_bar("Threshold explorer: rows hashed") as progress:
-        # The version is read for the curve and let go: the page keeps no frame of it.
-        return curate.duplicate_curve(store(), store().frame(version_id), options, method,
-                                      grid, progress=progress)
+def curve_start(options: curate.DedupOptions, method: str, stale, *, busy: bool) -> None:
+    """Say why there is no curve of these options (never computed, or computed for others),
+    and offer to compute it in the background."""
+    if stale is not None:
+        changed = ", ".join(f"{k} {a} → {b}" for k, (a, b) in
+                            curate.dedup_curve_changes(stale, options, method).items())
+        st.warning(f"The options changed since this curve was computed ({md_escape(changed)}): "
+                   "it is for the old ones.", icon=":material/warning:")
+    if st.button("Compute the curve" if stale is None else "Compute the curve again",
+                 disabled=busy, key="dd_curve_start",
+                 help="A background job hashes every row once and finds the pairs at each "
+                      "threshold; it survives a page reload"):
+        try:
+            curate.start_dedup_curve(store(), version_id, options, method)
+            st.rerun()
+        except WorkbenchError as e:
+            show_error(e)
+
+
+def curve_chart(job, options: curate.DedupOptions, method: str) -> None:
+    try:
+        curve = session_cached("dd_curve", (job.run_id,), lambda: curate.dedup_job_curve(job))
+    except WorkbenchError as e:
+        show_error(e)
+        return
+    chosen = options.near_threshold if method == "near" else options.semantic_threshold
+    fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
+                  hover_data=["clusters"], title=f"{method} duplicates")
+    fig.add_vline(x=chosen, line_dash="dash", annotation_text="chosen")
+    st.plotly_chart(fig, key="dd_curve")
 
 
 def review(job, options: curate.DedupOptions, stale: bool) -> None:

@@ -76,26 +76,54 @@ def test_review_a_cluster_and_keep_all_of_it(store):
     assert latest.params["overrides"]
 
 
+def curve_jobs() -> list:
+    return jobs.list_runs("dedup_curve")
+
+
+def compute_curve(at: AppTest) -> AppTest:
+    return finish_jobs(ok(at.button(key="dd_curve_start").click().run()))
+
+
 def test_threshold_explorer_plots_a_curve(store):
     at = open_page(store)
     at = ok(at.toggle(key="dd_explore").set_value(True).run())
     at = ok(at.radio(key="dd_curve_method").set_value("near").run())
+    at = compute_curve(at)
     assert len(at.get("plotly_chart")) == 1
 
 
 def test_threshold_explorer_computes_only_when_open_and_once(store, monkeypatch):
-    from workbench import curate
-
     calls = []
     real = curate.duplicate_curve
-    monkeypatch.setattr(curate, "duplicate_curve",
+    monkeypatch.setattr(curate, "duplicate_curve",  # the app process never computes it
                         lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     at = open_page(store)
     at = find(at)
-    assert calls == [] and not at.get("plotly_chart")  # closed: no MinHash pass per rerun
+    assert curve_jobs() == [] and not at.get("plotly_chart")  # closed: no MinHash pass per rerun
     at = ok(at.toggle(key="dd_explore").set_value(True).run())
+    assert curve_jobs() == [] and not at.get("plotly_chart")  # open: a button starts the job
+    at = compute_curve(at)
     at = ok(at.slider(key="dd_near_t").set_value(0.9).run())  # the curve does not depend on it
-    assert calls == ["near"] and len(at.get("plotly_chart")) == 1
+    assert [j.config["params"]["method"] for j in curve_jobs()] == ["near"]
+    assert len(at.get("plotly_chart")) == 1
+    assert not any("since this curve" in w.value for w in at.warning)  # only Find's clusters
+    assert "dd_curve_start" not in [b.key for b in at.button]  # nothing to compute again
+    assert calls == []
+
+
+def test_the_curve_survives_a_reload_and_is_marked_stale_when_its_options_change(store):
+    at = open_page(store)
+    at = compute_curve(ok(at.toggle(key="dd_explore").set_value(True).run()))
+    at = ok(open_page(store).toggle(key="dd_explore").set_value(True).run())  # a new session
+    assert len(at.get("plotly_chart")) == 1 and not at.warning
+    at = ok(at.number_input(key="dd_ngram").set_value(3).run())
+    assert len(at.get("plotly_chart")) == 1  # the old curve, said to be old
+    assert any("options changed since this curve" in w.value and "ngram 5 → 3" in w.value
+               for w in at.warning)
+    at = compute_curve(at)
+    assert not at.warning and len(curve_jobs()) == 2
+    at = ok(at.number_input(key="dd_ngram").set_value(5).run())  # back: that curve is kept
+    assert not at.warning and len(curve_jobs()) == 2 and len(at.get("plotly_chart")) == 1
 
 
 def test_clusters_of_old_options_are_marked_stale_and_not_applied(store):
