@@ -124,15 +124,22 @@ def curve_chart(job, options: curate.DedupOptions, method: str) -> None:
 
 def review(job, options: curate.DedupOptions, stale: bool) -> None:
     """The clusters a finished Find saved: counts, a page of the cluster table (texts read for
-    its rows only), one cluster's members, and Apply (a job that saves them as they are)."""
+    its rows only), one cluster's members, and Apply (a job that saves them as they are, with
+    the choices kept beside them)."""
     clusters = session_cached("dd_found", (job.run_id,), lambda: curate.dedup_job_clusters(job),
                               keep=1)
     table = session_cached("dd_table", (job.run_id,), lambda: curate.cluster_table(clusters),
                            keep=1)
-    dropped = int((~clusters["kept"]).sum())
+    overrides = curate.dedup_job_overrides(job)  # a small file: the choices survive a reload
+    dropped = session_cached(
+        "dd_dropped", (job.run_id, tuple(sorted(overrides.items()))),
+        lambda: curate.dedup_counts(clusters, overrides)["dropped"] if overrides
+        else int((~clusters["kept"]).sum()), keep=2)
     a, b = st.columns(2)
     a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
+    if overrides:
+        st.caption(f"Your choices in {len(overrides):,} clusters are counted and kept for Apply.")
     pages = max(1, -(-len(table) // PAGE_SIZE))
     if st.session_state.get("dd_page", 1) > pages:  # a new Find with fewer clusters
         st.session_state["dd_page"] = pages
@@ -140,12 +147,9 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
                            1, pages, 1, key="dd_page") if pages > 1 else 1
     shown = session_cached("dd_page_rows", (job.run_id, page), lambda: curate.cluster_page(
         store(), version_id, table, (page - 1) * PAGE_SIZE, PAGE_SIZE))
+    # One selection per find and page: a row picked on page 1 is another cluster on page 2.
     event = st.dataframe(shown, hide_index=True, on_select="rerun",
-                         selection_mode="single-row", key="dd_clusters")
-    if st.session_state.get("dd_overrides_of") != job.run_id:  # choices are per Find
-        st.session_state["dd_overrides_of"] = job.run_id
-        st.session_state["dd_overrides"] = {}
-    overrides = st.session_state["dd_overrides"]
+                         selection_mode="single-row", key=clusters_key(job.run_id, page))
     if event.selection.rows and event.selection.rows[0] < len(shown):
         cluster_id = int(shown.iloc[event.selection.rows[0]]["cluster_id"])
         member_view(job, clusters, cluster_id, overrides)
@@ -156,6 +160,11 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
         if applying is not None:
             st.session_state["dd_applying"] = applying.run_id
             st.rerun()
+
+
+def clusters_key(run_id: str, page: int) -> str:
+    """The cluster table's widget key, and so its selection's, on one page of one find."""
+    return f"dd_clusters_{run_id}_{page}"
 
 
 def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
@@ -170,18 +179,31 @@ def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
             st.caption(f"row {row['row_key']} · {label} · {row['keep_reason']}")
             st.text(row["prompt"][:600])  # dataset text stays text
             st.text(row["response"][:1200])
-    if len(members) > 4:
-        st.caption(f"{len(members) - 4} more members not shown side by side")
+    if len(members) > 4:  # the rest, so that every row the Keep choice names can be read
+        st.caption(f"{len(members) - 4} more members:")
+        rest = members.iloc[4:][["row_key", "kept", "similarity", "prompt", "response"]]
+        st.dataframe(rest.assign(prompt=rest["prompt"].str.slice(0, 300),
+                                 response=rest["response"].str.slice(0, 600)),
+                     hide_index=True)
     choices = ["policy", KEEP_ALL, *members["row_key"].astype(int).tolist()]
     current = overrides.get(cluster_id, "policy")
-    pick = st.radio("Keep", choices, index=choices.index(current), horizontal=True,
-                    key=f"dd_keep_{cluster_id}",
-                    format_func=lambda c: {"policy": "as the policy chose",
-                                           KEEP_ALL: "keep all"}.get(c, f"row {c}"))
+    st.radio("Keep", choices, index=choices.index(current) if current in choices else 0,
+             horizontal=True, key=f"dd_keep_{cluster_id}", on_change=keep_chosen,
+             args=(job, cluster_id),
+             format_func=lambda c: {"policy": "as the policy chose",
+                                    KEEP_ALL: "keep all"}.get(c, f"row {c}"))
+
+
+def keep_chosen(job, cluster_id: int) -> None:
+    """Save a Keep choice with the find before the page reruns: the counts and Apply use it,
+    and a reload shows it."""
+    overrides = curate.dedup_job_overrides(job)
+    pick = st.session_state[f"dd_keep_{cluster_id}"]
     if pick == "policy":
         overrides.pop(cluster_id, None)
     else:
         overrides[cluster_id] = pick
+    curate.save_dedup_overrides(job, overrides)
 
 
 def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
@@ -204,7 +226,6 @@ def applied_notice(started: list) -> None:
     job = finished_job("dd_applying", run_id, key="dd_job")
     if job is None:
         return
-    st.session_state.pop("dd_overrides", None)
     version = store().version(int(job.result["version_id"]))
     flash(f"Deduplicated into {version.ref} "
           f"({version.counts.get('kept', version.n_rows):,} rows kept).")

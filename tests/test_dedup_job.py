@@ -246,3 +246,15 @@ def test_a_curve_is_stale_for_what_it_depends_on_only(setup, tmp_path):
                                           "method": "fuzzy"}, home=tmp_path)
     assert bad.state == "failed" and "method='fuzzy': use near or semantic" in bad.error
 
+
+def test_keep_choices_are_kept_with_the_find(setup, tmp_path):
+    store, vid = setup
+    job = find(store, vid, tmp_path)
+    assert curate.dedup_job_overrides(job) == {}
+    chosen = {3: dedup.KEEP_ALL, 7: 42}
+    curate.save_dedup_overrides(job, chosen)
+    assert curate.dedup_job_overrides(job) == chosen
+    assert curate.dedup_job_overrides(jobs.status(job.run_dir)) == chosen  # read back afresh
+    (job.run_dir / curate.DEDUP_OVERRIDES_FILE).write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        curate.dedup_job_overrides(job)

@@ -36,6 +36,14 @@ def apply(at: AppTest) -> AppTest:
     return finish_jobs(ok(at.button(key="dd_apply").click().run()))
 
 
+def select(at: AppTest, row: int = 0, page: int = 1) -> AppTest:
+    """Select a row of the cluster table on a page of the newest find, as a click does."""
+    found = next(j for j in jobs.list_runs("dedup") if not j.config["params"].get("apply"))
+    at.session_state[f"dd_clusters_{found.run_id}_{page}"] = {
+        "selection": {"rows": [row], "columns": [], "cells": []}}
+    return ok(at.run())
+
+
 def planted_duplicates() -> int:
     manifest = json.loads((SAMPLE_DIR / "defects.json").read_text())
     counts = manifest["support_train.jsonl"]["counts"]
@@ -65,8 +73,7 @@ def test_review_a_cluster_and_keep_all_of_it(store):
     at = open_page(store)
     at = find(at)
     _, to_drop = (int(m.value) for m in at.metric)
-    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
-    at = ok(at.run())
+    at = select(at)
     assert any(s.value.startswith("Cluster ") for s in at.subheader)
     keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
     at = ok(keep.set_value("all").run())
@@ -193,6 +200,63 @@ def test_many_clusters_are_paged_and_a_later_page_reviews_its_own(pairs_store):
     at = ok(at.number_input(key="dd_page").set_value(2).run())
     page = at.dataframe[0].value
     assert len(page) == 30 and page["kept_text"].str.startswith("a ").all()
-    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
-    at = ok(at.run())
+    at = select(at, page=2)
     assert at.subheader[0].value == f"Cluster {page['cluster_id'].iloc[0]}: 2 rows"
+
+
+def test_a_selection_does_not_follow_to_another_page(pairs_store):
+    at = find(open_page(pairs_store))
+    first = at.dataframe[0].value
+    at = select(at, row=3)
+    assert at.subheader[0].value == f"Cluster {first['cluster_id'].iloc[3]}: 2 rows"
+    at = ok(at.number_input(key="dd_page").set_value(2).run())
+    assert not at.subheader  # row 3 of page 2 is another cluster: nothing is selected there
+    at = ok(at.number_input(key="dd_page").set_value(1).run())
+    assert not at.subheader  # and coming back starts afresh too
+
+
+def test_a_keep_choice_survives_a_reload_and_apply_uses_it(store):
+    at = find(open_page(store))
+    _, to_drop = (int(m.value) for m in at.metric)
+    at = select(at)
+    keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
+    cluster_id = int(keep.key.removeprefix("dd_keep_"))
+    members = [c for c in keep.options if c.startswith("row ")]
+    other = int(members[1].removeprefix("row "))  # a member the policy drops
+    at = ok(keep.set_value(other).run())
+    assert at.metric[1].value == f"{to_drop:,}"  # one kept for another: as many dropped
+    at = select(open_page(store))  # a reload: a new session, nothing in session_state
+    keep = at.radio(key=f"dd_keep_{cluster_id}")
+    assert keep.value == other
+    at = ok(keep.set_value("all").run())
+    dropped = int(at.metric[1].value)
+    assert dropped < to_drop
+    at = select(open_page(store))
+    assert at.radio(key=f"dd_keep_{cluster_id}").value == "all"
+    assert int(at.metric[1].value) == dropped and f"drop {dropped:,} rows" in \
+        at.button(key="dd_apply").label
+    at = apply(at)
+    latest = store.versions("train")[-1]
+    assert latest.params["overrides"] == {str(cluster_id): "all"}
+    assert latest.n_rows == 400 - dropped
+
+
+@pytest.fixture
+def six_store(tmp_path: Path, monkeypatch) -> Store:
+    """One cluster of six copies of a row, and four rows alike to none."""
+    record = {"messages": [{"role": "user", "content": "What is the capital of France?"},
+                           {"role": "assistant", "content": "Paris is the capital of France."}]}
+    records = [{**record, "copy": i} for i in range(6)] + [
+        {"messages": [{"role": "user", "content": f"question {i} " * 5},
+                      {"role": "assistant", "content": f"answer {i} " * 5}]} for i in range(4)]
+    yield from page_store(tmp_path, monkeypatch,
+                          {"train": write_jsonl(tmp_path / "six.jsonl", records)})
+
+
+def test_a_large_clusters_members_beyond_four_can_be_read(six_store):
+    at = select(find(open_page(six_store)))
+    assert at.subheader[0].value.endswith(": 6 rows")
+    rest = at.dataframe[1].value  # the two members not shown side by side
+    assert len(rest) == 2 and rest["response"].str.startswith("Paris").all()
+    keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
+    assert set(rest["row_key"].map(lambda k: f"row {k}")) <= set(keep.options)

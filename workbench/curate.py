@@ -355,6 +355,7 @@ def dropped_rows(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | No
 # --- deduplication as a background job -------------------------------------------------------
 DEDUP_CLUSTERS_FILE = "dedup_clusters.parquet"  # a dedup job's clusters in its run folder
 DEDUP_OPTIONS_FILE = "dedup_options.json"  # and the options they were found with
+DEDUP_OVERRIDES_FILE = "dedup_overrides.json"  # and the user's choices of what to keep
 
 
 def dedup_options(params: Mapping) -> DedupOptions:
@@ -439,6 +440,33 @@ def dedup_counts(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | No
     method = clusters.drop_duplicates("row_key").set_index("row_key")["method"]
     return {"clusters": int(clusters["cluster_id"].nunique()), "dropped": len(keys),
             "by_method": {str(k): int(v) for k, v in method.reindex(keys).value_counts().items()}}
+
+
+def save_dedup_overrides(job: jobs.JobStatus, overrides: Mapping[int, int | str]) -> None:
+    """Keep the user's choices for a finished find's clusters (cluster id -> row key to keep,
+    or "all") in its run folder, atomically: a reload shows them and its Apply uses them."""
+    import orjson
+
+    plain = {str(int(k)): v if v == dedup.KEEP_ALL else int(v) for k, v in overrides.items()}
+    _write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, lambda tmp: tmp.write_bytes(
+        orjson.dumps(plain)))
+
+
+def dedup_job_overrides(job: jobs.JobStatus) -> dict[int, int | str]:
+    """Return the choices ``save_dedup_overrides`` kept for a find ({} when none were made);
+    ConfigError when the file is not a JSON object of them."""
+    import orjson
+
+    path = job.run_dir / DEDUP_OVERRIDES_FILE
+    try:
+        saved = orjson.loads(path.read_bytes())
+        return {int(k): v if v == dedup.KEEP_ALL else int(v) for k, v in saved.items()}
+    except FileNotFoundError:
+        return {}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise ConfigError(f"dedup run {job.run_id}: {DEDUP_OVERRIDES_FILE} is not a JSON object "
+                          "of cluster id -> row key or \"all\"; delete it and choose again"
+                          ) from None
 
 
 # --- the threshold explorer's curve as a background job ----------------------------------------
