@@ -175,8 +175,10 @@ def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
     columns = st.columns(min(len(members), 4))
     for i, row in members.head(4).iterrows():
         with columns[i]:
-            label = "kept" if row["kept"] else f"drop · similarity {row['similarity']:.2f}"
-            st.caption(f"row {row['row_key']} · {label} · {row['keep_reason']}")
+            # the reason is the kept row's: beside a dropped one it read as why it was dropped
+            label = f"kept · {row['keep_reason']}" if row["kept"] else \
+                f"drop · similarity {row['similarity']:.2f}"
+            st.caption(f"row {row['row_key']} · {label}")
             st.text(row["prompt"][:600])  # dataset text stays text
             st.text(row["response"][:1200])
     if len(members) > 4:  # the rest, so that every row the Keep choice names can be read

@@ -256,6 +256,9 @@ def six_store(tmp_path: Path, monkeypatch) -> Store:
 def test_a_large_clusters_members_beyond_four_can_be_read(six_store):
     at = select(find(open_page(six_store)))
     assert at.subheader[0].value.endswith(": 6 rows")
+    said = [c.value for c in at.caption if c.value.startswith("row ")]
+    assert len(said) == 4 and "kept · first in input order" in said[0]
+    assert all("drop · similarity 1" in c and "first" not in c for c in said[1:])  # no reason
     rest = at.dataframe[1].value  # the two members not shown side by side
     assert len(rest) == 2 and rest["response"].str.startswith("Paris").all()
     keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
