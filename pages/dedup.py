@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import plotly.express as px
 import streamlit as st
 
@@ -24,6 +26,7 @@ _, version_id, n_rows = curation_title("Deduplicate")
 
 
 PAGE_SIZE = 100  # clusters per page of the table: at 1M rows there are thousands
+KEEP_BUTTONS = 8  # Keep choices shown as a row of radio buttons; more: a select box
 
 
 def options_form() -> curate.DedupOptions:
@@ -189,11 +192,12 @@ def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
                      hide_index=True)
     choices = ["policy", KEEP_ALL, *members["row_key"].astype(int).tolist()]
     current = overrides.get(cluster_id, "policy")
-    st.radio("Keep", choices, index=choices.index(current) if current in choices else 0,
-             horizontal=True, key=f"dd_keep_{cluster_id}", on_change=keep_chosen,
-             args=(job, cluster_id),
-             format_func=lambda c: {"policy": "as the policy chose",
-                                    KEEP_ALL: "keep all"}.get(c, f"row {c}"))
+    # a row of buttons for a few members; a list to pick from for a large cluster
+    widget = partial(st.radio, horizontal=True) if len(choices) <= KEEP_BUTTONS else st.selectbox
+    widget("Keep", choices, index=choices.index(current) if current in choices else 0,
+           key=f"dd_keep_{cluster_id}", on_change=keep_chosen, args=(job, cluster_id),
+           format_func=lambda c: {"policy": "as the policy chose",
+                                  KEEP_ALL: "keep all"}.get(c, f"row {c}"))
 
 
 def keep_chosen(job, cluster_id: int) -> None:

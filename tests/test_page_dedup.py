@@ -242,24 +242,32 @@ def test_a_keep_choice_survives_a_reload_and_apply_uses_it(store):
 
 
 @pytest.fixture
-def six_store(tmp_path: Path, monkeypatch) -> Store:
-    """One cluster of six copies of a row, and four rows alike to none."""
+def copies_store(tmp_path: Path, monkeypatch) -> Store:
+    """One cluster of twelve copies of a row, and four rows alike to none."""
     record = {"messages": [{"role": "user", "content": "What is the capital of France?"},
                            {"role": "assistant", "content": "Paris is the capital of France."}]}
-    records = [{**record, "copy": i} for i in range(6)] + [
+    records = [{**record, "copy": i} for i in range(12)] + [
         {"messages": [{"role": "user", "content": f"question {i} " * 5},
                       {"role": "assistant", "content": f"answer {i} " * 5}]} for i in range(4)]
     yield from page_store(tmp_path, monkeypatch,
-                          {"train": write_jsonl(tmp_path / "six.jsonl", records)})
+                          {"train": write_jsonl(tmp_path / "copies.jsonl", records)})
 
 
-def test_a_large_clusters_members_beyond_four_can_be_read(six_store):
-    at = select(find(open_page(six_store)))
-    assert at.subheader[0].value.endswith(": 6 rows")
+def test_a_large_clusters_members_beyond_four_can_be_read_and_kept(copies_store):
+    at = select(find(open_page(copies_store)))
+    assert at.subheader[0].value.endswith(": 12 rows")
     said = [c.value for c in at.caption if c.value.startswith("row ")]
     assert len(said) == 4 and "kept · first in input order" in said[0]
     assert all("drop · similarity 1" in c and "first" not in c for c in said[1:])  # no reason
-    rest = at.dataframe[1].value  # the two members not shown side by side
-    assert len(rest) == 2 and rest["response"].str.startswith("Paris").all()
-    keep = next(r for r in at.radio if r.key.startswith("dd_keep_"))
+    rest = at.dataframe[1].value  # the eight members not shown side by side
+    assert len(rest) == 8 and rest["response"].str.startswith("Paris").all()
+    keep = next(s for s in at.selectbox if s.key.startswith("dd_keep_"))  # 14 choices: a list
+    assert not [r for r in at.radio if r.key.startswith("dd_keep_")]
     assert set(rest["row_key"].map(lambda k: f"row {k}")) <= set(keep.options)
+    last = int(rest["row_key"].iloc[-1])
+    at = ok(keep.set_value(last).run())
+    at = select(open_page(copies_store))  # a reload keeps the choice
+    assert at.selectbox(key=keep.key).value == last
+    at = apply(at)
+    assert last in set(copies_store.frame(copies_store.versions("train")[-1].version_id)
+                       ["row_key"])
