@@ -79,18 +79,32 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
         return
     with st.container(border=True):
         method = st.radio("Method", methods, horizontal=True, key="dd_curve_method")
-        started = curate.dedup_curve_jobs(store(), version_id)
-        done = [j for j in started
-                if j.state == "done" and j.config["params"].get("method") == method]
-        fresh = next((j for j in done if not curate.dedup_curve_changes(j, options, method)),
-                     None)
-        shown = fresh or (done[0] if done else None)
-        if started and started[0].state != "done" and (started[0].active or fresh is None):
-            job_panel(started[0].run_id, key=f"dd_curve_job_{started[0].run_id}")
-        if fresh is None:
-            curve_start(options, method, shown, busy=any(j.active for j in started))
-        if shown is not None:
+        try:
+            curve_section(options, method)
+        except WorkbenchError as e:  # e.g. a curve job of options this version does not know
+            show_error(e)
+
+
+def curve_section(options: curate.DedupOptions, method: str) -> None:
+    """The newest curve of these options (else the newest of the method, marked stale), the
+    job computing one, and a button to compute it."""
+    started = curate.dedup_curve_jobs(store(), version_id)
+    done = [j for j in started
+            if j.state == "done" and j.config["params"].get("method") == method]
+    fresh = next((j for j in done if not curate.dedup_curve_changes(j, options, method)), None)
+    shown = fresh or (done[0] if done else None)
+    if started and started[0].state != "done" and (started[0].active or fresh is None):
+        job_panel(started[0].run_id, key=f"dd_curve_job_{started[0].run_id}")
+    busy = any(j.active for j in started)
+    if fresh is None:
+        curve_start(options, method, shown, busy=busy)
+    if shown is not None:
+        try:
             curve_chart(shown, options, method)
+        except WorkbenchError as e:  # its saved curve is gone
+            show_error(e)
+            if fresh is not None:
+                curve_start(options, method, None, busy=busy)
 
 
 def curve_start(options: curate.DedupOptions, method: str, stale, *, busy: bool) -> None:
@@ -113,11 +127,7 @@ def curve_start(options: curate.DedupOptions, method: str, stale, *, busy: bool)
 
 
 def curve_chart(job, options: curate.DedupOptions, method: str) -> None:
-    try:
-        curve = session_cached("dd_curve", (job.run_id,), lambda: curate.dedup_job_curve(job))
-    except WorkbenchError as e:
-        show_error(e)
-        return
+    curve = session_cached("dd_curve", (job.run_id,), lambda: curate.dedup_job_curve(job))
     chosen = options.near_threshold if method == "near" else options.semantic_threshold
     fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
                   hover_data=["clusters"], title=f"{method} duplicates")

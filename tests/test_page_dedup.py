@@ -133,6 +133,19 @@ def test_the_curve_survives_a_reload_and_is_marked_stale_when_its_options_change
     assert not at.warning and len(curve_jobs()) == 2 and len(at.get("plotly_chart")) == 1
 
 
+def test_a_curve_whose_file_is_gone_is_a_clear_error(store):
+    compute_curve(ok(open_page(store).toggle(key="dd_explore").set_value(True).run()))
+    job = curve_jobs()[0]
+    (job.run_dir / curate.DEDUP_CURVE_FILE).unlink()
+    at = open_page(store).toggle(key="dd_explore").set_value(True).run()  # a new session
+    assert not at.exception and [e.value for e in at.error] == [
+        f"dedup\\_curve run {md_escape(job.run_id)}\\: no saved curve "
+        "\\(dedup\\_curve\\.parquet\\)\\; compute the curve again"]
+    assert not at.button(key="dd_find").disabled  # the page keeps running
+    at = finish_jobs(at.button(key="dd_curve_start").click().run())  # and computed again
+    assert not at.error and len(at.get("plotly_chart")) == 1 and len(curve_jobs()) == 2
+
+
 def test_clusters_of_old_options_are_marked_stale_and_not_applied(store):
     at = open_page(store)
     at = find(at)
