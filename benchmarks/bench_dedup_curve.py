@@ -72,24 +72,25 @@ def main() -> None:
         return
     from workbench.store import Store
 
-    home = Path(tempfile.mkdtemp(prefix="bench-dedup-curve-"))
-    store = Store(home / "store.duckdb")
-    store.import_file(args.data, "alpaca")
-    env = {**os.environ, "WORKBENCH_HOME": str(home)}
-    print(f"{store.version(store.active_version('alpaca')).n_rows:,} rows; load "
-          f"{os.getloadavg()[0]:.2f}")
-    results = {}
-    for way in ("app", "job"):
-        out = subprocess.run([sys.executable, "-c", MEASURE, str(store.path), way, args.method],
-                             env=env, capture_output=True, text=True, check=True)
-        results[way] = r = json.loads(out.stdout.strip().splitlines()[-1])
-        wait = " (waiting on the worker: the page shows its progress meanwhile)" \
-            if way == "job" else ""
-        print(f"{way:>4}: app process {r['s']:.2f} s{wait}, its memory grew "
-              f"{r['grew_mb']:.0f} MB")
-    same = results["app"]["curve"] == results["job"]["curve"]
-    print(f"the curves are {'equal' if same else 'DIFFERENT'}: rows removed "
-          f"{results['job']['curve']['rows_removed']}")
+    with tempfile.TemporaryDirectory(prefix="bench-dedup-curve-") as folder:  # removed after
+        home = Path(folder)
+        store = Store(home / "store.duckdb")
+        store.import_file(args.data, "alpaca")
+        env = {**os.environ, "WORKBENCH_HOME": str(home)}
+        print(f"{store.version(store.active_version('alpaca')).n_rows:,} rows; load "
+              f"{os.getloadavg()[0]:.2f}")
+        results = {}
+        for way in ("app", "job"):
+            out = subprocess.run([sys.executable, "-c", MEASURE, str(store.path), way, args.method],
+                                 env=env, capture_output=True, text=True, check=True)
+            results[way] = r = json.loads(out.stdout.strip().splitlines()[-1])
+            wait = " (waiting on the worker: the page shows its progress meanwhile)" \
+                if way == "job" else ""
+            print(f"{way:>4}: app process {r['s']:.2f} s{wait}, its memory grew "
+                  f"{r['grew_mb']:.0f} MB")
+        same = results["app"]["curve"] == results["job"]["curve"]
+        print(f"the curves are {'equal' if same else 'DIFFERENT'}: rows removed "
+              f"{results['job']['curve']['rows_removed']}")
 
 
 if __name__ == "__main__":
