@@ -4,9 +4,10 @@ Imports ../shared/data/alpaca/alpaca_data.json (52,002 rows) into a throwaway st
 /tmp (its own WORKBENCH_HOME), then drives the app with Streamlit's AppTest in one session,
 as a user moves between pages: open a page, then its main interactions (Clean: preview (a
 job: its wait is printed, then the rerun that shows it), apply; Deduplicate: find (a job too),
-open a cluster, move the threshold (stale clusters), apply (a job); Score & select: score (a
-job, then again from the cache), change the scatter's axis, move a threshold slider, pick a
-method (top-k, longest-k); Label: mark a row; ...).
+open a cluster, keep all of it, the threshold explorer's curve (a job), move the threshold
+(stale clusters), apply (a job); Score & select: score (a job, then again from the cache),
+change the scatter's axis, move a threshold slider, pick a method (top-k, longest-k); Label:
+mark a row; ...).
 Prints the server time of every rerun (the script run that AppTest times is what the server
 does between a click and the last element sent) and the process's resident memory after it,
 then the peak.
@@ -136,6 +137,12 @@ def walk(w: Walk) -> None:
            lambda at: at.button(key="dd_find").click(), work=True)
     w.finish_jobs("Deduplicate", "rerun after the job: the clusters show")
     w.step("Deduplicate", "select the largest cluster", _select_cluster)
+    w.step("Deduplicate", "keep all of it (saved with the find)", _keep_all)
+    w.step("Deduplicate", "open the threshold explorer",
+           lambda at: at.toggle(key="dd_explore").set_value(True))
+    w.step("Deduplicate", "Compute the curve: starts a job",
+           lambda at: at.button(key="dd_curve_start").click(), work=True)
+    w.finish_jobs("Deduplicate", "rerun after the job: the curve shows")
     w.step("Deduplicate", "move the Jaccard slider to 0.9: stale",
            lambda at: at.slider(key="dd_near_t").set_value(0.9))
     w.step("Deduplicate", "rerun (any click)")
@@ -170,7 +177,15 @@ def walk(w: Walk) -> None:
 
 
 def _select_cluster(at) -> None:
-    at.session_state["dd_clusters"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    from workbench import jobs
+
+    found = next(j for j in jobs.list_runs("dedup") if not j.config["params"].get("apply"))
+    at.session_state[f"dd_clusters_{found.run_id}_1"] = {  # the table's key: per find and page
+        "selection": {"rows": [0], "columns": [], "cells": []}}
+
+
+def _keep_all(at) -> None:
+    next(r for r in at.radio if r.key.startswith("dd_keep_")).set_value("all")
 
 
 def _move_threshold(at) -> None:

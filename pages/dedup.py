@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import plotly.express as px
 import streamlit as st
 
@@ -11,7 +13,6 @@ from pages.common import (
     finished_job,
     flash,
     job_panel,
-    progress_bar,
     session_cached,
     show_error,
     store,
@@ -25,6 +26,7 @@ _, version_id, n_rows = curation_title("Deduplicate")
 
 
 PAGE_SIZE = 100  # clusters per page of the table: at 1M rows there are thousands
+KEEP_BUTTONS = 8  # Keep choices shown as a row of radio buttons; more: a select box
 
 
 def options_form() -> curate.DedupOptions:
@@ -70,41 +72,87 @@ def explorer(options: curate.DedupOptions, embedded: bool) -> None:
     methods = [m for m, on in (("near", options.near), ("semantic", options.semantic and embedded))
                if on]
     # A switch, not an expander: a collapsed expander still ran a MinHash pass over every
-    # row on every rerun. The curve is computed once per version and options, then reused.
+    # row on every rerun. The curve is a background job (the app never holds the version); its
+    # result stays in its run folder, so it is computed once per version and options.
     if not methods or not st.toggle("Threshold explorer: rows removed at each threshold",
                                     key="dd_explore"):
         return
     with st.container(border=True):
         method = st.radio("Method", methods, horizontal=True, key="dd_curve_method")
-        grid = [round(0.5 + 0.05 * i, 2) for i in range(11)] if method == "near" else \
-            [round(0.80 + 0.02 * i, 2) for i in range(11)]
-        key = (version_id, method, options.field, options.ngram, options.num_perm, options.model)
-        curve = session_cached("dd_curve", key, lambda: computed_curve(options, method, grid))
-        chosen = options.near_threshold if method == "near" else options.semantic_threshold
-        fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
-                      hover_data=["clusters"], title=f"{method} duplicates")
-        fig.add_vline(x=chosen, line_dash="dash", annotation_text="chosen")
-        st.plotly_chart(fig, key="dd_curve")
+        try:
+            curve_section(options, method)
+        except WorkbenchError as e:  # e.g. a curve job of options this version does not know
+            show_error(e)
 
 
-def computed_curve(options: curate.DedupOptions, method: str, grid: list[float]):
-    with progress_bar("Threshold explorer: rows hashed") as progress:
-        # The version is read for the curve and let go: the page keeps no frame of it.
-        return curate.duplicate_curve(store(), store().frame(version_id), options, method,
-                                      grid, progress=progress)
+def curve_section(options: curate.DedupOptions, method: str) -> None:
+    """The newest curve of these options (else the newest of the method, marked stale), the
+    job computing one, and a button to compute it."""
+    started = curate.dedup_curve_jobs(store(), version_id)
+    done = [j for j in started
+            if j.state == "done" and j.config["params"].get("method") == method]
+    fresh = next((j for j in done if not curate.dedup_curve_changes(j, options, method)), None)
+    shown = fresh or (done[0] if done else None)
+    if started and started[0].state != "done" and (started[0].active or fresh is None):
+        job_panel(started[0].run_id, key=f"dd_curve_job_{started[0].run_id}")
+    busy = any(j.active for j in started)
+    if fresh is None:
+        curve_start(options, method, shown, busy=busy)
+    if shown is not None:
+        try:
+            curve_chart(shown, options, method)
+        except WorkbenchError as e:  # its saved curve is gone
+            show_error(e)
+            if fresh is not None:
+                curve_start(options, method, None, busy=busy)
+
+
+def curve_start(options: curate.DedupOptions, method: str, stale, *, busy: bool) -> None:
+    """Say why there is no curve of these options (never computed, or computed for others),
+    and offer to compute it in the background."""
+    if stale is not None:
+        changed = ", ".join(f"{k} {a} → {b}" for k, (a, b) in
+                            curate.dedup_curve_changes(stale, options, method).items())
+        st.warning(f"The options changed since this curve was computed ({md_escape(changed)}): "
+                   "it is for the old ones.", icon=":material/warning:")
+    if st.button("Compute the curve" if stale is None else "Compute the curve again",
+                 disabled=busy, key="dd_curve_start",
+                 help="A background job hashes every row once and finds the pairs at each "
+                      "threshold; it survives a page reload"):
+        try:
+            curate.start_dedup_curve(store(), version_id, options, method)
+            st.rerun()
+        except WorkbenchError as e:
+            show_error(e)
+
+
+def curve_chart(job, options: curate.DedupOptions, method: str) -> None:
+    curve = session_cached("dd_curve", (job.run_id,), lambda: curate.dedup_job_curve(job))
+    chosen = options.near_threshold if method == "near" else options.semantic_threshold
+    fig = px.line(curve, x="threshold", y="rows_removed", markers=True,
+                  hover_data=["clusters"], title=f"{method} duplicates")
+    fig.add_vline(x=chosen, line_dash="dash", annotation_text="chosen")
+    st.plotly_chart(fig, key="dd_curve")
 
 
 def review(job, options: curate.DedupOptions, stale: bool) -> None:
     """The clusters a finished Find saved: counts, a page of the cluster table (texts read for
-    its rows only), one cluster's members, and Apply (a job that saves them as they are)."""
+    its rows only), one cluster's members, and Apply (a job that saves them as they are, with
+    the choices kept beside them)."""
     clusters = session_cached("dd_found", (job.run_id,), lambda: curate.dedup_job_clusters(job),
                               keep=1)
     table = session_cached("dd_table", (job.run_id,), lambda: curate.cluster_table(clusters),
                            keep=1)
-    dropped = int((~clusters["kept"]).sum())
+    overrides = curate.dedup_job_overrides(job)  # a small file: the choices survive a reload
+    dropped = session_cached(
+        "dd_dropped", (job.run_id, tuple(sorted(overrides.items()))),
+        lambda: curate.dedup_counts(clusters, overrides)["dropped"] if overrides
+        else int((~clusters["kept"]).sum()), keep=2)
     a, b = st.columns(2)
     a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
+    if overrides:
+        st.caption(f"Your choices in {len(overrides):,} clusters are counted and kept for Apply.")
     pages = max(1, -(-len(table) // PAGE_SIZE))
     if st.session_state.get("dd_page", 1) > pages:  # a new Find with fewer clusters
         st.session_state["dd_page"] = pages
@@ -112,12 +160,9 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
                            1, pages, 1, key="dd_page") if pages > 1 else 1
     shown = session_cached("dd_page_rows", (job.run_id, page), lambda: curate.cluster_page(
         store(), version_id, table, (page - 1) * PAGE_SIZE, PAGE_SIZE))
+    # One selection per find and page: a row picked on page 1 is another cluster on page 2.
     event = st.dataframe(shown, hide_index=True, on_select="rerun",
-                         selection_mode="single-row", key="dd_clusters")
-    if st.session_state.get("dd_overrides_of") != job.run_id:  # choices are per Find
-        st.session_state["dd_overrides_of"] = job.run_id
-        st.session_state["dd_overrides"] = {}
-    overrides = st.session_state["dd_overrides"]
+                         selection_mode="single-row", key=clusters_key(job.run_id, page))
     if event.selection.rows and event.selection.rows[0] < len(shown):
         cluster_id = int(shown.iloc[event.selection.rows[0]]["cluster_id"])
         member_view(job, clusters, cluster_id, overrides)
@@ -130,6 +175,11 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
             st.rerun()
 
 
+def clusters_key(run_id: str, page: int) -> str:
+    """The cluster table's widget key, and so its selection's, on one page of one find."""
+    return f"dd_clusters_{run_id}_{page}"
+
+
 def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
     members = session_cached("dd_members", (job.run_id, cluster_id),
                              lambda: curate.stored_cluster_members(store(), version_id, clusters,
@@ -138,22 +188,38 @@ def member_view(job, clusters, cluster_id: int, overrides: dict) -> None:
     columns = st.columns(min(len(members), 4))
     for i, row in members.head(4).iterrows():
         with columns[i]:
-            label = "kept" if row["kept"] else f"drop · similarity {row['similarity']:.2f}"
-            st.caption(f"row {row['row_key']} · {label} · {row['keep_reason']}")
+            # the reason is the kept row's: beside a dropped one it read as why it was dropped
+            label = f"kept · {row['keep_reason']}" if row["kept"] else \
+                f"drop · similarity {row['similarity']:.2f}"
+            st.caption(f"row {row['row_key']} · {label}")
             st.text(row["prompt"][:600])  # dataset text stays text
             st.text(row["response"][:1200])
-    if len(members) > 4:
-        st.caption(f"{len(members) - 4} more members not shown side by side")
+    if len(members) > 4:  # the rest, so that every row the Keep choice names can be read
+        st.caption(f"{len(members) - 4} more members:")
+        rest = members.iloc[4:][["row_key", "kept", "similarity", "prompt", "response"]]
+        st.dataframe(rest.assign(prompt=rest["prompt"].str.slice(0, 300),
+                                 response=rest["response"].str.slice(0, 600)),
+                     hide_index=True)
     choices = ["policy", KEEP_ALL, *members["row_key"].astype(int).tolist()]
     current = overrides.get(cluster_id, "policy")
-    pick = st.radio("Keep", choices, index=choices.index(current), horizontal=True,
-                    key=f"dd_keep_{cluster_id}",
-                    format_func=lambda c: {"policy": "as the policy chose",
-                                           KEEP_ALL: "keep all"}.get(c, f"row {c}"))
+    # a row of buttons for a few members; a list to pick from for a large cluster
+    widget = partial(st.radio, horizontal=True) if len(choices) <= KEEP_BUTTONS else st.selectbox
+    widget("Keep", choices, index=choices.index(current) if current in choices else 0,
+           key=f"dd_keep_{cluster_id}", on_change=keep_chosen, args=(job, cluster_id),
+           format_func=lambda c: {"policy": "as the policy chose",
+                                  KEEP_ALL: "keep all"}.get(c, f"row {c}"))
+
+
+def keep_chosen(job, cluster_id: int) -> None:
+    """Save a Keep choice with the find before the page reruns: the counts and Apply use it,
+    and a reload shows it."""
+    overrides = curate.dedup_job_overrides(job)
+    pick = st.session_state[f"dd_keep_{cluster_id}"]
     if pick == "policy":
         overrides.pop(cluster_id, None)
     else:
         overrides[cluster_id] = pick
+    curate.save_dedup_overrides(job, overrides)
 
 
 def stale_options(found: curate.DedupOptions, now: curate.DedupOptions) -> str:
@@ -176,7 +242,6 @@ def applied_notice(started: list) -> None:
     job = finished_job("dd_applying", run_id, key="dd_job")
     if job is None:
         return
-    st.session_state.pop("dd_overrides", None)
     version = store().version(int(job.result["version_id"]))
     flash(f"Deduplicated into {version.ref} "
           f"({version.counts.get('kept', version.n_rows):,} rows kept).")

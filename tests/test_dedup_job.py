@@ -201,3 +201,60 @@ def test_on_ray_the_job_finds_the_same_clusters(setup, tmp_path, monkeypatch):
     assert got["kept"].tolist() == expected["kept"].tolist()
     assert job.result["dropped"] == int((~expected["kept"]).sum())
     assert any(e.get("phase") == "stages on Ray" for e in jobs.events(job.run_dir))
+
+
+def curve_params(store: Store, vid: int, options: curate.DedupOptions, method: str) -> dict:
+    return {**params(store, vid, options), "method": method,
+            "thresholds": list(curate.CURVE_THRESHOLDS[method])}
+
+
+@pytest.mark.parametrize("method", ["near", "semantic"])
+def test_the_curve_job_equals_duplicate_curve(setup, tmp_path, method):
+    from workbench import models
+
+    store, vid = setup
+    options = curate.DedupOptions(semantic=method == "semantic")
+    if method == "semantic":
+        curate.embed_frame(store, store.frame(vid), encoder=models.tiny_embedder())
+    job = jobs.run_inline("dedup_curve", curve_params(store, vid, options, method), home=tmp_path)
+    assert job.state == "done", job.error
+    expected = curate.duplicate_curve(store, store.frame(vid), options, method,
+                                      curate.CURVE_THRESHOLDS[method])
+    pd.testing.assert_frame_equal(curate.dedup_job_curve(job), expected)
+    assert expected["rows_removed"].iloc[0] > 0 and job.result["rows"] == 400
+    assert curate.dedup_curve_jobs(store, vid, home=tmp_path)[0].run_id == job.run_id
+    assert curate.dedup_curve_changes(job, options, method) == {}
+    if method == "near":
+        last = [e for e in jobs.events(job.run_dir) if e.get("phase") == "hashing rows"][-1]
+        assert last["total"] == last["step"] == 400
+
+
+def test_a_curve_is_stale_for_what_it_depends_on_only(setup, tmp_path):
+    store, vid = setup
+    job = jobs.run_inline("dedup_curve", curve_params(store, vid, OPTIONS, "near"),
+                          home=tmp_path)
+    assert curate.dedup_curve_changes(job, curate.DedupOptions(near_threshold=0.95,
+                                                               keep="longest"), "near") == {}
+    assert curate.dedup_curve_changes(job, curate.DedupOptions(ngram=3, field="user"),
+                                      "near") == {"field": ("conversation", "user"),
+                                                  "ngram": (5, 3)}
+    assert "method" in curate.dedup_curve_changes(job, OPTIONS, "semantic")
+    (job.run_dir / curate.DEDUP_CURVE_FILE).unlink()
+    with pytest.raises(ConfigError, match="no saved curve"):
+        curate.dedup_job_curve(job)
+    bad = jobs.run_inline("dedup_curve", {**curve_params(store, vid, OPTIONS, "near"),
+                                          "method": "fuzzy"}, home=tmp_path)
+    assert bad.state == "failed" and "method='fuzzy': use near or semantic" in bad.error
+
+
+def test_keep_choices_are_kept_with_the_find(setup, tmp_path):
+    store, vid = setup
+    job = find(store, vid, tmp_path)
+    assert curate.dedup_job_overrides(job) == {}
+    chosen = {3: dedup.KEEP_ALL, 7: 42}
+    curate.save_dedup_overrides(job, chosen)
+    assert curate.dedup_job_overrides(job) == chosen
+    assert curate.dedup_job_overrides(jobs.status(job.run_dir)) == chosen  # read back afresh
+    (job.run_dir / curate.DEDUP_OVERRIDES_FILE).write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        curate.dedup_job_overrides(job)

@@ -355,6 +355,7 @@ def dropped_rows(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | No
 # --- deduplication as a background job -------------------------------------------------------
 DEDUP_CLUSTERS_FILE = "dedup_clusters.parquet"  # a dedup job's clusters in its run folder
 DEDUP_OPTIONS_FILE = "dedup_options.json"  # and the options they were found with
+DEDUP_OVERRIDES_FILE = "dedup_overrides.json"  # and the user's choices of what to keep
 
 
 def dedup_options(params: Mapping) -> DedupOptions:
@@ -398,12 +399,17 @@ def save_dedup_run(run_dir: str | Path, clusters: pd.DataFrame, options: DedupOp
     import orjson
 
     folder = Path(run_dir)
-    tmp = folder / (DEDUP_CLUSTERS_FILE + ".tmp")
-    clusters.to_parquet(tmp, index=False)
-    tmp.replace(folder / DEDUP_CLUSTERS_FILE)
-    tmp = folder / (DEDUP_OPTIONS_FILE + ".tmp")
-    tmp.write_bytes(orjson.dumps(options.params()))
-    tmp.replace(folder / DEDUP_OPTIONS_FILE)
+    _write_atomic(folder / DEDUP_CLUSTERS_FILE, lambda tmp: clusters.to_parquet(tmp, index=False))
+    _write_atomic(folder / DEDUP_OPTIONS_FILE,
+                  lambda tmp: tmp.write_bytes(orjson.dumps(options.params())))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write a file through ``write(tmp)`` beside it, then move it in place: a reader sees the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 def dedup_job_clusters(job: jobs.JobStatus) -> pd.DataFrame:
@@ -434,6 +440,92 @@ def dedup_counts(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | No
     method = clusters.drop_duplicates("row_key").set_index("row_key")["method"]
     return {"clusters": int(clusters["cluster_id"].nunique()), "dropped": len(keys),
             "by_method": {str(k): int(v) for k, v in method.reindex(keys).value_counts().items()}}
+
+
+def save_dedup_overrides(job: jobs.JobStatus, overrides: Mapping[int, int | str]) -> None:
+    """Keep the user's choices for a finished find's clusters (cluster id -> row key to keep,
+    or "all") in its run folder, atomically: a reload shows them and its Apply uses them."""
+    import orjson
+
+    plain = {str(int(k)): v if v == dedup.KEEP_ALL else int(v) for k, v in overrides.items()}
+    _write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, lambda tmp: tmp.write_bytes(
+        orjson.dumps(plain)))
+
+
+def dedup_job_overrides(job: jobs.JobStatus) -> dict[int, int | str]:
+    """Return the choices ``save_dedup_overrides`` kept for a find ({} when none were made);
+    ConfigError when the file is not a JSON object of them."""
+    import orjson
+
+    path = job.run_dir / DEDUP_OVERRIDES_FILE
+    try:
+        saved = orjson.loads(path.read_bytes())
+        return {int(k): v if v == dedup.KEEP_ALL else int(v) for k, v in saved.items()}
+    except FileNotFoundError:
+        return {}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        raise ConfigError(f"dedup run {job.run_id}: {DEDUP_OVERRIDES_FILE} is not a JSON object "
+                          "of cluster id -> row key or \"all\"; delete it and choose again"
+                          ) from None
+
+
+# --- the threshold explorer's curve as a background job ----------------------------------------
+DEDUP_CURVE_FILE = "dedup_curve.parquet"  # a dedup_curve job's curve in its run folder
+CURVE_THRESHOLDS = {"near": tuple(round(0.5 + 0.05 * i, 2) for i in range(11)),
+                    "semantic": tuple(round(0.80 + 0.02 * i, 2) for i in range(11))}
+
+
+def curve_params(options: DedupOptions, method: str) -> dict:
+    """Return what a threshold curve depends on: the method, the field, and the n-gram and
+    permutations (near) or the embedding model (semantic); not the thresholds chosen."""
+    if method not in CURVE_THRESHOLDS:
+        raise ConfigError(f"method={method!r}: use near or semantic")
+    return {"method": method, "field": options.field,
+            **({"ngram": options.ngram, "num_perm": options.num_perm} if method == "near"
+               else {"model": options.model})}
+
+
+def start_dedup_curve(store: Store, version_id: int, options: DedupOptions, method: str
+                      ) -> jobs.JobStatus:
+    """Start a background job (the "dedup_curve" task) that computes ``duplicate_curve`` of a
+    version at ``CURVE_THRESHOLDS[method]``, progress per row hashed; the curve is saved in its
+    run folder (``dedup_job_curve``): the app never holds the version."""
+    curve_params(options, method)
+    store.version(version_id)
+    return jobs.start("dedup_curve", {"store": str(store.path), "version_id": int(version_id),
+                                      "options": options.params(), "method": method,
+                                      "thresholds": list(CURVE_THRESHOLDS[method])})
+
+
+def dedup_curve_jobs(store: Store, version_id: int, *,
+                     home: str | Path | None = None) -> list[jobs.JobStatus]:
+    """Return the threshold-curve jobs started on a version, newest first."""
+    return runs.statuses(store, ["dedup_curve"], lambda p: p.get("version_id") == version_id,
+                         home=home)
+
+
+def save_dedup_curve(run_dir: str | Path, curve: pd.DataFrame) -> None:
+    """Write a threshold curve (threshold, rows_removed, clusters) into a run folder."""
+    _write_atomic(Path(run_dir) / DEDUP_CURVE_FILE, lambda tmp: curve.to_parquet(tmp, index=False))
+
+
+def dedup_job_curve(job: jobs.JobStatus) -> pd.DataFrame:
+    """Return the curve a finished dedup_curve job saved; ConfigError when it has none."""
+    try:
+        return pd.read_parquet(job.run_dir / DEDUP_CURVE_FILE)
+    except FileNotFoundError:
+        raise ConfigError(f"dedup_curve run {job.run_id}: no saved curve ({DEDUP_CURVE_FILE}); "
+                          "compute the curve again") from None
+
+
+def dedup_curve_changes(job: jobs.JobStatus, options: DedupOptions, method: str
+                        ) -> dict[str, tuple]:
+    """Return what differs between the curve a job computed and the one these options ask for
+    (name -> (then, now)); empty when the job's curve is theirs."""
+    params = job.config.get("params") or {}
+    then = curve_params(dedup_options(params.get("options") or {}), params.get("method", ""))
+    now = curve_params(options, method)
+    return {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
 
 
 # --- cleaning --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ Steps never import the store, the caches or jobs (tests/test_boundaries.py): thi
 the wiring, handing a step a ``cache.StoreCache`` where it caches.
 
 Registered: train, eval, import, loop, model_score (kind "score"), heuristic_score (kind
-"heuristics"), judge, embed, clean, dedup, learn, pairwise_judge, rule_scan.
+"heuristics"), judge, embed, clean, dedup, dedup_curve, learn, pairwise_judge, rule_scan.
 """
 
 from __future__ import annotations
@@ -717,6 +717,47 @@ def dedup(p: DedupParams, ctx: Any) -> dict:
         ctx.log(f"saved version {version.ref} ({version.n_rows} rows)")
         out.update(version_id=version.version_id, ref=version.ref, kept=version.n_rows)
     return out
+
+
+@dataclass(frozen=True)
+class DedupCurveParams:
+    """A threshold-explorer job: rows removed and clusters at each threshold (near or semantic)
+    of a version, for the options' field, n-gram, permutations and embedding model."""
+
+    store: str | None
+    version_id: int
+    options: dict
+    method: str = "near"
+    thresholds: list | None = None  # default: curate.CURVE_THRESHOLDS[method]
+
+
+@task("dedup_curve", DedupCurveParams)
+def dedup_curve(p: DedupCurveParams, ctx: Any) -> dict:
+    """Compute ``curate.duplicate_curve`` of a version in the worker, progress per row hashed;
+    save the curve in the run folder, where the Deduplicate page's explorer reads it."""
+    from . import curate
+
+    store = Store(p.store)
+    options = curate.dedup_options(p.options)
+    curate.curve_params(options, p.method)  # a clear error for an unknown method
+    thresholds = p.thresholds or list(curate.CURVE_THRESHOLDS[p.method])
+    ctx.phase("reading rows")
+    frame = store.frame(int(p.version_id))
+    ctx.log(f"{p.method} curve over {len(frame)} rows of version {p.version_id} at "
+            f"{len(thresholds)} thresholds")
+    report = _phases(ctx)
+
+    def hashed(done: int, total: int) -> None:
+        report(done, total, "hashing rows")
+        if done == total:  # the rest has no count
+            ctx.phase("pairs at each threshold")
+
+    if p.method == "semantic":  # no hashing: the cached embeddings are compared
+        ctx.phase("pairs at each threshold")
+    curve = curate.duplicate_curve(store, frame, options, p.method, thresholds, progress=hashed)
+    ctx.check_cancel()
+    curate.save_dedup_curve(ctx.run_dir, curve)
+    return {"method": p.method, "rows": len(frame), "points": len(curve)}
 
 
 # ---------------------------------------------------------------- a judge between two runs
