@@ -347,9 +347,12 @@ _NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM
 def _newest_scores(store: Store, ids: Sequence[str]) -> tuple:
     """Return (row position, scorer code, scorer keys, value, judge reasons by id or None) of
     the newest cached scores of rows; a code indexes the keys."""
+    none = np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros(0), None
     if not len(ids):
-        return np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros(0), None
+        return none
     with store.connect() as con:
+        if not con.execute("SELECT count(*) FROM (SELECT 1 FROM scores LIMIT 1)").fetchall()[0][0]:
+            return none  # nothing scored yet: 1M ids are not sent to DuckDB to join none
         con.register("_ids", pa.table({"pos": pa.array(np.arange(len(ids), dtype=np.int64)),
                                        "id": pa.array(list(ids), pa.string())}))
         table = con.sql(f"""{_NEWEST} SELECT i.pos, s.scorer, s.value FROM _ids i
