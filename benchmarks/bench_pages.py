@@ -265,6 +265,17 @@ def main() -> None:
             walk(w)
         finally:
             report(w.rows)
+            settle()
+
+
+def settle() -> None:
+    """Wait for the jobs the walk left running (the Label page's rule scan at 1M rows): their
+    workers write into the throwaway folder, which could not be removed under them."""
+    from workbench import jobs
+
+    for job in jobs.list_runs():
+        if job.active:
+            jobs.wait(job.run_id, timeout=600)
 
 
 if __name__ == "__main__":

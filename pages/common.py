@@ -132,6 +132,31 @@ def session_cached(name: str, key: tuple, compute, keep: int = 4):
     return cache[key]
 
 
+def job_watched(name: str, key: tuple, compute):
+    """Return ``compute()``, a (value, jobs) pair, kept in this session until the key changes, a
+    run is started or removed anywhere (jobs.runs_stamp: another tab's or process's too) or
+    one of those jobs changes state. Meanwhile a rerun reads only those jobs' run folders: not
+    the run registry, nor what ``value`` counted in the store.
+
+    For what only those jobs change (embeddings a version lacks, and the jobs that add them).
+    """
+    from workbench import jobs
+    from workbench.exceptions import NotFoundError
+
+    kept, stamp = st.session_state.get(f"_watch_{name}"), jobs.runs_stamp()
+    if kept is not None and stamp is not None and kept["key"] == (key, stamp):
+        try:
+            found = [jobs.status(run_id) for run_id in kept["states"]]
+        except NotFoundError:  # a run folder was removed
+            found = None
+        if found is not None and [j.state for j in found] == list(kept["states"].values()):
+            return kept["value"], found
+    value, found = compute()
+    st.session_state[f"_watch_{name}"] = {"key": (key, stamp), "value": value,
+                                          "states": {j.run_id: j.state for j in found}}
+    return value, found
+
+
 def curation_header(title: str, detail: str = ""):
     """Show a curation page's title and flash; return (dataset, version id, frame) or stop."""
     dataset, version_id, _ = curation_title(title, detail)

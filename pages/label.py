@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import curation_title, flash, job_panel, show_error, store, version_frame
+from pages.common import (
+    curation_title,
+    flash,
+    job_panel,
+    job_watched,
+    show_error,
+    store,
+    version_frame,
+)
 from workbench import curate, jobs, labelling
 from workbench import labels as LB
 from workbench.exceptions import NotFoundError, WorkbenchError
@@ -80,20 +88,32 @@ def progress_panel(label_set: str, info: labelling.LabelSummary) -> None:
         st.rerun()
 
 
+def embedding_state() -> tuple[list[str], list[jobs.JobStatus]]:
+    """Return the fields not embedded on every row yet and the newest embedding job of each;
+    reruns reuse them until a run starts anywhere or one of those jobs changes state."""
+    def read() -> tuple[list[str], list[jobs.JobStatus]]:
+        missing = [f for f in LABEL_FIELDS
+                   if not labelling.version_embedded(store(), version_id, f)]
+        found = {j.run_id: j for f in missing
+                 for j in curate.embedding_jobs(store(), version_id, f)[:1]}
+        return missing, list(found.values())
+
+    return job_watched("lb_embed", (version_id,), read)
+
+
 def embeddings_panel() -> None:
     """Offer the embeddings the learned score and the queue's diversity use, as jobs."""
-    missing = [f for f in LABEL_FIELDS if not labelling.version_embedded(store(), version_id, f)]
+    missing, runs = embedding_state()
     if not missing:
         return
-    runs = {j.run_id: j for f in missing for j in curate.embedding_jobs(store(), version_id, f)[:1]}
-    for job in runs.values():
+    for job in runs:
         if job.active:
             job_panel(job.run_id, key=f"lb_embed_{job.run_id}")
     st.info("The learned score works from the words of each row now; embeddings of the "
             "prompts and responses (computed once in the background, cached) usually make it "
             "better.", icon=":material/lightbulb:")
     if st.button("Embed prompts and responses in the background", key="lb_embed",
-                 disabled=any(j.active for j in runs.values())):
+                 disabled=any(j.active for j in runs)):
         curate.start_embedding(store(), version_id, fields=missing)
         st.rerun()
 

@@ -177,3 +177,16 @@ def test_a_worker_that_ignores_the_cancel_flag_is_terminated_and_reads_cancelled
     final = jobs.status(job.run_id, home=tmp_path)
     assert final.state == "cancelled" and final.error == ""
     assert time.monotonic() - started < 10
+
+
+def test_the_runs_stamp_changes_when_a_run_starts_and_waits_while_the_folder_settles(
+        tmp_path, monkeypatch):
+    assert jobs.runs_stamp(tmp_path / "none") == 0  # no runs folder yet
+    jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=tmp_path)
+    assert jobs.runs_stamp(tmp_path) is None  # a run folder was just made: look again later
+    monkeypatch.setattr(jobs, "SETTLE_S", 0.0)
+    first = jobs.runs_stamp(tmp_path)
+    assert first and jobs.runs_stamp(tmp_path) == first
+    time.sleep(0.05)  # past the clock tick of the folder times
+    jobs.run_inline("tests.jobtasks.count", {"n": 1}, home=tmp_path)
+    assert jobs.runs_stamp(tmp_path) not in (None, first)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,41 @@ def test_a_big_versions_queue_opens_before_its_rule_scan_and_rule_rows_join_afte
     assert not batch["rules_pending"] and not any("rule scan" in c.value for c in at.caption)
     assert any(r["source"].startswith("rule:") for r in batch["rows"])
     assert len(labelling.rule_scan_jobs(store, version)) == 1  # started once
+
+
+def embed_job_started_elsewhere(store: Store, home: Path) -> str:
+    """Write the run folder of an embedding job of the prompts and responses, as another
+    browser tab starting one makes it (queued: no worker is launched); return its run id."""
+    run = home / "runs" / "20990101-000000-000-tab2"
+    run.mkdir(parents=True)
+    params = {"store": str(store.path), "version_id": store.active_version("train"),
+              "field": "user", "fields": ["user", "assistant"], "model": "default",
+              "device": "auto"}
+    (run / "config.json").write_text(json.dumps({"task": "embed", "kind": "embed",
+                                                 "params": params, "created": time.time()}))
+    return run.name
+
+
+def test_the_embeddings_panel_reads_the_run_registry_only_when_a_run_starts(
+        store, tmp_path, monkeypatch):
+    from workbench import curate, jobs
+
+    monkeypatch.setattr(jobs, "SETTLE_S", 0.0)  # trust the runs folder's time at once
+    looked_up, lookup = [], curate.embedding_jobs
+    monkeypatch.setattr(curate, "embedding_jobs",
+                        lambda *a, **k: looked_up.append(a[2]) or lookup(*a, **k))
+    at = open_page()
+    assert not at.button(key="lb_embed").disabled and looked_up == ["user", "assistant"]
+    at = ok(at.button(key="lb_good").click().run())
+    assert looked_up == ["user", "assistant"]  # a rerun with no new run: no registry read
+    time.sleep(0.05)  # past the clock tick of the folder times
+    run_id = embed_job_started_elsewhere(store, tmp_path)
+    at = ok(at.run())
+    assert len(looked_up) == 4  # a run started somewhere: looked up again, and found
+    assert at.button(key="lb_embed").disabled  # one embedding job at a time
+    assert at.button(key=f"lb_embed_{run_id}_cancel")  # its panel, with its cancel
+    at = ok(at.run())
+    assert len(looked_up) == 4 and at.button(key="lb_embed").disabled
 
 
 def test_once_both_classes_have_labels_the_learned_score_takes_over(store):

@@ -165,6 +165,33 @@ def test_diverse_top_k_without_embeddings_asks_for_them(store):
     assert any("no embedding yet" in e.value for e in at.error) and not at.exception
 
 
+def test_the_embedding_section_counts_missing_rows_again_only_when_a_run_starts(
+        store, tmp_path, monkeypatch):
+    import json
+    import time
+
+    from workbench import curate
+
+    monkeypatch.setattr(jobs, "SETTLE_S", 0.0)  # trust the runs folder's time at once
+    counted, count = [], curate.missing_embeddings
+    monkeypatch.setattr(curate, "missing_embeddings",
+                        lambda *a, **k: counted.append(1) or count(*a, **k))
+    at = scored_page()
+    seen = len(counted)
+    at = ok(at.selectbox(key="sc_y").set_value("length_score").run())
+    assert len(counted) == seen and not at.button(key="sc_embed_start").disabled
+    time.sleep(0.05)  # past the clock tick of the folder times
+    run = tmp_path / "runs" / "20990101-000000-000-tab2"  # a job another tab started (queued)
+    run.mkdir()
+    params = {"store": str(store.path), "version_id": store.active_version("train"),
+              "field": "conversation", "model": "default", "device": "auto"}
+    (run / "config.json").write_text(json.dumps({"task": "embed", "kind": "embed",
+                                                 "params": params}))
+    at = ok(at.run())
+    assert len(counted) == seen + 1 and at.button(key="sc_embed_start").disabled
+    assert at.button(key="sc_embed_cancel")  # its panel follows it here
+
+
 def test_embedding_map_click_shows_the_row(store):
     version = store.active_version("train")
     embed_frame(store, store.frame(version), encoder=tiny_embedder())  # cached as "default"

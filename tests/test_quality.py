@@ -192,6 +192,29 @@ def test_embedding_map_reopens_from_its_cache_without_loading_vectors(store, emb
         Q.embedding_map(store, frame, k=2)
 
 
+def test_a_maps_cache_file_is_named_by_the_digest_of_its_rows_ids_one_per_line(store, version):
+    import xxhash
+
+    frame = store.frame(version)
+    digest = xxhash.xxh3_128()
+    for row_id in frame["id"]:  # how the names were made before: map files keep their names
+        digest.update(row_id.encode() + b"\n")
+    assert Q._map_file(store, frame, k=3).name.startswith(f"{digest.hexdigest()}-")
+    assert Q._map_file(store, frame.iloc[:0], k=3) != Q._map_file(store, frame, k=3)
+
+
+def test_judge_reasons_come_only_with_the_rows_newest_judge_scores(store, version):
+    from workbench.cache import put_scores
+
+    frame = scored(store, version)
+    assert "judge_reason" not in frame  # no judge score: no reasons column
+    ids = store.frame(version)["id"].tolist()
+    put_scores(store, ids[:2], [4.0, 2.0], "judge", {"rubric": "r"}, ["clear", "vague"])
+    frame = Q.with_cached_scores(store, store.frame(version))
+    assert frame["judge_reason"].tolist()[:3] == ["clear", "vague", ""]
+    assert frame["judge_score"].tolist()[:2] == [4.0, 2.0]
+
+
 # --- model scores as a job ----------------------------------------------------------------------
 
 def test_model_scores_run_inline_then_load_from_the_cache(store, version, tiny_folder):

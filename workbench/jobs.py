@@ -71,6 +71,21 @@ def runs_dir(home: str | Path | None = None) -> Path:
     return Path(home) if home is not None else default_home() / "runs"
 
 
+SETTLE_S = 2.0  # a run folder is made, then its config written: younger listings may change
+
+
+def runs_stamp(home: str | Path | None = None) -> int | None:
+    """Return a stamp of the set of run folders (the runs folder's mtime, 0 while there is
+    none): it changes whenever a run is started or removed, by any process or browser tab.
+    None while the folder changed in the last SETTLE_S seconds (a run just made may not have
+    its config.json yet), so a reader that keeps what it found under a stamp looks again."""
+    try:
+        mtime = runs_dir(home).stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+    return None if time.time_ns() - mtime < SETTLE_S * 1e9 else mtime
+
+
 def check_run_id(run_id: str) -> str:
     """Return run_id if it is a plain name (letters, digits, '.', '_', '-'); else NotFoundError."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:

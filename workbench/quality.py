@@ -347,21 +347,25 @@ _NEWEST = """WITH used AS (SELECT scorer, params_hash, max(created_at) AS t FROM
 def _newest_scores(store: Store, ids: Sequence[str]) -> tuple:
     """Return (row position, scorer code, scorer keys, value, judge reasons by id or None) of
     the newest cached scores of rows; a code indexes the keys."""
+    none = np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros(0), None
     if not len(ids):
-        return np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros(0), None
+        return none
     with store.connect() as con:
+        if not con.execute("SELECT count(*) FROM (SELECT 1 FROM scores LIMIT 1)").fetchall()[0][0]:
+            return none  # nothing scored yet: 1M ids are not sent to DuckDB to join none
         con.register("_ids", pa.table({"pos": pa.array(np.arange(len(ids), dtype=np.int64)),
                                        "id": pa.array(list(ids), pa.string())}))
         table = con.sql(f"""{_NEWEST} SELECT i.pos, s.scorer, s.value FROM _ids i
             JOIN scores s USING (id) JOIN best b ON s.scorer = b.scorer
             AND s.params_hash = b.h""").to_arrow_table()
-        reasons = None
-        if "judge" in set(con.sql(f"{_NEWEST} SELECT scorer FROM best").fetchnumpy()["scorer"]):
+        # The scorers joined are those of best (each has a row with its newest parameters):
+        # no second search for the newest parameters to learn whether the judge is one.
+        scorer, reasons = table.column("scorer").combine_chunks().dictionary_encode(), None
+        if "judge" in scorer.dictionary.to_pylist():
             reasons = con.sql(f"""{_NEWEST} SELECT s.id, s.detail FROM scores s JOIN best b
                 ON s.scorer = b.scorer AND s.params_hash = b.h WHERE s.scorer = 'judge'
                 AND s.id IN (SELECT id FROM _ids)""").df().set_index("id")["detail"]
         con.unregister("_ids")
-    scorer = table.column("scorer").combine_chunks().dictionary_encode()
     return (table.column("pos").to_numpy(), scorer.indices.to_numpy(zero_copy_only=False),
             scorer.dictionary.to_pylist(),
             table.column("value").to_numpy(zero_copy_only=False).astype(np.float64), reasons)
@@ -514,9 +518,10 @@ def _map_file(store: Store, frame: pd.DataFrame, **params: Any) -> Path | None:
     """Return the cache file of a map of these rows, or None for an in-memory store."""
     if store.path == ":memory:":
         return None
-    digest = xxhash.xxh3_128()
-    for row_id in frame["id"].tolist():
-        digest.update(row_id.encode() + b"\n")
+    # One update of every id, each followed by a newline: the digest of the same bytes as
+    # one update per id gives (cache files keep their names), 1M rows in half the time.
+    ids = frame["id"].tolist()
+    digest = xxhash.xxh3_128(("\n".join(ids) + "\n").encode() if ids else b"")
     key = f"{digest.hexdigest()}-{params_hash(params)}"
     return Path(store.path).parent / "cache" / "maps" / f"{key}.parquet"
 

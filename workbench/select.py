@@ -131,8 +131,9 @@ def longest_k(frame: pd.DataFrame, k: int, *,
     order = _ranking(lengths, True)
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order] = np.arange(1, len(frame) + 1)
-    details = [f"longest_k: rank {r} by response length ({int(n)} {unit}), k={k}"
-               for r, n in zip(rank, lengths)]
+    # Plain Python ints, as top_k does: formatting numpy scalars is slower (1M rows: 0.15 s).
+    details = [f"longest_k: rank {r} by response length ({n} {unit}), k={k}"
+               for r, n in zip(rank.tolist(), lengths.astype(np.int64).tolist())]
     rule = {"method": "longest_k", "k": k, "unit": unit}
     return _result(frame, rank <= k, ["not_selected"] * len(frame), details, rule)
 
