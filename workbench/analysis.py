@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .atomic import write_atomic
 from .clean import refusal_match, truncation_reason
 from .evaluate import (
     METRICS,
@@ -868,7 +869,6 @@ def annotate(run_dir: str | Path, row_key: int, *, tags: Sequence[str] | None = 
     if note is not None:
         entry["note"] = note
     path = Path(run_dir) / ANNOTATIONS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({str(k): v for k, v in notes.items()}, option=orjson.OPT_INDENT_2))
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    write_atomic(path, orjson.dumps({str(k): v for k, v in notes.items()},
+                                    option=orjson.OPT_INDENT_2))
     return entry

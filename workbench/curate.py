@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import dedup, jobs, runs
 from . import engine as E
+from .atomic import write_atomic
 from .cache import StoreCache, count_embedded_version, get_embeddings
 from .embed import embed_rows
 from .exceptions import ConfigError
@@ -399,17 +400,9 @@ def save_dedup_run(run_dir: str | Path, clusters: pd.DataFrame, options: DedupOp
     import orjson
 
     folder = Path(run_dir)
-    _write_atomic(folder / DEDUP_CLUSTERS_FILE, lambda tmp: clusters.to_parquet(tmp, index=False))
-    _write_atomic(folder / DEDUP_OPTIONS_FILE,
+    write_atomic(folder / DEDUP_CLUSTERS_FILE, lambda tmp: clusters.to_parquet(tmp, index=False))
+    write_atomic(folder / DEDUP_OPTIONS_FILE,
                   lambda tmp: tmp.write_bytes(orjson.dumps(options.params())))
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write a file through ``write(tmp)`` beside it, then move it in place: a reader sees the
-    old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def dedup_job_clusters(job: jobs.JobStatus) -> pd.DataFrame:
@@ -448,7 +441,7 @@ def save_dedup_overrides(job: jobs.JobStatus, overrides: Mapping[int, int | str]
     import orjson
 
     plain = {str(int(k)): v if v == dedup.KEEP_ALL else int(v) for k, v in overrides.items()}
-    _write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, lambda tmp: tmp.write_bytes(
+    write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, lambda tmp: tmp.write_bytes(
         orjson.dumps(plain)))
 
 
@@ -506,7 +499,7 @@ def dedup_curve_jobs(store: Store, version_id: int, *,
 
 def save_dedup_curve(run_dir: str | Path, curve: pd.DataFrame) -> None:
     """Write a threshold curve (threshold, rows_removed, clusters) into a run folder."""
-    _write_atomic(Path(run_dir) / DEDUP_CURVE_FILE, lambda tmp: curve.to_parquet(tmp, index=False))
+    write_atomic(Path(run_dir) / DEDUP_CURVE_FILE, lambda tmp: curve.to_parquet(tmp, index=False))
 
 
 def dedup_job_curve(job: jobs.JobStatus) -> pd.DataFrame:
@@ -673,9 +666,7 @@ def save_clean_run(run_dir: str | Path, run, frame: pd.DataFrame) -> None:
     ids = frame[frame["row_key"].isin(hit)]
     record["ids"] = dict(zip((str(int(k)) for k in ids["row_key"]), ids["id"]))
     path = Path(run_dir) / CLEAN_RUN_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(record, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY))
-    tmp.replace(path)
+    write_atomic(path, orjson.dumps(record, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def _plain(value):

@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import orjson
 
+from .atomic import write_atomic
 from .exceptions import Cancelled, ConfigError, NotFoundError, WorkbenchError
 
 State = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -102,11 +103,7 @@ def run_folder(run: str | Path, *, home: str | Path | None = None) -> Path:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    # A temp name of its own per writer: two writers sharing one would publish each other's
-    # half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    write_atomic(path, orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2))
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
@@ -172,9 +169,7 @@ class JobContext:
         path = self.run_dir / "events.jsonl"
         if path.exists():
             kept = [e for e in events(self.run_dir) if int(e.get("step", 0)) <= step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in kept))
-            os.replace(tmp, path)
+            write_atomic(path, b"".join(orjson.dumps(e) + b"\n" for e in kept))
 
 
 def _append_event(run_dir: Path, event: dict) -> None:

@@ -33,6 +33,7 @@ import xxhash
 from . import jobs, runs
 from . import labels as LB
 from . import learn as L
+from .atomic import write_atomic
 from .cache import (
     any_embedding,
     count_embedded,
@@ -386,6 +387,13 @@ def _vectors(store: Store, frame: pd.DataFrame, field: str, model: str = "defaul
     return np.stack([cached[i] for i in frame["id"]])
 
 
+def _save_npz(path: Path, matrix: sp.csr_matrix) -> None:
+    import scipy.sparse as sp
+
+    with open(path, "wb") as f:  # a file object: save_npz would add ".npz" to a bare name
+        sp.save_npz(f, matrix, compressed=False)
+
+
 def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
     import scipy.sparse as sp
 
@@ -396,9 +404,7 @@ def _lexical(store: Store, frame: pd.DataFrame) -> sp.csr_matrix:
     matrix = L.lexical_features(frame["prompt"].tolist(), frame["response"].tolist())
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.stem + ".partial.npz")
-        sp.save_npz(partial, matrix, compressed=False)
-        partial.replace(path)  # atomic: a reader never sees half a file
+        write_atomic(path, lambda tmp: _save_npz(tmp, matrix))
     return matrix
 
 
@@ -597,9 +603,7 @@ def _write_result(store: Store, result: LearnedResult) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(result.as_dict(), indent=1))
-    partial.replace(path)
+    write_atomic(path, json.dumps(result.as_dict(), indent=1))
 
 
 _MEMORY_RESULTS: dict = {}
@@ -893,9 +897,7 @@ def rule_hits(store: Store, frame: pd.DataFrame, rules: Sequence | None = None,
         by_id = _scan_rules(texts(frame) if texts else frame, rules, progress, row_progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            by_id.to_parquet(partial, index=False)
-            partial.replace(path)
+            write_atomic(path, lambda tmp: by_id.to_parquet(tmp, index=False))
     keys = frame.drop_duplicates("id").set_index("id")["row_key"]
     hits = by_id.assign(row_key=by_id["id"].map(keys)).dropna(subset=["row_key"])
     return hits[["row_key", "rule", "detail"]].astype({"row_key": int}).reset_index(drop=True)

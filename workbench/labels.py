@@ -24,6 +24,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from .atomic import write_atomic
 from .exceptions import ConfigError, NotFoundError, WorkbenchError
 from .store import CURRENT_LABELS_SQL, Store
 
@@ -264,7 +265,5 @@ def write_label_file(store: Store, path: str | Path, *, label_set: str = DEFAULT
         if keys is not None:
             record["row_key"] = int(keys[row.id])
         lines.append(orjson.dumps(record))
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(b"\n".join(lines) + (b"\n" if lines else b""))
-    partial.replace(path)  # a reader never sees half a file
+    write_atomic(path, b"\n".join(lines) + (b"\n" if lines else b""))
     return len(lines)

@@ -34,6 +34,7 @@ from . import curate, jobs, runs
 from . import engine as E
 from . import score as S
 from . import select as SEL
+from .atomic import write_atomic
 from .cache import StoreCache, params_hash
 from .exceptions import ConfigError
 from .store import Store, VersionInfo
@@ -508,9 +509,7 @@ def embedding_map(store: Store, frame: pd.DataFrame, *, field: str = "conversati
                            "cluster": result.labels.astype(str)})
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".tmp")
-        points.to_parquet(partial, index=False)
-        partial.replace(cached)  # atomic: a reader never sees half a file
+        write_atomic(cached, lambda tmp: points.to_parquet(tmp, index=False))
     return points, 0
 
 

@@ -16,7 +16,6 @@ Registered: train, eval, import, loop, model_score (kind "score"), heuristic_sco
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from . import engine as E
 from . import evaluate as ev
 from . import score as S
 from . import train as T
+from .atomic import write_atomic
 from .cache import StoreCache
 from .device import describe, resolve_device, resolve_precision
 from .embed import embed_rows
@@ -97,10 +97,8 @@ def _train_data(p: TrainParams, run_dir: Path, ctx: Any
 
 
 def _write_rows(path: Path, rows: Sequence[T.Messages]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"messages": list(r)}, ensure_ascii=False) + "\n"
-                           for r in rows))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps({"messages": list(r)}, ensure_ascii=False) + "\n"
+                               for r in rows))
 
 
 def _read_rows(path: Path) -> list[T.Messages]:
