@@ -152,7 +152,8 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
     a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
     if overrides:
-        st.caption(f"Your choices in {len(overrides):,} clusters are counted and kept for Apply.")
+        st.caption(f"Your choices in {len(overrides):,} "
+                   f"cluster{'' if len(overrides) == 1 else 's'} are counted and kept for Apply.")
     pages = max(1, -(-len(table) // PAGE_SIZE))
     if st.session_state.get("dd_page", 1) > pages:  # a new Find with fewer clusters
         st.session_state["dd_page"] = pages
