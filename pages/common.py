@@ -209,7 +209,11 @@ def job_panel(run_id: str, *, key: str) -> None:
     """Show a background job's progress, ETA, log tail and a cancel button; refresh live."""
     from workbench import jobs
 
-    @st.fragment(run_every=2.0 if jobs.status(run_id).active else None)
+    active = jobs.status(run_id).active
+    if active:  # seen running: its end, even before the panel's first look, reruns the page
+        st.session_state[f"{key}_was_active"] = True
+
+    @st.fragment(run_every=2.0 if active else None)
     def panel() -> None:
         job = jobs.status(run_id)
         label = jobs.progress_text(job)
@@ -233,6 +237,22 @@ def job_panel(run_id: str, *, key: str) -> None:
     panel()
 
 
+def rerun_when_ended(run_id: str, *, key: str) -> None:
+    """Rerun the page once a job this session waits on has ended (checked every second).
+
+    A job panel reruns the page only when it saw the job running; a job that ends between a
+    page's look at it and the panel's would otherwise leave the page waiting for a click."""
+    from workbench import jobs
+
+    @st.fragment(run_every=1.0)
+    def watch() -> None:
+        if not jobs.status(run_id).active:
+            st.rerun(scope="app")
+
+    with st.container(key=key):
+        watch()
+
+
 def finished_job(state_key: str, run_id: str | None, *, key: str):
     """Follow a job a page started and waits on (an Apply; its run id kept in
     ``st.session_state[state_key]``): while it runs, show its panel and stop the page; once it
@@ -246,6 +266,7 @@ def finished_job(state_key: str, run_id: str | None, *, key: str):
     if job.active or job.state != "done":
         job_panel(run_id, key=f"{key}_{run_id}")
         if job.active:
+            rerun_when_ended(run_id, key=f"{key}_{run_id}_watch")  # had it ended meanwhile
             st.stop()  # the page's options, results and buttons wait for it
     st.session_state.pop(state_key, None)
     return job if job.state == "done" else None

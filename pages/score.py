@@ -15,6 +15,7 @@ from pages.common import (
     flash,
     job_panel,
     job_watched,
+    rerun_when_ended,
     session_cached,
     show_error,
     store,
@@ -68,7 +69,8 @@ def announce(key: str) -> None:
     if not run_id:
         return
     job = jobs.status(run_id)
-    if job.active:
+    if job.active:  # its panel may not see it end (a quick job): this rerun will
+        rerun_when_ended(run_id, key=f"{key}_watch")
         return
     del st.session_state[key]
     if job.state == "done" and job.result.get("message"):
