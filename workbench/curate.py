@@ -401,8 +401,7 @@ def save_dedup_run(run_dir: str | Path, clusters: pd.DataFrame, options: DedupOp
 
     folder = Path(run_dir)
     write_atomic(folder / DEDUP_CLUSTERS_FILE, lambda tmp: clusters.to_parquet(tmp, index=False))
-    write_atomic(folder / DEDUP_OPTIONS_FILE,
-                  lambda tmp: tmp.write_bytes(orjson.dumps(options.params())))
+    write_atomic(folder / DEDUP_OPTIONS_FILE, orjson.dumps(options.params()))
 
 
 def dedup_job_clusters(job: jobs.JobStatus) -> pd.DataFrame:
@@ -441,8 +440,7 @@ def save_dedup_overrides(job: jobs.JobStatus, overrides: Mapping[int, int | str]
     import orjson
 
     plain = {str(int(k)): v if v == dedup.KEEP_ALL else int(v) for k, v in overrides.items()}
-    write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, lambda tmp: tmp.write_bytes(
-        orjson.dumps(plain)))
+    write_atomic(job.run_dir / DEDUP_OVERRIDES_FILE, orjson.dumps(plain))
 
 
 def dedup_job_overrides(job: jobs.JobStatus) -> dict[int, int | str]:
