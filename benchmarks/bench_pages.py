@@ -185,7 +185,9 @@ def _select_cluster(at) -> None:
 
 
 def _keep_all(at) -> None:
-    next(r for r in at.radio if r.key.startswith("dd_keep_")).set_value("all")
+    # A radio for a small cluster, a select box from 9 choices on (a big one, as at 1M rows).
+    choices = [*at.radio, *at.selectbox]
+    next(w for w in choices if (w.key or "").startswith("dd_keep_")).set_value("all")
 
 
 def _move_threshold(at) -> None:
