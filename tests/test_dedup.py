@@ -460,3 +460,64 @@ def test_connected_components_match_a_plain_union_find(case):
     labels = dedup.connected_components(n, left, right)
     expected = [min(y for y in range(n) if find(y) == find(x)) for x in range(n)]
     assert labels.tolist() == expected
+
+
+def _random_clusters(seed: int) -> tuple[pd.DataFrame, dict]:
+    """Clusters of 2-6 rows in shuffled order, one kept each, some members identical (an exact
+    group), and overrides choosing 'all' or another member for some clusters."""
+    rng = np.random.default_rng(seed)
+    rows, key, overrides = [], 0, {}
+    for cid in range(int(rng.integers(0, 25))):
+        size = int(rng.integers(2, 7))
+        keys = rng.permutation(np.arange(key, key + size)).tolist()
+        key += size
+        kept, group = int(rng.integers(size)), int(rng.choice([-1, cid]))
+        for i, k in enumerate(keys):
+            rows.append({"cluster_id": cid, "row_key": k, "kept": i == kept,
+                         "keep_reason": "first in input order" if i == kept else "",
+                         "method": str(rng.choice(["near", "semantic", "exact"])),
+                         "similarity": float(rng.random()), "size": size,
+                         "exact_group": group if rng.random() < 0.6 else -1})
+        pick = rng.random()
+        if pick < 0.2:
+            overrides[cid] = dedup.KEEP_ALL
+        elif pick < 0.4:
+            overrides[cid] = int(rng.choice(keys))
+    columns = ["cluster_id", "row_key", "kept", "keep_reason", "method", "similarity", "size",
+               "exact_group"]
+    clusters = pd.DataFrame(rows, columns=columns)
+    return clusters.sample(frac=1, random_state=seed).reset_index(drop=True), overrides
+
+
+def _dropped_by_hand(clusters: pd.DataFrame, overrides: dict) -> list[tuple]:
+    """What apply_clusters must drop, cluster by cluster in id order, members in their order:
+    every member but the keeper (the chosen row, else the first kept), none for 'all'."""
+    out = []
+    for cid, members in clusters.groupby("cluster_id", sort=True):
+        choice = overrides.get(cid)
+        if choice == dedup.KEEP_ALL:
+            continue
+        keeper = members[members["row_key"] == choice].iloc[0] if choice is not None \
+            else members[members["kept"]].iloc[0]
+        for m in members.itertuples(index=False):
+            if m.row_key != keeper["row_key"]:
+                exact = m.exact_group >= 0 and m.exact_group == keeper["exact_group"]
+                out.append((m.row_key, dedup.REASONS["exact" if exact else m.method],
+                            int(keeper["row_key"])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_apply_clusters_drops_every_member_but_the_keeper_in_cluster_order(seed):
+    clusters, overrides = _random_clusters(seed)
+    keys = clusters["row_key"].unique()
+    frame = pd.DataFrame({"row_key": keys.astype("int64"), "messages": [[]] * len(keys)})
+    dropped = dedup.apply_clusters(frame, clusters, overrides=overrides).dropped
+    assert list(dropped.columns) == list(DROP_COLUMNS)
+    got = list(zip(dropped["row_key"].tolist(), dropped["reason"].tolist(),
+                   dropped["duplicate_of"].tolist()))
+    assert got == _dropped_by_hand(clusters, overrides)
+    assert dedup.drop_plan(clusters, overrides)["row_key"].tolist() == dropped["row_key"].tolist()
+    chosen = [d for d in dropped["detail"] if d.endswith("chosen by hand")]
+    assert len(chosen) == sum(len(dropped[dropped["duplicate_of"] == k]) for k in
+                              {v for v in overrides.values() if v != dedup.KEEP_ALL})

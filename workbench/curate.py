@@ -427,7 +427,7 @@ def dedup_job_matches(job: jobs.JobStatus, options: DedupOptions) -> bool:
 def dedup_counts(clusters: pd.DataFrame, overrides: Mapping[int, int | str] | None = None
                  ) -> dict:
     """Return a dedup job's summary: clusters, rows to drop, and rows to drop by method."""
-    keys = dropped_rows(clusters, overrides)["row_key"] if overrides else \
+    keys = dedup.drop_plan(clusters, overrides)["row_key"] if overrides else \
         clusters.loc[~clusters["kept"], "row_key"]
     method = clusters.drop_duplicates("row_key").set_index("row_key")["method"]
     return {"clusters": int(clusters["cluster_id"].nunique()), "dropped": len(keys),

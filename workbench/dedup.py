@@ -802,9 +802,7 @@ def apply_clusters(frame: pd.DataFrame, clusters: pd.DataFrame, *,
     """
     _check_frame(frame)
     _check_clusters(frame, clusters)
-    overrides = dict(overrides or {})
-    _check_overrides(clusters, overrides)
-    dropped = _dropped_rows(clusters, overrides)
+    dropped = _dropped_rows(clusters, dict(overrides or {}))
     kept = frame[~frame["row_key"].isin(dropped["row_key"])]
     return StepResult(kept=kept, dropped=dropped)
 
@@ -824,53 +822,82 @@ def _check_clusters(frame: pd.DataFrame, clusters: pd.DataFrame) -> None:
 
 
 def _check_overrides(clusters: pd.DataFrame, overrides: dict[int, Any]) -> None:
-    members = clusters.groupby("cluster_id")["row_key"].agg(set)
+    if not overrides:
+        return
+    cluster_of = clusters.drop_duplicates("row_key").set_index("row_key")["cluster_id"]
+    known = set(clusters["cluster_id"].unique().tolist())
     for cid, choice in overrides.items():
-        if cid not in members.index:
+        if cid not in known:
             raise ConfigError(f"overrides: cluster {_plain(cid)!r} does not exist")
-        if choice != KEEP_ALL and choice not in members[cid]:
+        if choice != KEEP_ALL and cluster_of.get(choice) != cid:
+            members = clusters.loc[clusters["cluster_id"] == cid, "row_key"]
             raise ConfigError(f"overrides[{_plain(cid)}]: row_key {_plain(choice)!r} is not in "
-                              f"that cluster (members: {sorted(map(_plain, members[cid]))}); "
+                              f"that cluster (members: {sorted(map(_plain, members))}); "
                               f"or use {KEEP_ALL!r}")
 
 
+def drop_plan(clusters: pd.DataFrame, overrides: Mapping[int, Any] | None = None
+              ) -> pd.DataFrame:
+    """Return, for each row that ``apply_clusters`` drops, in its order (cluster by cluster,
+    members in cluster order): ``row_key``, ``cluster_id``, ``method`` (exact when it is
+    identical to the row kept), ``keeper`` (the row kept), ``default`` (the row the policy
+    keeps), ``why`` (why the keeper is kept), ``similarity`` and ``size``. Vectorised: a
+    million-row version's clusters take a second, not a loop per cluster. ConfigError naming
+    an override whose cluster or row does not exist."""
+    overrides = dict(overrides or {})
+    _check_overrides(clusters, overrides)
+    c = clusters.sort_values("cluster_id", kind="stable").reset_index(drop=True)
+    first_kept = c.loc[c["kept"].astype(bool)].drop_duplicates("cluster_id") \
+        .set_index("cluster_id")
+    cid = c["cluster_id"]
+    default = first_kept["row_key"].reindex(cid).to_numpy()
+    choice = cid.map(overrides) if overrides else pd.Series(None, index=c.index, dtype=object)
+    keep_all = (choice == KEEP_ALL).to_numpy(dtype=bool)
+    chosen = (choice.notna() & ~(choice == KEEP_ALL)).to_numpy(dtype=bool)
+    keeper = default.copy()
+    if chosen.any():
+        keeper[chosen] = choice[chosen].astype(np.int64).to_numpy()
+    group_of = c.drop_duplicates("row_key").set_index("row_key")["exact_group"]
+    keeper_group = group_of.reindex(keeper).to_numpy()
+    groups = c["exact_group"].to_numpy()
+    exact = (groups >= 0) & (groups == keeper_group)
+    why = np.where(chosen, "chosen by hand",
+                   first_kept["keep_reason"].reindex(cid).to_numpy(dtype=object))
+    drop = ~keep_all & (c["row_key"].to_numpy() != keeper)
+    return pd.DataFrame({
+        "row_key": c["row_key"].to_numpy()[drop].astype(np.int64),
+        "cluster_id": cid.to_numpy()[drop],
+        "method": np.where(exact, "exact", c["method"].to_numpy(dtype=object))[drop],
+        "keeper": keeper[drop].astype(np.int64), "default": default[drop].astype(np.int64),
+        "why": why[drop], "similarity": c["similarity"].to_numpy(dtype=float)[drop],
+        "size": c["size"].to_numpy()[drop]})
+
+
 def _dropped_rows(clusters: pd.DataFrame, overrides: dict[int, Any]) -> pd.DataFrame:
-    records = []
-    for cid, members in clusters.groupby("cluster_id", sort=True):
-        choice = overrides.get(cid)
-        if choice == KEEP_ALL:
-            continue
-        records += _drop_records(int(cid), members, choice)
-    dropped = pd.DataFrame(records, columns=list(DROP_COLUMNS))
+    plan = drop_plan(clusters, overrides)
+    details = [_drop_detail(*row) for row in zip(
+        plan["cluster_id"].tolist(), plan["method"].tolist(), plan["keeper"].tolist(),
+        plan["default"].tolist(), plan["why"].tolist(), plan["similarity"].tolist(),
+        plan["size"].tolist())]
+    dropped = pd.DataFrame({"row_key": plan["row_key"].tolist(),
+                            "reason": [REASONS[m] for m in plan["method"].tolist()],
+                            "duplicate_of": plan["keeper"].tolist(), "detail": details},
+                           columns=list(DROP_COLUMNS)) if len(plan) else \
+        pd.DataFrame([], columns=list(DROP_COLUMNS))
     dropped["row_key"] = dropped["row_key"].astype(np.int64)
     dropped["duplicate_of"] = dropped["duplicate_of"].astype("Int64")
     return dropped
 
 
-def _drop_records(cid: int, members: pd.DataFrame, choice: Any) -> list[tuple]:
-    default = members[members["kept"]].iloc[0]
-    keeper = default if choice is None else members[members["row_key"] == choice].iloc[0]
-    why = default["keep_reason"] if choice is None else "chosen by hand"
-    records = []
-    for member in members.itertuples(index=False):
-        if member.row_key == keeper["row_key"]:
-            continue
-        exact = member.exact_group >= 0 and member.exact_group == keeper["exact_group"]
-        method = "exact" if exact else member.method
-        detail = _drop_detail(cid, member, method, keeper, default, why)
-        records.append((member.row_key, REASONS[method], int(keeper["row_key"]), detail))
-    return records
-
-
-def _drop_detail(cid: int, member: Any, method: str, keeper: Any, default: Any,
-                 why: str) -> str:
+def _drop_detail(cid: int, method: str, keeper: int, default: int, why: str,
+                 similarity: float, size: int) -> str:
     if method == "exact":
         how = "identical after normalization"
     else:
         measure = "estimated Jaccard" if method == "near" else "cosine"
-        how = f"{measure} {member.similarity:.3f} to row {int(default['row_key'])}"
-    return (f"{method} duplicate of row {int(keeper['row_key'])} ({how}); cluster {cid} "
-            f"of {int(member.size)}, kept row {int(keeper['row_key'])}: {why}")
+        how = f"{measure} {similarity:.3f} to row {int(default)}"
+    return (f"{method} duplicate of row {int(keeper)} ({how}); cluster {int(cid)} "
+            f"of {int(size)}, kept row {int(keeper)}: {why}")
 
 
 # --- threshold explorer ---------------------------------------------------------------------
