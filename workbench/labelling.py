@@ -524,21 +524,18 @@ def train_learned(store: Store, version_id: int, frame: pd.DataFrame, *,
 
 
 def start_learning(store: Store, version_id: int, *, label_set: str = LB.DEFAULT_SET
-                   ) -> Any:
+                   ) -> jobs.JobStatus:
     """Start a background job training the learned score (the "learn" task: the rows are read
     and scored there, ``train_learned``); return its status. Too few labels fail here."""
-    from . import jobs
-
     store.version(version_id)
     trainable_labels(store, version_id, label_set=label_set)
     return jobs.start("learn", {"store": str(store.path), "version_id": int(version_id),
                                 "label_set": label_set})
 
 
-def learn_jobs(store: Store, version_id: int, *, home: str | Path | None = None) -> list:
+def learn_jobs(store: Store, version_id: int, *, home: str | Path | None = None
+               ) -> list[jobs.JobStatus]:
     """Return the learned-score jobs started on a version, newest first (run registry)."""
-    from . import runs
-
     return runs.statuses(store, ["learn"], lambda p: p.get("version_id") == version_id,
                          home=home)
 
