@@ -144,10 +144,8 @@ def review(job, options: curate.DedupOptions, stale: bool) -> None:
     table = session_cached("dd_table", (job.run_id,), lambda: curate.cluster_table(clusters),
                            keep=1)
     overrides = curate.dedup_job_overrides(job)  # a small file: the choices survive a reload
-    dropped = session_cached(
-        "dd_dropped", (job.run_id, tuple(sorted(overrides.items()))),
-        lambda: curate.dedup_counts(clusters, overrides)["dropped"] if overrides
-        else int((~clusters["kept"]).sum()), keep=2)
+    dropped = session_cached("dd_dropped", (job.run_id, tuple(sorted(overrides.items()))),
+                             lambda: curate.dedup_counts(clusters, overrides)["dropped"], keep=2)
     a, b = st.columns(2)
     a.metric("Clusters", f"{len(table):,}")
     b.metric("Rows to drop", f"{dropped:,}")
