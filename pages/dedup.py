@@ -252,6 +252,9 @@ engine = engine_setting("dd_engine", n_rows, "dedup",
                         note="Semantic duplicates are found on the local engine only (their "
                         "embeddings may be computed on Ray).")
 embedded = embeddings_section(options, engine) if options.semantic else False
+for kept in ("dd_explore", "dd_curve_method"):  # not drawn while an Apply waits (st.stop):
+    if kept in st.session_state:  # Streamlit would forget them; the explorer stays as it was
+        st.session_state[kept] = st.session_state[kept]
 applied_notice(curate.dedup_jobs(store(), version_id))
 explorer(options, embedded)
 if st.button("Find duplicates", key="dd_find", disabled=options.semantic and not embedded,
